@@ -1,0 +1,151 @@
+"""The control channel of a running mount: a state file and a unix socket per mountpoint.
+
+Layout (runtime dir: /run/modelfs as root, else $XDG_RUNTIME_DIR/modelfs or /tmp/modelfs-UID):
+
+    <runtime>/
+      <id>.json   {"pid", "spec", "mountpoint", "cache_dir", "started"}  written once mounted
+      <id>.sock   JSON-lines: {"cmd": "status"} -> statistics, {"cmd": "sync"} -> waits
+where <id> = sha256(realpath(mountpoint))[:16]. Both are removed on a clean exit; a state file
+whose pid is dead is stale and ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+_MAX_REQUEST = 64 << 10  # a request is one small JSON object
+
+
+def runtime_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/run/modelfs")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(xdg) / "modelfs" if xdg else Path(f"/tmp/modelfs-{os.getuid()}")
+
+
+def canonical_mountpoint(mountpoint: str | os.PathLike[str]) -> str:
+    """The absolute path of a mountpoint, resolving symlinks in its parents only: a stat of the
+    mountpoint itself would hang on a stuck mount, and deadlock inside the mount process."""
+    path = os.path.abspath(mountpoint)
+    parent, name = os.path.split(path)
+    return os.path.join(os.path.realpath(parent), name) if name else path
+
+
+def mount_id(mountpoint: str | os.PathLike[str]) -> str:
+    return hashlib.sha256(canonical_mountpoint(mountpoint).encode()).hexdigest()[:16]
+
+
+def state_path(ident: str) -> Path:
+    return runtime_dir() / f"{ident}.json"
+
+
+def socket_path(ident: str) -> Path:
+    return runtime_dir() / f"{ident}.sock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_state(mountpoint: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The state of the modelfs process serving `mountpoint`, or None if there is none alive."""
+    try:
+        state: dict[str, Any] = json.loads(state_path(mount_id(mountpoint)).read_text())
+    except (OSError, ValueError):
+        return None
+    pid = state.get("pid")
+    if not isinstance(pid, int) or not _pid_alive(pid):
+        return None
+    return state
+
+
+def write_state(ident: str, state: dict[str, Any]) -> None:
+    path = state_path(ident)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(state))
+    os.replace(temp, path)
+
+
+def remove_state(ident: str) -> None:
+    for path in (state_path(ident), socket_path(ident)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def request(
+    mountpoint: str | os.PathLike[str], message: dict[str, Any], timeout: float | None = 10.0
+) -> dict[str, Any]:
+    """Send one request to the mount's control socket and return its answer.
+
+    Raises OSError (e.g. FileNotFoundError, ConnectionRefusedError) if no mount answers."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(socket_path(mount_id(mountpoint))))
+        sock.sendall(json.dumps(message).encode() + b"\n")
+        buffer = b""
+        while not buffer.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buffer += chunk
+    answer: dict[str, Any] = json.loads(buffer or b"{}")
+    return answer
+
+
+async def serve(
+    ident: str,
+    handler: Handler,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer control requests until cancelled."""
+    path = socket_path(ident)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(str(path))
+    os.chmod(path, 0o600)
+    listener.listen(16)
+    task_status.started()
+    async with trio.open_nursery() as nursery:
+        while True:
+            conn, _ = await listener.accept()
+            nursery.start_soon(_answer, trio.SocketStream(conn), handler)
+
+
+async def _answer(stream: trio.SocketStream, handler: Handler) -> None:
+    async with stream:
+        buffer = b""
+        while not buffer.endswith(b"\n") and len(buffer) < _MAX_REQUEST:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return
+            buffer += chunk
+        try:
+            answer = await handler(json.loads(buffer))
+        except Exception as exc:
+            log.exception("control request failed")
+            answer = {"ok": False, "error": str(exc)}
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(json.dumps(answer, default=str).encode() + b"\n")

@@ -1,0 +1,90 @@
+"""The `DataCache` protocol: where fetched blocks are kept, keyed by object version.
+
+A block is `block_size` bytes of one object version (the last block of an object may be
+shorter). The read path depends only on this protocol, so it is tested with `MemoryDataCache`;
+the persistent implementation lives in `blockcache.DiskBlockCache`.
+
+The cache is an optimisation, never a source of failure: `get` returns None for anything it
+cannot vouch for (missing, corrupt, unreadable) and `put` swallows and logs its own errors.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+from .values import ObjectId
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStatistics:
+    blocks: int
+    bytes: int
+    max_bytes: int
+    hits: int
+    misses: int
+    evictions: int
+    corrupt: int
+    write_errors: int
+
+
+class DataCache(Protocol):
+    block_size: int
+
+    def get(self, obj: ObjectId, index: int) -> bytes | None:
+        """The verified block, or None (a miss)."""
+
+    def put(self, obj: ObjectId, index: int, data: bytes) -> None:
+        """Store a block; never raises."""
+
+    def contains(self, obj: ObjectId, index: int) -> bool:
+        """Whether `get` would likely hit (cheap; not verified)."""
+
+    def statistics(self) -> CacheStatistics: ...
+
+
+class MemoryDataCache:
+    """A bounded in-memory LRU `DataCache` for tests of the read path."""
+
+    def __init__(self, block_size: int, max_bytes: int) -> None:
+        self.block_size = block_size
+        self.max_bytes = max_bytes
+        self._blocks: OrderedDict[tuple[ObjectId, int], bytes] = OrderedDict()
+        self._bytes = 0
+        self._hits = self._misses = self._evictions = 0
+
+    def get(self, obj: ObjectId, index: int) -> bytes | None:
+        data = self._blocks.get((obj, index))
+        if data is None:
+            self._misses += 1
+            return None
+        self._hits += 1
+        self._blocks.move_to_end((obj, index))
+        return data
+
+    def put(self, obj: ObjectId, index: int, data: bytes) -> None:
+        old = self._blocks.pop((obj, index), None)
+        if old is not None:
+            self._bytes -= len(old)
+        while self._blocks and self._bytes + len(data) > self.max_bytes:
+            _, evicted = self._blocks.popitem(last=False)
+            self._bytes -= len(evicted)
+            self._evictions += 1
+        self._blocks[(obj, index)] = data
+        self._bytes += len(data)
+
+    def contains(self, obj: ObjectId, index: int) -> bool:
+        return (obj, index) in self._blocks
+
+    def statistics(self) -> CacheStatistics:
+        return CacheStatistics(
+            blocks=len(self._blocks),
+            bytes=self._bytes,
+            max_bytes=self.max_bytes,
+            hits=self._hits,
+            misses=self._misses,
+            evictions=self._evictions,
+            corrupt=0,
+            write_errors=0,
+        )

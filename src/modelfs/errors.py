@@ -1,0 +1,93 @@
+"""Domain errors and the one errno table.
+
+Every error that crosses a module boundary is a `ModelfsError` subclass carrying its errno.
+The FUSE adapter maps any exception with `errno_for`, the CLI prints `str(exc)` on one line.
+S3 error codes are translated to these classes in `s3store` (one dict, `__cause__` kept).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class ModelfsError(Exception):
+    """Base class: a failure with a user-facing one-line message and an errno."""
+
+    errno: int = _errno.EIO
+
+
+class ConfigError(ModelfsError):
+    """Bad remote spec, unknown remote, unreadable or invalid config file."""
+
+    errno = _errno.EINVAL
+
+
+class NotFound(ModelfsError):
+    errno = _errno.ENOENT
+
+
+class AccessDenied(ModelfsError):
+    errno = _errno.EACCES
+
+
+class StaleObject(ModelfsError):
+    """The object changed in the bucket while a handle still refers to its old version."""
+
+    errno = _errno.ESTALE
+
+
+class StoreUnavailable(ModelfsError):
+    """Endpoint unreachable, timed out, or answering 5xx after retries."""
+
+    errno = _errno.EIO
+
+
+class BucketNotFound(ModelfsError):
+    errno = _errno.ENOENT
+
+
+class ReadOnly(ModelfsError):
+    errno = _errno.EROFS
+
+
+class NoSpace(ModelfsError):
+    errno = _errno.ENOSPC
+
+
+class NotEmpty(ModelfsError):
+    errno = _errno.ENOTEMPTY
+
+
+class IsADirectory(ModelfsError):
+    errno = _errno.EISDIR
+
+
+class NotADirectory(ModelfsError):
+    errno = _errno.ENOTDIR
+
+
+class AlreadyExists(ModelfsError):
+    errno = _errno.EEXIST
+
+
+class InvalidArgument(ModelfsError):
+    errno = _errno.EINVAL
+
+
+class NotSupported(ModelfsError):
+    errno = _errno.ENOTSUP
+
+
+class MountError(ModelfsError):
+    """The mountpoint or FUSE itself is not usable."""
+
+    errno = _errno.EINVAL
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno a FUSE reply should carry for `exc` (EIO for anything unexpected)."""
+    if isinstance(exc, ModelfsError):
+        return exc.errno
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return _errno.EIO

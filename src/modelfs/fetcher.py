@@ -1,0 +1,237 @@
+"""Fetching blocks of object versions: from the data cache, or from the store with ranged GETs.
+
+Owns the in-flight table. Invariants:
+- at most one GET is in flight for a given (object version, block); concurrent readers of that
+  block wait on the same `_Inflight` entry ("concurrent misses on one block share one GET");
+- a GET covers a run of consecutive blocks and streams them: each block is written to the cache
+  and handed to its waiters as soon as it is complete, so a reader waits only for its own block;
+- GETs run as background tasks in the fetcher's nursery; store calls run in worker threads under
+  a `CapacityLimiter` (demand reads and prefetch have separate limiters so prefetch never takes
+  the slots a reader needs), and RAM for in-flight chunks comes from the `MemoryBudget`;
+- a GET may be abandoned (its reader seeked away); its unfinished blocks then fail with
+  `_Abandoned`, and anyone still waiting on them issues a demand GET of its own.
+
+All bytes are of exactly the version named by the `ObjectId` (the store sends If-Match), so a
+changed object surfaces as `StaleObject`, never as mixed bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import trio
+
+from .budget import MemoryBudget
+from .datacache import DataCache
+from .store import ObjectStore
+from .values import ObjectId, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+
+class _Abandoned(Exception):
+    """The GET that owned this block stopped before reaching it (not an error for readers)."""
+
+
+@dataclass
+class _Inflight:
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class FetchTicket:
+    """Handle on a background GET, used to abandon it when its reader seeks away."""
+
+    obj: ObjectId
+    first: int
+    count: int
+    cancel: threading.Event = field(default_factory=threading.Event)
+    finished: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FetcherStatistics:
+    gets: int
+    blocks_fetched: int
+    bytes_fetched: int
+    shared_waits: int
+    abandoned: int
+    inflight_blocks: int
+
+
+class BlockFetcher:
+    def __init__(
+        self,
+        store: ObjectStore,
+        cache: DataCache,
+        *,
+        demand_limiter: trio.CapacityLimiter,
+        prefetch_limiter: trio.CapacityLimiter,
+        budget: MemoryBudget,
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self.block_size = cache.block_size
+        self.demand_limiter = demand_limiter
+        self.prefetch_limiter = prefetch_limiter
+        self._budget = budget
+        self._inflight: dict[tuple[ObjectId, int], _Inflight] = {}
+        self._nursery: trio.Nursery | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._gets = self._blocks = self._bytes = self._shared = self._abandoned = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the nursery in which background GETs run; returns only when cancelled."""
+        self._token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def block_count(self, info: ObjectInfo) -> int:
+        return -(-info.size // self.block_size)
+
+    def is_present(self, obj: ObjectId, index: int) -> bool:
+        return (obj, index) in self._inflight or self._cache.contains(obj, index)
+
+    async def block(self, info: ObjectInfo, index: int, *, run_blocks: int = 1) -> bytes:
+        """Block `index` of `info`'s version; on a miss GET it plus up to `run_blocks - 1`
+        following missing blocks (one request, streamed)."""
+        obj = info.id
+        while True:
+            entry = self._inflight.get((obj, index))
+            if entry is not None:
+                self._shared += 1
+                await entry.done.wait()
+                if isinstance(entry.error, _Abandoned):
+                    continue
+                if entry.error is not None:
+                    raise entry.error
+                assert entry.data is not None
+                return entry.data
+            data = self._cache.get(obj, index)
+            if data is not None:
+                return data
+            self.start_fetch(info, index, run_blocks, prefetch=False)
+
+    def start_fetch(
+        self, info: ObjectInfo, first: int, count: int, *, prefetch: bool
+    ) -> FetchTicket | None:
+        """Claim the run of missing blocks starting at `first` (at most `count`, stopping at the
+        first block already cached or in flight) and GET it in the background."""
+        obj = info.id
+        last = min(first + count, self.block_count(info))
+        run = 0
+        for index in range(first, last):
+            if self.is_present(obj, index):
+                break
+            self._inflight[(obj, index)] = _Inflight()
+            run += 1
+        if run == 0:
+            return None
+        ticket = FetchTicket(obj, first, run)
+        limiter = self.prefetch_limiter if prefetch else self.demand_limiter
+        assert self._nursery is not None, "BlockFetcher.run() is not running"
+        self._nursery.start_soon(self._get_run, info, ticket, limiter)
+        return ticket
+
+    def missing_runs(self, info: ObjectInfo, first: int, last: int) -> Iterable[int]:
+        """Indexes in [first, last) where a run of missing blocks starts."""
+        obj = info.id
+        previous_missing = False
+        for index in range(first, min(last, self.block_count(info))):
+            missing = not self.is_present(obj, index)
+            if missing and not previous_missing:
+                yield index
+            previous_missing = missing
+
+    async def wait_for(self, obj: ObjectId, index: int) -> BaseException | None:
+        """Wait until block `index` is no longer in flight; the error it failed with, if any."""
+        entry = self._inflight.get((obj, index))
+        if entry is None:
+            return None
+        await entry.done.wait()
+        return None if isinstance(entry.error, _Abandoned) else entry.error
+
+    def abandon(self, ticket: FetchTicket) -> None:
+        if not ticket.finished:
+            ticket.cancel.set()
+
+    # -- the GET itself ----------------------------------------------------------------------
+
+    async def _get_run(
+        self, info: ObjectInfo, ticket: FetchTicket, limiter: trio.CapacityLimiter
+    ) -> None:
+        error: BaseException = _Abandoned()
+        try:
+            await trio.to_thread.run_sync(self._stream_run, info, ticket, limiter=limiter)
+        except Exception as exc:
+            error = exc
+            if not isinstance(exc, _Abandoned):
+                log.warning(
+                    "GET %s blocks %d+%d failed: %s", info.key, ticket.first, ticket.count, exc
+                )
+        finally:
+            ticket.finished = True
+            self._fail_unfinished(ticket, error)
+
+    def _stream_run(self, info: ObjectInfo, ticket: FetchTicket) -> None:
+        """Worker thread: one ranged GET, published block by block."""
+        if ticket.cancel.is_set():
+            raise _Abandoned()
+        size = self.block_size
+        start = ticket.first * size
+        end = min(info.size, (ticket.first + ticket.count) * size)
+        self._gets += 1
+        chunks = iter(self._store.iter_range(info.id, start, end, size))
+        try:
+            for index in range(ticket.first, ticket.first + ticket.count):
+                if not self._budget.acquire(size, ticket.cancel):
+                    raise _Abandoned()
+                try:
+                    data = next(chunks)
+                    self._cache.put(info.id, index, data)
+                    self._blocks += 1
+                    self._bytes += len(data)
+                    trio.from_thread.run_sync(
+                        self._publish, info.id, index, data, trio_token=self._token
+                    )
+                finally:
+                    self._budget.release(size)
+                if ticket.cancel.is_set():
+                    self._abandoned += 1
+                    raise _Abandoned()
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    def _publish(self, obj: ObjectId, index: int, data: bytes) -> None:
+        entry = self._inflight.pop((obj, index), None)
+        if entry is not None:
+            entry.data = data
+            entry.done.set()
+
+    def _fail_unfinished(self, ticket: FetchTicket, error: BaseException) -> None:
+        for index in range(ticket.first, ticket.first + ticket.count):
+            entry = self._inflight.pop((ticket.obj, index), None)
+            if entry is not None:
+                entry.error = error
+                entry.done.set()
+
+    def statistics(self) -> FetcherStatistics:
+        return FetcherStatistics(
+            gets=self._gets,
+            blocks_fetched=self._blocks,
+            bytes_fetched=self._bytes,
+            shared_waits=self._shared,
+            abandoned=self._abandoned,
+            inflight_blocks=len(self._inflight),
+        )

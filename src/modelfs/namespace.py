@@ -1,0 +1,171 @@
+"""Directory listings of the bucket under the mount prefix, cached with a TTL.
+
+Owns: turning '/'-delimited LIST pages into directories (`DirListing`), the listing cache
+(`cachetools.TTLCache`, timer injected so tests control time), and sharing one LIST among
+concurrent callers of the same directory.
+
+Rules:
+- A listing is authoritative for its TTL: a name absent from it is a cached negative lookup.
+- Directory markers (`dir/` objects) make a directory, never a file.
+- A name that is both an object and a prefix is shown as the directory (the file is shadowed,
+  with a warning), because the directory may hold many files and the object is usually a marker.
+- Keys that cannot be paths are skipped (see `keys`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import trio
+from cachetools import TTLCache
+
+from . import keys
+from .store import ObjectStore
+from .values import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+# Enough directories for a large model tree; each entry is one directory's listing.
+_MAX_CACHED_DIRS = 16_384
+
+
+@dataclass(frozen=True, slots=True)
+class DirListing:
+    files: Mapping[str, ObjectInfo]
+    dirs: frozenset[str]
+
+    def names(self) -> list[str]:
+        return sorted(set(self.files) | self.dirs)
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceStatistics:
+    cached_dirs: int
+    list_requests: int
+    hits: int
+
+
+@dataclass
+class _Pending:
+    done: trio.Event = field(default_factory=trio.Event)
+    result: DirListing | None = None
+    error: BaseException | None = None
+
+
+class Namespace:
+    def __init__(
+        self,
+        store: ObjectStore,
+        prefix: str,
+        *,
+        ttl: float,
+        limiter: trio.CapacityLimiter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._limiter = limiter
+        self._cache: TTLCache[str, DirListing] = TTLCache(
+            maxsize=_MAX_CACHED_DIRS, ttl=max(ttl, 1e-9), timer=clock
+        )
+        self._ttl = ttl
+        self._pending: dict[str, _Pending] = {}
+        self._list_requests = 0
+        self._hits = 0
+
+    def key_of(self, path: str) -> str:
+        return self._prefix + path
+
+    def dir_prefix(self, path: str) -> str:
+        return self._prefix + path + "/" if path else self._prefix
+
+    async def listing(self, path: str) -> DirListing:
+        """The listing of directory `path` (relative to the mount root)."""
+        if self._ttl > 0:
+            cached = self._cache.get(path)
+            if cached is not None:
+                self._hits += 1
+                return cached
+        pending = self._pending.get(path)
+        if pending is not None:
+            await pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+            assert pending.result is not None
+            return pending.result
+        return await self._fetch(path)
+
+    async def _fetch(self, path: str) -> DirListing:
+        pending = self._pending[path] = _Pending()
+        try:
+            listing = await trio.to_thread.run_sync(
+                self._list_all_pages, self.dir_prefix(path), limiter=self._limiter
+            )
+            if self._ttl > 0:
+                self._cache[path] = listing
+            pending.result = listing
+            return listing
+        except BaseException as exc:
+            pending.error = exc
+            raise
+        finally:
+            del self._pending[path]
+            pending.done.set()
+
+    def invalidate(self, path: str) -> None:
+        self._cache.pop(path, None)
+
+    def invalidate_all(self) -> None:
+        self._cache.clear()
+
+    def cached(self, path: str) -> DirListing | None:
+        return self._cache.get(path)
+
+    def statistics(self) -> NamespaceStatistics:
+        return NamespaceStatistics(len(self._cache), self._list_requests, self._hits)
+
+    def _list_all_pages(self, prefix: str) -> DirListing:
+        files: dict[str, ObjectInfo] = {}
+        dirs: set[str] = set()
+        token: str | None = None
+        while True:
+            self._list_requests += 1
+            page = self._store.list_page(prefix, token)
+            for info in page.objects:
+                self._add_object(prefix, info, files, dirs)
+            for sub in page.prefixes:
+                name = sub[len(prefix) :].rstrip("/")
+                if keys.valid_segment(name):
+                    dirs.add(name)
+                else:
+                    keys.warn_skipped(sub)
+            token = page.next_token
+            if token is None:
+                break
+        for name in dirs & files.keys():
+            log.warning(
+                "%r is both an object and a directory; showing the directory", prefix + name
+            )
+            del files[name]
+        return DirListing(files, frozenset(dirs))
+
+    @staticmethod
+    def _add_object(
+        prefix: str, info: ObjectInfo, files: dict[str, ObjectInfo], dirs: set[str]
+    ) -> None:
+        name = info.key[len(prefix) :]
+        if name == "":
+            return  # the directory's own marker object
+        if name.endswith("/"):
+            # A marker for a subdirectory that LIST reported as an object (some stores do).
+            name = name[:-1]
+            if keys.valid_segment(name):
+                dirs.add(name)
+            return
+        if keys.valid_segment(name):
+            files[name] = info
+        else:
+            keys.warn_skipped(info.key)

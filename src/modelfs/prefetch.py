@@ -1,0 +1,174 @@
+"""Readahead for one open file, and whole-object background fetches for model files.
+
+`ReadaheadPolicy` is pure logic (no I/O, no time), tested on its own:
+- a read that starts where the previous one ended, or a little after it (the kernel's readahead
+  may skip ahead or arrive out of order), is sequential; anything else is a seek;
+- on a sequential read the window doubles, from `initial` up to `maximum`, and the policy asks
+  for everything up to `position + window` to be fetched; it asks again only once the reader has
+  consumed half of what was asked for, so requests come in large parts;
+- a seek resets the window and asks to abandon the parts fetched ahead of the old position.
+
+`HandlePrefetcher` applies the policy with the `BlockFetcher`: it issues part-sized GETs (only
+as many as there are free prefetch slots, so queued prefetch never sits in front of a reader)
+and abandons them on a seek.
+
+`WholeObjectFetch` pulls a whole object into the cache with up to `transfers` parallel parts;
+used on open for large model files, which are read through mmap in scattered 4 KiB faults.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from .fetcher import BlockFetcher, FetchTicket
+from .values import ObjectId, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadaheadDecision:
+    fetch_from: int  # byte offsets; an empty range means nothing to fetch
+    fetch_to: int
+    abandon: bool  # the reader seeked: abandon parts fetched for the old position
+
+
+class ReadaheadPolicy:
+    def __init__(self, initial: int, maximum: int, *, tolerance: int) -> None:
+        self.initial = initial
+        self.maximum = max(initial, maximum)
+        self.tolerance = tolerance  # forward jump still counted as sequential
+        self.window = 0
+        self._expected = 0  # where the next sequential read starts
+        self._requested_to = 0  # everything before this was already asked for
+        self._sequential = False
+
+    def on_read(self, offset: int, size: int, file_size: int) -> ReadaheadDecision:
+        end = min(offset + size, file_size)
+        sequential = self._expected <= offset <= self._expected + self.tolerance or (
+            offset < self._expected and end > self._expected - self.tolerance and self._sequential
+        )
+        abandon = False
+        if offset == 0 or sequential:
+            self._sequential = True
+            self.window = self.initial if self.window == 0 else min(self.window * 2, self.maximum)
+        else:
+            abandon = self._sequential
+            self._sequential = False
+            self.window = 0
+            self._requested_to = 0
+        self._expected = max(self._expected, end) if sequential else end
+        if not self._sequential:
+            return ReadaheadDecision(0, 0, abandon)
+        half_consumed = end >= self._requested_to - self.window // 2
+        if not half_consumed:
+            return ReadaheadDecision(0, 0, abandon)
+        fetch_from = max(end, self._requested_to)
+        fetch_to = min(end + self.window, file_size)
+        if fetch_to <= fetch_from:
+            return ReadaheadDecision(0, 0, abandon)
+        self._requested_to = fetch_to
+        return ReadaheadDecision(fetch_from, fetch_to, abandon)
+
+
+class HandlePrefetcher:
+    """Readahead for one open file handle."""
+
+    def __init__(
+        self, fetcher: BlockFetcher, info: ObjectInfo, policy: ReadaheadPolicy, part_size: int
+    ) -> None:
+        self._fetcher = fetcher
+        self._info = info
+        self._policy = policy
+        self._part_blocks = max(1, part_size // fetcher.block_size)
+        self._tickets: list[FetchTicket] = []
+
+    @property
+    def sequential(self) -> bool:
+        return self._policy.window > 0
+
+    def on_read(self, offset: int, size: int) -> None:
+        decision = self._policy.on_read(offset, size, self._info.size)
+        if decision.abandon:
+            self.close()
+        if decision.fetch_to > decision.fetch_from:
+            self._schedule(decision.fetch_from, decision.fetch_to)
+        self._tickets = [t for t in self._tickets if not t.finished]
+
+    def _schedule(self, start: int, end: int) -> None:
+        block = self._fetcher.block_size
+        first, last = start // block, -(-end // block)
+        limiter = self._fetcher.prefetch_limiter
+        for run_start in self._fetcher.missing_runs(self._info, first, last):
+            index = run_start
+            while index < last and limiter.available_tokens > len(self._pending()):
+                count = min(self._part_blocks, last - index)
+                ticket = self._fetcher.start_fetch(self._info, index, count, prefetch=True)
+                if ticket is None:
+                    break
+                self._tickets.append(ticket)
+                index += ticket.count
+
+    def _pending(self) -> list[FetchTicket]:
+        return [t for t in self._tickets if not t.finished]
+
+    def close(self) -> None:
+        for ticket in self._tickets:
+            self._fetcher.abandon(ticket)
+        self._tickets.clear()
+
+
+class WholeObjectFetch:
+    """Fetch every missing block of one object version with `parallel` concurrent parts."""
+
+    def __init__(
+        self, fetcher: BlockFetcher, info: ObjectInfo, *, part_size: int, parallel: int
+    ) -> None:
+        self._fetcher = fetcher
+        self._info = info
+        self._part_blocks = max(1, part_size // fetcher.block_size)
+        self._parallel = max(1, parallel)
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+
+    @property
+    def object_id(self) -> ObjectId:
+        return self._info.id
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+            if self.error is not None:
+                log.warning("background fetch of %s stopped: %s", self._info.key, self.error)
+        finally:
+            self.done.set()
+
+    async def _run(self) -> None:
+        fetcher, info = self._fetcher, self._info
+        total = fetcher.block_count(info)
+        slots = trio.Semaphore(self._parallel)
+        index = 0
+        async with trio.open_nursery() as nursery:
+            while index < total and self.error is None:
+                if fetcher.is_present(info.id, index):
+                    index += 1
+                    continue
+                await slots.acquire()
+                ticket = fetcher.start_fetch(info, index, self._part_blocks, prefetch=True)
+                if ticket is None:
+                    slots.release()
+                    continue
+                nursery.start_soon(self._await_part, ticket, slots)
+                index += ticket.count
+
+    async def _await_part(self, ticket: FetchTicket, slots: trio.Semaphore) -> None:
+        try:
+            # The last block of a part is published last: once it is done, the part is.
+            error = await self._fetcher.wait_for(ticket.obj, ticket.first + ticket.count - 1)
+            if error is not None and self.error is None:
+                self.error = error
+        finally:
+            slots.release()
