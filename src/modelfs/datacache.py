@@ -41,6 +41,9 @@ class DataCache(Protocol):
     def contains(self, obj: ObjectId, index: int) -> bool:
         """Whether `get` would likely hit (cheap; not verified)."""
 
+    def advise(self, obj: ObjectId, index: int) -> None:
+        """Hint that the block will be read soon (start loading it); never raises."""
+
     def statistics(self) -> CacheStatistics: ...
 
 
@@ -76,6 +79,9 @@ class MemoryDataCache:
 
     def contains(self, obj: ObjectId, index: int) -> bool:
         return (obj, index) in self._blocks
+
+    def advise(self, obj: ObjectId, index: int) -> None:
+        pass
 
     def statistics(self) -> CacheStatistics:
         return CacheStatistics(

@@ -160,6 +160,13 @@ class BlockFetcher:
         await entry.done.wait()
         return None if isinstance(entry.error, _Abandoned) else entry.error
 
+    def advise_cached(self, info: ObjectInfo, first: int, last: int) -> None:
+        """Ask the cache to start loading the cached blocks in [first, last)."""
+        obj = info.id
+        for index in range(first, min(last, self.block_count(info))):
+            if (obj, index) not in self._inflight:
+                self._cache.advise(obj, index)
+
     def abandon(self, ticket: FetchTicket) -> None:
         if not ticket.finished:
             ticket.cancel.set()
@@ -191,18 +198,23 @@ class BlockFetcher:
         end = min(info.size, (ticket.first + ticket.count) * size)
         self._gets += 1
         chunks = iter(self._store.iter_range(info.id, start, end, size))
+        written = -1  # the last block that is in the cache and may leave the in-flight table
         try:
             for index in range(ticket.first, ticket.first + ticket.count):
                 if not self._budget.acquire(size, ticket.cancel):
                     raise _Abandoned()
                 try:
                     data = next(chunks)
-                    self._cache.put(info.id, index, data)
                     self._blocks += 1
                     self._bytes += len(data)
+                    # Readers first: the disk write of a block must not delay its reader. The
+                    # entry stays in the table (done) until the block is on disk, so a reader
+                    # arriving in between does not start a second GET for it.
                     trio.from_thread.run_sync(
-                        self._publish, info.id, index, data, trio_token=self._token
+                        self._publish, info.id, index, data, written, trio_token=self._token
                     )
+                    self._cache.put(info.id, index, data)
+                    written = index
                 finally:
                     self._budget.release(size)
                 if ticket.cancel.is_set():
@@ -213,16 +225,18 @@ class BlockFetcher:
             if close is not None:
                 close()
 
-    def _publish(self, obj: ObjectId, index: int, data: bytes) -> None:
-        entry = self._inflight.pop((obj, index), None)
+    def _publish(self, obj: ObjectId, index: int, data: bytes, retire: int) -> None:
+        entry = self._inflight.get((obj, index))
         if entry is not None:
             entry.data = data
             entry.done.set()
+        if retire >= 0:
+            self._inflight.pop((obj, retire), None)
 
     def _fail_unfinished(self, ticket: FetchTicket, error: BaseException) -> None:
         for index in range(ticket.first, ticket.first + ticket.count):
             entry = self._inflight.pop((ticket.obj, index), None)
-            if entry is not None:
+            if entry is not None and not entry.done.is_set():
                 entry.error = error
                 entry.done.set()
 

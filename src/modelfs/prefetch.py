@@ -101,6 +101,7 @@ class HandlePrefetcher:
     def _schedule(self, start: int, end: int) -> None:
         block = self._fetcher.block_size
         first, last = start // block, -(-end // block)
+        self._fetcher.advise_cached(self._info, first, last)
         limiter = self._fetcher.prefetch_limiter
         for run_start in self._fetcher.missing_runs(self._info, first, last):
             index = run_start

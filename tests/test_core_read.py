@@ -1,0 +1,462 @@
+"""Unit tests of the read core (no FUSE, no S3): fetcher, readahead, budget, namespace, fs."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+
+import pytest
+import trio
+
+from modelfs.budget import MemoryBudget
+from modelfs.datacache import MemoryDataCache
+from modelfs.errors import NotFound, StaleObject
+from modelfs.fetcher import BlockFetcher
+from modelfs.fs import Filesystem, FsOptions
+from modelfs.inodes import ROOT_INODE
+from modelfs.memstore import MemoryStore
+from modelfs.namespace import Namespace
+from modelfs.prefetch import ReadaheadPolicy
+
+BLOCK = 64 << 10  # small blocks keep the tests fast; the logic does not depend on the size
+MiB = 1 << 20
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_fs(
+    store: MemoryStore,
+    *,
+    clock: FakeClock | None = None,
+    cache: MemoryDataCache | None = None,
+    budget: int = 16 * BLOCK,
+    **options: object,
+) -> Filesystem:
+    clock = clock or FakeClock()
+    cache = cache or MemoryDataCache(BLOCK, 1 << 30)
+    fetcher = BlockFetcher(
+        store,
+        cache,
+        demand_limiter=trio.CapacityLimiter(4),
+        prefetch_limiter=trio.CapacityLimiter(4),
+        budget=MemoryBudget(budget),
+    )
+    namespace = Namespace(store, "", ttl=60.0, limiter=trio.CapacityLimiter(4), clock=clock)
+    defaults: dict[str, object] = {"part_size": 4 * BLOCK, "readahead_max": 16 * BLOCK}
+    defaults.update(options)
+    return Filesystem(namespace, fetcher, FsOptions(**defaults))  # type: ignore[arg-type]
+
+
+async def start(fs: Filesystem, nursery: trio.Nursery) -> Filesystem:
+    await nursery.start(fs.run)
+    return fs
+
+
+async def open_path(fs: Filesystem, path: str) -> int:
+    ino = ROOT_INODE
+    for name in path.split("/"):
+        ino = (await fs.lookup(ino, name)).ino
+    fh, _ = await fs.open(ino, os.O_RDONLY)
+    return fh
+
+
+async def read_all(fs: Filesystem, fh: int, size: int, request: int = 128 << 10) -> bytes:
+    out = bytearray()
+    for offset in range(0, size, request):
+        out += await fs.read(fh, offset, request)
+    return bytes(out)
+
+
+# -- ReadaheadPolicy -----------------------------------------------------------------------------
+
+
+def test_window_grows_on_sequential_reads_up_to_the_maximum() -> None:
+    policy = ReadaheadPolicy(8 * MiB, 64 * MiB, tolerance=8 * MiB)
+    windows = []
+    for offset in range(0, 200 * MiB, MiB):
+        policy.on_read(offset, MiB, 1 << 40)
+        windows.append(policy.window)
+    assert windows[0] == 8 * MiB
+    assert windows[1] == 16 * MiB
+    assert max(windows) == 64 * MiB
+    assert windows == sorted(windows)
+
+
+def test_readahead_asks_in_large_parts_and_covers_the_file() -> None:
+    policy = ReadaheadPolicy(8 * MiB, 64 * MiB, tolerance=8 * MiB)
+    asked: list[tuple[int, int]] = []
+    size = 300 * MiB
+    for offset in range(0, size, MiB):
+        decision = policy.on_read(offset, MiB, size)
+        if decision.fetch_to > decision.fetch_from:
+            asked.append((decision.fetch_from, decision.fetch_to))
+    # Requests are contiguous, never overlap, and reach the end of the file.
+    for (_, end), (start, _) in zip(asked, asked[1:], strict=False):
+        assert start == end
+    assert asked[-1][1] == size
+    assert len(asked) < 40  # far fewer requests than reads
+
+
+def test_seek_resets_window_and_abandons() -> None:
+    policy = ReadaheadPolicy(8 * MiB, 64 * MiB, tolerance=8 * MiB)
+    for offset in range(0, 10 * MiB, MiB):
+        policy.on_read(offset, MiB, 1 << 30)
+    decision = policy.on_read(500 * MiB, 4096, 1 << 30)
+    assert decision.abandon
+    assert policy.window == 0
+    assert decision.fetch_to == decision.fetch_from
+    # A second random read does not abandon again, and asks for nothing.
+    again = policy.on_read(100 * MiB, 4096, 1 << 30)
+    assert not again.abandon and again.fetch_to == again.fetch_from
+
+
+def test_small_forward_jump_and_reordered_kernel_reads_stay_sequential() -> None:
+    policy = ReadaheadPolicy(8 * MiB, 64 * MiB, tolerance=8 * MiB)
+    policy.on_read(0, MiB, 1 << 30)
+    policy.on_read(2 * MiB, MiB, 1 << 30)  # skipped one request (arrives later)
+    decision = policy.on_read(MiB, MiB, 1 << 30)  # the late one
+    assert not decision.abandon
+    assert policy.window > 0
+
+
+# -- MemoryBudget -------------------------------------------------------------------------------
+
+
+def test_budget_never_exceeded_by_concurrent_threads() -> None:
+    budget = MemoryBudget(4 * MiB)
+
+    def worker() -> None:
+        for _ in range(200):
+            assert budget.acquire(MiB)
+            budget.release(MiB)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stats = budget.statistics()
+    assert stats.peak <= 4 * MiB
+    assert stats.in_use == 0
+
+
+def test_budget_wait_can_be_cancelled() -> None:
+    budget = MemoryBudget(MiB)
+    assert budget.acquire(MiB)
+    cancel = threading.Event()
+    cancel.set()
+    assert not budget.acquire(MiB, cancel)
+
+
+# -- BlockFetcher ------------------------------------------------------------------------------
+
+
+async def test_concurrent_misses_on_one_block_share_one_get() -> None:
+    store = MemoryStore()
+    data = os.urandom(BLOCK * 4)
+    info = store.put_bytes("m.bin", data)
+    gate = threading.Event()
+    store.delay = lambda op: gate.wait(5) if op == "iter_range" else None
+    fetcher = BlockFetcher(
+        store,
+        MemoryDataCache(BLOCK, 1 << 30),
+        demand_limiter=trio.CapacityLimiter(4),
+        prefetch_limiter=trio.CapacityLimiter(4),
+        budget=MemoryBudget(8 * BLOCK),
+    )
+    results: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fetcher.run)
+
+        async def reader() -> None:
+            results.append(await fetcher.block(info, 1))
+
+        async with trio.open_nursery() as readers:
+            for _ in range(5):
+                readers.start_soon(reader)
+            await trio.sleep(0.05)
+            gate.set()
+        nursery.cancel_scope.cancel()
+    assert results == [data[BLOCK : 2 * BLOCK]] * 5
+    assert store.ops["iter_range"] == 1
+    assert fetcher.statistics().shared_waits >= 4
+
+
+async def test_changed_object_is_stale_never_mixed() -> None:
+    store = MemoryStore()
+    old = store.put_bytes("m.bin", b"a" * BLOCK * 3)
+    fs_cache = MemoryDataCache(BLOCK, 1 << 30)
+    fetcher = BlockFetcher(
+        store,
+        fs_cache,
+        demand_limiter=trio.CapacityLimiter(2),
+        prefetch_limiter=trio.CapacityLimiter(2),
+        budget=MemoryBudget(4 * BLOCK),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fetcher.run)
+        assert await fetcher.block(old, 0) == b"a" * BLOCK
+        store.replace_behind_back("m.bin", b"b" * BLOCK * 3)
+        assert await fetcher.block(old, 0) == b"a" * BLOCK  # the old version, from the cache
+        with pytest.raises(StaleObject):
+            await fetcher.block(old, 1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_memory_budget_bounds_inflight_data_with_many_parallel_gets() -> None:
+    store = MemoryStore()
+    info = store.put_bytes("big.bin", os.urandom(BLOCK * 64))
+    budget = MemoryBudget(3 * BLOCK)
+    fetcher = BlockFetcher(
+        store,
+        MemoryDataCache(BLOCK, 1 << 30),
+        demand_limiter=trio.CapacityLimiter(8),
+        prefetch_limiter=trio.CapacityLimiter(8),
+        budget=budget,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fetcher.run)
+        for first in range(0, 64, 8):
+            fetcher.start_fetch(info, first, 8, prefetch=True)
+        for index in range(64):
+            await fetcher.block(info, index)
+        nursery.cancel_scope.cancel()
+    assert budget.statistics().peak <= 3 * BLOCK
+    assert budget.statistics().in_use == 0
+
+
+async def test_abandoned_part_lets_waiting_reader_fetch_itself() -> None:
+    store = MemoryStore()
+    data = os.urandom(BLOCK * 8)
+    info = store.put_bytes("m.bin", data)
+    gate = threading.Event()
+    store.delay = lambda op: gate.wait(5) if op == "iter_range" else None
+    fetcher = BlockFetcher(
+        store,
+        MemoryDataCache(BLOCK, 1 << 30),
+        demand_limiter=trio.CapacityLimiter(2),
+        prefetch_limiter=trio.CapacityLimiter(2),
+        budget=MemoryBudget(8 * BLOCK),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fetcher.run)
+        ticket = fetcher.start_fetch(info, 0, 8, prefetch=True)
+        assert ticket is not None
+        fetcher.abandon(ticket)
+        gate.set()
+        assert await fetcher.block(info, 5) == data[5 * BLOCK : 6 * BLOCK]
+        nursery.cancel_scope.cancel()
+    assert fetcher.statistics().inflight_blocks == 0
+
+
+# -- Namespace and Filesystem ------------------------------------------------------------------
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+async def test_tree_lookup_readdir_and_attributes(store: MemoryStore) -> None:
+    store.put_bytes("cache_hub/models/model.pt", b"x" * 1000)
+    store.put_bytes("cache_hub/tokenizer/vocab.json", b"{}")
+    store.put_bytes("cache_hub/dirmarker/", b"")
+    store.put_bytes("top.txt", b"hello")
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store, uid=1234, gid=99, umask=0o027), nursery)
+        root_fh = await fs.opendir(ROOT_INODE)
+        assert [e.name for e in fs.readdir(root_fh, 0)] == ["cache_hub", "top.txt"]
+        hub = await fs.lookup(ROOT_INODE, "cache_hub")
+        assert hub.is_dir
+        hub_fh = await fs.opendir(hub.ino)
+        assert [e.name for e in fs.readdir(hub_fh, 0)] == ["dirmarker", "models", "tokenizer"]
+        assert [e.name for e in fs.readdir(hub_fh, 2)] == ["tokenizer"]
+        models = await fs.lookup(hub.ino, "models")
+        model = await fs.lookup(models.ino, "model.pt")
+        assert (model.size, model.uid, model.gid) == (1000, 1234, 99)
+        assert model.mode & 0o777 == 0o440
+        assert (await fs.lookup(ROOT_INODE, "top.txt")).ino == (
+            await fs.lookup(ROOT_INODE, "top.txt")
+        ).ino
+        nursery.cancel_scope.cancel()
+
+
+async def test_negative_lookups_are_cached_until_ttl(store: MemoryStore) -> None:
+    clock = FakeClock()
+    store.put_bytes("a.txt", b"a")
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store, clock=clock), nursery)
+        for _ in range(3):
+            with pytest.raises(NotFound):
+                await fs.lookup(ROOT_INODE, "missing.txt")
+        assert store.ops["list_page"] == 1
+        store.put_bytes("missing.txt", b"now here")
+        with pytest.raises(NotFound):
+            await fs.lookup(ROOT_INODE, "missing.txt")
+        clock.now += 61
+        assert (await fs.lookup(ROOT_INODE, "missing.txt")).size == 8
+        assert store.ops["list_page"] == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_listing_pages_through_many_keys() -> None:
+    store = MemoryStore()
+    for i in range(2500):
+        store.put_bytes(f"d/f{i:05d}", b"")
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store), nursery)
+        d = await fs.lookup(ROOT_INODE, "d")
+        fh = await fs.opendir(d.ino)
+        assert len(fs.readdir(fh, 0)) == 2500
+        assert store.ops["list_page"] >= 3  # 1000 keys a page
+        nursery.cancel_scope.cancel()
+
+
+async def test_keys_that_cannot_be_paths_are_skipped(store: MemoryStore) -> None:
+    store.put_bytes("ok/file", b"1")
+    store.put_bytes("bad/../escape", b"2")
+    store.put_bytes("bad//double", b"3")
+    store.put_bytes("bad/./dot", b"4")
+    store.put_bytes("bad/" + "n" * 256, b"5")
+    store.put_bytes("bad/fine", b"6")
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store), nursery)
+        bad = await fs.lookup(ROOT_INODE, "bad")
+        fh = await fs.opendir(bad.ino)
+        assert [e.name for e in fs.readdir(fh, 0)] == ["fine"]
+        for name in ("..", "."):
+            # '.' and '..' resolve to real directories, never to the odd keys
+            assert (await fs.lookup(bad.ino, name)).is_dir
+        nursery.cancel_scope.cancel()
+
+
+async def test_sequential_read_is_exact_and_reads_ahead(store: MemoryStore) -> None:
+    data = os.urandom(BLOCK * 40 + 123)
+    store.put_bytes("m.dat", data)
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store), nursery)
+        fh = await open_path(fs, "m.dat")
+        assert await read_all(fs, fh, len(data), request=BLOCK // 2) == data
+        fs.release(fh)
+        stats = fs.fetcher.statistics()
+        assert stats.blocks_fetched == 41  # every block once
+        assert stats.gets < 20  # in parts, not block by block
+        nursery.cancel_scope.cancel()
+
+
+async def test_random_reads_are_exact(store: MemoryStore) -> None:
+    rng = random.Random(7)
+    data = os.urandom(BLOCK * 16 + 5)
+    store.put_bytes("m.dat", data)
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store), nursery)
+        fh = await open_path(fs, "m.dat")
+        for _ in range(300):
+            offset = rng.randrange(0, len(data) + 10)
+            size = rng.randrange(1, 3 * BLOCK)
+            assert await fs.read(fh, offset, size) == data[offset : offset + size]
+        nursery.cancel_scope.cancel()
+
+
+async def test_object_replaced_while_open_gives_old_bytes_or_stale(store: MemoryStore) -> None:
+    old = os.urandom(BLOCK * 8)
+    store.put_bytes("m.dat", old)
+    clock = FakeClock()
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store, clock=clock), nursery)
+        fh = await open_path(fs, "m.dat")
+        assert await fs.read(fh, 0, BLOCK) == old[:BLOCK]
+        new = os.urandom(BLOCK * 8)
+        store.replace_behind_back("m.dat", new)
+        for index in range(8):
+            try:
+                got = await fs.read(fh, index * BLOCK, BLOCK)
+            except StaleObject:
+                continue
+            assert got == old[index * BLOCK : (index + 1) * BLOCK]
+        fs.release(fh)
+        clock.now += 61  # the listing expires: a new open sees the new version
+        fh2 = await open_path(fs, "m.dat")
+        assert await read_all(fs, fh2, len(new)) == new
+        nursery.cancel_scope.cancel()
+
+
+async def test_keep_cache_only_while_etag_unchanged(store: MemoryStore) -> None:
+    store.put_bytes("m.dat", b"one")
+    clock = FakeClock()
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store, clock=clock), nursery)
+        ino = (await fs.lookup(ROOT_INODE, "m.dat")).ino
+        _, keep_first = await fs.open(ino, os.O_RDONLY)
+        _, keep_second = await fs.open(ino, os.O_RDONLY)
+        store.replace_behind_back("m.dat", b"two")
+        clock.now += 61
+        _, keep_changed = await fs.open(ino, os.O_RDONLY)
+        assert (keep_first, keep_second, keep_changed) == (False, True, False)
+        nursery.cancel_scope.cancel()
+
+
+async def test_model_files_are_fetched_whole_on_open(store: MemoryStore) -> None:
+    data = os.urandom(BLOCK * 32)
+    store.put_bytes("w/model.safetensors", data)
+    store.put_bytes("w/notes.txt", data)
+    cache = MemoryDataCache(BLOCK, 1 << 30)
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store, cache=cache, model_min_size=BLOCK), nursery)
+        fh = await open_path(fs, "w/model.safetensors")
+        info = fs._files[fh].info
+        with trio.fail_after(10):
+            while any(True for _ in fs.fetcher.missing_runs(info, 0, 32)):
+                await trio.sleep(0.01)
+        assert all(cache.contains(info.id, i) for i in range(32))
+        fh_txt = await open_path(fs, "w/notes.txt")
+        await trio.sleep(0.05)
+        txt = fs._files[fh_txt].info
+        assert not any(cache.contains(txt.id, i) for i in range(32))
+        nursery.cancel_scope.cancel()
+
+
+async def test_prefetch_small_fetches_small_files_on_listing(store: MemoryStore) -> None:
+    for i in range(20):
+        store.put_bytes(f"tok/f{i}.json", b"{}" * (i + 1))
+    store.put_bytes("tok/big.bin", os.urandom(3 * BLOCK))
+    cache = MemoryDataCache(BLOCK, 1 << 30)
+    async with trio.open_nursery() as nursery:
+        fs = await start(
+            make_fs(store, cache=cache, prefetch_small=True, small_file_max=BLOCK), nursery
+        )
+        tok = await fs.lookup(ROOT_INODE, "tok")
+        await fs.opendir(tok.ino)
+        with trio.fail_after(10):
+            while cache.statistics().blocks < 20:
+                await trio.sleep(0.01)
+        await trio.sleep(0.05)
+        assert cache.statistics().blocks == 20  # not the big file
+        nursery.cancel_scope.cancel()
+
+
+async def test_seek_away_abandons_readahead(store: MemoryStore) -> None:
+    data = os.urandom(BLOCK * 64)
+    store.put_bytes("m.dat", data)
+    gate = threading.Event()
+    store.delay = lambda op: gate.wait(5) if op == "iter_range" else None
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store), nursery)
+        fh = await open_path(fs, "m.dat")
+        handle = fs._files[fh]
+        with trio.move_on_after(0.05):
+            await fs.read(fh, 0, BLOCK)  # blocked by the gate; readahead scheduled behind it
+        tickets = list(handle.prefetcher._tickets)
+        assert tickets, "sequential start should schedule readahead"
+        handle.prefetcher.on_read(50 * BLOCK, 10)  # seek away
+        assert all(t.cancel.is_set() for t in tickets)
+        gate.set()
+        assert await fs.read(fh, 50 * BLOCK, 10) == data[50 * BLOCK : 50 * BLOCK + 10]
+        nursery.cancel_scope.cancel()
