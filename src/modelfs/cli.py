@@ -20,7 +20,6 @@ from typing import Any
 
 from . import __version__, control
 from .errors import ConfigError, ModelfsError, MountError
-from .fs import FsOptions
 from .remote import describe_remotes, resolve
 from .values import format_size, parse_duration, parse_size
 
@@ -186,6 +185,7 @@ def setup_logging(level: str, log_file: str | None, verbose: bool) -> None:
 
 
 def mount_config(args: argparse.Namespace) -> Any:
+    from .fs import FsOptions  # imported here: `status` and `unmount` should start fast
     from .mount import MountConfig
 
     remote, spec = resolve(args.spec, args.config)
@@ -248,6 +248,9 @@ def _tell_parent(fd: int, message: str) -> None:
 
 
 def _spawn_daemon(args: argparse.Namespace, cache_dir: Path) -> int:
+    from .mount import check_cache_dir
+
+    check_cache_dir(cache_dir)  # the default log file lives there
     log_file = args.log_file or str(cache_dir / "modelfs.log")
     argv = [a for a in sys.argv[1:] if a != "--daemon"]
     if not args.log_file:

@@ -32,7 +32,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from . import control, mountcheck, notify
+from . import control, control_server, mountcheck, notify
 from .blockcache import DiskBlockCache
 from .budget import MemoryBudget
 from .errors import MountError
@@ -231,7 +231,7 @@ class Mount:
         with trio.fail_after(_READY_TIMEOUT):
             await trio.to_thread.run_sync(os.stat, mountpoint)
         raise_kernel_readahead(self.real_mountpoint)
-        await nursery.start(control.serve, self.mount_id, self._control)
+        await nursery.start(control_server.serve, self.mount_id, self._control)
         control.write_state(
             self.mount_id,
             {

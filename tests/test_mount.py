@@ -1,0 +1,268 @@
+"""Real mounts: the `modelfs` CLI in a subprocess, over /dev/fuse, against SeaweedFS.
+
+Requests are counted by the FaultProxy in front of the server (not by modelfs's own counters).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support import FaultProxy, SeaweedServer
+from support.mounting import Mounted, drop_page_cache
+
+pytestmark = pytest.mark.mount
+
+MiB = 1 << 20
+
+
+@dataclass
+class Env:
+    seaweed: SeaweedServer
+    proxy: FaultProxy
+    bucket: str
+    config: Path
+    mountpoint: Path
+    cache_dir: Path
+
+    def put(self, key: str, data: bytes) -> None:
+        self.seaweed.client().put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def mount(self, *options: str, prefix: str = "") -> Mounted:
+        spec = f"test:{self.bucket}" + (f"/{prefix}" if prefix else "")
+        return Mounted(self.config, spec, self.mountpoint, self.cache_dir, *options)
+
+    def gets(self, key: str) -> int:
+        return self.proxy.count("GET", path_contains=f"/{self.bucket}/{key}")
+
+
+@pytest.fixture
+def env(
+    seaweed: SeaweedServer,
+    proxy: FaultProxy,
+    bucket: str,
+    tmp_path: Path,
+    make_config: Callable[..., Path],
+) -> Env:
+    config = make_config(tmp_path, proxy.endpoint)
+    return Env(seaweed, proxy, bucket, config, tmp_path / "mnt", tmp_path / "cache")
+
+
+@pytest.fixture(scope="module")
+def blob64() -> bytes:
+    return random.Random(64).randbytes(64 * MiB)
+
+
+def read_file(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def test_sequential_random_and_concurrent_reads_are_exact(env: Env, blob64: bytes) -> None:
+    env.put("models/blob.dat", blob64)
+    with env.mount():
+        path = env.mountpoint / "models" / "blob.dat"
+        assert path.stat().st_size == len(blob64)
+        assert hashlib.sha256(read_file(path)).digest() == hashlib.sha256(blob64).digest()
+        rng = random.Random(1)
+        with path.open("rb", buffering=0) as file:
+            for _ in range(200):
+                offset = rng.randrange(0, len(blob64))
+                size = rng.choice([1, 4096, 5000, 131072, 1 << 20, 3 << 20])
+                file.seek(offset)
+                assert file.read(size) == blob64[offset : offset + size]
+        drop_page_cache()
+
+        def reader(seed: int) -> bool:
+            local = random.Random(seed)
+            with path.open("rb", buffering=0) as file:
+                for _ in range(40):
+                    offset = local.randrange(0, len(blob64))
+                    file.seek(offset)
+                    if file.read(200_000) != blob64[offset : offset + 200_000]:
+                        return False
+            return True
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            assert all(pool.map(reader, range(4)))
+
+
+def test_cold_concurrent_readers_are_exact(env: Env, blob64: bytes) -> None:
+    env.put("blob.dat", blob64)
+    with env.mount():
+        path = env.mountpoint / "blob.dat"
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            digests = list(pool.map(lambda _: hashlib.sha256(read_file(path)).digest(), range(4)))
+        assert set(digests) == {hashlib.sha256(blob64).digest()}
+    # Four readers of one cold file share GETs: never more GETs than blocks.
+    assert env.gets("blob.dat") <= 64
+
+
+def test_listing_of_2000_keys_and_nested_tree(env: Env) -> None:
+    client = env.seaweed.client()
+
+    def put(i: int) -> None:
+        client.put_object(Bucket=env.bucket, Key=f"many/f{i:04d}.json", Body=b"%d" % i)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, range(2000)))
+    env.put("a/b/c/d/deep.txt", b"deep")
+    env.put("a/b/side.txt", b"side")
+    with env.mount():
+        names = sorted(os.listdir(env.mountpoint / "many"))
+        assert names == [f"f{i:04d}.json" for i in range(2000)]
+        assert (env.mountpoint / "many" / "f1234.json").read_bytes() == b"1234"
+        walked = sorted(
+            os.path.relpath(os.path.join(root, name), env.mountpoint)
+            for root, _, files in os.walk(env.mountpoint / "a")
+            for name in files
+        )
+        assert walked == ["a/b/c/d/deep.txt", "a/b/side.txt"]
+        assert (env.mountpoint / "a" / "b").is_dir()
+        assert not (env.mountpoint / "a" / "nope").exists()
+
+
+def test_prefix_mount_shows_only_the_prefix(env: Env) -> None:
+    env.put("cache_hub_v23/models/model.pt", b"v23")
+    env.put("cache_hub_v24/models/model.pt", b"v24")
+    env.put("prompts_zh.json", b"{}")
+    with env.mount(prefix="cache_hub_v23"):
+        assert os.listdir(env.mountpoint) == ["models"]
+        assert (env.mountpoint / "models" / "model.pt").read_bytes() == b"v23"
+
+
+def test_second_read_after_remount_does_not_get_again(env: Env, blob64: bytes) -> None:
+    env.put("model.safetensors", blob64[: 20 * MiB])
+    with env.mount():
+        assert read_file(env.mountpoint / "model.safetensors") == blob64[: 20 * MiB]
+    first_gets = env.gets("model.safetensors")
+    assert first_gets > 0
+    drop_page_cache()
+    with env.mount():
+        assert read_file(env.mountpoint / "model.safetensors") == blob64[: 20 * MiB]
+    assert env.gets("model.safetensors") == first_gets
+
+
+def test_cached_files_read_back_with_the_server_stopped(env: Env, blob64: bytes) -> None:
+    env.put("m.bin", blob64[: 16 * MiB])
+    with env.mount("--dir-cache-time", "10m"):
+        path = env.mountpoint / "m.bin"
+        assert read_file(path) == blob64[: 16 * MiB]
+        env.seaweed.stop()
+        try:
+            drop_page_cache()
+            assert read_file(path) == blob64[: 16 * MiB]
+        finally:
+            env.seaweed.start()
+
+
+def test_corrupt_block_is_detected_and_refetched(env: Env, blob64: bytes) -> None:
+    env.put("c.bin", blob64[: 4 * MiB])
+    with env.mount() as mounted:
+        path = env.mountpoint / "c.bin"
+        assert read_file(path) == blob64[: 4 * MiB]
+        before = env.gets("c.bin")
+        blocks = sorted(env.cache_dir.rglob("*.blk"))
+        assert len(blocks) == 4
+        victim = blocks[2]
+        raw = bytearray(victim.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        victim.write_bytes(bytes(raw))
+        drop_page_cache()
+        assert read_file(path) == blob64[: 4 * MiB]
+        assert env.gets("c.bin") == before + 1
+        assert mounted.status()["cache"]["corrupt"] == 1
+
+
+def test_cache_stays_within_its_limit(env: Env, blob64: bytes) -> None:
+    env.put("big.dat", blob64)
+    limit = 8 * MiB
+    readers = 4
+    peak = 0
+    stop = threading.Event()
+
+    def cache_bytes() -> int:
+        return sum(p.stat().st_size for p in env.cache_dir.rglob("*") if p.is_file())
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            try:
+                peak = max(peak, cache_bytes())
+            except FileNotFoundError:
+                pass
+
+    with env.mount("--cache-max-size", "8M"):
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            path = env.mountpoint / "big.dat"
+            with concurrent.futures.ThreadPoolExecutor(readers) as pool:
+                assert all(d == blob64 for d in pool.map(lambda _: read_file(path), range(4)))
+        finally:
+            stop.set()
+            sampler.join()
+    slack = readers * (MiB + 4096) + 64 * 1024  # one block (+header) per reader, + lock/log
+    assert peak <= limit + slack + (2 << 20)  # log file and lock live in the cache dir too
+    assert cache_bytes() <= limit + 3 * MiB
+
+
+def test_object_replaced_between_reads_shows_the_new_version(env: Env) -> None:
+    old, new = os.urandom(3 * MiB), os.urandom(3 * MiB)
+    env.put("v.bin", old)
+    with env.mount("--dir-cache-time", "1s"):
+        path = env.mountpoint / "v.bin"
+        assert read_file(path) == old
+        env.put("v.bin", new)
+        time.sleep(1.2)  # the listing TTL is a real-time property of a real mount
+        assert read_file(path) == new
+
+
+def test_object_replaced_during_a_read_never_mixes(env: Env) -> None:
+    old, new = os.urandom(24 * MiB), os.urandom(24 * MiB)
+    env.put("v.bin", old)
+    with env.mount():
+        path = env.mountpoint / "v.bin"
+        with path.open("rb", buffering=0) as file:
+            head = file.read(MiB)
+            env.put("v.bin", new)
+            rest = b""
+            try:
+                while chunk := file.read(MiB):
+                    rest += chunk
+            except OSError as exc:
+                assert exc.errno in (116, 5)  # ESTALE (or EIO from the kernel)
+                return
+        assert head + rest == old
+
+
+def test_writes_are_refused_read_only(env: Env) -> None:
+    env.put("r.txt", b"r")
+    with env.mount("--read-only"):
+        for action in (
+            lambda: (env.mountpoint / "new.txt").write_bytes(b"x"),
+            lambda: (env.mountpoint / "r.txt").write_bytes(b"x"),
+            lambda: (env.mountpoint / "d").mkdir(),
+            lambda: (env.mountpoint / "r.txt").unlink(),
+        ):
+            with pytest.raises(OSError) as caught:
+                action()
+            assert caught.value.errno == 30  # EROFS
+
+
+def test_keep_cache_serves_a_reopen_from_the_kernel(env: Env) -> None:
+    data = os.urandom(8 * MiB)
+    env.put("k.bin", data)
+    with env.mount() as mounted:
+        path = env.mountpoint / "k.bin"
+        assert read_file(path) == data
+        reads = mounted.status()["fs"]["reads"]
+        assert read_file(path) == data
+        assert mounted.status()["fs"]["reads"] == reads  # nothing reached modelfs
