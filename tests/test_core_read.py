@@ -423,22 +423,29 @@ async def test_model_files_are_fetched_whole_on_open(store: MemoryStore) -> None
         nursery.cancel_scope.cancel()
 
 
-async def test_prefetch_small_fetches_small_files_on_listing(store: MemoryStore) -> None:
+async def test_first_small_open_bursts_its_small_siblings(store: MemoryStore) -> None:
     for i in range(20):
         store.put_bytes(f"tok/f{i}.json", b"{}" * (i + 1))
     store.put_bytes("tok/big.bin", os.urandom(3 * BLOCK))
     cache = MemoryDataCache(BLOCK, 1 << 30)
     async with trio.open_nursery() as nursery:
-        fs = await start(
-            make_fs(store, cache=cache, prefetch_small=True, small_file_max=BLOCK), nursery
-        )
+        fs = await start(make_fs(store, cache=cache, small_file_max=BLOCK), nursery)
         tok = await fs.lookup(ROOT_INODE, "tok")
         await fs.opendir(tok.ino)
+        await trio.sleep(0.05)
+        assert cache.statistics().blocks == 0  # listing alone fetches nothing
+        fh = await open_path(fs, "tok/f3.json")
+        assert await fs.read(fh, 0, 100) == b"{}" * 4
         with trio.fail_after(10):
             while cache.statistics().blocks < 20:
                 await trio.sleep(0.01)
         await trio.sleep(0.05)
-        assert cache.statistics().blocks == 20  # not the big file
+        assert cache.statistics().blocks == 20  # every small file, not the big one
+        gets = store.ops["iter_range"]
+        for i in range(20):
+            fh = await open_path(fs, f"tok/f{i}.json")
+            assert await fs.read(fh, 0, 100) == b"{}" * (i + 1)
+        assert store.ops["iter_range"] == gets  # all served from the burst
         nursery.cancel_scope.cancel()
 
 

@@ -93,8 +93,10 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--prefetch-small",
-        action="store_true",
-        help="fetch a directory's small files in one burst when it is listed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="on the first open of a small file (< 1 MiB), fetch its directory's other small "
+        "files in one parallel burst (default on)",
     )
     parser.add_argument(
         "--write-back",

@@ -17,14 +17,16 @@ changed object surfaces as `StaleObject`, never as mixed bytes.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import trio
 
 from .budget import MemoryBudget
+from .cachewriter import CacheWriter
 from .datacache import DataCache
 from .store import ObjectStore
 from .values import ObjectId, ObjectInfo
@@ -80,7 +82,11 @@ class BlockFetcher:
         self.demand_limiter = demand_limiter
         self.prefetch_limiter = prefetch_limiter
         self._budget = budget
+        self._writer = CacheWriter(cache)
         self._inflight: dict[tuple[ObjectId, int], _Inflight] = {}
+        # Blocks now on disk, to drop from the in-flight table (appended by writer threads,
+        # drained by the trio thread: deque appends and pops are atomic).
+        self._written: collections.deque[tuple[ObjectId, int]] = collections.deque()
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._gets = self._blocks = self._bytes = self._shared = self._abandoned = 0
@@ -88,10 +94,13 @@ class BlockFetcher:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the nursery in which background GETs run; returns only when cancelled."""
         self._token = trio.lowlevel.current_trio_token()
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._writer.close()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -105,6 +114,7 @@ class BlockFetcher:
         """Block `index` of `info`'s version; on a miss GET it plus up to `run_blocks - 1`
         following missing blocks (one request, streamed)."""
         obj = info.id
+        self._retire_written()
         while True:
             entry = self._inflight.get((obj, index))
             if entry is not None:
@@ -198,25 +208,24 @@ class BlockFetcher:
         end = min(info.size, (ticket.first + ticket.count) * size)
         self._gets += 1
         chunks = iter(self._store.iter_range(info.id, start, end, size))
-        written = -1  # the last block that is in the cache and may leave the in-flight table
         try:
             for index in range(ticket.first, ticket.first + ticket.count):
                 if not self._budget.acquire(size, ticket.cancel):
                     raise _Abandoned()
                 try:
                     data = next(chunks)
-                    self._blocks += 1
-                    self._bytes += len(data)
-                    # Readers first: the disk write of a block must not delay its reader. The
-                    # entry stays in the table (done) until the block is on disk, so a reader
-                    # arriving in between does not start a second GET for it.
-                    trio.from_thread.run_sync(
-                        self._publish, info.id, index, data, written, trio_token=self._token
-                    )
-                    self._cache.put(info.id, index, data)
-                    written = index
-                finally:
+                except BaseException:
                     self._budget.release(size)
+                    raise
+                self._blocks += 1
+                self._bytes += len(data)
+                # Readers first: the block goes to its waiters now, to the disk in the
+                # background. Its entry stays in the table (done) until it is on disk, so a
+                # reader arriving in between does not start a second GET for it.
+                trio.from_thread.run_sync(
+                    self._publish, info.id, index, data, trio_token=self._token
+                )
+                self._writer.submit(info.id, index, data, self._written_callback(info.id, index))
                 if ticket.cancel.is_set():
                     self._abandoned += 1
                     raise _Abandoned()
@@ -225,13 +234,26 @@ class BlockFetcher:
             if close is not None:
                 close()
 
-    def _publish(self, obj: ObjectId, index: int, data: bytes, retire: int) -> None:
+    def _written_callback(self, obj: ObjectId, index: int) -> Callable[[], None]:
+        def written() -> None:
+            self._budget.release(self.block_size)
+            self._written.append((obj, index))
+
+        return written
+
+    def _retire_written(self) -> None:
+        while self._written:
+            key = self._written.popleft()
+            entry = self._inflight.get(key)
+            if entry is not None and entry.done.is_set():
+                del self._inflight[key]
+
+    def _publish(self, obj: ObjectId, index: int, data: bytes) -> None:
+        self._retire_written()
         entry = self._inflight.get((obj, index))
         if entry is not None:
             entry.data = data
             entry.done.set()
-        if retire >= 0:
-            self._inflight.pop((obj, retire), None)
 
     def _fail_unfinished(self, ticket: FetchTicket, error: BaseException) -> None:
         for index in range(ticket.first, ticket.first + ticket.count):

@@ -17,10 +17,11 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
+from cachetools import TTLCache
 
 from . import keys
 from .errors import IsADirectory, NotADirectory, NotFound, ReadOnly
@@ -48,8 +49,9 @@ class FsOptions:
     model_suffixes: tuple[str, ...] = MODEL_SUFFIXES
     model_min_size: int = 64 << 20  # below this, readahead alone loads a file fast enough
     whole_fetch_max: int = 5 << 30  # at most half the default cache: never thrash the cache
-    prefetch_small: bool = False
-    small_file_max: int = 1 << 20
+    prefetch_small: bool = True
+    small_file_max: int = 1 << 20  # tokenizer, config and prompt files are well below this
+    small_burst_max_files: int = 256  # cap one burst, so a huge directory costs no surprise bill
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,10 @@ class Filesystem:
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._whole: dict[ObjectId, WholeObjectFetch] = {}
+        # Directories whose small files were fetched in one burst, forgotten with the listing.
+        self._burst_dirs: TTLCache[str, bool] = TTLCache(
+            maxsize=4096, ttl=max(options.dir_cache_time, 1e-9), timer=clock
+        )
         self._nursery: trio.Nursery | None = None
         self._reads = 0
         self._bytes_read = 0
@@ -212,8 +218,6 @@ class Filesystem:
             info = listing.files.get(name)
             child = self.inodes.upsert(path, info is None, info)
             handle.entries.append(DirEntry(name, self.attr_of(child)))
-        if self.options.prefetch_small:
-            self._prefetch_small_files(listing.files.values())
         self._dirs[handle.fh] = handle
         return handle.fh
 
@@ -224,10 +228,18 @@ class Filesystem:
     def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
-    def _prefetch_small_files(self, infos: Iterable[ObjectInfo]) -> None:
-        for info in infos:
-            if 0 < info.size <= self.options.small_file_max:
-                self.fetcher.start_fetch(info, 0, 1, prefetch=True)
+    async def _burst_small_siblings(self, node: Node) -> None:
+        """The first open of a small file fetches its directory's other small files at once:
+        apps read a tokenizer or config directory file by file, each a cold GET otherwise.
+        Listing alone fetches nothing (an `ls -lR` must not download the bucket)."""
+        directory = keys.parent_of(node.path)
+        if directory in self._burst_dirs:
+            return
+        self._burst_dirs[directory] = True
+        listing = await self.namespace.listing(directory)
+        small = [i for i in listing.files.values() if 0 < i.size <= self.options.small_file_max]
+        for info in small[: self.options.small_burst_max_files]:
+            self.fetcher.start_fetch(info, 0, 1, prefetch=True)
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -253,6 +265,8 @@ class Filesystem:
         handle = FileHandle(self._new_fh(), node, info, prefetcher)
         self._files[handle.fh] = handle
         self._maybe_fetch_whole(info)
+        if self.options.prefetch_small and info.size <= self.options.small_file_max:
+            await self._burst_small_siblings(node)
         return handle.fh, keep_cache
 
     def _maybe_fetch_whole(self, info: ObjectInfo) -> None:
