@@ -6,10 +6,11 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from support import FaultProxy, SeaweedServer
 from support.mounting import MODELFS, Mounted, run_cli
 
@@ -30,11 +31,11 @@ def config(seaweed: SeaweedServer, workdir: Path, make_config: Callable[..., Pat
 
 
 @pytest.fixture
-def free_port() -> Iterator[int]:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
-    yield port
+    return port
 
 
 def refused(*args: str | os.PathLike[str], env: dict[str, str] | None = None) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import threading
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -54,6 +56,13 @@ def make_fs(
     return Filesystem(namespace, fetcher, FsOptions(**defaults))  # type: ignore[arg-type]
 
 
+async def wait_until(condition: Callable[[], bool], limit: float = 10.0) -> None:
+    """Poll `condition` (set by worker threads, which cannot signal a trio.Event directly)."""
+    with trio.fail_after(limit):
+        while not condition():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
 async def start(fs: Filesystem, nursery: trio.Nursery) -> Filesystem:
     await nursery.start(fs.run)
     return fs
@@ -98,7 +107,7 @@ def test_readahead_asks_in_large_parts_and_covers_the_file() -> None:
         if decision.fetch_to > decision.fetch_from:
             asked.append((decision.fetch_from, decision.fetch_to))
     # Requests are contiguous, never overlap, and reach the end of the file.
-    for (_, end), (start, _) in zip(asked, asked[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(asked):
         assert start == end
     assert asked[-1][1] == size
     assert len(asked) < 40  # far fewer requests than reads
@@ -114,7 +123,8 @@ def test_seek_resets_window_and_abandons() -> None:
     assert decision.fetch_to == decision.fetch_from
     # A second random read does not abandon again, and asks for nothing.
     again = policy.on_read(100 * MiB, 4096, 1 << 30)
-    assert not again.abandon and again.fetch_to == again.fetch_from
+    assert not again.abandon
+    assert again.fetch_to == again.fetch_from
 
 
 def test_small_forward_jump_and_reordered_kernel_reads_stay_sequential() -> None:
@@ -252,8 +262,8 @@ async def test_abandoned_part_lets_waiting_reader_fetch_itself() -> None:
         fetcher.abandon(ticket)
         gate.set()
         assert await fetcher.block(info, 5) == data[5 * BLOCK : 6 * BLOCK]
+        await wait_until(lambda: fetcher.statistics().inflight_blocks == 0)
         nursery.cancel_scope.cancel()
-    assert fetcher.statistics().inflight_blocks == 0
 
 
 # -- Namespace and Filesystem ------------------------------------------------------------------
@@ -413,9 +423,8 @@ async def test_model_files_are_fetched_whole_on_open(store: MemoryStore) -> None
         fh = await open_path(fs, "w/model.safetensors")
         info = fs._files[fh].info
         with trio.fail_after(10):
-            while any(True for _ in fs.fetcher.missing_runs(info, 0, 32)):
-                await trio.sleep(0.01)
-        assert all(cache.contains(info.id, i) for i in range(32))
+            await fs._whole[info.id].done.wait()
+        await wait_until(lambda: all(cache.contains(info.id, i) for i in range(32)))
         fh_txt = await open_path(fs, "w/notes.txt")
         await trio.sleep(0.05)
         txt = fs._files[fh_txt].info
@@ -436,9 +445,7 @@ async def test_first_small_open_bursts_its_small_siblings(store: MemoryStore) ->
         assert cache.statistics().blocks == 0  # listing alone fetches nothing
         fh = await open_path(fs, "tok/f3.json")
         assert await fs.read(fh, 0, 100) == b"{}" * 4
-        with trio.fail_after(10):
-            while cache.statistics().blocks < 20:
-                await trio.sleep(0.01)
+        await wait_until(lambda: cache.statistics().blocks >= 20)
         await trio.sleep(0.05)
         assert cache.statistics().blocks == 20  # every small file, not the big one
         gets = store.ops["iter_range"]

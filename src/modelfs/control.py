@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 def runtime_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/run/modelfs")

@@ -18,6 +18,7 @@ changed object surfaces as `StaleObject`, never as mixed bytes.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -238,6 +239,9 @@ class BlockFetcher:
         def written() -> None:
             self._budget.release(self.block_size)
             self._written.append((obj, index))
+            if self._token is not None:
+                with contextlib.suppress(trio.RunFinishedError):
+                    self._token.run_sync_soon(self._retire_written)
 
         return written
 
@@ -256,9 +260,12 @@ class BlockFetcher:
             entry.done.set()
 
     def _fail_unfinished(self, ticket: FetchTicket, error: BaseException) -> None:
+        """Fail the blocks this GET never delivered. Delivered ones stay in the table until
+        their disk write retires them (see `_retire_written`)."""
         for index in range(ticket.first, ticket.first + ticket.count):
-            entry = self._inflight.pop((ticket.obj, index), None)
+            entry = self._inflight.get((ticket.obj, index))
             if entry is not None and not entry.done.is_set():
+                del self._inflight[(ticket.obj, index)]
                 entry.error = error
                 entry.done.set()
 

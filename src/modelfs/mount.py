@@ -87,24 +87,34 @@ def check_fuse() -> None:
         raise MountError(f"FUSE is not available: cannot open /dev/fuse: {exc.strerror}") from exc
 
 
+def _is_dead(path: str) -> bool:
+    """A FUSE mount whose daemon is gone. statfs always reaches the daemon; stat may be
+    answered from the kernel's attribute cache and look fine."""
+    try:
+        os.statvfs(path)
+    except OSError as exc:
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    return False
+
+
 def check_mountpoint(mountpoint: Path, *, allow_non_empty: bool) -> None:
     path = str(mountpoint)
+    entry = mountcheck.find_mount(control.canonical_mountpoint(path), mountcheck.read_mountinfo())
+    if entry is not None:
+        if _is_dead(path):
+            raise MountError(
+                f"{path} is a dead mount (transport endpoint is not connected): "
+                f"run `modelfs unmount {path}` first"
+            )
+        raise MountError(f"{path} is already mounted ({entry.fstype} {entry.source})")
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise MountError(f"mountpoint {path} does not exist") from None
     except OSError as exc:
-        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):
-            raise MountError(
-                f"{path} is a dead mount (transport endpoint is not connected): "
-                f"run `modelfs unmount {path}` first"
-            ) from exc
         raise MountError(f"mountpoint {path}: {exc.strerror}") from exc
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mountpoint {path} is not a directory")
-    entry = mountcheck.find_mount(control.canonical_mountpoint(path), mountcheck.read_mountinfo())
-    if entry is not None:
-        raise MountError(f"{path} is already mounted ({entry.fstype} {entry.source})")
     if not allow_non_empty and os.listdir(path):
         raise MountError(f"mountpoint {path} is not empty (use --allow-non-empty to mount over it)")
 
@@ -295,11 +305,7 @@ def unmount(mountpoint: str, *, lazy: bool = False) -> None:
     entry = mountcheck.find_mount(control.canonical_mountpoint(path), mountcheck.read_mountinfo())
     if entry is None:
         raise MountError(f"{path} is not mounted")
-    dead = False
-    try:
-        os.stat(path)
-    except OSError as exc:
-        dead = exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    dead = _is_dead(path)
     command = ["fusermount3", "-u"] + (["-z"] if lazy or dead else []) + [path]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:

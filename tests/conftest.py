@@ -1,0 +1,57 @@
+"""Fixtures shared by the whole suite.
+
+- `seaweed`  (session): one real SeaweedFS S3 server per test run, always killed at the end;
+- `bucket`:    a fresh, empty bucket on it, named after the test;
+- `proxy`:     a FaultProxy in front of the server (counts requests, injects faults);
+- `make_config`: `make_config(tmp_path, endpoint, name="test", ...) -> Path` (rclone format);
+- `s3_store`:  an S3Store bound to `bucket`.
+
+The helpers themselves live in `tests/support` so scripts can use them without pytest.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from modelfs.s3store import S3Store
+from support import FaultProxy, SeaweedServer, remote_config, unique_bucket_name
+from support import make_config as _make_config
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bucket(seaweed: SeaweedServer, request: pytest.FixtureRequest) -> str:
+    if not seaweed.running:
+        seaweed.start()  # an earlier test stopped it to simulate an outage
+    return seaweed.create_bucket(unique_bucket_name(request.node.name))
+
+
+@pytest.fixture
+def proxy(seaweed: SeaweedServer) -> Iterator[FaultProxy]:
+    with FaultProxy(seaweed.endpoint) as running:
+        yield running
+
+
+@pytest.fixture
+def make_config() -> Callable[..., Path]:
+    return _make_config
+
+
+@pytest.fixture
+def s3_store(seaweed: SeaweedServer, bucket: str) -> S3Store:
+    return S3Store(remote_config(seaweed.endpoint), bucket)

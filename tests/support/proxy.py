@@ -1,0 +1,473 @@
+"""`FaultProxy`: a counting, fault-injecting HTTP reverse proxy in front of an S3 server.
+
+    client (boto3, modelfs) --HTTP/1.1 keep-alive--> FaultProxy 127.0.0.1:PORT --> upstream S3
+
+Every request is recorded (`requests`, `count(...)`) before it is forwarded, so a test can
+say exactly which GETs and ranges reached "the network". Faults apply to the next N requests
+(or to every request) that match an optional predicate:
+
+- delay:     wait `seconds`, then forward normally (all matching delays add up);
+- status:    answer an S3-style XML error (500, 503, ...) without forwarding;
+- reset:     forward, send the headers and `after_bytes` of the body, then reset the TCP
+             connection (SO_LINGER 0); `after_bytes=None` resets before any answer;
+- blackhole: accept the request and never answer (until the proxy stops).
+
+Besides the delays, the first matching fault (in injection order) is the one that applies.
+
+Bodies are streamed both ways in 1 MiB pieces through one reused buffer per connection, so a
+1 GiB GET never sits in memory. The Host header is forwarded unchanged: SigV4 signs it, and
+the upstream verifies the signature against what it receives. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import struct
+import threading
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Literal
+
+FaultKind = Literal["delay", "status", "reset", "blackhole"]
+Predicate = Callable[["ProxyRequest"], bool]
+
+_PIECE = 1 << 20  # streaming buffer: big enough for GB/s, small enough per connection
+_UPSTREAM_TIMEOUT = 300.0  # a stuck upstream must not pin a proxy thread forever
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",  # the proxy answers 100-continue itself
+    }
+)
+_ERROR_CODES = {500: "InternalError", 502: "BadGateway", 503: "SlowDown", 504: "GatewayTimeout"}
+
+
+@dataclass
+class ProxyRequest:
+    """One request as the proxy saw it, and what the client got back."""
+
+    method: str
+    path: str
+    range: str | None
+    headers: dict[str, str]
+    status: int | None = None  # None: no answer (reset before reply, blackhole)
+    fault: FaultKind | None = None
+    response_bytes: int = 0
+
+
+@dataclass
+class Fault:
+    kind: FaultKind
+    remaining: int | None  # None: every matching request, until cleared
+    match: Predicate | None = None
+    seconds: float = 0.0
+    status: int = 503
+    after_bytes: int | None = 0
+
+    def applies_to(self, request: ProxyRequest) -> bool:
+        return (self.remaining is None or self.remaining > 0) and (
+            self.match is None or self.match(request)
+        )
+
+
+@dataclass
+class _Plan:
+    delay: float = 0.0
+    terminal: Fault | None = None
+    kinds: list[FaultKind] = field(default_factory=list)
+
+
+def method_is(method: str) -> Predicate:
+    """Predicate: requests with this HTTP method (e.g. "GET")."""
+    return lambda request: request.method == method
+
+
+def path_contains(text: str) -> Predicate:
+    return lambda request: text in request.path
+
+
+class FaultProxy:
+    """See the module docstring. Use as a context manager or call start()/stop()."""
+
+    def __init__(self, upstream: str, *, port: int = 0) -> None:
+        parsed = urllib.parse.urlsplit(upstream)
+        if parsed.scheme != "http" or parsed.hostname is None or parsed.port is None:
+            raise ValueError(f"upstream must be http://HOST:PORT, not {upstream!r}")
+        self.upstream = (parsed.hostname, parsed.port)
+        self._lock = threading.Lock()
+        self._requests: list[ProxyRequest] = []
+        self._faults: list[Fault] = []
+        self._connections: set[socket.socket] = set()
+        self._stopping = threading.Event()
+        self._server = _Server(("127.0.0.1", port), _Handler, self)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> FaultProxy:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"fault-proxy-{self.port}",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, release blackholed requests and drop every open connection."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._server.server_close()
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- what went through -------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[ProxyRequest]:
+        """A snapshot of the requests seen so far, in arrival order."""
+        with self._lock:
+            return list(self._requests)
+
+    def count(
+        self,
+        method: str | None = None,
+        path_contains: str | None = None,
+        *,
+        ranged: bool | None = None,
+    ) -> int:
+        """Requests seen with this method / path substring / (ranged=True) a Range header."""
+        return sum(
+            1
+            for request in self.requests
+            if (method is None or request.method == method)
+            and (path_contains is None or path_contains in request.path)
+            and (ranged is None or (request.range is not None) == ranged)
+        )
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def delay_next(
+        self, seconds: float, times: int | None = 1, match: Predicate | None = None
+    ) -> Fault:
+        return self._add(Fault("delay", times, match, seconds=seconds))
+
+    def fail_next(
+        self, status: int = 503, times: int | None = 1, match: Predicate | None = None
+    ) -> Fault:
+        return self._add(Fault("status", times, match, status=status))
+
+    def reset_next(
+        self, after_bytes: int | None = 0, times: int | None = 1, match: Predicate | None = None
+    ) -> Fault:
+        return self._add(Fault("reset", times, match, after_bytes=after_bytes))
+
+    def blackhole_next(self, times: int | None = 1, match: Predicate | None = None) -> Fault:
+        return self._add(Fault("blackhole", times, match))
+
+    def remove_fault(self, fault: Fault) -> None:
+        with self._lock:
+            if fault in self._faults:
+                self._faults.remove(fault)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def _add(self, fault: Fault) -> Fault:
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    # -- used by the handler -----------------------------------------------------------------
+
+    def _admit(self, request: ProxyRequest) -> _Plan:
+        """Record `request` and consume the faults that apply to it."""
+        plan = _Plan()
+        with self._lock:
+            self._requests.append(request)
+            for fault in self._faults:
+                if not fault.applies_to(request):
+                    continue
+                if fault.kind != "delay" and plan.terminal is not None:
+                    continue
+                if fault.remaining is not None:
+                    fault.remaining -= 1
+                if fault.kind == "delay":
+                    plan.delay += fault.seconds
+                else:
+                    plan.terminal = fault
+                plan.kinds.append(fault.kind)
+            self._faults = [f for f in self._faults if f.remaining is None or f.remaining > 0]
+        if plan.terminal is not None:
+            request.fault = plan.terminal.kind
+        elif plan.kinds:
+            request.fault = "delay"
+        return plan
+
+    def _track(self, connection: socket.socket, alive: bool) -> None:
+        with self._lock:
+            if alive:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # stop() already released every handler
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[_Handler], proxy: FaultProxy
+    ) -> None:
+        self.proxy = proxy
+        super().__init__(address, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like a real S3 endpoint
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self._upstream: http.client.HTTPConnection | None = None
+        self._buffer = bytearray(_PIECE)
+        self.server.proxy._track(self.connection, alive=True)
+
+    def finish(self) -> None:
+        self.server.proxy._track(self.connection, alive=False)
+        self._drop_upstream()
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: tests read `requests` instead of a log."""
+
+    def _proxy_request(self) -> None:
+        proxy = self.server.proxy
+        request = ProxyRequest(
+            method=self.command,
+            path=self.path,
+            range=self.headers.get("Range"),
+            headers=dict(self.headers.items()),
+        )
+        plan = proxy._admit(request)
+        if plan.delay and proxy._stopping.wait(plan.delay):
+            self.close_connection = True
+            return
+        fault = plan.terminal
+        if fault is not None and fault.kind == "blackhole":
+            proxy._stopping.wait()
+            self.close_connection = True
+            return
+        if fault is not None and fault.kind == "status":
+            self._discard_request_body()
+            self._send_error_reply(request, fault.status)
+            return
+        if fault is not None and fault.kind == "reset" and fault.after_bytes is None:
+            self._reset()
+            return
+        after_bytes = fault.after_bytes if fault is not None else None
+        try:
+            self._forward_once_more_if_stale(request, after_bytes)
+        except (OSError, http.client.HTTPException):
+            self._drop_upstream()
+            if request.status is None:
+                self._send_error_reply(request, 502)  # what a load balancer says
+            else:
+                self.close_connection = True  # the answer is half sent: nothing to salvage
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _proxy_request
+
+    def _forward_once_more_if_stale(self, request: ProxyRequest, reset_after: int | None) -> None:
+        """A kept-alive upstream connection may have been closed meanwhile (idle timeout, or
+        the server restarted): a request without a body is then sent again on a new one."""
+        reused = self._upstream is not None
+        try:
+            self._forward(request, reset_after)
+        except (OSError, http.client.HTTPException):
+            has_body = int(self.headers.get("Content-Length") or 0) > 0 or (
+                "Transfer-Encoding" in self.headers
+            )
+            if not reused or has_body or request.status is not None:
+                raise
+            self._drop_upstream()
+            self._forward(request, reset_after)
+
+    # -- forwarding --------------------------------------------------------------------------
+
+    def _forward(self, request: ProxyRequest, reset_after: int | None) -> None:
+        upstream = self._upstream_connection()
+        upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+        for name, value in self.headers.items():
+            if name.lower() not in _HOP_BY_HOP:
+                upstream.putheader(name, value)
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
+        if chunked:
+            upstream.putheader("Transfer-Encoding", "chunked")
+        upstream.endheaders()
+        self._relay_request_body(upstream, chunked)
+        response = upstream.getresponse()
+        self._relay_response(request, response, reset_after)
+        if response.will_close:
+            self._drop_upstream()
+
+    def _relay_request_body(self, upstream: http.client.HTTPConnection, chunked: bool) -> None:
+        if chunked:
+            for piece in self._read_chunked_body():
+                upstream.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            upstream.send(b"0\r\n\r\n")
+            return
+        remaining = int(self.headers.get("Content-Length") or 0)
+        view = memoryview(self._buffer)
+        while remaining > 0:
+            got = self.rfile.readinto(view[: min(remaining, _PIECE)])
+            if not got:
+                raise ConnectionError("client closed the connection mid-body")
+            upstream.send(view[:got])
+            remaining -= got
+
+    def _relay_response(
+        self, request: ProxyRequest, response: http.client.HTTPResponse, reset_after: int | None
+    ) -> None:
+        self.send_response_only(response.status, response.reason)
+        has_body = self.command != "HEAD" and response.status not in (204, 304)
+        length = response.getheader("Content-Length")
+        rechunk = has_body and length is None
+        for name, value in response.getheaders():
+            if name.lower() not in _HOP_BY_HOP:
+                self.send_header(name, value)
+        if rechunk:
+            self.send_header("Transfer-Encoding", "chunked")
+        request.status = response.status  # before the client can see it
+        self.end_headers()
+        if not has_body:
+            return
+        limit = reset_after if reset_after is not None else None
+        view = memoryview(self._buffer)
+        while True:
+            want = _PIECE if limit is None else min(_PIECE, limit - request.response_bytes)
+            got = response.readinto(view[:want]) if want > 0 else 0
+            if not got:
+                break
+            request.response_bytes += got  # before the write: the client may be faster
+            self._write_body(view[:got], rechunk)
+        if limit is not None:
+            self._reset()
+            self._drop_upstream()
+            return
+        if rechunk:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _write_body(self, data: memoryview, rechunk: bool) -> None:
+        if rechunk:
+            self.wfile.write(b"%x\r\n" % len(data))
+            self.wfile.write(data)
+            self.wfile.write(b"\r\n")
+        else:
+            self.wfile.write(data)
+
+    def _read_chunked_body(self) -> list[bytes]:
+        pieces: list[bytes] = []
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return pieces
+            pieces.append(self.rfile.read(size))
+            self.rfile.readline()
+
+    def _discard_request_body(self) -> None:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self._read_chunked_body()
+            return
+        remaining = int(self.headers.get("Content-Length") or 0)
+        while remaining > 0:
+            got = self.rfile.read(min(remaining, _PIECE))
+            if not got:
+                break
+            remaining -= len(got)
+
+    def _send_error_reply(self, request: ProxyRequest, status: int) -> None:
+        code = _ERROR_CODES.get(status, "InternalError")
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+            f"<Message>injected by FaultProxy</Message></Error>"
+        ).encode()
+        request.status = status  # before the client can see it
+        try:
+            self.send_response_only(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except OSError:
+            self.close_connection = True
+
+    def _reset(self) -> None:
+        """Abort the client connection with a TCP RST (once the handler's files close)."""
+        self.close_connection = True
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self.connection.close()
+
+    def _upstream_connection(self) -> http.client.HTTPConnection:
+        if self._upstream is None:
+            host, port = self.server.proxy.upstream
+            self._upstream = http.client.HTTPConnection(host, port, timeout=_UPSTREAM_TIMEOUT)
+        return self._upstream
+
+    def _drop_upstream(self) -> None:
+        upstream, self._upstream = self._upstream, None
+        if upstream is not None:
+            upstream.close()

@@ -1,0 +1,351 @@
+"""`modelfs run` end to end: a real SeaweedFS bucket, real FUSE mounts, the stand-in app.
+
+Every test runs the CLI in a subprocess, and a fixture always detaches the mountpoint and
+kills any daemon left (a failing test must not leave a mount behind).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from modelfs import control
+from modelfs.mountcheck import MountStatus, check_mount, find_mount, read_mountinfo
+from support import SeaweedServer
+
+pytestmark = pytest.mark.mount
+
+STANDIN = str(Path(__file__).parent / "support" / "standin_app.py")
+MODELS = {
+    "models/model.safetensors": os.urandom(3 << 20),  # several 1 MiB FUSE reads
+    "models/config.json": b'{"dim": 1024}',
+    "tokenizer/tokenizer.json": b'{"vocab": ["a", "b"]}',
+}
+# How long a test waits for something that takes about a second (a mount, a heal).
+WAIT_SECONDS = 60
+
+
+@dataclass
+class Setup:
+    config: Path
+    spec: str
+    mountpoint: Path
+    workdir: Path
+    cache_dir: Path
+    bucket: str
+    seaweed: SeaweedServer
+
+    def run_argv(self, *app_args: str, extra: tuple[str, ...] = ()) -> list[str]:
+        return [
+            sys.executable, "-m", "modelfs", "--config", str(self.config), "run",
+            "--mount", self.spec, str(self.mountpoint),
+            "--link", "cache_hub=cache_hub_v23",
+            "--workdir", str(self.workdir),
+            "--cache-dir", str(self.cache_dir),
+            "--watch-interval", "0.2s",
+            "--probe-timeout", "2s",
+            *extra,
+            "--", sys.executable, STANDIN, *app_args,
+        ]  # fmt: skip
+
+    def mount_daemon(self) -> int:
+        """Mount as a user would before `run`; return the daemon's pid."""
+        done = modelfs(
+            self.config, "mount", "--daemon", "--cache-dir", str(self.cache_dir),
+            self.spec, str(self.mountpoint),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return daemon_pid(self.mountpoint)
+
+    def status(self) -> MountStatus:
+        return check_mount(str(self.mountpoint), self.spec, timeout=5).status
+
+    def log_in_bucket(self) -> str:
+        body = self.seaweed.client().get_object(Bucket=self.bucket, Key="logs/app.log")["Body"]
+        return str(body.read().decode())
+
+
+def modelfs(config: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelfs", "--config", str(config), *argv],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_SECONDS * 2,
+        check=False,
+    )
+
+
+def daemon_pid(mountpoint: Path) -> int:
+    state = control.read_state(str(mountpoint))
+    assert state is not None, f"no live modelfs daemon for {mountpoint}"
+    return int(state["pid"])
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def read_line_with(process: subprocess.Popen[str], marker: str) -> str:
+    assert process.stdout is not None
+    while True:
+        line = process.stdout.readline()
+        assert line, f"app output ended before {marker!r}"
+        if marker in line:
+            return line
+
+
+def kill_group(process: subprocess.Popen[str]) -> None:
+    """SIGKILL `modelfs run` and the app it started (their own session) if still running."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def cleanup_mount(mountpoint: Path) -> None:
+    state = control.read_state(str(mountpoint))
+    subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, check=False)
+    if state is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(state["pid"]), signal.SIGKILL)
+
+
+@pytest.fixture
+def setup(
+    tmp_path: Path, seaweed: SeaweedServer, bucket: str, make_config: Callable[..., Path]
+) -> Iterator[Setup]:
+    client = seaweed.client()
+    manifest = {name: hashlib.sha256(data).hexdigest() for name, data in MODELS.items()}
+    for name, data in MODELS.items():
+        client.put_object(Bucket=bucket, Key=f"cache_hub_v23/{name}", Body=data)
+    client.put_object(
+        Bucket=bucket, Key="cache_hub_v23/manifest.json", Body=json.dumps(manifest).encode()
+    )
+    client.put_object(Bucket=bucket, Key="logs/app.log", Body=b"previous run\n")
+    config = make_config(tmp_path, seaweed.endpoint, name="e2e")
+    mountpoint = tmp_path / "mnt"
+    workdir = tmp_path / "app"
+    mountpoint.mkdir()
+    workdir.mkdir()
+    result = Setup(
+        config, f"e2e:{bucket}", mountpoint, workdir, tmp_path / "cache", bucket, seaweed
+    )
+    try:
+        yield result
+    finally:
+        cleanup_mount(mountpoint)
+
+
+def run(
+    setup: Setup, *app_args: str, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        setup.run_argv(*app_args, extra=extra),
+        capture_output=True,
+        text=True,
+        timeout=WAIT_SECONDS * 2,
+        check=False,
+    )
+
+
+def test_app_reads_models_through_the_link_and_exit_code_passes(setup: Setup) -> None:
+    done = run(setup, "--exit-code", "3", "--no-log")
+    assert done.returncode == 3, done.stderr
+    assert "pass 1: verified 3 files" in done.stdout
+    link = setup.workdir / "cache_hub"
+    assert os.readlink(link) == str(setup.mountpoint / "cache_hub_v23")
+    # run mounted it, so run unmounted it.
+    assert find_mount(str(setup.mountpoint), read_mountinfo()) is None
+
+
+def test_switching_versions_is_running_with_another_subpath(setup: Setup) -> None:
+    client = setup.seaweed.client()
+    for key in ("manifest.json", *MODELS):
+        client.copy_object(
+            Bucket=setup.bucket,
+            Key=f"cache_hub_v24/{key}",
+            CopySource={"Bucket": setup.bucket, "Key": f"cache_hub_v23/{key}"},
+        )
+    argv = setup.run_argv("--no-log")
+    argv[argv.index("cache_hub=cache_hub_v23")] = "cache_hub=cache_hub_v24"
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert os.readlink(setup.workdir / "cache_hub") == str(setup.mountpoint / "cache_hub_v24")
+
+
+@pytest.mark.xfail(strict=True, reason="needs write-back (issue 4)")
+def test_the_log_lands_in_the_bucket(setup: Setup) -> None:
+    done = run(setup)
+    assert done.returncode == 0, done.stderr
+    assert "log written" in done.stdout
+    log = setup.log_in_bucket()
+    assert log.startswith("previous run\n")
+    assert "standin pid=" in log
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM])  # every signal: test_supervisor.py
+def test_signals_pass_through_and_the_mount_is_released(setup: Setup, signum: int) -> None:
+    never = setup.workdir / "never"
+    with subprocess.Popen(
+        setup.run_argv("--wait-for", str(never), "--no-log"),
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # so kill_group also ends the app if the test fails
+    ) as process:
+        try:
+            read_line_with(process, "pass 1")
+            process.send_signal(signum)
+            assert process.wait(timeout=WAIT_SECONDS) == 128 + signum
+        finally:
+            kill_group(process)
+    assert find_mount(str(setup.mountpoint), read_mountinfo()) is None
+
+
+@pytest.mark.parametrize("premounted", [False, True], ids=["run-mounted", "premounted"])
+def test_kill_9_of_the_mount_while_the_app_runs_is_healed(setup: Setup, premounted: bool) -> None:
+    if premounted:
+        setup.mount_daemon()
+    go_on = setup.workdir / "go-on"
+    with subprocess.Popen(
+        setup.run_argv("--wait-for", str(go_on), "--no-log"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # so kill_group also ends the app if the test fails
+    ) as process:
+        try:
+            read_line_with(process, "pass 1: verified 3 files")
+            first_daemon = daemon_pid(setup.mountpoint)
+            os.kill(first_daemon, signal.SIGKILL)
+            wait_until(
+                lambda: (
+                    setup.status() is MountStatus.HEALTHY
+                    and control.read_state(str(setup.mountpoint)) is not None
+                    and daemon_pid(setup.mountpoint) != first_daemon
+                ),
+                "the watchdog to mount again",
+            )
+            go_on.touch()  # the app opens every file again: the next open must work
+            out, err = process.communicate(timeout=WAIT_SECONDS)
+        finally:
+            kill_group(process)
+    assert process.returncode == 0, err
+    assert "pass 2: verified 3 files" in out
+    assert "mounted again with the same cache" in err
+    # Whoever mounted first decides: run unmounts its own mount, leaves a user's in place.
+    expected = MountStatus.HEALTHY if premounted else MountStatus.NOT_MOUNTED
+    assert setup.status() is expected
+
+
+def test_a_stale_mount_from_a_crash_is_repaired_before_the_app_starts(setup: Setup) -> None:
+    os.kill(setup.mount_daemon(), signal.SIGKILL)
+    wait_until(lambda: setup.status() is MountStatus.DEAD, "the mount to be dead")
+    with pytest.raises(OSError, match="Transport endpoint is not connected"):
+        os.listdir(setup.mountpoint)
+    done = run(setup, "--no-log")
+    assert done.returncode == 0, done.stderr
+    assert "pass 1: verified 3 files" in done.stdout
+    assert "stale mount" in done.stderr
+    assert find_mount(str(setup.mountpoint), read_mountinfo()) is None
+
+
+def test_a_hung_mount_is_replaced(setup: Setup) -> None:
+    """A daemon that is alive but answers nothing (stopped): stat would block forever."""
+    stuck = setup.mount_daemon()
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        done = run(setup, "--no-log")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGKILL)
+    assert done.returncode == 0, done.stderr
+    assert "pass 1: verified 3 files" in done.stdout
+    assert f"killing stuck modelfs daemon {stuck}" in done.stderr
+
+
+def test_an_existing_healthy_mount_is_used_and_stays(setup: Setup) -> None:
+    daemon = setup.mount_daemon()
+    done = run(setup, "--no-log")
+    assert done.returncode == 0, done.stderr
+    assert setup.status() is MountStatus.HEALTHY
+    assert daemon_pid(setup.mountpoint) == daemon
+
+
+def test_a_mount_of_another_bucket_is_not_taken_over(setup: Setup) -> None:
+    other = setup.seaweed.create_bucket("other-bucket-e2e")
+    done = modelfs(
+        setup.config, "mount", "--daemon", "--cache-dir", str(setup.cache_dir),
+        f"e2e:{other}", str(setup.mountpoint),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = run(setup, "--no-log")
+    assert result.returncode == 2
+    assert f"already a modelfs mount of e2e:{other}" in result.stderr
+    entry = find_mount(str(setup.mountpoint), read_mountinfo())
+    assert entry is not None
+    assert entry.source == f"e2e:{other}"
+
+
+def test_a_real_directory_in_the_links_place_is_kept(setup: Setup) -> None:
+    real = setup.workdir / "cache_hub"
+    real.mkdir()
+    (real / "model.pt").write_bytes(b"downloaded by hand")
+    done = run(setup, "--no-log")
+    assert done.returncode == 2
+    assert "is a real directory" in done.stderr
+    assert (real / "model.pt").read_bytes() == b"downloaded by hand"
+    assert find_mount(str(setup.mountpoint), read_mountinfo()) is None  # not left mounted
+
+    moved = run(setup, "--no-log", extra=("--move-aside",))
+    assert moved.returncode == 0, moved.stderr
+    (backup,) = setup.workdir.glob("cache_hub.bak-*")
+    assert (backup / "model.pt").read_bytes() == b"downloaded by hand"
+    assert (setup.workdir / "cache_hub").is_symlink()
+
+
+def test_keep_mounted_and_ready_under_systemd(setup: Setup, tmp_path: Path) -> None:
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(address)
+        server.settimeout(WAIT_SECONDS)
+        done = subprocess.run(
+            setup.run_argv("--no-log", extra=("--keep-mounted",)),
+            env={**os.environ, "NOTIFY_SOCKET": address},
+            capture_output=True,
+            text=True,
+            timeout=WAIT_SECONDS * 2,
+            check=False,
+        )
+        messages = [server.recv(4096).decode(), server.recv(4096).decode()]
+    assert done.returncode == 0, done.stderr
+    assert "READY=1" in messages[0].split("\n")
+    assert "STOPPING=1" in messages[1].split("\n")
+    assert setup.status() is MountStatus.HEALTHY  # --keep-mounted
+
+
+def test_a_run_section_is_the_same_short_line(setup: Setup) -> None:
+    with setup.config.open("a") as config:
+        config.write(
+            f"\n[run:standin]\n"
+            f"mount = {setup.spec} {setup.mountpoint}\n"
+            f"link = cache_hub=cache_hub_v23\n"
+            f"workdir = {setup.workdir}\n"
+            f"cache-dir = {setup.cache_dir}\n"
+            f"command = {sys.executable} {STANDIN} --no-log --exit-code 5\n"
+        )
+    done = modelfs(setup.config, "run", "standin")
+    assert done.returncode == 5, done.stderr
+    assert "pass 1: verified 3 files" in done.stdout
