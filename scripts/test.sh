@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 VENV="${MODELFS_VENV:-$PWD/.venv}"
 export PATH="$VENV/bin:$PATH"
-echo "== ruff"; ruff check src tests bench
+echo "== ruff"; ruff check .
 echo "== mypy"; mypy
 echo "== pytest"
 exec python -m pytest "$@"
