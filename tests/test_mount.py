@@ -64,6 +64,15 @@ def blob64() -> bytes:
     return random.Random(64).randbytes(64 * MiB)
 
 
+def wait_for_blocks(cache_dir: Path, count: int, limit: float = 10.0) -> list[Path]:
+    """Blocks reach the disk cache just after they reach the reader (written in background)."""
+    deadline = time.monotonic() + limit
+    while len(blocks := sorted(cache_dir.rglob("*.blk"))) < count:
+        assert time.monotonic() < deadline, f"only {len(blocks)} of {count} blocks cached"
+        time.sleep(0.02)
+    return blocks
+
+
 def read_file(path: Path) -> bytes:
     return path.read_bytes()
 
@@ -172,8 +181,7 @@ def test_corrupt_block_is_detected_and_refetched(env: Env, blob64: bytes) -> Non
         path = env.mountpoint / "c.bin"
         assert read_file(path) == blob64[: 4 * MiB]
         before = env.gets("c.bin")
-        blocks = sorted(env.cache_dir.rglob("*.blk"))
-        assert len(blocks) == 4
+        blocks = wait_for_blocks(env.cache_dir, 4)
         victim = blocks[2]
         raw = bytearray(victim.read_bytes())
         raw[len(raw) // 2] ^= 0xFF
