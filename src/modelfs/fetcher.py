@@ -223,9 +223,10 @@ class BlockFetcher:
                 # Readers first: the block goes to its waiters now, to the disk in the
                 # background. Its entry stays in the table (done) until it is on disk, so a
                 # reader arriving in between does not start a second GET for it.
-                trio.from_thread.run_sync(
-                    self._publish, info.id, index, data, trio_token=self._token
-                )
+                # Fire and forget: the stream goes back to its socket without waiting for the
+                # event loop, which runs these callbacks in order.
+                assert self._token is not None
+                self._token.run_sync_soon(self._publish, info.id, index, data)
                 self._writer.submit(info.id, index, data, self._written_callback(info.id, index))
                 if ticket.cancel.is_set():
                     self._abandoned += 1

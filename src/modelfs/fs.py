@@ -261,7 +261,9 @@ class Filesystem:
             self.options.readahead_max,
             tolerance=self.options.part_size,
         )
-        prefetcher = HandlePrefetcher(self.fetcher, info, policy, self.options.part_size)
+        prefetcher = HandlePrefetcher(
+            self.fetcher, info, policy, self.options.part_size, self.options.transfers
+        )
         handle = FileHandle(self._new_fh(), node, info, prefetcher)
         self._files[handle.fh] = handle
         self._maybe_fetch_whole(info)

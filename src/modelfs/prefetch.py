@@ -75,16 +75,29 @@ class ReadaheadPolicy:
 
 
 class HandlePrefetcher:
-    """Readahead for one open file handle."""
+    """Readahead for one open file handle.
+
+    The policy says how far ahead to fetch (`_target`); `_cursor` is the first block not yet
+    handed to the fetcher. Every read tops up the parts in flight from the cursor towards the
+    target, at most `max_parts` at a time: what does not fit now is fetched on a later read, so
+    no requested range is ever skipped."""
 
     def __init__(
-        self, fetcher: BlockFetcher, info: ObjectInfo, policy: ReadaheadPolicy, part_size: int
+        self,
+        fetcher: BlockFetcher,
+        info: ObjectInfo,
+        policy: ReadaheadPolicy,
+        part_size: int,
+        max_parts: int,
     ) -> None:
         self._fetcher = fetcher
         self._info = info
         self._policy = policy
         self._part_blocks = max(1, part_size // fetcher.block_size)
+        self._max_parts = max(1, max_parts)
         self._tickets: list[FetchTicket] = []
+        self._cursor = 0  # block index
+        self._target = 0  # block index (exclusive)
 
     @property
     def sequential(self) -> bool:
@@ -92,34 +105,39 @@ class HandlePrefetcher:
 
     def on_read(self, offset: int, size: int) -> None:
         decision = self._policy.on_read(offset, size, self._info.size)
+        block = self._fetcher.block_size
         if decision.abandon:
             self.close()
         if decision.fetch_to > decision.fetch_from:
-            self._schedule(decision.fetch_from, decision.fetch_to)
+            first, last = decision.fetch_from // block, -(-decision.fetch_to // block)
+            self._fetcher.advise_cached(self._info, first, last)
+            if first > self._target or decision.abandon:
+                self._cursor = first
+            self._target = max(self._target, last)
         self._tickets = [t for t in self._tickets if not t.finished]
+        if self.sequential:
+            self._cursor = max(self._cursor, (offset + size) // block)
+            self._top_up()
 
-    def _schedule(self, start: int, end: int) -> None:
-        block = self._fetcher.block_size
-        first, last = start // block, -(-end // block)
-        self._fetcher.advise_cached(self._info, first, last)
-        limiter = self._fetcher.prefetch_limiter
-        for run_start in self._fetcher.missing_runs(self._info, first, last):
-            index = run_start
-            while index < last and limiter.available_tokens > len(self._pending()):
-                count = min(self._part_blocks, last - index)
-                ticket = self._fetcher.start_fetch(self._info, index, count, prefetch=True)
-                if ticket is None:
-                    break
-                self._tickets.append(ticket)
-                index += ticket.count
-
-    def _pending(self) -> list[FetchTicket]:
-        return [t for t in self._tickets if not t.finished]
+    def _top_up(self) -> None:
+        fetcher, info = self._fetcher, self._info
+        while self._cursor < self._target and len(self._tickets) < self._max_parts:
+            if fetcher.is_present(info.id, self._cursor):
+                self._cursor += 1
+                continue
+            count = min(self._part_blocks, self._target - self._cursor)
+            ticket = fetcher.start_fetch(info, self._cursor, count, prefetch=True)
+            if ticket is None:
+                self._cursor += 1
+                continue
+            self._tickets.append(ticket)
+            self._cursor += ticket.count
 
     def close(self) -> None:
         for ticket in self._tickets:
             self._fetcher.abandon(ticket)
         self._tickets.clear()
+        self._cursor = self._target = 0
 
 
 class WholeObjectFetch:
