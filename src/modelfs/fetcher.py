@@ -44,6 +44,7 @@ class _Inflight:
     done: trio.Event = field(default_factory=trio.Event)
     data: bytes | None = None
     error: BaseException | None = None
+    on_disk: bool = False  # the cache write finished (it may overtake the publish callback)
 
 
 @dataclass
@@ -250,15 +251,22 @@ class BlockFetcher:
         while self._written:
             key = self._written.popleft()
             entry = self._inflight.get(key)
-            if entry is not None and entry.done.is_set():
+            if entry is None:
+                continue
+            if entry.done.is_set():
                 del self._inflight[key]
+            else:
+                entry.on_disk = True
 
     def _publish(self, obj: ObjectId, index: int, data: bytes) -> None:
         self._retire_written()
         entry = self._inflight.get((obj, index))
-        if entry is not None:
-            entry.data = data
-            entry.done.set()
+        if entry is None:
+            return
+        entry.data = data
+        entry.done.set()
+        if entry.on_disk:
+            del self._inflight[(obj, index)]
 
     def _fail_unfinished(self, ticket: FetchTicket, error: BaseException) -> None:
         """Fail the blocks this GET never delivered. Delivered ones stay in the table until
