@@ -198,7 +198,7 @@ def mount_config(args: argparse.Namespace) -> Any:
         gid=args.gid,
         umask=args.umask,
         dir_cache_time=args.dir_cache_time,
-        read_only=True,
+        read_only=args.read_only,
         transfers=args.transfers,
         part_size=args.part_size,
         readahead_max=args.part_size * args.transfers,
@@ -213,6 +213,8 @@ def mount_config(args: argparse.Namespace) -> Any:
         cache_max_size=args.cache_max_size,
         fs=options,
         max_memory=args.max_memory,
+        write_back_delay=args.write_back,
+        flush_interval=args.flush_interval,
         allow_other=args.allow_other,
         allow_non_empty=args.allow_non_empty,
     )

@@ -78,6 +78,10 @@ class NotSupported(ModelfsError):
     errno = _errno.ENOTSUP
 
 
+class CrossDevice(ModelfsError):
+    errno = _errno.EXDEV
+
+
 class MountError(ModelfsError):
     """The mountpoint or FUSE itself is not usable."""
 

@@ -24,15 +24,28 @@ import trio
 from cachetools import TTLCache
 
 from . import keys
-from .errors import IsADirectory, NotADirectory, NotFound, ReadOnly
+from .errors import (
+    AlreadyExists,
+    CrossDevice,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    NotSupported,
+    ReadOnly,
+)
 from .fetcher import BlockFetcher
 from .inodes import ROOT_INODE, InodeTable, Node
 from .namespace import Namespace
 from .prefetch import HandlePrefetcher, ReadaheadPolicy, WholeObjectFetch
 from .values import ObjectId, ObjectInfo
+from .writeback import WriteBack, WriteHandle
 
 log = logging.getLogger(__name__)
 
+_RENAME_NOREPLACE = 1  # renameat2 flags, as the kernel passes them
+_RENAME_EXCHANGE = 2
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".gguf", ".onnx")
 
 
@@ -77,9 +90,10 @@ class FileHandle:
     fh: int
     node: Node
     info: ObjectInfo
-    prefetcher: HandlePrefetcher
+    prefetcher: HandlePrefetcher | None  # None: the file is staged, reads come from write-back
     memo_index: int = -1
     memo_data: bytes = b""
+    staged: WriteHandle | None = None
 
 
 @dataclass
@@ -104,9 +118,11 @@ class Filesystem:
         fetcher: BlockFetcher,
         options: FsOptions,
         *,
+        writeback: WriteBack | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.namespace = namespace
+        self.writeback = writeback
         self.fetcher = fetcher
         self.options = options
         self._clock = clock
@@ -128,6 +144,8 @@ class Filesystem:
         """Run the background machinery (GETs, whole-object fetches) until cancelled."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.fetcher.run)
+            if self.writeback is not None:
+                nursery.start_soon(self.writeback.run)
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
@@ -166,12 +184,24 @@ class Filesystem:
         node.lookups += 1
         return self.attr_of(node)
 
+    def _staged_info(self, path: str) -> ObjectInfo | None:
+        """What write-back holds for `path` (it overrides the bucket), as an ObjectInfo whose
+        ETag is empty: staged content is never read through the block cache."""
+        if self.writeback is None:
+            return None
+        key = self.namespace.key_of(path)
+        staged = self.writeback.staged(key)
+        return None if staged is None else ObjectInfo(key, staged.size, "", staged.mtime)
+
     async def _resolve(self, parent: Node, name: str) -> Node:
         if not parent.is_dir:
             raise NotADirectory(parent.path)
-        listing = await self.namespace.listing(parent.path)
         path = keys.join(parent.path, name)
-        if name in listing.dirs:
+        staged = self._staged_info(path)
+        if staged is not None:
+            return self.inodes.upsert(path, False, staged)
+        listing = await self.namespace.listing(parent.path)
+        if name in listing.dirs or self._staged_dir(path):
             return self.inodes.upsert(path, True, None)
         info = listing.files.get(name)
         if info is None:
@@ -185,11 +215,16 @@ class Filesystem:
         return self.attr_of(node)
 
     async def _refresh(self, node: Node) -> None:
-        """Bring `node.info` up to date with the (TTL-cached) listing of its directory."""
+        """Bring `node.info` up to date with write-back, or the (TTL-cached) listing of its
+        directory."""
+        staged = None if node.is_dir else self._staged_info(node.path)
+        if staged is not None:
+            node.info = staged
+            return
         listing = await self.namespace.listing(keys.parent_of(node.path))
         name = keys.name_of(node.path)
         if node.is_dir:
-            if name not in listing.dirs:
+            if name not in listing.dirs and not self._staged_dir(node.path):
                 raise NotFound(node.path)
             return
         info = listing.files.get(name)
@@ -212,14 +247,40 @@ class Filesystem:
         if not node.is_dir:
             raise NotADirectory(node.path)
         listing = await self.namespace.listing(node.path)
+        files: dict[str, ObjectInfo | None] = dict(listing.files)
+        files.update(dict.fromkeys(listing.dirs))
+        files.update(self._staged_children(node.path))
         handle = DirHandle(self._new_fh())
-        for name in listing.names():
+        for name in sorted(files):
             path = keys.join(node.path, name)
-            info = listing.files.get(name)
+            info = files[name]
             child = self.inodes.upsert(path, info is None, info)
             handle.entries.append(DirEntry(name, self.attr_of(child)))
         self._dirs[handle.fh] = handle
         return handle.fh
+
+    def _staged_children(self, path: str) -> dict[str, ObjectInfo | None]:
+        """Staged files directly in directory `path` (info) and directories that only staged
+        files below them make (None)."""
+        if self.writeback is None:
+            return {}
+        prefix = self.namespace.dir_prefix(path)
+        children: dict[str, ObjectInfo | None] = {}
+        for staged in self.writeback.staged_under(prefix):
+            name, sep, _ = staged.key[len(prefix) :].partition("/")
+            if not keys.valid_segment(name):
+                continue
+            if sep:
+                children.setdefault(name, None)
+            else:
+                children[name] = ObjectInfo(staged.key, staged.size, "", staged.mtime)
+        return children
+
+    def _staged_dir(self, path: str) -> bool:
+        """A directory that exists only because staged files are below it."""
+        if self.writeback is None:
+            return False
+        return bool(self.writeback.staged_under(self.namespace.dir_prefix(path)))
 
     def readdir(self, fh: int, start: int) -> list[DirEntry]:
         """Entries from index `start` on (the adapter passes index+1 as the next offset)."""
@@ -244,18 +305,22 @@ class Filesystem:
     # -- files ---------------------------------------------------------------------------------
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
-        """Open for reading; returns (fh, keep_cache)."""
+        """Open a file; returns (fh, keep_cache)."""
         node = self.inodes.get(ino)
         if node.is_dir:
             raise IsADirectory(node.path)
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC):
-            raise ReadOnly(f"{node.path}: the mount is read-only")
+        writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC))
+        if writing:
+            return await self._open_for_write(node, flags), False
         await self._refresh(node)
         assert node.info is not None
         info = node.info
+        if info.etag == "":  # staged: read what write-back holds, pinned while open
+            assert self.writeback is not None
+            staged = await self.writeback.open(info.key, None)
+            return self._add_handle(node, info, None, staged), False
         keep_cache = node.last_open_etag == info.etag
         node.last_open_etag = info.etag
-        node.opens += 1
         policy = ReadaheadPolicy(
             self.options.part_size,
             self.options.readahead_max,
@@ -264,12 +329,23 @@ class Filesystem:
         prefetcher = HandlePrefetcher(
             self.fetcher, info, policy, self.options.part_size, self.options.transfers
         )
-        handle = FileHandle(self._new_fh(), node, info, prefetcher)
-        self._files[handle.fh] = handle
+        fh = self._add_handle(node, info, prefetcher, None)
         self._maybe_fetch_whole(info)
         if self.options.prefetch_small and info.size <= self.options.small_file_max:
             await self._burst_small_siblings(node)
-        return handle.fh, keep_cache
+        return fh, keep_cache
+
+    def _add_handle(
+        self,
+        node: Node,
+        info: ObjectInfo,
+        prefetcher: HandlePrefetcher | None,
+        staged: WriteHandle | None,
+    ) -> int:
+        node.opens += 1
+        handle = FileHandle(self._new_fh(), node, info, prefetcher, staged=staged)
+        self._files[handle.fh] = handle
+        return handle.fh
 
     def _maybe_fetch_whole(self, info: ObjectInfo) -> None:
         options = self.options
@@ -293,6 +369,11 @@ class Filesystem:
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self._files[fh]
+        if handle.staged is not None:
+            assert self.writeback is not None
+            self._reads += 1
+            return self.writeback.read(handle.staged, offset, size)
+        assert handle.prefetcher is not None
         info = handle.info
         end = min(offset + size, info.size)
         if offset >= end:
@@ -326,13 +407,178 @@ class Filesystem:
         handle = self._files.pop(fh, None)
         if handle is None:
             return
-        handle.prefetcher.close()
+        if handle.prefetcher is not None:
+            handle.prefetcher.close()
+        if handle.staged is not None and self.writeback is not None:
+            self.writeback.release(handle.staged)
         self.inodes.release(handle.node)
 
-    # -- refused until write-back is enabled --------------------------------------------------
+    # -- writing (see writeback.py; refused with EROFS on a read-only mount) -----------------
 
-    def refuse_write(self, what: str) -> ReadOnly:
-        return ReadOnly(f"{what}: the mount is read-only")
+    def _writable(self, what: str) -> WriteBack:
+        if self.writeback is None or self.options.read_only:
+            raise ReadOnly(f"{what}: the mount is read-only")
+        return self.writeback
+
+    async def _bucket_info(self, path: str) -> ObjectInfo | None:
+        """The bucket's current object at `path` (from the TTL-cached listing)."""
+        listing = await self.namespace.listing(keys.parent_of(path))
+        return listing.files.get(keys.name_of(path))
+
+    async def _open_for_write(self, node: Node, flags: int) -> int:
+        writeback = self._writable(node.path)
+        staged = self._staged_info(node.path)
+        base = None if staged is not None else await self._bucket_info(node.path)
+        handle = await writeback.open(
+            self.namespace.key_of(node.path),
+            base,
+            truncate=bool(flags & os.O_TRUNC),
+            append=bool(flags & os.O_APPEND),
+        )
+        info = self._staged_info(node.path)
+        assert info is not None
+        node.info = info
+        return self._add_handle(node, info, None, handle)
+
+    async def create(self, parent_ino: int, name: str, flags: int) -> tuple[int, Attr]:
+        parent = self.inodes.get(parent_ino)
+        path = keys.join(parent.path, name)
+        writeback = self._writable(path)
+        if not parent.is_dir:
+            raise NotADirectory(parent.path)
+        if not keys.valid_segment(name):
+            raise InvalidArgument(f"{name!r} cannot be an object name")
+        base = None if self._staged_info(path) else await self._bucket_info(path)
+        handle = await writeback.open(
+            self.namespace.key_of(path), base, truncate=True, append=bool(flags & os.O_APPEND)
+        )
+        info = self._staged_info(path)
+        assert info is not None
+        node = self.inodes.upsert(path, False, info)
+        node.lookups += 1
+        fh = self._add_handle(node, info, None, handle)
+        return fh, self.attr_of(node)
+
+    def write(self, fh: int, offset: int, data: bytes) -> int:
+        handle = self._files[fh]
+        if handle.staged is None:
+            raise ReadOnly(f"{handle.node.path}: not open for writing")
+        writeback = self._writable(handle.node.path)
+        written = writeback.write(handle.staged, offset, data)
+        self._refresh_staged(handle.node)
+        return written
+
+    def _refresh_staged(self, node: Node) -> None:
+        info = self._staged_info(node.path)
+        if info is not None:
+            node.info = info
+
+    async def set_size(self, ino: int, size: int, fh: int | None) -> Attr:
+        node = self.inodes.get(ino)
+        if node.is_dir:
+            raise IsADirectory(node.path)
+        writeback = self._writable(node.path)
+        handle = self._files.get(fh) if fh is not None else None
+        if handle is not None and handle.staged is not None:
+            await writeback.truncate(handle.staged, size)
+        else:
+            staged = self._staged_info(node.path)
+            base = None if staged is not None else await self._bucket_info(node.path)
+            await writeback.truncate(self.namespace.key_of(node.path), size, base)
+        self._refresh_staged(node)
+        return self.attr_of(node)
+
+    async def fsync(self, fh: int) -> None:
+        handle = self._files.get(fh)
+        if handle is not None and handle.staged is not None and self.writeback is not None:
+            await self.writeback.fsync(handle.staged)
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        parent = self.inodes.get(parent_ino)
+        path = keys.join(parent.path, name)
+        writeback = self._writable(path)
+        node = await self._resolve(parent, name)
+        if node.is_dir:
+            raise IsADirectory(path)
+        await writeback.unlink(self.namespace.key_of(path))
+        self.inodes.remove_path(path)
+        self.namespace.invalidate(parent.path)
+
+    async def rename(
+        self, old_parent_ino: int, old_name: str, new_parent_ino: int, new_name: str, flags: int
+    ) -> None:
+        old_parent = self.inodes.get(old_parent_ino)
+        new_parent = self.inodes.get(new_parent_ino)
+        old_path = keys.join(old_parent.path, old_name)
+        new_path = keys.join(new_parent.path, new_name)
+        writeback = self._writable(old_path)
+        if flags & _RENAME_EXCHANGE:
+            raise NotSupported("rename with RENAME_EXCHANGE is not supported on an object store")
+        node = await self._resolve(old_parent, old_name)
+        if node.is_dir:
+            # Renaming a prefix means copying every object below it; `mv` does that itself
+            # (file by file, through the mount) when told the rename crosses devices.
+            raise CrossDevice(f"{old_path}: directories are moved by copying (EXDEV)")
+        if not keys.valid_segment(new_name):
+            raise InvalidArgument(f"{new_name!r} cannot be an object name")
+        replaced = None if self._staged_info(new_path) else await self._bucket_info(new_path)
+        target_exists = replaced is not None or self._staged_info(new_path) is not None
+        if flags & _RENAME_NOREPLACE and target_exists:
+            raise AlreadyExists(new_path)
+        await writeback.rename(
+            self.namespace.key_of(old_path), self.namespace.key_of(new_path), replaced=replaced
+        )
+        self.inodes.move(old_path, new_path)
+        self.namespace.invalidate(old_parent.path)
+        self.namespace.invalidate(new_parent.path)
+        self._refresh_staged(node)
+
+    async def mkdir(self, parent_ino: int, name: str) -> Attr:
+        """A directory is a marker object `name/`, so it exists for every client at once."""
+        parent = self.inodes.get(parent_ino)
+        path = keys.join(parent.path, name)
+        self._writable(path)
+        if not keys.valid_segment(name):
+            raise InvalidArgument(f"{name!r} cannot be an object name")
+        listing = await self.namespace.listing(parent.path)
+        if name in listing.dirs or name in listing.files or self._staged_info(path):
+            raise AlreadyExists(path)
+        await self.namespace.create_directory(path)
+        self.namespace.invalidate(parent.path)
+        node = self.inodes.upsert(path, True, None)
+        node.lookups += 1
+        return self.attr_of(node)
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        parent = self.inodes.get(parent_ino)
+        path = keys.join(parent.path, name)
+        self._writable(path)
+        node = await self._resolve(parent, name)
+        if not node.is_dir:
+            raise NotADirectory(path)
+        self.namespace.invalidate(path)
+        listing = await self.namespace.listing(path)
+        if listing.files or listing.dirs or self._staged_dir(path):
+            raise NotEmpty(path)
+        await self.namespace.remove_directory(path)
+        self.inodes.remove_path(path)
+        self.namespace.invalidate(parent.path)
+
+    # -- what write-back tells us -------------------------------------------------------------
+
+    def uploaded(self, key: str, info: ObjectInfo) -> None:
+        """`key` landed in the bucket: the cached listing of its directory is out of date."""
+        self._invalidate_key(key)
+
+    def conflicted(self, key: str, conflict_key: str, remote: ObjectInfo) -> None:
+        self._invalidate_key(key)
+        self._invalidate_key(conflict_key)
+
+    def _invalidate_key(self, key: str) -> None:
+        prefix = self.namespace.dir_prefix("")
+        if key.startswith(prefix):
+            relative = key[len(prefix) :]
+            self.namespace.invalidate(keys.parent_of(relative))
 
     # -- misc ----------------------------------------------------------------------------------
 

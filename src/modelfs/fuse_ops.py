@@ -11,7 +11,7 @@ import errno
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pyfuse3
 
@@ -132,24 +132,63 @@ class FuseOperations(pyfuse3.Operations):
         data.f_namemax = 255
         return data
 
-    async def _refuse(self, what: str) -> Any:
-        raise pyfuse3.FUSEError(self._fs.refuse_write(what).errno)
-
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        return await self._refuse("create")  # type: ignore[no-any-return]
+        text = os.fsdecode(name)
+
+        async def call() -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+            fh, attr = await self._fs.create(parent_inode, text, flags)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=False), _to_entry(attr)
+
+        return await _boundary(f"create {text!r}", call)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        async def call() -> int:
+            return self._fs.write(fh, off, buf)
+
+        return await _boundary(f"write fh {fh}", call)
+
+    async def flush(self, fh: int) -> None:
+        pass  # data is in the staging file already; uploads follow close (see writeback)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await _boundary(f"fsync fh {fh}", lambda: self._fs.fsync(fh))
+
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        async def call() -> pyfuse3.EntryAttributes:
+            if fields.update_size:
+                return _to_entry(await self._fs.set_size(inode, attr.st_size, fh))
+            # Modes, owners and times are not stored in an object store: accepted, unchanged
+            # (as rclone and mountpoint-s3 do), so `touch` and `cp -p` keep working.
+            return _to_entry(await self._fs.getattr(inode))
+
+        return await _boundary(f"setattr {inode}", call)
 
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        return await self._refuse("mkdir")  # type: ignore[no-any-return]
+        text = os.fsdecode(name)
+
+        async def call() -> pyfuse3.EntryAttributes:
+            return _to_entry(await self._fs.mkdir(parent_inode, text))
+
+        return await _boundary(f"mkdir {text!r}", call)
 
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self._refuse("unlink")
+        text = os.fsdecode(name)
+        await _boundary(f"unlink {text!r}", lambda: self._fs.unlink(parent_inode, text))
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self._refuse("rmdir")
+        text = os.fsdecode(name)
+        await _boundary(f"rmdir {text!r}", lambda: self._fs.rmdir(parent_inode, text))
 
     async def rename(
         self,
@@ -160,14 +199,8 @@ class FuseOperations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        await self._refuse("rename")
-
-    async def setattr(
-        self,
-        inode: int,
-        attr: pyfuse3.EntryAttributes,
-        fields: pyfuse3.SetattrFields,
-        fh: int | None,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
-        return await self._refuse("setattr")  # type: ignore[no-any-return]
+        old, new = os.fsdecode(name_old), os.fsdecode(name_new)
+        await _boundary(
+            f"rename {old!r} -> {new!r}",
+            lambda: self._fs.rename(parent_inode_old, old, parent_inode_new, new, flags),
+        )

@@ -42,6 +42,9 @@ from .fuse_ops import FuseOperations
 from .namespace import Namespace
 from .remote import RemoteConfig, RemoteSpec
 from .s3store import S3Store
+from .upload_queue import WriteBackStatistics
+from .values import format_size
+from .writeback import WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,8 @@ class MountConfig:
     cache_max_size: int
     fs: FsOptions
     max_memory: int = 256 << 20
+    write_back_delay: float = 5.0
+    flush_interval: float = 30.0
     allow_other: bool = False
     allow_non_empty: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -207,6 +212,17 @@ class Mount:
             limiter=trio.CapacityLimiter(16),
         )
         self.fs = Filesystem(self.namespace, self.fetcher, options)
+        self.writeback: WriteBack | None = None
+        if not options.read_only:
+            self.writeback = WriteBack(
+                store,
+                config.cache_root() / "writeback",
+                upload_delay=config.write_back_delay,
+                flush_interval=config.flush_interval,
+                listener=self.fs,
+                identity=config.source,
+            )
+            self.fs.writeback = self.writeback
         self.started = time.time()
         self.real_mountpoint = control.canonical_mountpoint(config.mountpoint)
         self.mount_id = control.mount_id(self.real_mountpoint)
@@ -221,8 +237,11 @@ class Mount:
                 nursery.start_soon(self._handle_signals)
                 nursery.start_soon(self._become_ready, nursery)
                 await pyfuse3.main()
+                await self._drain_before_exit()
                 nursery.cancel_scope.cancel()
         finally:
+            if self.writeback is not None:
+                self.writeback.close()
             notify.notify("STOPPING=1")
             control.remove_state(self.mount_id)
             pyfuse3.close(unmount=True)
@@ -255,12 +274,30 @@ class Mount:
         notify.notify("READY=1", f"STATUS=serving {self.config.source} on {mountpoint}")
         self._on_ready()
 
+    async def _drain_before_exit(self) -> None:
+        """Upload everything written before exiting, with a progress line while it takes."""
+        if self.writeback is None or self.writeback.statistics().files == 0:
+            return
+
+        def progress(stats: WriteBackStatistics) -> None:
+            log.info(
+                "unmounted; uploading %d file(s), %s, before exit%s",
+                stats.files,
+                format_size(stats.bytes),
+                f" (last error: {stats.last_error})" if stats.last_error else "",
+            )
+
+        await self.writeback.drain(progress, interval=2.0)
+        log.info("all written files are in the bucket")
+
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("cmd")
         if command == "status":
             return {"ok": True, **self.status()}
         if command == "sync":
-            return {"ok": True, "pending": 0}
+            if self.writeback is not None:
+                await self.writeback.drain()
+            return {"ok": True}
         return {"ok": False, "error": f"unknown command {command!r}"}
 
     def status(self) -> dict[str, Any]:
@@ -274,6 +311,7 @@ class Mount:
             "memory": asdict(self.budget.statistics()),
             "namespace": asdict(self.namespace.statistics()),
             "fs": asdict(self.fs.statistics()),
+            "writeback": asdict(self.writeback.statistics()) if self.writeback else None,
         }
 
 

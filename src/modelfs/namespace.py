@@ -115,6 +115,16 @@ class Namespace:
             del self._pending[path]
             pending.done.set()
 
+    async def create_directory(self, path: str) -> None:
+        """Make directory `path` exist for every client: a marker object `path/`."""
+        marker = self.dir_prefix(path)
+        await trio.to_thread.run_sync(self._store.put_bytes, marker, b"", limiter=self._limiter)
+
+    async def remove_directory(self, path: str) -> None:
+        """Remove the marker of directory `path` (there may be none)."""
+        marker = self.dir_prefix(path)
+        await trio.to_thread.run_sync(self._store.delete, marker, limiter=self._limiter)
+
     def invalidate(self, path: str) -> None:
         self._cache.pop(path, None)
 
