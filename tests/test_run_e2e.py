@@ -186,7 +186,6 @@ def test_switching_versions_is_running_with_another_subpath(setup: Setup) -> Non
     assert os.readlink(setup.workdir / "cache_hub") == str(setup.mountpoint / "cache_hub_v24")
 
 
-@pytest.mark.xfail(strict=True, reason="needs write-back (issue 4)")
 def test_the_log_lands_in_the_bucket(setup: Setup) -> None:
     done = run(setup)
     assert done.returncode == 0, done.stderr
