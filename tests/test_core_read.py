@@ -18,7 +18,7 @@ from modelfs.fetcher import BlockFetcher
 from modelfs.fs import Filesystem, FsOptions
 from modelfs.inodes import ROOT_INODE
 from modelfs.memstore import MemoryStore
-from modelfs.namespace import Namespace
+from modelfs.namespace import SUBTREE_PAGES, Namespace
 from modelfs.prefetch import ReadaheadPolicy
 
 BLOCK = 64 << 10  # small blocks keep the tests fast; the logic does not depend on the size
@@ -473,4 +473,43 @@ async def test_seek_away_abandons_readahead(store: MemoryStore) -> None:
         assert all(t.cancel.is_set() for t in tickets)
         gate.set()
         assert await fs.read(fh, 50 * BLOCK, 10) == data[50 * BLOCK : 50 * BLOCK + 10]
+        nursery.cancel_scope.cancel()
+
+
+async def test_one_recursive_listing_answers_a_whole_small_tree(store: MemoryStore) -> None:
+    for d in range(10):
+        for f in range(30):
+            store.put_bytes(f"tree/d{d}/sub/f{f}.txt", b"x")
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store), nursery)
+        walked = 0
+        tree = await fs.lookup(ROOT_INODE, "tree")
+        for d in range(10):
+            sub = await fs.lookup((await fs.lookup(tree.ino, f"d{d}")).ino, "sub")
+            walked += len(fs.readdir(await fs.opendir(sub.ino), 0))
+        assert walked == 300
+        assert store.ops["list_page"] == 1  # 300 keys: one recursive page
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_large_tree_caches_the_directories_its_pages_covered(store: MemoryStore) -> None:
+    for d in range(8):
+        for f in range(1000):
+            store.put_bytes(f"big/d{d}/f{f:04d}", b"")
+    store.put_bytes("big/zzz.txt", b"last")
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store), nursery)
+        big = await fs.lookup(ROOT_INODE, "big")
+        names = [e.name for e in fs.readdir(await fs.opendir(big.ino), 0)]
+        assert names == [f"d{d}" for d in range(8)] + ["zzz.txt"]
+        pages = SUBTREE_PAGES
+        listed = store.ops["list_page"]
+        # Directories wholly inside the first pages need no request of their own.
+        for d in range(pages - 1):
+            node = await fs.lookup(big.ino, f"d{d}")
+            assert len(fs.readdir(await fs.opendir(node.ino), 0)) == 1000
+        assert store.ops["list_page"] == listed
+        last = await fs.lookup(big.ino, "d7")
+        assert len(fs.readdir(await fs.opendir(last.ino), 0)) == 1000
+        assert store.ops["list_page"] > listed
         nursery.cancel_scope.cancel()

@@ -126,11 +126,20 @@ class MemoryStore:
         with self._lock:
             return self._info_locked(key, self._get_locked(key))
 
-    def list_page(self, prefix: str, token: str | None = None, max_keys: int = 1000) -> ListPage:
+    def list_page(
+        self,
+        prefix: str,
+        token: str | None = None,
+        max_keys: int = 1000,
+        *,
+        recursive: bool = False,
+    ) -> ListPage:
         if max_keys < 1:
             raise InvalidArgument(f"max_keys must be at least 1, not {max_keys}")
         self._begin("list_page")
         with self._lock:
+            if recursive:
+                return self._recursive_page_locked(prefix, token, max_keys)
             entries = self._delimited_entries_locked(prefix)
             start = bisect.bisect_right(entries, token) if token is not None else 0
             page = entries[start : start + max_keys]
@@ -261,6 +270,16 @@ class MemoryStore:
         stored = _Stored(data=data, etag=etag, mtime=self._clock())
         self._objects[key] = stored
         return self._info_locked(key, stored)
+
+    def _recursive_page_locked(self, prefix: str, token: str | None, max_keys: int) -> ListPage:
+        if not self.bucket_exists:
+            raise BucketNotFound(f"bucket {self.name!r} does not exist")
+        keys = sorted(key for key in self._objects if key.startswith(prefix))
+        start = bisect.bisect_right(keys, token) if token is not None else 0
+        page = keys[start : start + max_keys]
+        objects = tuple(self._info_locked(key, self._objects[key]) for key in page)
+        more = start + max_keys < len(keys)
+        return ListPage(objects=objects, prefixes=(), next_token=page[-1] if more else None)
 
     def _delimited_entries_locked(self, prefix: str) -> list[str]:
         """Sorted keys directly under `prefix` plus its common prefixes (ending '/'), like a

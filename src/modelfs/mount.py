@@ -276,7 +276,7 @@ class Mount:
 
     async def _drain_before_exit(self) -> None:
         """Upload everything written before exiting, with a progress line while it takes."""
-        if self.writeback is None or self.writeback.statistics().files == 0:
+        if self.writeback is None:
             return
 
         def progress(stats: WriteBackStatistics) -> None:
@@ -287,8 +287,10 @@ class Mount:
                 f" (last error: {stats.last_error})" if stats.last_error else "",
             )
 
+        pending = self.writeback.statistics()
         await self.writeback.drain(progress, interval=2.0)
-        log.info("all written files are in the bucket")
+        if pending.files or pending.deletes:
+            log.info("all written files are in the bucket")
 
     async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
         command = request.get("cmd")

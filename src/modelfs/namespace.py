@@ -10,6 +10,13 @@ Rules:
 - A name that is both an object and a prefix is shown as the directory (the file is shadowed,
   with a warning), because the directory may hold many files and the object is usually a marker.
 - Keys that cannot be paths are skipped (see `keys`).
+
+Listing a directory first asks for its whole subtree, without a delimiter, for at most
+`SUBTREE_PAGES` pages: model trees are small, and one request then answers every directory
+below (`ls -lR`, deep lookups) instead of one request per directory. If the subtree is larger,
+the directories that the pages did cover completely are still cached (keys come in order, so a
+directory is complete once a key outside it follows), and the directory itself is listed with a
+delimiter as usual.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # Enough directories for a large model tree; each entry is one directory's listing.
 _MAX_CACHED_DIRS = 16_384
+# A subtree of up to 5,000 keys is listed in one go: a typical cache_hub with tokenizers and
+# voices, at the cost of at most 4 extra requests the first time a huge directory is listed.
+SUBTREE_PAGES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +111,7 @@ class Namespace:
     async def _fetch(self, path: str) -> DirListing:
         pending = self._pending[path] = _Pending()
         try:
-            listing = await trio.to_thread.run_sync(
-                self._list_all_pages, self.dir_prefix(path), limiter=self._limiter
-            )
-            if self._ttl > 0:
-                self._cache[path] = listing
+            listing = await trio.to_thread.run_sync(self._list_dir, path, limiter=self._limiter)
             pending.result = listing
             return listing
         except BaseException as exc:
@@ -114,6 +120,34 @@ class Namespace:
         finally:
             del self._pending[path]
             pending.done.set()
+
+    def _list_dir(self, path: str) -> DirListing:
+        """Worker thread: the listing of `path`, caching every directory learnt on the way."""
+        complete = self._list_subtree(path)
+        listing = complete.get(path)
+        if listing is None:
+            listing = self._list_all_pages(self.dir_prefix(path))
+            complete[path] = listing
+        if self._ttl > 0:
+            for directory, found in complete.items():
+                self._cache[directory] = found
+        return listing
+
+    def _list_subtree(self, path: str) -> dict[str, DirListing]:
+        """Listings of the directories in `path`'s subtree that a recursive LIST of at most
+        `SUBTREE_PAGES` pages covered completely (all of them if the subtree fit)."""
+        prefix = self.dir_prefix(path)
+        infos: list[ObjectInfo] = []
+        token: str | None = None
+        for _ in range(SUBTREE_PAGES):
+            self._list_requests += 1
+            page = self._store.list_page(prefix, token, recursive=True)
+            infos.extend(page.objects)
+            token = page.next_token
+            if token is None:
+                break
+        last_key = None if token is None or not infos else infos[-1].key
+        return _build_tree(path, prefix, infos, last_key)
 
     async def create_directory(self, path: str) -> None:
         """Make directory `path` exist for every client: a marker object `path/`."""
@@ -138,6 +172,7 @@ class Namespace:
         return NamespaceStatistics(len(self._cache), self._list_requests, self._hits)
 
     def _list_all_pages(self, prefix: str) -> DirListing:
+        """A delimited listing of one directory, all pages."""
         files: dict[str, ObjectInfo] = {}
         dirs: set[str] = set()
         token: str | None = None
@@ -179,3 +214,44 @@ class Namespace:
             files[name] = info
         else:
             keys.warn_skipped(info.key)
+
+
+def _build_tree(
+    root: str, prefix: str, infos: list[ObjectInfo], last_key: str | None
+) -> dict[str, DirListing]:
+    """Directory listings from a recursive listing of `prefix` (the directory `root`). With
+    `last_key` (the listing was cut there), only directories known to be complete."""
+    files: dict[str, dict[str, ObjectInfo]] = {root: {}}
+    dirs: dict[str, set[str]] = {root: set()}
+    for info in infos:
+        relative = info.key[len(prefix) :]
+        marker = relative.endswith("/")
+        parts = (relative[:-1] if marker else relative).split("/")
+        if relative == "" or not all(keys.valid_segment(part) for part in parts):
+            if relative:
+                keys.warn_skipped(info.key)
+            continue
+        directory = root
+        for index, part in enumerate(parts):
+            is_leaf_file = index == len(parts) - 1 and not marker
+            if is_leaf_file:
+                files[directory][part] = info
+                break
+            dirs[directory].add(part)
+            directory = keys.join(directory, part)
+            files.setdefault(directory, {})
+            dirs.setdefault(directory, set())
+    result: dict[str, DirListing] = {}
+    for directory, names in dirs.items():
+        if last_key is not None and _may_continue(directory, root, prefix, last_key):
+            continue
+        found = {name: info for name, info in files[directory].items() if name not in names}
+        result[directory] = DirListing(found, frozenset(names))
+    return result
+
+
+def _may_continue(directory: str, root: str, prefix: str, last_key: str) -> bool:
+    """Whether keys of `directory` may come after `last_key` (it holds the cut, or is root)."""
+    if directory == root:
+        return True
+    return last_key.startswith(prefix + directory[len(root) :].lstrip("/") + "/")

@@ -302,13 +302,17 @@ class S3Store:
             mtime=response["LastModified"].timestamp(),
         )
 
-    def list_page(self, prefix: str, token: str | None = None, max_keys: int = 1000) -> ListPage:
-        arguments: dict[str, Any] = {
-            "Bucket": self.bucket,
-            "Prefix": prefix,
-            "Delimiter": "/",
-            "MaxKeys": max_keys,
-        }
+    def list_page(
+        self,
+        prefix: str,
+        token: str | None = None,
+        max_keys: int = 1000,
+        *,
+        recursive: bool = False,
+    ) -> ListPage:
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if not recursive:
+            arguments["Delimiter"] = "/"
         if token is not None:
             arguments["ContinuationToken"] = token
         with self._errors("LIST", prefix, missing=BucketNotFound):

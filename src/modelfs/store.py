@@ -41,8 +41,16 @@ class ObjectStore(Protocol):
     def head(self, key: str) -> ObjectInfo:
         """Metadata of `key`; NotFound if there is no such object."""
 
-    def list_page(self, prefix: str, token: str | None = None, max_keys: int = 1000) -> ListPage:
-        """One page of keys under `prefix`, delimited by '/'."""
+    def list_page(
+        self,
+        prefix: str,
+        token: str | None = None,
+        max_keys: int = 1000,
+        *,
+        recursive: bool = False,
+    ) -> ListPage:
+        """One page of keys under `prefix`, delimited by '/' (no prefixes, every key below
+        `prefix` at any depth, in key order, if `recursive`)."""
 
     def get_range(self, obj: ObjectId, start: int, end: int) -> bytes:
         """Bytes [start, end) of exactly the version `obj`."""

@@ -388,6 +388,9 @@ class _Handler(BaseHTTPRequestHandler):
         request.status = response.status  # before the client can see it
         self.end_headers()
         if not has_body:
+            # Finish the upstream response (HEAD, 204) so the kept-alive upstream connection is
+            # ready for the next request; left unread, that request would fail with a 502.
+            response.read()
             return
         limit = reset_after if reset_after is not None else None
         view = memoryview(self._buffer)
