@@ -483,6 +483,7 @@ async def test_one_recursive_listing_answers_a_whole_small_tree(store: MemorySto
     async with trio.open_nursery() as nursery:
         fs = await start(make_fs(store), nursery)
         walked = 0
+        await fs.opendir(ROOT_INODE)  # `ls -lR` reads the root first
         tree = await fs.lookup(ROOT_INODE, "tree")
         for d in range(10):
             sub = await fs.lookup((await fs.lookup(tree.ino, f"d{d}")).ino, "sub")
@@ -512,4 +513,15 @@ async def test_a_large_tree_caches_the_directories_its_pages_covered(store: Memo
         last = await fs.lookup(big.ino, "d7")
         assert len(fs.readdir(await fs.opendir(last.ino), 0)) == 1000
         assert store.ops["list_page"] > listed
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_lookup_lists_only_its_directory(store: MemoryStore) -> None:
+    for f in range(3000):
+        store.put_bytes(f"deep/below/f{f}", b"")
+    store.put_bytes("model.bin", b"weights")
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store), nursery)
+        assert (await fs.lookup(ROOT_INODE, "model.bin")).size == 7
+        assert store.ops["list_page"] == 1  # not the 3,000 keys below `deep/`
         nursery.cancel_scope.cancel()

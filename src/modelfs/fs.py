@@ -246,7 +246,7 @@ class Filesystem:
         node = self.inodes.get(ino)
         if not node.is_dir:
             raise NotADirectory(node.path)
-        listing = await self.namespace.listing(node.path)
+        listing = await self.namespace.listing(node.path, subtree=True)
         files: dict[str, ObjectInfo | None] = dict(listing.files)
         files.update(dict.fromkeys(listing.dirs))
         files.update(self._staged_children(node.path))

@@ -11,7 +11,7 @@ Rules:
   with a warning), because the directory may hold many files and the object is usually a marker.
 - Keys that cannot be paths are skipped (see `keys`).
 
-Listing a directory first asks for its whole subtree, without a delimiter, for at most
+Reading a directory first asks for its whole subtree, without a delimiter, for at most
 `SUBTREE_PAGES` pages: model trees are small, and one request then answers every directory
 below (`ls -lR`, deep lookups) instead of one request per directory. If the subtree is larger,
 the directories that the pages did cover completely are still cached (keys come in order, so a
@@ -92,8 +92,10 @@ class Namespace:
     def dir_prefix(self, path: str) -> str:
         return self._prefix + path + "/" if path else self._prefix
 
-    async def listing(self, path: str) -> DirListing:
-        """The listing of directory `path` (relative to the mount root)."""
+    async def listing(self, path: str, *, subtree: bool = False) -> DirListing:
+        """The listing of directory `path` (relative to the mount root). With `subtree` (a
+        directory being read, as `ls -lR` does), a miss lists the whole subtree if it is small;
+        a lookup lists only the directory, which is cheaper for the first byte of a file."""
         if self._ttl > 0:
             cached = self._cache.get(path)
             if cached is not None:
@@ -106,12 +108,14 @@ class Namespace:
                 raise pending.error
             assert pending.result is not None
             return pending.result
-        return await self._fetch(path)
+        return await self._fetch(path, subtree)
 
-    async def _fetch(self, path: str) -> DirListing:
+    async def _fetch(self, path: str, subtree: bool) -> DirListing:
         pending = self._pending[path] = _Pending()
         try:
-            listing = await trio.to_thread.run_sync(self._list_dir, path, limiter=self._limiter)
+            listing = await trio.to_thread.run_sync(
+                self._list_dir, path, subtree, limiter=self._limiter
+            )
             pending.result = listing
             return listing
         except BaseException as exc:
@@ -121,9 +125,9 @@ class Namespace:
             del self._pending[path]
             pending.done.set()
 
-    def _list_dir(self, path: str) -> DirListing:
+    def _list_dir(self, path: str, subtree: bool) -> DirListing:
         """Worker thread: the listing of `path`, caching every directory learnt on the way."""
-        complete = self._list_subtree(path)
+        complete = self._list_subtree(path) if subtree else {}
         listing = complete.get(path)
         if listing is None:
             listing = self._list_all_pages(self.dir_prefix(path))
