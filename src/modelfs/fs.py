@@ -317,6 +317,9 @@ class Filesystem:
         info = node.info
         if info.etag == "":  # staged: read what write-back holds, pinned while open
             assert self.writeback is not None
+            # No checkpoint between `_refresh` finding it staged and this call, so write-back
+            # still holds it: open() must never stage a new empty file in its place.
+            assert self.writeback.staged(info.key) is not None
             staged = await self.writeback.open(info.key, None)
             return self._add_handle(node, info, None, staged), False
         keep_cache = node.last_open_etag == info.etag
