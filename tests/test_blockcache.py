@@ -597,3 +597,21 @@ class CacheModel(RuleBasedStateMachine):
 
 CacheModel.TestCase.settings = settings(max_examples=30, stateful_step_count=30, deadline=None)
 test_cache_model = CacheModel.TestCase
+
+
+def test_get_range_verifies_a_block_once_then_reads_only_the_range(tmp_path: Path) -> None:
+    cache = DiskBlockCache(tmp_path / "c", 1 << 16, 1 << 24)
+    obj = ObjectId("ranged", "etag-1")
+    data = os.urandom(1 << 16)
+    cache.put(obj, 0, data)
+    assert cache.get_range(obj, 0, 100, 4096) == data[100:4196]  # first read: verified whole
+    assert cache.get_range(obj, 0, 5000, 10) == data[5000:5010]  # later: only the range
+    # Rewriting the file (any rewrite changes its mtime) makes the next read verify again.
+    (path,) = [p for p in (tmp_path / "c").rglob("*.blk")]
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    time.sleep(0.01)
+    path.write_bytes(bytes(raw))
+    assert cache.get_range(obj, 0, 0, 10) is None
+    assert cache.statistics().corrupt == 1
+    cache.close()

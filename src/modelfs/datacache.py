@@ -38,6 +38,9 @@ class DataCache(Protocol):
     def put(self, obj: ObjectId, index: int, data: bytes) -> None:
         """Store a block; never raises."""
 
+    def get_range(self, obj: ObjectId, index: int, start: int, length: int) -> bytes | None:
+        """Part of a verified block, or None (a miss)."""
+
     def contains(self, obj: ObjectId, index: int) -> bool:
         """Whether `get` would likely hit (cheap; not verified)."""
 
@@ -65,6 +68,10 @@ class MemoryDataCache:
         self._hits += 1
         self._blocks.move_to_end((obj, index))
         return data
+
+    def get_range(self, obj: ObjectId, index: int, start: int, length: int) -> bytes | None:
+        data = self.get(obj, index)
+        return None if data is None else data[start : start + length]
 
     def put(self, obj: ObjectId, index: int, data: bytes) -> None:
         old = self._blocks.pop((obj, index), None)

@@ -112,6 +112,12 @@ class BlockFetcher:
     def is_present(self, obj: ObjectId, index: int) -> bool:
         return (obj, index) in self._inflight or self._cache.contains(obj, index)
 
+    def cached_range(self, info: ObjectInfo, index: int, start: int, length: int) -> bytes | None:
+        """Part of a block straight from the data cache (None: not there, or being fetched)."""
+        if (info.id, index) in self._inflight:
+            return None
+        return self._cache.get_range(info.id, index, start, length)
+
     async def block(self, info: ObjectInfo, index: int, *, run_blocks: int = 1) -> bytes:
         """Block `index` of `info`'s version; on a miss GET it plus up to `run_blocks - 1`
         following missing blocks (one request, streamed)."""

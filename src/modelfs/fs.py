@@ -391,9 +391,16 @@ class Filesystem:
         )
         pieces: list[bytes] = []
         for index in range(first, last + 1):
-            data = await self._block(handle, index, run - (index - first))
             base = index * block_size
-            lo, hi = max(offset, base) - base, min(end, base + len(data)) - base
+            lo, hi = max(offset, base) - base, min(end, base + block_size) - base
+            if hi - lo < block_size and handle.memo_index != index:
+                # Part of a block: a cached block serves just the range (random reads).
+                part = self.fetcher.cached_range(info, index, lo, hi - lo)
+                if part is not None:
+                    pieces.append(part)
+                    continue
+            data = await self._block(handle, index, run - (index - first))
+            hi = min(hi, len(data))
             pieces.append(data if lo == 0 and hi == len(data) else data[lo:hi])
         self._bytes_read += end - offset
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
