@@ -3,9 +3,12 @@
 A GET stream hands each block over and goes straight back to the socket, so the network and the
 disk work at the same time instead of taking turns. A small fixed pool of writer threads (2:
 more threads only contend on the filesystem journal, measured 16 writers at about half the
-throughput of 4 here) drains a FIFO queue. The queue needs no bound of its own: every queued
-block holds memory from the `MemoryBudget`, released by `done` once the block is on disk (or
-failed to get there, which the cache logs: it is an optimisation, never a failure).
+throughput of 4 here) drains a FIFO queue. The queue holds at most `backlog` blocks: when the
+disk is slower than the network, `submit` waits, so GET streams slow to the disk's pace instead
+of filling RAM (measured: with an unbounded queue, a 4 GiB cold read on this machine's slow
+disk held the whole 256 MiB budget and peaked at ~410 MiB RSS). Every queued block also holds
+memory from the `MemoryBudget`, released by `done` once the block is on disk (or failed to get
+there, which the cache logs: it is an optimisation, never a failure).
 """
 
 from __future__ import annotations
@@ -21,14 +24,17 @@ from .values import ObjectId
 log = logging.getLogger(__name__)
 
 WRITER_THREADS = 2
+BACKLOG_BLOCKS = 32  # 32 MiB of 1 MiB blocks: smooths bursts, bounds RAM on a slow disk
 
 _Job = tuple[ObjectId, int, bytes, Callable[[], None]]
 
 
 class CacheWriter:
-    def __init__(self, cache: DataCache, threads: int = WRITER_THREADS) -> None:
+    def __init__(
+        self, cache: DataCache, threads: int = WRITER_THREADS, backlog: int = BACKLOG_BLOCKS
+    ) -> None:
         self._cache = cache
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(backlog)
         self._threads = [
             threading.Thread(target=self._work, name=f"modelfs-cache-writer-{i}", daemon=True)
             for i in range(threads)
@@ -37,7 +43,8 @@ class CacheWriter:
             thread.start()
 
     def submit(self, obj: ObjectId, index: int, data: bytes, done: Callable[[], None]) -> None:
-        """Queue a block; `done` runs in a writer thread once it is handled."""
+        """Queue a block, waiting while the backlog is full; `done` runs in a writer thread
+        once it is handled."""
         self._jobs.put((obj, index, data, done))
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ error is one line on stderr, `modelfs: error: ...`; tracebacks only with --verbo
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import json
 import logging
@@ -226,6 +227,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         return _spawn_daemon(args, config.cache_dir)
     from . import mount
 
+    limit_malloc_caching()
     setup_logging(args.log_level, args.log_file, args.verbose)
     ready_fd = int(os.environ.pop(READY_FD_ENV, "-1"))
 
@@ -239,6 +241,22 @@ def cmd_mount(args: argparse.Namespace) -> int:
         _tell_parent(ready_fd, f"error: {exc}")
         raise
     return 0
+
+
+def limit_malloc_caching() -> None:
+    """Make glibc give 1 MiB buffers back to the kernel when they are freed.
+
+    By default glibc raises its mmap threshold after the first large free, and from then on
+    serves 1 MiB blocks from per-thread heap arenas that it rarely shrinks: a 4 GiB read then
+    left the mount ~100 MiB above its data budget. A fixed threshold (which also turns off the
+    dynamic one) and at most two arenas keep RSS at the budget plus the interpreter."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc: nothing to tune
+    m_arena_max, m_mmap_threshold = -8, -3  # from <malloc.h>
+    libc.mallopt(m_mmap_threshold, 128 << 10)
+    libc.mallopt(m_arena_max, 2)
 
 
 def _tell_parent(fd: int, message: str) -> None:
