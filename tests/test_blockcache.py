@@ -213,7 +213,10 @@ def test_concurrent_writers_stay_within_one_block_each(tmp_path: Path) -> None:
     done.set()
     sampler.join()
     stats = cache.statistics()
-    assert peak <= limit + writers * FILE
+    # The bound is one block per writer. The sampler's walk is not atomic, though: it can count
+    # a victim before its unlink and, in a later directory, a block written after it, so under
+    # CPU contention it may see up to one more block per writer than ever existed at once.
+    assert peak <= limit + 2 * writers * FILE
     assert stats.bytes <= limit
     assert stats.bytes == tree_bytes(tmp_path) == len(block_files(tmp_path)) * FILE
     assert stats.blocks == len(block_files(tmp_path))

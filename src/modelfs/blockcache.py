@@ -217,33 +217,8 @@ class DiskBlockCache:
     # -- DataCache ---------------------------------------------------------------------------
 
     def get(self, obj: ObjectId, index: int) -> bytes | None:
-        name = _block_name(obj, index)
-        now = self._clock()
-        with self._lock:
-            entry = self._index.get(name)
-            if entry is None:
-                self._misses += 1
-                return None
-            touch = self._use_locked(name, entry, now)
-        path = self._path(name)
-        try:
-            data = self._read(path, name, entry.payload)
-        except FileNotFoundError:
-            logger.debug("block cache: %s vanished", path)
-            self._forget(name, entry, corrupt=False)
-            return None
-        except (_CorruptBlock, OSError) as exc:
-            logger.warning(
-                "block cache: dropping bad block %s (%s %d): %s", path, obj.key, index, exc
-            )
-            if self._forget(name, entry, corrupt=True):
-                _unlink_quietly(path)
-            return None
-        with self._lock:
-            self._hits += 1
-        if touch:
-            _set_mtime(path, now)
-        return data
+        """The whole verified block, or None (a miss)."""
+        return self.get_range(obj, index, 0, self.block_size)
 
     def get_range(self, obj: ObjectId, index: int, start: int, length: int) -> bytes | None:
         """Bytes [start, start + length) of a block, or None (a miss).
