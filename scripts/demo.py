@@ -52,6 +52,7 @@ def sample_bucket(server: SeaweedServer, model_mib: int) -> None:
     for path, data in files.items():
         client.put_object(Bucket=BUCKET, Key=f"cache_hub_v23/{path}", Body=data)
     client.put_object(Bucket=BUCKET, Key="audio_samples/voice_01.wav", Body=rng.randbytes(300_000))
+    client.put_object(Bucket=BUCKET, Key="logs/", Body=b"")  # where the app writes its log
     client.put_object(Bucket=BUCKET, Key="prompts_zh.json", Body='{"greeting": "你好"}'.encode())
 
 
@@ -73,7 +74,7 @@ mount = compshare:{BUCKET} {mountpoint}
 cache-dir = {cache}
 link = cache_hub=cache_hub_v23
 workdir = {app}
-command = {sys.executable} {standin} --no-log
+command = {sys.executable} {standin}
 """
     )
 
@@ -119,6 +120,9 @@ def main() -> int:
         print("\ndemo: the app, started through `modelfs run` (mounts, links cache_hub, runs)")
         show(*modelfs, "run", "index-tts")
         show("ls", "-l", app)
+        log = server.client().get_object(Bucket=BUCKET, Key="logs/app.log")["Body"].read()
+        print("\nthe app's log, read back from the bucket (written through the mount):")
+        print(log.decode())
     print("\ndemo: done (SeaweedFS stopped, nothing left mounted)")
     return 0
 
