@@ -33,6 +33,22 @@ class FakeClock:
         return self.now
 
 
+def make_fetcher(
+    store: MemoryStore,
+    cache: MemoryDataCache | None = None,
+    *,
+    slots: int = 4,
+    budget: MemoryBudget | None = None,
+) -> BlockFetcher:
+    return BlockFetcher(
+        store,
+        cache or MemoryDataCache(BLOCK, 1 << 30),
+        demand_limiter=trio.CapacityLimiter(slots),
+        prefetch_limiter=trio.CapacityLimiter(slots),
+        budget=budget or MemoryBudget(16 * BLOCK),
+    )
+
+
 def make_fs(
     store: MemoryStore,
     *,
@@ -43,13 +59,7 @@ def make_fs(
 ) -> Filesystem:
     clock = clock or FakeClock()
     cache = cache or MemoryDataCache(BLOCK, 1 << 30)
-    fetcher = BlockFetcher(
-        store,
-        cache,
-        demand_limiter=trio.CapacityLimiter(4),
-        prefetch_limiter=trio.CapacityLimiter(4),
-        budget=MemoryBudget(budget),
-    )
+    fetcher = make_fetcher(store, cache, budget=MemoryBudget(budget))
     namespace = Namespace(store, "", ttl=60.0, limiter=trio.CapacityLimiter(4), clock=clock)
     defaults: dict[str, object] = {"part_size": 4 * BLOCK, "readahead_max": 16 * BLOCK}
     defaults.update(options)
@@ -174,13 +184,7 @@ async def test_concurrent_misses_on_one_block_share_one_get() -> None:
     info = store.put_bytes("m.bin", data)
     gate = threading.Event()
     store.delay = lambda op: gate.wait(5) if op == "iter_range" else None
-    fetcher = BlockFetcher(
-        store,
-        MemoryDataCache(BLOCK, 1 << 30),
-        demand_limiter=trio.CapacityLimiter(4),
-        prefetch_limiter=trio.CapacityLimiter(4),
-        budget=MemoryBudget(8 * BLOCK),
-    )
+    fetcher = make_fetcher(store, budget=MemoryBudget(8 * BLOCK))
     results: list[bytes] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(fetcher.run)
@@ -203,13 +207,7 @@ async def test_changed_object_is_stale_never_mixed() -> None:
     store = MemoryStore()
     old = store.put_bytes("m.bin", b"a" * BLOCK * 3)
     fs_cache = MemoryDataCache(BLOCK, 1 << 30)
-    fetcher = BlockFetcher(
-        store,
-        fs_cache,
-        demand_limiter=trio.CapacityLimiter(2),
-        prefetch_limiter=trio.CapacityLimiter(2),
-        budget=MemoryBudget(4 * BLOCK),
-    )
+    fetcher = make_fetcher(store, fs_cache, slots=2, budget=MemoryBudget(4 * BLOCK))
     async with trio.open_nursery() as nursery:
         await nursery.start(fetcher.run)
         assert await fetcher.block(old, 0) == b"a" * BLOCK
@@ -224,13 +222,7 @@ async def test_memory_budget_bounds_inflight_data_with_many_parallel_gets() -> N
     store = MemoryStore()
     info = store.put_bytes("big.bin", os.urandom(BLOCK * 64))
     budget = MemoryBudget(3 * BLOCK)
-    fetcher = BlockFetcher(
-        store,
-        MemoryDataCache(BLOCK, 1 << 30),
-        demand_limiter=trio.CapacityLimiter(8),
-        prefetch_limiter=trio.CapacityLimiter(8),
-        budget=budget,
-    )
+    fetcher = make_fetcher(store, slots=8, budget=budget)
     async with trio.open_nursery() as nursery:
         await nursery.start(fetcher.run)
         for first in range(0, 64, 8):
@@ -248,13 +240,7 @@ async def test_abandoned_part_lets_waiting_reader_fetch_itself() -> None:
     info = store.put_bytes("m.bin", data)
     gate = threading.Event()
     store.delay = lambda op: gate.wait(5) if op == "iter_range" else None
-    fetcher = BlockFetcher(
-        store,
-        MemoryDataCache(BLOCK, 1 << 30),
-        demand_limiter=trio.CapacityLimiter(2),
-        prefetch_limiter=trio.CapacityLimiter(2),
-        budget=MemoryBudget(8 * BLOCK),
-    )
+    fetcher = make_fetcher(store, slots=2, budget=MemoryBudget(8 * BLOCK))
     async with trio.open_nursery() as nursery:
         await nursery.start(fetcher.run)
         ticket = fetcher.start_fetch(info, 0, 8, prefetch=True)

@@ -264,6 +264,8 @@ class DiskBlockCache:
             stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
             if entry.verified == stamp:
                 return os.pread(fd, length, HEADER_SIZE + start)
+            # Two reads, so the payload arrives as its own bytes object: one read of header +
+            # payload and a slice measured 1.0 GB/s here (the slice copies), this 3.2 GB/s.
             header = os.read(fd, HEADER_SIZE)
             payload = os.read(fd, entry.payload)
         finally:
@@ -442,18 +444,6 @@ class DiskBlockCache:
     def _path(self, name: _BlockName) -> str:
         key_hex = name.key.hex()
         return f"{self._tree}/{key_hex[:_FANOUT_HEX]}/{key_hex}-{name.etag.hex()}-{name.number}.blk"
-
-    def _read(self, path: str, name: _BlockName, payload_length: int) -> bytes:
-        # Two reads, so the payload arrives as its own bytes object: one read of header +
-        # payload and a slice measured 1.0 GB/s here (the slice copies), this 3.2 GB/s.
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            header = os.read(fd, HEADER_SIZE)
-            payload = os.read(fd, payload_length)
-        finally:
-            os.close(fd)
-        _verify(name, header, payload, payload_length)
-        return payload
 
     def _write(self, name: _BlockName, data: bytes, now: float) -> None:
         path = self._path(name)

@@ -21,7 +21,7 @@ import collections
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -160,15 +160,9 @@ class BlockFetcher:
         self._nursery.start_soon(self._get_run, info, ticket, limiter)
         return ticket
 
-    def missing_runs(self, info: ObjectInfo, first: int, last: int) -> Iterable[int]:
-        """Indexes in [first, last) where a run of missing blocks starts."""
-        obj = info.id
-        previous_missing = False
-        for index in range(first, min(last, self.block_count(info))):
-            missing = not self.is_present(obj, index)
-            if missing and not previous_missing:
-                yield index
-            previous_missing = missing
+    def fully_present(self, info: ObjectInfo) -> bool:
+        """Every block of `info` is cached or being fetched."""
+        return all(self.is_present(info.id, i) for i in range(self.block_count(info)))
 
     async def wait_for(self, obj: ObjectId, index: int) -> BaseException | None:
         """Wait until block `index` is no longer in flight; the error it failed with, if any."""

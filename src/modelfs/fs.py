@@ -359,9 +359,7 @@ class Filesystem:
         running = self._whole.get(info.id)
         if running is not None and not running.done.is_set():
             return
-        if not any(
-            True for _ in self.fetcher.missing_runs(info, 0, self.fetcher.block_count(info))
-        ):
+        if self.fetcher.fully_present(info):
             return
         fetch = WholeObjectFetch(
             self.fetcher, info, part_size=options.part_size, parallel=options.transfers
