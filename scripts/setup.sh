@@ -14,6 +14,8 @@ command -v fio >/dev/null || need_apt+=(fio)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v tc >/dev/null || need_apt+=(iproute2)
 command -v unshare >/dev/null || need_apt+=(util-linux)
+command -v losetup >/dev/null || need_apt+=(mount)
+command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 if ((${#need_apt[@]})); then
     echo "setup: apt-get install ${need_apt[*]}"

@@ -6,6 +6,7 @@ read-only bind mount (EROFS) and a full tiny tmpfs (ENOSPC). The mounts need roo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -618,3 +619,84 @@ def test_get_range_verifies_a_block_once_then_reads_only_the_range(tmp_path: Pat
     assert cache.get_range(obj, 0, 0, 10) is None
     assert cache.statistics().corrupt == 1
     cache.close()
+
+
+# -- O_DIRECT writes ---------------------------------------------------------------------------
+
+
+def small_ext4(tmp_path: Path, mounts: list[Path], size: str) -> Path:
+    """A fresh ext4 filesystem of `size` on a loop device: a disk that takes O_DIRECT."""
+    image, disk = tmp_path / "ext4.img", tmp_path / "ext4"
+    run("truncate", "-s", size, str(image))
+    run("mkfs.ext4", "-q", "-F", str(image))
+    disk.mkdir()
+    run("mount", "-o", "loop", str(image), str(disk))
+    mounts.append(disk)
+    return disk
+
+
+def test_disk_filesystem_gets_o_direct_block_files(
+    tmp_path: Path, clock: FakeClock, mounts: list[Path]
+) -> None:
+    disk = small_ext4(tmp_path, mounts, "16M")
+    big = 256 * 1024  # a page multiple, like the real 1 MiB blocks
+    with DiskBlockCache(disk / "c", big, 1 << 30, clock=clock) as cache:
+        cache.put(A, 0, payload(A, 0, big))
+        cache.put(A, 1, payload(A, 1, 12345))  # a short last block: padded, then truncated
+        assert cache._writer.direct  # the filesystem took O_DIRECT and kept it
+        assert sorted(p.stat().st_size for p in block_files(cache.root)) == [
+            HEADER_SIZE + 12345,
+            HEADER_SIZE + big,
+        ]
+        assert cache.get(A, 0) == payload(A, 0, big)
+        assert cache.get(A, 1) == payload(A, 1, 12345)
+    with DiskBlockCache(disk / "c", big, 1 << 30, clock=clock) as again:  # and across a restart
+        assert again.get(A, 1) == payload(A, 1, 12345)
+        assert again.statistics().corrupt == 0
+
+
+def test_filesystem_refusing_o_direct_switches_the_cache_to_buffered_writes(
+    tmp_path: Path,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """tmpfs before Linux 6.6 (and some network and FUSE filesystems) fail open(O_DIRECT) with
+    EINVAL; this kernel's tmpfs takes it, so the refusal is simulated at os.open."""
+    real_open = os.open
+    refused: list[str] = []
+
+    def open_without_direct(path: str, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_DIRECT:
+            refused.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", open_without_direct)
+    with caplog.at_level(logging.INFO, logger="modelfs.blockcache"):
+        with DiskBlockCache(tmp_path / "c", BLOCK, 1 << 20, clock=clock) as cache:
+            for index in range(3):
+                cache.put(A, index, payload(A, index))
+            assert not cache._writer.direct
+            assert len(refused) == 1  # asked once, then buffered for good
+            assert [cache.get(A, i) for i in range(3)] == [payload(A, i) for i in range(3)]
+            assert cache.statistics().write_errors == 0
+            assert not list((tmp_path / "c").rglob(".tmp-*"))
+    assert sum("O_DIRECT refused" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_full_disk_with_o_direct_counts_write_errors_and_leaves_no_temp_files(
+    tmp_path: Path, clock: FakeClock, mounts: list[Path]
+) -> None:
+    disk = small_ext4(tmp_path, mounts, "8M")
+    big = 1 << 20
+    with DiskBlockCache(disk / "c", big, 1 << 30, clock=clock) as cache:
+        for index in range(12):  # 12 MiB cannot fit in an 8 MiB filesystem
+            cache.put(A, index, payload(A, index, big))
+        stats = cache.statistics()
+        assert cache._writer.direct
+        assert stats.write_errors > 0
+        assert 0 < stats.blocks < 12
+        assert not list(disk.rglob(".tmp-*"))
+        stored = [i for i in range(12) if cache.contains(A, i)]
+        assert [cache.get(A, i) for i in stored] == [payload(A, i, big) for i in stored]

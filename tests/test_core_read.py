@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 import trio
+import trio.testing
 
 from modelfs.budget import MemoryBudget
 from modelfs.datacache import MemoryDataCache
@@ -230,8 +231,55 @@ async def test_memory_budget_bounds_inflight_data_with_many_parallel_gets() -> N
         for index in range(64):
             await fetcher.block(info, index)
         nursery.cancel_scope.cancel()
+    await trio.testing.wait_all_tasks_blocked()  # the last disk-write callbacks have run
+    held = fetcher.statistics().held_blocks
     assert budget.statistics().peak <= 3 * BLOCK
-    assert budget.statistics().in_use == 0
+    # What is still charged is exactly what is kept in RAM for readers, at most half the budget.
+    assert budget.statistics().in_use == held * BLOCK <= 3 * BLOCK // 2
+
+
+async def test_block_read_to_its_end_leaves_ram_once_on_disk() -> None:
+    store = MemoryStore()
+    data = os.urandom(BLOCK * 16)
+    info = store.put_bytes("seq.bin", data)
+    budget = MemoryBudget(64 * BLOCK)
+    cache = MemoryDataCache(BLOCK, 1 << 30)
+    fetcher = make_fetcher(store, cache, slots=4, budget=budget)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fetcher.run)
+        fetcher.start_fetch(info, 0, 16, prefetch=True)
+        await fetcher.block(info, 15)  # everything delivered, nothing read to its end yet
+        await wait_until(lambda: all(cache.contains(info.id, i) for i in range(16)))
+        await wait_until(lambda: fetcher.statistics().held_blocks == 16)  # kept for the reader
+        assert budget.statistics().in_use == 16 * BLOCK
+        for index in range(16):
+            assert await fetcher.block(info, index) == data[index * BLOCK : (index + 1) * BLOCK]
+            fetcher.done_with(info.id, index)
+        assert fetcher.statistics().held_blocks == 0
+        assert budget.statistics().in_use == 0
+        assert store.ops["iter_range"] == 1  # all of it from RAM: no second GET
+        nursery.cancel_scope.cancel()
+
+
+async def test_clean_blocks_are_capped_at_half_the_budget_oldest_first() -> None:
+    store = MemoryStore()
+    data = os.urandom(BLOCK * 16)
+    info = store.put_bytes("ahead.bin", data)
+    budget = MemoryBudget(8 * BLOCK)
+    cache = MemoryDataCache(BLOCK, 1 << 30)
+    fetcher = make_fetcher(store, cache, slots=4, budget=budget)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fetcher.run)
+        fetcher.start_fetch(info, 0, 16, prefetch=True)  # nobody reads: all of it goes clean
+        await wait_until(lambda: all(cache.contains(info.id, i) for i in range(16)))
+        await wait_until(lambda: fetcher.statistics().inflight_blocks == 0)
+        await wait_until(lambda: fetcher.statistics().held_blocks <= 4)
+        assert budget.statistics().in_use == fetcher.statistics().held_blocks * BLOCK
+        # The newest blocks are the ones kept; the oldest come back from the cache.
+        assert fetcher.cached_range(info, 0, 0, BLOCK) == data[:BLOCK]
+        assert fetcher.cached_range(info, 15, 0, BLOCK) is None  # still held in RAM
+        assert await fetcher.block(info, 15) == data[15 * BLOCK :]
+        nursery.cancel_scope.cancel()
 
 
 async def test_abandoned_part_lets_waiting_reader_fetch_itself() -> None:

@@ -5,9 +5,9 @@ one object version (`ObjectId` = key + ETag) at one block index; each block is o
 
     <root>/
     ├── lock                          flock(LOCK_EX) while a DiskBlockCache owns root
-    └── v1-b<block_size>/             format 1, this block size (index i = bytes [i*B, (i+1)*B))
+    └── v2-b<block_size>/             format 2, this block size (index i = bytes [i*B, (i+1)*B))
         ├── 00/ … ff/                 256 fan-out dirs: first two hex digits of the key hash
-        │   ├── <keyhash>-<etaghash>-<index>.blk      one block: 64-byte header + payload
+        │   ├── <keyhash>-<etaghash>-<index>.blk      one block: 4 KiB header + payload
         │   └── .tmp-<random>                         a block being written; deleted at startup
         └── …
 
@@ -15,10 +15,13 @@ one object version (`ObjectId` = key + ETag) at one block index; each block is o
     and hold any character, file names cannot. A different block size gets a different tree (the
     same index names other bytes), and stale trees are deleted at startup.
 
-    block file header (little endian, 64 bytes):
-      0  magic  b"MFSB"          4  format u16 = 1     6  header size u16 = 64
+    block file header (little endian; 64 bytes of fields, zero-padded to one 4 KiB page):
+      0  magic  b"MFSB"          4  format u16 = 2     6  header size u16 = 4096
       8  key hash (16 bytes)    24  etag hash (16)    40  block index u64    48  payload length u64
      56  crc32 over header[0:56] + payload            60  reserved (zero)
+
+    The header fills a page so that a whole block file is one page-aligned write: blocks are
+    written with O_DIRECT where the filesystem allows it (not tmpfs), see `_BlockWriter`.
 
 Invariants
 - `get` returns only bytes whose header names the requested (key, etag, index) and whose crc32
@@ -71,6 +74,7 @@ import fcntl
 import functools
 import hashlib
 import logging
+import mmap
 import os
 import re
 import secrets
@@ -92,12 +96,14 @@ from .values import ObjectId
 
 logger = logging.getLogger(__name__)
 
-_FORMAT = 1
+_FORMAT = 2
 _MAGIC = b"MFSB"
 _PREFIX = struct.Struct("<4sHH16s16sQQ")  # everything the crc covers in the header
 _SUFFIX = struct.Struct("<II")  # crc32, reserved
-HEADER_SIZE = _PREFIX.size + _SUFFIX.size
-assert HEADER_SIZE == 64
+_FIELDS_SIZE = _PREFIX.size + _SUFFIX.size
+assert _FIELDS_SIZE == 64
+HEADER_SIZE = 4096  # the fields, zero-padded to a page: the payload starts page-aligned
+_HEADER_PADDING = bytes(HEADER_SIZE - _FIELDS_SIZE)
 _DIGEST_SIZE = 16  # 128-bit hashes: collisions are out of reach for any realistic bucket
 _FANOUT_HEX = 2  # 256 dirs keep each small (100 GB of 1 MiB blocks = ~400 files per dir)
 _TMP_PREFIX = ".tmp-"
@@ -154,7 +160,7 @@ def _header_prefix(name: _BlockName, payload_length: int) -> bytes:
 
 def _encode_header(name: _BlockName, payload: bytes) -> bytes:
     prefix = _header_prefix(name, len(payload))
-    return prefix + _SUFFIX.pack(zlib.crc32(payload, zlib.crc32(prefix)), 0)
+    return prefix + _SUFFIX.pack(zlib.crc32(payload, zlib.crc32(prefix)), 0) + _HEADER_PADDING
 
 
 def _verify(name: _BlockName, header: bytes, payload: bytes, expected_length: int) -> None:
@@ -206,6 +212,7 @@ class DiskBlockCache:
         self._reserved = 0  # file sizes of blocks being written
         self._hits = self._misses = self._evictions = self._corrupt = self._write_errors = 0
         self._last_write_error_log = -_WRITE_ERROR_LOG_INTERVAL
+        self._writer = _BlockWriter(block_size)
         self._lock_fd = self._open_root()
         self._remove_stale_trees()
         self._make_fanout_dirs()
@@ -448,13 +455,8 @@ class DiskBlockCache:
     def _write(self, name: _BlockName, data: bytes, now: float) -> None:
         path = self._path(name)
         tmp = f"{os.path.dirname(path)}/{_TMP_PREFIX}{secrets.token_hex(8)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            try:
-                _write_all(fd, _encode_header(name, data), data)
-                os.utime(fd, (now, now))
-            finally:
-                os.close(fd)
+            self._writer.write(tmp, _encode_header(name, data), data, now)
             os.replace(tmp, path)
         finally:
             if os.path.lexists(tmp):
@@ -577,6 +579,85 @@ def _set_mtime(path: str, when: float) -> None:
 
 def _fanout_names() -> Iterator[str]:
     return (f"{i:0{_FANOUT_HEX}x}" for i in range(16**_FANOUT_HEX))
+
+
+class _BlockWriter:
+    """Writes block files, with O_DIRECT while the cache's filesystem accepts it.
+
+    Why O_DIRECT: a cold read writes every byte it fetches into the cache, and through the page
+    cache that write cost more CPU than anything else on the cold path (measured on the 2-core
+    VM with `perf record -a`: `copy_folio_from_iter_atomic` under the writer threads' writev
+    was 24-38% of all CPU samples). 1,024 block files of 1 MiB written by 2 threads after
+    dropping the page cache: 376 MiB/s buffered, 1,013 MiB/s with O_DIRECT. O_DIRECT needs a
+    page-aligned buffer, offset and length, so each writer thread owns an aligned staging
+    buffer (an anonymous mmap, reused, so its pages stay mapped); the file is written from
+    offset 0 rounded up to a whole page and then truncated to its real size. A filesystem
+    that refuses O_DIRECT (EINVAL: tmpfs before Linux 6.6, some FUSE and network
+    filesystems) switches this cache to buffered writes for good.
+    The block then is not in the page cache, which is what we want: the reader that caused
+    the fetch got it from memory, and a later reader's `advise` brings it in."""
+
+    def __init__(self, block_size: int) -> None:
+        self._capacity = _round_up(HEADER_SIZE + block_size, mmap.PAGESIZE)
+        self._local = threading.local()
+        self.direct = hasattr(os, "O_DIRECT")
+
+    def write(self, path: str, header: bytes, payload: bytes, mtime: float) -> None:
+        """Create `path` (which must not exist) holding header + payload, mtime set."""
+        if self.direct and len(header) + len(payload) <= self._capacity:
+            try:
+                self._write_file(path, header, payload, mtime, direct=True)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                _unlink_quietly(path)
+                self.direct = False
+                logger.info("block cache: O_DIRECT refused here (%s); buffered writes", exc)
+        self._write_file(path, header, payload, mtime, direct=False)
+
+    def _write_file(
+        self, path: str, header: bytes, payload: bytes, mtime: float, *, direct: bool
+    ) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        fd = os.open(path, flags | (os.O_DIRECT if direct else 0), 0o644)
+        try:
+            if direct:
+                self._write_aligned(fd, header, payload)
+            else:
+                _write_all(fd, header, payload)
+            os.utime(fd, (mtime, mtime))
+        finally:
+            os.close(fd)
+
+    def _write_aligned(self, fd: int, header: bytes, payload: bytes) -> None:
+        staging = self._staging()
+        size = len(header) + len(payload)
+        padded = _round_up(size, mmap.PAGESIZE)
+        staging[: len(header)] = header
+        staging[len(header) : size] = payload
+        view = memoryview(staging)
+        try:
+            if padded > size:
+                view[size:padded] = bytes(padded - size)
+            written = 0
+            while written < padded:
+                written += os.write(fd, view[written:padded])
+        finally:
+            view.release()
+        if padded > size:
+            os.ftruncate(fd, size)
+
+    def _staging(self) -> mmap.mmap:
+        staging: mmap.mmap | None = getattr(self._local, "staging", None)
+        if staging is None:
+            staging = mmap.mmap(-1, self._capacity)
+            self._local.staging = staging
+        return staging
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
 
 
 def _write_all(fd: int, header: bytes, payload: bytes) -> None:

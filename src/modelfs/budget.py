@@ -1,14 +1,17 @@
 """A hard byte budget for data held in RAM while it travels from the store to the cache.
 
 Worker threads that stream a GET acquire one block's worth before pulling the next chunk off the
-socket and release it once the chunk is on disk and handed to waiting readers. So the RAM used by
-in-flight data never exceeds `limit`, however many readers or prefetch parts run. The budget is a
-threading primitive (not trio) because the holders are worker threads.
+socket; the fetcher releases it when it lets go of the block (on disk, and read or evicted). So
+the RAM used by fetched data never exceeds `limit`, however many readers or prefetch parts run.
+The budget is a threading primitive (not trio) because the acquirers are worker threads.
+`on_pressure`, if set, is called (from the waiting thread) each time an acquire has to wait, so
+the holder of evictable blocks can let some go.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -29,6 +32,7 @@ class MemoryBudget:
         self._peak = 0
         self._waits = 0
         self._cond = threading.Condition()
+        self.on_pressure: Callable[[], None] | None = None
 
     def acquire(self, size: int, cancelled: threading.Event | None = None) -> bool:
         """Block until `size` bytes fit; False if `cancelled` was set while waiting."""
@@ -39,6 +43,8 @@ class MemoryBudget:
             while self._in_use + size > self.limit:
                 if cancelled is not None and cancelled.is_set():
                     return False
+                if self.on_pressure is not None:
+                    self.on_pressure()
                 self._cond.wait(timeout=0.1)
             self._in_use += size
             self._peak = max(self._peak, self._in_use)

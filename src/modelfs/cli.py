@@ -227,7 +227,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
         return _spawn_daemon(args, config.cache_dir)
     from . import mount
 
-    limit_malloc_caching()
+    if os.environ.get("MFS_MALLOC", "1") == "1":
+        limit_malloc_caching()
+    import sys as _sys
+    _sys.setswitchinterval(float(os.environ.get("MFS_SWI", "0.005")))
     setup_logging(args.log_level, args.log_file, args.verbose)
     ready_fd = int(os.environ.pop(READY_FD_ENV, "-1"))
 

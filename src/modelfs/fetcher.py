@@ -9,7 +9,13 @@ Owns the in-flight table. Invariants:
   a `CapacityLimiter` (demand reads and prefetch have separate limiters so prefetch never takes
   the slots a reader needs), and RAM for in-flight chunks comes from the `MemoryBudget`;
 - a GET may be abandoned (its reader seeked away); its unfinished blocks then fail with
-  `_Abandoned`, and anyone still waiting on them issues a demand GET of its own.
+  `_Abandoned`, and anyone still waiting on them issues a demand GET of its own;
+- a delivered block stays in the table, in RAM, until it is on disk and then until a reader
+  has read past its end (`done_with`) or it is among the oldest once more than half the
+  budget is held by such "clean" blocks, or a stream needs the budget. So a sequential reader
+  that prefetched ahead is served from memory: the cache writes go to disk with O_DIRECT and
+  never pass through the page cache (see blockcache.py), and reading them back would cost a
+  disk read per block. Every block in the table holds its size in the `MemoryBudget`.
 
 All bytes are of exactly the version named by the `ObjectId` (the store sends If-Match), so a
 changed object surfaces as `StaleObject`, never as mixed bytes.
@@ -45,6 +51,7 @@ class _Inflight:
     data: bytes | None = None
     error: BaseException | None = None
     on_disk: bool = False  # the cache write finished (it may overtake the publish callback)
+    consumed: bool = False  # a reader has read to its end: drop it once it is on disk
 
 
 @dataclass
@@ -65,7 +72,8 @@ class FetcherStatistics:
     bytes_fetched: int
     shared_waits: int
     abandoned: int
-    inflight_blocks: int
+    inflight_blocks: int  # claimed, not yet delivered
+    held_blocks: int  # delivered and still in RAM (not yet on disk, or kept for a reader)
 
 
 class BlockFetcher:
@@ -89,6 +97,12 @@ class BlockFetcher:
         # Blocks now on disk, to drop from the in-flight table (appended by writer threads,
         # drained by the trio thread: deque appends and pops are atomic).
         self._written: collections.deque[tuple[ObjectId, int]] = collections.deque()
+        # Delivered blocks already on disk, oldest first: kept for readers, dropped first.
+        self._clean: collections.OrderedDict[tuple[ObjectId, int], None] = (
+            collections.OrderedDict()
+        )
+        self._clean_limit = budget.limit // 2
+        budget.on_pressure = self._relieve_pressure
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._gets = self._blocks = self._bytes = self._shared = self._abandoned = 0
@@ -179,6 +193,16 @@ class BlockFetcher:
             if (obj, index) not in self._inflight:
                 self._cache.advise(obj, index)
 
+    def done_with(self, obj: ObjectId, index: int) -> None:
+        """A reader has read block `index` to its end: it need not stay in RAM for it."""
+        entry = self._inflight.get((obj, index))
+        if entry is None or not entry.done.is_set() or entry.error is not None:
+            return
+        if entry.on_disk:
+            self._drop((obj, index))
+        else:
+            entry.consumed = True
+
     def abandon(self, ticket: FetchTicket) -> None:
         if not ticket.finished:
             ticket.cancel.set()
@@ -239,7 +263,6 @@ class BlockFetcher:
 
     def _written_callback(self, obj: ObjectId, index: int) -> Callable[[], None]:
         def written() -> None:
-            self._budget.release(self.block_size)
             self._written.append((obj, index))
             if self._token is not None:
                 with contextlib.suppress(trio.RunFinishedError):
@@ -253,20 +276,46 @@ class BlockFetcher:
             entry = self._inflight.get(key)
             if entry is None:
                 continue
+            entry.on_disk = True
             if entry.done.is_set():
-                del self._inflight[key]
-            else:
-                entry.on_disk = True
+                self._now_clean(key, entry)
 
     def _publish(self, obj: ObjectId, index: int, data: bytes) -> None:
         self._retire_written()
         entry = self._inflight.get((obj, index))
         if entry is None:
+            self._budget.release(self.block_size)  # nobody will drop it: let its memory go
             return
         entry.data = data
         entry.done.set()
         if entry.on_disk:
-            del self._inflight[(obj, index)]
+            self._now_clean((obj, index), entry)
+
+    def _now_clean(self, key: tuple[ObjectId, int], entry: _Inflight) -> None:
+        """`entry` is delivered and on disk: drop it if read, else keep it while RAM allows."""
+        if entry.consumed:
+            self._drop(key)
+            return
+        self._clean[key] = None
+        while len(self._clean) * self.block_size > self._clean_limit:
+            self._drop(next(iter(self._clean)))
+
+    def _drop(self, key: tuple[ObjectId, int]) -> None:
+        del self._inflight[key]
+        self._clean.pop(key, None)
+        self._budget.release(self.block_size)
+
+    def _relieve_pressure(self) -> None:
+        """Worker thread, waiting for budget: have the trio thread drop every clean block."""
+        if self._token is None:
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._drop_clean)
+
+    def _drop_clean(self) -> None:
+        self._retire_written()
+        while self._clean:
+            self._drop(next(iter(self._clean)))
 
     def _fail_unfinished(self, ticket: FetchTicket, error: BaseException) -> None:
         """Fail the blocks this GET never delivered. Delivered ones stay in the table until
@@ -279,11 +328,13 @@ class BlockFetcher:
                 entry.done.set()
 
     def statistics(self) -> FetcherStatistics:
+        held = sum(1 for entry in self._inflight.values() if entry.done.is_set())
         return FetcherStatistics(
             gets=self._gets,
             blocks_fetched=self._blocks,
             bytes_fetched=self._bytes,
             shared_waits=self._shared,
             abandoned=self._abandoned,
-            inflight_blocks=len(self._inflight),
+            inflight_blocks=len(self._inflight) - held,
+            held_blocks=held,
         )

@@ -399,6 +399,8 @@ class Filesystem:
                     continue
             data = await self._block(handle, index, run - (index - first))
             hi = min(hi, len(data))
+            if hi == len(data):
+                self.fetcher.done_with(info.id, index)
             pieces.append(data if lo == 0 and hi == len(data) else data[lo:hi])
         self._bytes_read += end - offset
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
