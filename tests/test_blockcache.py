@@ -673,15 +673,17 @@ def test_filesystem_refusing_o_direct_switches_the_cache_to_buffered_writes(
         return real_open(path, flags, mode)
 
     monkeypatch.setattr(os, "open", open_without_direct)
-    with caplog.at_level(logging.INFO, logger="modelfs.blockcache"):
-        with DiskBlockCache(tmp_path / "c", BLOCK, 1 << 20, clock=clock) as cache:
-            for index in range(3):
-                cache.put(A, index, payload(A, index))
-            assert not cache._writer.direct
-            assert len(refused) == 1  # asked once, then buffered for good
-            assert [cache.get(A, i) for i in range(3)] == [payload(A, i) for i in range(3)]
-            assert cache.statistics().write_errors == 0
-            assert not list((tmp_path / "c").rglob(".tmp-*"))
+    with (
+        caplog.at_level(logging.INFO, logger="modelfs.blockcache"),
+        DiskBlockCache(tmp_path / "c", BLOCK, 1 << 20, clock=clock) as cache,
+    ):
+        for index in range(3):
+            cache.put(A, index, payload(A, index))
+        assert not cache._writer.direct
+        assert len(refused) == 1  # asked once, then buffered for good
+        assert [cache.get(A, i) for i in range(3)] == [payload(A, i) for i in range(3)]
+        assert cache.statistics().write_errors == 0
+        assert not list((tmp_path / "c").rglob(".tmp-*"))
     assert sum("O_DIRECT refused" in r.getMessage() for r in caplog.records) == 1
 
 

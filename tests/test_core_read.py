@@ -559,3 +559,41 @@ async def test_a_lookup_lists_only_its_directory(store: MemoryStore) -> None:
         assert (await fs.lookup(ROOT_INODE, "model.bin")).size == 7
         assert store.ops["list_page"] == 1  # not the 3,000 keys below `deep/`
         nursery.cancel_scope.cancel()
+
+
+async def test_warm_up_lists_the_root_and_probes_a_get_once(store: MemoryStore) -> None:
+    store.put_bytes("model.bin", b"weights")
+    store.put_bytes("cache_hub/tokenizer.json", b"{}")
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store, warm_up=True), nursery)
+        await wait_until(lambda: store.ops["warm_up"] == 1)
+        assert store.ops["list_page"] == 1  # one page of the root's subtree answered it all
+        assert (await fs.lookup(ROOT_INODE, "model.bin")).size == 7
+        hub = await fs.lookup(ROOT_INODE, "cache_hub")
+        assert (await fs.lookup(hub.ino, "tokenizer.json")).size == 2
+        assert store.ops["list_page"] == 1  # the lookups found everything in memory
+        assert store.ops["iter_range"] == 0  # the probe is not a data download
+        nursery.cancel_scope.cancel()
+
+
+async def test_no_warm_up_unless_asked(store: MemoryStore) -> None:
+    store.put_bytes("model.bin", b"weights")
+    async with trio.open_nursery() as nursery:
+        await start(make_fs(store), nursery)
+        await trio.sleep(0.05)
+        assert store.ops["list_page"] == 0
+        assert store.ops["warm_up"] == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_first_small_read_fetches_whole_parts_only(store: MemoryStore) -> None:
+    """A 16 KiB first read (what the kernel sends) asks for blocks [0, part): not a part and a
+    one-block GET for the block the window's end falls into."""
+    store.put_bytes("big.dat", os.urandom(BLOCK * 40))
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store), nursery)
+        fh = await open_path(fs, "big.dat")
+        await fs.read(fh, 0, 16 << 10)
+        assert store.ops["iter_range"] == 1
+        fs.release(fh)
+        nursery.cancel_scope.cancel()

@@ -100,6 +100,13 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
         "files in one parallel burst (default on)",
     )
     parser.add_argument(
+        "--warm-up",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="at mount time, list the root directory and open a connection to the store, "
+        "so the app's first lookup and read do not pay for them (default on)",
+    )
+    parser.add_argument(
         "--write-back",
         type=parse_duration,
         default="5s",
@@ -205,6 +212,7 @@ def mount_config(args: argparse.Namespace) -> Any:
         readahead_max=args.part_size * args.transfers,
         whole_fetch_max=args.cache_max_size // 2,
         prefetch_small=args.prefetch_small,
+        warm_up=args.warm_up,
     )
     return MountConfig(
         spec=spec,
@@ -227,10 +235,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         return _spawn_daemon(args, config.cache_dir)
     from . import mount
 
-    if os.environ.get("MFS_MALLOC", "1") == "1":
-        limit_malloc_caching()
-    import sys as _sys
-    _sys.setswitchinterval(float(os.environ.get("MFS_SWI", "0.005")))
+    limit_malloc_caching()
     setup_logging(args.log_level, args.log_file, args.verbose)
     ready_fd = int(os.environ.pop(READY_FD_ENV, "-1"))
 

@@ -98,9 +98,7 @@ class BlockFetcher:
         # drained by the trio thread: deque appends and pops are atomic).
         self._written: collections.deque[tuple[ObjectId, int]] = collections.deque()
         # Delivered blocks already on disk, oldest first: kept for readers, dropped first.
-        self._clean: collections.OrderedDict[tuple[ObjectId, int], None] = (
-            collections.OrderedDict()
-        )
+        self._clean: collections.OrderedDict[tuple[ObjectId, int], None] = collections.OrderedDict()
         self._clean_limit = budget.limit // 2
         budget.on_pressure = self._relieve_pressure
         self._nursery: trio.Nursery | None = None
@@ -206,6 +204,11 @@ class BlockFetcher:
     def abandon(self, ticket: FetchTicket) -> None:
         if not ticket.finished:
             ticket.cancel.set()
+
+    async def warm_up(self, key: str) -> None:
+        """Have the store open a connection and prepare a GET, so a reader's first one is not
+        the first (see `ObjectStore.warm_up`)."""
+        await trio.to_thread.run_sync(self._store.warm_up, key, limiter=self.demand_limiter)
 
     # -- the GET itself ----------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from .errors import (
     CrossDevice,
     InvalidArgument,
     IsADirectory,
+    ModelfsError,
     NotADirectory,
     NotEmpty,
     NotFound,
@@ -43,6 +44,10 @@ from .values import ObjectId, ObjectInfo
 from .writeback import WriteBack, WriteHandle
 
 log = logging.getLogger(__name__)
+
+# The mount's warm-up GETs this name (under the remote's prefix), which nobody should create:
+# any answer, 404 included, has warmed the connection and the client.
+WARM_UP_NAME = ".modelfs-warm-up-probe"
 
 _RENAME_NOREPLACE = 1  # renameat2 flags, as the kernel passes them
 _RENAME_EXCHANGE = 2
@@ -65,6 +70,7 @@ class FsOptions:
     prefetch_small: bool = True
     small_file_max: int = 1 << 20  # tokenizer, config and prompt files are well below this
     small_burst_max_files: int = 256  # cap one burst, so a huge directory costs no surprise bill
+    warm_up: bool = False  # list the root and warm the store's connection when the mount starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +153,20 @@ class Filesystem:
             if self.writeback is not None:
                 nursery.start_soon(self.writeback.run)
             self._nursery = nursery
+            if self.options.warm_up:
+                nursery.start_soon(self._warm_up)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _warm_up(self) -> None:
+        """Pay the mount's first-request costs before the app asks: the root's listing (one
+        page of its subtree), a connection in the pool and the client's first-call setup of a
+        GET. An app started right after the mount then finds its first lookup in memory."""
+        try:
+            await self.namespace.listing("", subtree=True, max_pages=1)
+        except ModelfsError as exc:  # the app's own lookup will report it
+            log.debug("warm-up listing failed: %s", exc)
+        await self.fetcher.warm_up(self.namespace.dir_prefix("") + WARM_UP_NAME)
 
     # -- attributes ----------------------------------------------------------------------------
 

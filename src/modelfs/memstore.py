@@ -159,6 +159,9 @@ class MemoryStore:
         with self._lock:
             return self._matching_data_locked(obj, start)[start:end]
 
+    def warm_up(self, key: str) -> None:
+        self._begin("warm_up")
+
     def iter_range(self, obj: ObjectId, start: int, end: int, chunk: int) -> Iterator[bytes]:
         if chunk <= 0:
             raise InvalidArgument(f"iter_range chunk must be positive, not {chunk}")

@@ -109,7 +109,12 @@ class HandlePrefetcher:
         if decision.abandon:
             self.close()
         if decision.fetch_to > decision.fetch_from:
-            first, last = decision.fetch_from // block, -(-decision.fetch_to // block)
+            first = decision.fetch_from // block
+            # A window end inside a block is not worth a GET of its own (a 1-block part
+            # fetched beside the first one slowed the first byte); the next read asks for it.
+            whole = decision.fetch_to == self._info.size
+            last = -(-decision.fetch_to // block) if whole else decision.fetch_to // block
+            last = max(last, first + 1)
             self._fetcher.advise_cached(self._info, first, last)
             if first > self._target or decision.abandon:
                 self._cursor = first

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import logging
 import math
 import socket
 import threading
@@ -58,6 +59,8 @@ from .values import ListPage, ObjectId, ObjectInfo
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ObjectTypeDef
+
+log = logging.getLogger(__name__)
 
 # S3 refuses CopyObject for sources above 5 GiB; bigger objects are copied part by part.
 COPY_OBJECT_LIMIT = 5 << 30
@@ -330,6 +333,12 @@ class S3Store:
             return reader.read(end - start)
         finally:
             reader.close()
+
+    def warm_up(self, key: str) -> None:
+        try:
+            self._client.get_object(Bucket=self.bucket, Key=key, Range="bytes=0-0")["Body"].close()
+        except (ClientError, *_TRANSPORT_ERRORS) as exc:
+            log.debug("warm-up GET of %s: %s", key, exc)
 
     def iter_range(self, obj: ObjectId, start: int, end: int, chunk: int) -> Iterator[bytes]:
         if chunk <= 0:

@@ -55,6 +55,10 @@ class ObjectStore(Protocol):
     def get_range(self, obj: ObjectId, start: int, end: int) -> bytes:
         """Bytes [start, end) of exactly the version `obj`."""
 
+    def warm_up(self, key: str) -> None:
+        """GET `key`, which should not exist, ignoring the answer and any error: opens a pooled
+        connection and pays the client's first-request setup before a reader needs it."""
+
     def iter_range(self, obj: ObjectId, start: int, end: int, chunk: int) -> Iterator[bytes]:
         """Bytes [start, end) of `obj` as consecutive chunks of `chunk` bytes (last may be short),
         streamed from one GET so the caller can use each chunk as soon as it arrives."""
