@@ -1,0 +1,92 @@
+"""Cold sequential `dd` of one object through fresh modelfs mounts, for A/B runs of code changes.
+
+    python bench/experiments/cold_variants.py "VARIANT;VARIANT;..."
+
+Each VARIANT is a comma-separated list of NAME=VALUE environment settings for the mount process
+(empty: as is). `PYTHONPATH=/path/to/other/checkout/src` runs another version of modelfs;
+`WARM=1` also reads the object again with the page cache dropped. Every round mounts each
+variant with an empty cache, drops the page cache and reads the object once with `dd bs=1M`;
+rounds interleave the variants so drift on the machine hits them alike. Env: SIZE_MB (1024),
+REPS (3). Starts its own SeaweedFS (tests/support/seaweed.py). Run as root.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.support.seaweed import SeaweedServer  # noqa: E402
+
+SIZE = int(os.environ.get("SIZE_MB", "1024")) << 20
+REPS = int(os.environ.get("REPS", "3"))
+
+
+def drop_page_cache() -> None:
+    subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, check=True)
+    time.sleep(1)
+
+
+def dd_mb_per_s(path: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True, check=True)
+    return SIZE / (time.perf_counter() - start) / 1e6
+
+
+def one_round(config: Path, work: Path, env: dict[str, str]) -> list[str]:
+    cache, mountpoint = work / "cache", work / "mnt"
+    subprocess.run(["rm", "-rf", str(cache)], check=True)
+    mountpoint.mkdir(exist_ok=True)
+    mount = [sys.executable, "-m", "modelfs", "--config", str(config), "mount", "--daemon"]
+    mount += ["--cache-dir", str(cache), "t:perf", str(mountpoint)]
+    subprocess.run(mount, capture_output=True, check=True, timeout=60, env={**os.environ, **env})
+    try:
+        target = mountpoint / "big.dat"
+        target.stat()
+        drop_page_cache()
+        figures = [f"{dd_mb_per_s(target):.0f}"]
+        if env.get("WARM"):
+            drop_page_cache()
+            figures.append(f"warm {dd_mb_per_s(target):.0f}")
+        return figures
+    finally:
+        subprocess.run([sys.executable, "-m", "modelfs", "unmount", str(mountpoint)], check=False)
+
+
+def main(argv: list[str]) -> int:
+    variants = [
+        dict(item.split("=", 1) for item in text.split(",") if item) for text in argv[1].split(";")
+    ]
+    server = SeaweedServer().start()
+    try:
+        client = server.client()
+        server.create_bucket("perf")
+        client.put_object(Bucket="perf", Key="big.dat", Body=os.urandom(64 << 20) * (SIZE >> 26))
+        with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
+            work = Path(scratch)
+            config = work / "remotes.conf"
+            config.write_text(
+                f"[t]\ntype = s3\nprovider = SeaweedFS\naccess_key_id = {server.access_key}\n"
+                f"secret_access_key = {server.secret_key}\nendpoint = {server.endpoint}\n"
+                "region = us-east-1\n"
+            )
+            results: list[list[str]] = [[] for _ in variants]
+            for _ in range(REPS):
+                for index, env in enumerate(variants):
+                    results[index] += one_round(config, work, env)
+                    print(index, env, results[index], flush=True)
+    finally:
+        server.close()
+    for env, figures in zip(variants, results, strict=True):
+        print(env or "as is", "MB/s:", ", ".join(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
