@@ -6,9 +6,11 @@ read-only bind mount (EROFS) and a full tiny tmpfs (ENOSPC). The mounts need roo
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import logging
+import mmap
 import os
 import subprocess
 import tempfile
@@ -635,6 +637,30 @@ def small_ext4(tmp_path: Path, mounts: list[Path], size: str) -> Path:
     return disk
 
 
+def resident_pages(path: Path) -> int:
+    """How many of the file's pages are in the page cache (mincore(2) on a private mapping)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
+    libc.mmap.argtypes += [ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_PRIVATE, fd, 0)
+        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vector = ctypes.create_string_buffer(pages)
+            assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
+            return sum(byte & 1 for byte in vector.raw)
+        finally:
+            libc.munmap(address, size)
+    finally:
+        os.close(fd)
+
+
 def test_disk_filesystem_gets_o_direct_block_files(
     tmp_path: Path, clock: FakeClock, mounts: list[Path]
 ) -> None:
@@ -648,6 +674,10 @@ def test_disk_filesystem_gets_o_direct_block_files(
             HEADER_SIZE + 12345,
             HEADER_SIZE + big,
         ]
+        full, short = sorted(block_files(cache.root), key=lambda p: -p.stat().st_size)
+        # The full block bypassed the page cache; the short one (under half a block) did not.
+        assert resident_pages(full) == 0
+        assert resident_pages(short) > 0
         assert cache.get(A, 0) == payload(A, 0, big)
         assert cache.get(A, 1) == payload(A, 1, 12345)
     with DiskBlockCache(disk / "c", big, 1 << 30, clock=clock) as again:  # and across a restart

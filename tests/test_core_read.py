@@ -6,7 +6,7 @@ import itertools
 import os
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import trio
@@ -21,6 +21,7 @@ from modelfs.inodes import ROOT_INODE
 from modelfs.memstore import MemoryStore
 from modelfs.namespace import SUBTREE_PAGES, Namespace
 from modelfs.prefetch import ReadaheadPolicy
+from modelfs.values import ObjectId
 
 BLOCK = 64 << 10  # small blocks keep the tests fast; the logic does not depend on the size
 MiB = 1 << 20
@@ -56,11 +57,12 @@ def make_fs(
     clock: FakeClock | None = None,
     cache: MemoryDataCache | None = None,
     budget: int = 16 * BLOCK,
+    slots: int = 4,
     **options: object,
 ) -> Filesystem:
     clock = clock or FakeClock()
     cache = cache or MemoryDataCache(BLOCK, 1 << 30)
-    fetcher = make_fetcher(store, cache, budget=MemoryBudget(budget))
+    fetcher = make_fetcher(store, cache, slots=slots, budget=MemoryBudget(budget))
     namespace = Namespace(store, "", ttl=60.0, limiter=trio.CapacityLimiter(4), clock=clock)
     defaults: dict[str, object] = {"part_size": 4 * BLOCK, "readahead_max": 16 * BLOCK}
     defaults.update(options)
@@ -596,4 +598,34 @@ async def test_first_small_read_fetches_whole_parts_only(store: MemoryStore) -> 
         await fs.read(fh, 0, 16 << 10)
         assert store.ops["iter_range"] == 1
         fs.release(fh)
+        nursery.cancel_scope.cancel()
+
+
+class RecordingStore(MemoryStore):
+    """A MemoryStore that notes the key of every ranged GET, in the order they are sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets: list[str] = []
+
+    def iter_range(self, obj: ObjectId, start: int, end: int, chunk: int) -> Iterator[bytes]:
+        self.gets.append(obj.key)
+        return super().iter_range(obj, start, end, chunk)
+
+
+async def test_burst_fetches_the_opened_file_first_then_siblings_in_listing_order() -> None:
+    store = RecordingStore()
+    names = [f"tok/f{i:02d}.json" for i in range(40)]
+    for name in names:
+        store.put_bytes(name, b"{}")
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store, slots=1, small_file_max=BLOCK), nursery)
+        fh = await open_path(fs, "tok/f10.json")
+        assert await fs.read(fh, 0, 100) == b"{}"
+        await wait_until(lambda: len(store.gets) == 40)
+        # The opened file is a demand fetch (its own slot); the burst queues for the prefetch
+        # slot one by one from the file after it, wrapping around: the order `ls` reads them.
+        assert store.gets[0] in ("tok/f10.json", "tok/f11.json")
+        burst = [key for key in store.gets if key != "tok/f10.json"]
+        assert burst == names[11:] + names[:10]
         nursery.cancel_scope.cancel()

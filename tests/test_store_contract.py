@@ -36,6 +36,7 @@ from support import (
     ACCESS_KEY,
     SECRET_KEY,
     FaultProxy,
+    ProxyRequest,
     SeaweedServer,
     method_is,
     remote_config,
@@ -602,3 +603,84 @@ def test_iter_range_streams_about_as_fast_as_a_plain_get(
             run()
             timings[name].append(time.perf_counter() - started)
     assert min(timings["streamed"]) < min(timings["plain"]) * 2
+
+
+# -- the lean GET lane (leanget.py) -------------------------------------------------------------
+
+
+def lane_of(request: ProxyRequest) -> str:
+    """Which lane sent a request: botocore signs its user agent, urllib3 its own."""
+    return "botocore" if "Botocore" in request.headers.get("User-Agent", "") else "lean"
+
+
+def data_gets(proxy: FaultProxy, key: str) -> list[ProxyRequest]:
+    return [r for r in proxy.requests if r.method == "GET" and r.path.endswith(f"/{key}")]
+
+
+def test_data_gets_take_the_lean_lane_once_botocore_showed_the_url(
+    proxy: FaultProxy, bucket: str
+) -> None:
+    store = store_for(proxy.endpoint, bucket)
+    data = os.urandom(3 * MIB)
+    info = store.put_bytes("dir/a b+c~.bin", data)  # a key that needs quoting
+    proxy.clear_requests()
+    assert store.get_range(info.id, 0, MIB) == data[:MIB]  # botocore: teaches the URL
+    assert store.get_range(info.id, MIB, 3 * MIB) == data[MIB:]
+    assert b"".join(store.iter_range(info.id, 5, 2 * MIB + 7, MIB)) == data[5 : 2 * MIB + 7]
+    lanes = [lane_of(r) for r in data_gets(proxy, "dir/a%20b%2Bc~.bin")]
+    assert lanes == ["botocore", "lean", "lean"]
+
+
+def test_warm_up_teaches_the_lean_lane_without_downloading(proxy: FaultProxy, bucket: str) -> None:
+    store = store_for(proxy.endpoint, bucket)
+    info = store.put_bytes("m.bin", b"weights")
+    store.warm_up(".modelfs-warm-up-probe")
+    proxy.clear_requests()
+    assert store.get_range(info.id, 0, 7) == b"weights"
+    assert [lane_of(r) for r in data_gets(proxy, "m.bin")] == ["lean"]
+
+
+def test_lean_lane_hands_a_changed_object_to_botocore_for_its_error(
+    proxy: FaultProxy, bucket: str
+) -> None:
+    store = store_for(proxy.endpoint, bucket)
+    old = store.put_bytes("m.bin", b"a" * 100)
+    store.get_range(old.id, 0, 10)  # learn the URL
+    store.put_bytes("m.bin", b"b" * 100)
+    proxy.clear_requests()
+    with pytest.raises(StaleObject):
+        store.get_range(old.id, 0, 10)
+    gets = data_gets(proxy, "m.bin")
+    assert [(lane_of(r), r.status) for r in gets] == [("lean", 412), ("botocore", 412)]
+
+
+def test_lean_lane_falls_back_to_botocore_retries_on_5xx(proxy: FaultProxy, bucket: str) -> None:
+    store = store_for(proxy.endpoint, bucket)
+    data = os.urandom(MIB)
+    info = store.put_bytes("m.bin", data)
+    store.get_range(info.id, 0, 10)  # learn the URL
+    proxy.clear_requests()
+    proxy.fail_next(503, times=2, match=method_is("GET"))
+    assert store.get_range(info.id, 0, MIB) == data
+    gets = data_gets(proxy, "m.bin")
+    assert [(lane_of(r), r.status) for r in gets] == [
+        ("lean", 503),
+        ("botocore", 503),
+        ("botocore", 206),
+    ]
+
+
+def test_lean_lane_resumes_after_a_reset_mid_body(proxy: FaultProxy, bucket: str) -> None:
+    store = store_for(proxy.endpoint, bucket)
+    data = os.urandom(MIB)
+    info = store.put_bytes("m.bin", data)
+    store.get_range(info.id, 0, 10)  # learn the URL
+    proxy.clear_requests()
+    proxy.reset_next(after_bytes=200_000, match=method_is("GET"))
+    assert b"".join(store.iter_range(info.id, 0, MIB, 64 * 1024)) == data
+    gets = data_gets(proxy, "m.bin")
+    assert [lane_of(r) for r in gets] == ["lean", "lean"]
+    resumed = gets[1].range
+    assert resumed is not None
+    assert resumed.endswith("-1048575")
+    assert resumed != "bytes=0-1048575"  # from where the reset cut it, not from the start

@@ -4,7 +4,8 @@
 
 Each VARIANT is a comma-separated list of NAME=VALUE environment settings for the mount process
 (empty: as is). `PYTHONPATH=/path/to/other/checkout/src` runs another version of modelfs;
-`WARM=1` also reads the object again with the page cache dropped. Every round mounts each
+`WARM=1` also reads the object again with the page cache dropped; `ARGS=--transfers 4` adds
+mount options (space-separated). Every round mounts each
 variant with an empty cache, drops the page cache and reads the object once with `dd bs=1M`;
 rounds interleave the variants so drift on the machine hits them alike. Env: SIZE_MB (1024),
 REPS (3). Starts its own SeaweedFS (tests/support/seaweed.py). Run as root.
@@ -44,7 +45,7 @@ def one_round(config: Path, work: Path, env: dict[str, str]) -> list[str]:
     subprocess.run(["rm", "-rf", str(cache)], check=True)
     mountpoint.mkdir(exist_ok=True)
     mount = [sys.executable, "-m", "modelfs", "--config", str(config), "mount", "--daemon"]
-    mount += ["--cache-dir", str(cache), "t:perf", str(mountpoint)]
+    mount += ["--cache-dir", str(cache), *env.get("ARGS", "").split(), "t:perf", str(mountpoint)]
     subprocess.run(mount, capture_output=True, check=True, timeout=60, env={**os.environ, **env})
     try:
         target = mountpoint / "big.dat"

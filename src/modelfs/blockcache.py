@@ -599,12 +599,18 @@ class _BlockWriter:
 
     def __init__(self, block_size: int) -> None:
         self._capacity = _round_up(HEADER_SIZE + block_size, mmap.PAGESIZE)
+        # Small payloads (a config file, the tail of an object) go through the page cache: an
+        # O_DIRECT write waits for the disk, and for a burst of small files that wait, not the
+        # copy, was the cost (py-spy: the 2 writer threads busy in the write, GET streams
+        # blocked on the full write queue).
+        self._direct_min = max(1, block_size // 2)
         self._local = threading.local()
         self.direct = hasattr(os, "O_DIRECT")
 
     def write(self, path: str, header: bytes, payload: bytes, mtime: float) -> None:
         """Create `path` (which must not exist) holding header + payload, mtime set."""
-        if self.direct and len(header) + len(payload) <= self._capacity:
+        fits = len(header) + len(payload) <= self._capacity
+        if self.direct and fits and len(payload) >= self._direct_min:
             try:
                 self._write_file(path, header, payload, mtime, direct=True)
                 return

@@ -307,18 +307,35 @@ class Filesystem:
     def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
-    async def _burst_small_siblings(self, node: Node) -> None:
+    async def _burst_small_siblings(self, node: Node, opened: ObjectInfo) -> None:
         """The first open of a small file fetches its directory's other small files at once:
         apps read a tokenizer or config directory file by file, each a cold GET otherwise.
-        Listing alone fetches nothing (an `ls -lR` must not download the bucket)."""
+        Listing alone fetches nothing (an `ls -lR` must not download the bucket).
+
+        The opened file goes first, as a demand fetch; its siblings follow in listing order
+        starting after it (the order in which `ls`, `os.walk` and most apps read them)."""
         directory = keys.parent_of(node.path)
         if directory in self._burst_dirs:
             return
         self._burst_dirs[directory] = True
+        self.fetcher.start_fetch(opened, 0, 1, prefetch=False)
         listing = await self.namespace.listing(directory)
         small = [i for i in listing.files.values() if 0 < i.size <= self.options.small_file_max]
-        for info in small[: self.options.small_burst_max_files]:
+        after = [i for i in small if i.key > opened.key]
+        before = [i for i in small if i.key < opened.key]
+        assert self._nursery is not None
+        self._nursery.start_soon(
+            self._fetch_in_order, (after + before)[: self.options.small_burst_max_files]
+        )
+
+    async def _fetch_in_order(self, infos: list[ObjectInfo]) -> None:
+        for info in infos:
             self.fetcher.start_fetch(info, 0, 1, prefetch=True)
+            # Trio may start the tasks spawned in one scheduling batch in any order (it even
+            # reverses batches on purpose); one per batch keeps them queueing for the
+            # prefetch slots in listing order. Measured: when a batch of 200 ran reversed,
+            # the first file read in the directory waited 0.6 s for the whole burst.
+            await trio.lowlevel.checkpoint()
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -353,7 +370,7 @@ class Filesystem:
         fh = self._add_handle(node, info, prefetcher, None)
         self._maybe_fetch_whole(info)
         if self.options.prefetch_small and info.size <= self.options.small_file_max:
-            await self._burst_small_siblings(node)
+            await self._burst_small_siblings(node, info)
         return fh, keep_cache
 
     def _add_handle(

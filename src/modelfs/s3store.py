@@ -52,6 +52,7 @@ from .errors import (
     StaleObject,
     StoreUnavailable,
 )
+from .leanget import LeanGetter
 from .remote import RemoteConfig
 from .store import PendingUpload, UploadedPart
 from .values import ListPage, ObjectId, ObjectInfo
@@ -149,6 +150,15 @@ class S3Store:
             connect_timeout, read_timeout, max_attempts, max_connections
         )
         self.endpoint: str = self._client.meta.endpoint_url
+        self._lean = LeanGetter(
+            self._session.get_credentials(),
+            self._client.meta.region_name,
+            max_connections=max_connections,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
+        self._get_urls = threading.local()  # the URL of this thread's last botocore GET
+        self._client.meta.events.register("before-send.s3.GetObject", self._note_get_url)
         self._probe: S3Client | None = None
         self._probe_lock = threading.Lock()
 
@@ -339,6 +349,15 @@ class S3Store:
             self._client.get_object(Bucket=self.bucket, Key=key, Range="bytes=0-0")["Body"].close()
         except (ClientError, *_TRANSPORT_ERRORS) as exc:
             log.debug("warm-up GET of %s: %s", key, exc)
+        self._learn_get_url(key)  # a 404 went to the same URL a GET of a real key would
+
+    def _note_get_url(self, request: Any, **_: Any) -> None:
+        self._get_urls.url = request.url
+
+    def _learn_get_url(self, key: str) -> None:
+        url = getattr(self._get_urls, "url", None)
+        if url is not None and not self._lean.ready:
+            self._lean.learn(url, key)
 
     def iter_range(self, obj: ObjectId, start: int, end: int, chunk: int) -> Iterator[bytes]:
         if chunk <= 0:
@@ -351,7 +370,11 @@ class S3Store:
             reader.close()
 
     def _open_range(self, obj: ObjectId, start: int, end: int) -> Any:
-        """Send one If-Match GET for [start, end) and return its StreamingBody."""
+        """Send one If-Match GET for [start, end) and return its body (`read`, `close`): the
+        lean lane's if it succeeds, else botocore's, whose errors and retries then apply."""
+        lean = self._lean.open(obj.key, start, end, quote_etag(obj.etag))
+        if lean is not None:
+            return lean
         with self._errors("GET", obj.key):
             response = self._client.get_object(
                 Bucket=self.bucket,
@@ -359,6 +382,7 @@ class S3Store:
                 Range=f"bytes={start}-{end - 1}",
                 IfMatch=quote_etag(obj.etag),
             )
+        self._learn_get_url(obj.key)
         return response["Body"]
 
     # -- writes ------------------------------------------------------------------------------

@@ -1,0 +1,135 @@
+"""Ranged GETs that skip botocore's per-call pipeline: the data path's fast lane.
+
+A `client.get_object` costs ~2.1 ms of CPU here (parameter validation, a dozen event hooks, a
+user agent string rebuilt per call, response parsing with dateutil); the same signed request
+sent with botocore's SigV4 signer over a urllib3 pool costs ~0.9 ms (measured on the 2-core VM,
+200 GETs of 20 KB objects: wall 3.54 -> 2.14 ms per GET). On a directory of small files every
+GET is one of those, and they all hold the GIL the FUSE loop needs.
+
+The lane only ever takes the success path. Everything else goes back to botocore, which keeps
+its retries, error codes and messages: `open` returns None (the caller then uses the client)
+when the lane has not learnt the request URL yet, when credentials are missing, when a proxy is
+configured in the environment, on any transport error, and on any answer but a 206 whose
+Content-Range and Content-Length are those of the range asked for. A failed request so
+costs one extra request, a successful one is never answered with bytes of another range or
+version: If-Match travels the same way.
+
+The URL is learnt from botocore itself (`learn`): the URL of a real GetObject request minus the
+quoted key is the prefix every key of the bucket shares, with botocore's own choice of scheme,
+host and addressing style.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+from urllib.parse import quote
+
+import urllib3
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from botocore.httpsession import get_cert_path
+
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+
+
+def quote_key(key: str) -> str:
+    """A key as botocore puts it in a request path (greedy label: '/' and '~' kept)."""
+    return quote(key, safe="/~")
+
+
+class LeanBody:
+    """The body of a lean GET, read like botocore's StreamingBody (`read(amount)`, `close`)."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse) -> None:
+        self._response = response
+
+    def read(self, amount: int) -> bytes:
+        return self._response.read(amount)
+
+    def close(self) -> None:
+        if self._response.length_remaining == 0:
+            self._response.release_conn()  # read to the end: the connection can be reused
+        else:
+            self._response.close()
+
+
+class LeanGetter:
+    def __init__(
+        self,
+        credentials: Any,
+        region: str,
+        *,
+        max_connections: int,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> None:
+        self._credentials = credentials  # botocore Credentials (maybe refreshable) or None
+        self._region = region
+        self._base: str | None = None
+        self._lock = threading.Lock()
+        self._enabled = credentials is not None and not any(
+            os.environ.get(name) for name in _PROXY_VARIABLES
+        )
+        self._pool = urllib3.PoolManager(
+            maxsize=max_connections,
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            retries=False,
+            ca_certs=get_cert_path(True),
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self._base is not None
+
+    def learn(self, url: str, key: str) -> None:
+        """Take the bucket's URL prefix from `url`, botocore's URL for a GET of `key`."""
+        if not self._enabled or self._base is not None:
+            return
+        quoted = quote_key(key)
+        if "?" in url or not url.endswith(quoted):
+            return
+        with self._lock:
+            self._base = url[: len(url) - len(quoted)]
+
+    def open(self, key: str, start: int, end: int, quoted_etag: str) -> LeanBody | None:
+        """A response streaming bytes [start, end) of `key` at `quoted_etag`, or None."""
+        base = self._base
+        if base is None:
+            return None
+        url = base + quote_key(key)
+        headers = self._signed_headers(url, f"bytes={start}-{end - 1}", quoted_etag)
+        if headers is None:
+            return None
+        try:
+            response = self._pool.urlopen(
+                "GET", url, headers=headers, preload_content=False, redirect=False
+            )
+        except urllib3.exceptions.HTTPError:
+            return None
+        if _is_the_range(response, start, end):
+            return LeanBody(response)
+        response.drain_conn()
+        response.release_conn()
+        return None
+
+    def _signed_headers(self, url: str, byte_range: str, quoted_etag: str) -> dict[str, str] | None:
+        frozen = self._credentials.get_frozen_credentials()
+        if not frozen.access_key or not frozen.secret_key:
+            return None
+        request = AWSRequest(
+            method="GET", url=url, headers={"Range": byte_range, "If-Match": quoted_etag}
+        )
+        signer = S3SigV4Auth(
+            Credentials(frozen.access_key, frozen.secret_key, frozen.token), "s3", self._region
+        )
+        signer.add_auth(request)
+        return dict(request.headers.items())
+
+
+def _is_the_range(response: urllib3.BaseHTTPResponse, start: int, end: int) -> bool:
+    if response.status != 206 or response.headers.get("Content-Length") != str(end - start):
+        return False
+    return str(response.headers.get("Content-Range", "")).startswith(f"bytes {start}-{end - 1}/")
