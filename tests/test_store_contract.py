@@ -684,3 +684,18 @@ def test_lean_lane_resumes_after_a_reset_mid_body(proxy: FaultProxy, bucket: str
     assert resumed is not None
     assert resumed.endswith("-1048575")
     assert resumed != "bytes=0-1048575"  # from where the reset cut it, not from the start
+
+
+def test_lean_lane_stays_off_when_a_proxy_is_configured(
+    proxy: FaultProxy, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane does not implement proxies, so with one in the environment botocore sends all."""
+    monkeypatch.setenv("HTTP_PROXY", "http://192.0.2.1:3128")  # TEST-NET: never used here
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # botocore itself goes direct
+    store = store_for(proxy.endpoint, bucket)
+    info = store.put_bytes("m.bin", b"weights")
+    store.warm_up(".modelfs-warm-up-probe")
+    proxy.clear_requests()
+    for _ in range(3):
+        assert store.get_range(info.id, 0, 7) == b"weights"
+    assert [lane_of(r) for r in data_gets(proxy, "m.bin")] == ["botocore"] * 3

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -59,20 +60,21 @@ class LeanBody:
 class LeanGetter:
     def __init__(
         self,
-        credentials: Any,
+        credentials: Callable[[], Any],
         region: str,
         *,
         max_connections: int,
         connect_timeout: float,
         read_timeout: float,
     ) -> None:
-        self._credentials = credentials  # botocore Credentials (maybe refreshable) or None
+        # Resolved when the URL is learnt, after botocore found them for its own GET: asking
+        # earlier could mean a slow search (e.g. the EC2 metadata service) at construction.
+        self._find_credentials = credentials
+        self._credentials: Any = None  # botocore Credentials, maybe refreshable
         self._region = region
         self._base: str | None = None
         self._lock = threading.Lock()
-        self._enabled = credentials is not None and not any(
-            os.environ.get(name) for name in _PROXY_VARIABLES
-        )
+        self._enabled = not any(os.environ.get(name) for name in _PROXY_VARIABLES)
         self._pool = urllib3.PoolManager(
             maxsize=max_connections,
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
@@ -92,6 +94,12 @@ class LeanGetter:
         if "?" in url or not url.endswith(quoted):
             return
         with self._lock:
+            if self._base is not None:
+                return
+            self._credentials = self._find_credentials()
+            if self._credentials is None:
+                self._enabled = False
+                return
             self._base = url[: len(url) - len(quoted)]
 
     def open(self, key: str, start: int, end: int, quoted_etag: str) -> LeanBody | None:

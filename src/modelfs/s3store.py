@@ -151,7 +151,7 @@ class S3Store:
         )
         self.endpoint: str = self._client.meta.endpoint_url
         self._lean = LeanGetter(
-            self._session.get_credentials(),
+            self._session.get_credentials,
             self._client.meta.region_name,
             max_connections=max_connections,
             connect_timeout=connect_timeout,
