@@ -565,15 +565,17 @@ async def test_a_lookup_lists_only_its_directory(store: MemoryStore) -> None:
 
 async def test_warm_up_lists_the_root_and_probes_a_get_once(store: MemoryStore) -> None:
     store.put_bytes("model.bin", b"weights")
-    store.put_bytes("cache_hub/tokenizer.json", b"{}")
+    for i in range(50):
+        store.put_bytes(f"cache_hub/f{i}.json", b"{}")
     async with trio.open_nursery() as nursery:
         fs = await start(make_fs(store, warm_up=True), nursery)
         await wait_until(lambda: store.ops["warm_up"] == 1)
-        assert store.ops["list_page"] == 1  # one page of the root's subtree answered it all
+        assert store.ops["list_page"] == 1  # the root, delimited: one request however big
         assert (await fs.lookup(ROOT_INODE, "model.bin")).size == 7
         hub = await fs.lookup(ROOT_INODE, "cache_hub")
-        assert (await fs.lookup(hub.ino, "tokenizer.json")).size == 2
-        assert store.ops["list_page"] == 1  # the lookups found everything in memory
+        assert store.ops["list_page"] == 1  # the root's lookups found everything in memory
+        assert (await fs.lookup(hub.ino, "f7.json")).size == 2
+        assert store.ops["list_page"] == 2  # a subdirectory lists itself, as without warm-up
         assert store.ops["iter_range"] == 0  # the probe is not a data download
         nursery.cancel_scope.cancel()
 
@@ -628,4 +630,24 @@ async def test_burst_fetches_the_opened_file_first_then_siblings_in_listing_orde
         assert store.gets[0] in ("tok/f10.json", "tok/f11.json")
         burst = [key for key in store.gets if key != "tok/f10.json"]
         assert burst == names[11:] + names[:10]
+        nursery.cancel_scope.cancel()
+
+
+async def test_whole_fetch_lets_block_zero_arrive_before_the_other_parts() -> None:
+    store = RecordingStore()
+    data = os.urandom(BLOCK * 32)
+    store.put_bytes("w/model.safetensors", data)
+    gate = threading.Event()
+    store.delay = lambda op: gate.wait(5) if op == "iter_range" else None
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store, slots=8, model_min_size=BLOCK), nursery)
+        fh = await open_path(fs, "w/model.safetensors")
+        await trio.sleep(0.1)
+        assert store.gets == ["w/model.safetensors"]  # one part (of 8) while block 0 is awaited
+        gate.set()
+        info = fs._files[fh].info
+        with trio.fail_after(10):
+            await fs._whole[info.id].done.wait()
+        assert len(store.gets) == 8  # then the rest, in parallel
+        assert await fs.read(fh, 0, 32 * BLOCK) == data
         nursery.cancel_scope.cancel()

@@ -322,7 +322,7 @@ class BlockFetcher:
 
     def _fail_unfinished(self, ticket: FetchTicket, error: BaseException) -> None:
         """Fail the blocks this GET never delivered. Delivered ones stay in the table until
-        their disk write retires them (see `_retire_written`)."""
+        they are on disk and read or evicted (see `_now_clean`)."""
         for index in range(ticket.first, ticket.first + ticket.count):
             entry = self._inflight.get((ticket.obj, index))
             if entry is not None and not entry.done.is_set():

@@ -159,14 +159,18 @@ class Filesystem:
             await trio.sleep_forever()
 
     async def _warm_up(self) -> None:
-        """Pay the mount's first-request costs before the app asks: the root's listing (one
-        page of its subtree), a connection in the pool and the client's first-call setup of a
-        GET. An app started right after the mount then finds its first lookup in memory."""
+        """Pay the mount's first-request costs before the app asks: the root's listing, a
+        connection in the pool and the client's first-call setup of a GET. An app started
+        right after the mount then finds its first lookup in memory.
+
+        The root is listed with a delimiter (one request, however big the bucket): a lookup
+        arriving meanwhile waits for this listing. `ls -lR` loses nothing: each subdirectory
+        it opens still lists its own subtree."""
         try:
-            await self.namespace.listing("", subtree=True, max_pages=1)
-        except ModelfsError as exc:  # the app's own lookup will report it
-            log.debug("warm-up listing failed: %s", exc)
-        await self.fetcher.warm_up(self.namespace.dir_prefix("") + WARM_UP_NAME)
+            await self.namespace.listing("")
+            await self.fetcher.warm_up(self.namespace.dir_prefix("") + WARM_UP_NAME)
+        except ModelfsError as exc:  # the app's own requests will report it
+            log.debug("warm-up failed: %s", exc)
 
     # -- attributes ----------------------------------------------------------------------------
 

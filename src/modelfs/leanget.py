@@ -96,7 +96,10 @@ class LeanGetter:
         with self._lock:
             if self._base is not None:
                 return
-            self._credentials = self._find_credentials()
+            try:
+                self._credentials = self._find_credentials()
+            except Exception:  # botocore reports credential problems on its own requests
+                self._credentials = None
             if self._credentials is None:
                 self._enabled = False
                 return

@@ -92,9 +92,7 @@ class Namespace:
     def dir_prefix(self, path: str) -> str:
         return self._prefix + path + "/" if path else self._prefix
 
-    async def listing(
-        self, path: str, *, subtree: bool = False, max_pages: int = SUBTREE_PAGES
-    ) -> DirListing:
+    async def listing(self, path: str, *, subtree: bool = False) -> DirListing:
         """The listing of directory `path` (relative to the mount root). With `subtree` (a
         directory being read, as `ls -lR` does), a miss lists the whole subtree if it is small;
         a lookup lists only the directory, which is cheaper for the first byte of a file."""
@@ -110,13 +108,13 @@ class Namespace:
                 raise pending.error
             assert pending.result is not None
             return pending.result
-        return await self._fetch(path, subtree, max_pages)
+        return await self._fetch(path, subtree)
 
-    async def _fetch(self, path: str, subtree: bool, max_pages: int) -> DirListing:
+    async def _fetch(self, path: str, subtree: bool) -> DirListing:
         pending = self._pending[path] = _Pending()
         try:
             listing = await trio.to_thread.run_sync(
-                self._list_dir, path, subtree, max_pages, limiter=self._limiter
+                self._list_dir, path, subtree, limiter=self._limiter
             )
             pending.result = listing
             return listing
@@ -127,9 +125,9 @@ class Namespace:
             del self._pending[path]
             pending.done.set()
 
-    def _list_dir(self, path: str, subtree: bool, max_pages: int) -> DirListing:
+    def _list_dir(self, path: str, subtree: bool) -> DirListing:
         """Worker thread: the listing of `path`, caching every directory learnt on the way."""
-        complete = self._list_subtree(path, max_pages) if subtree else {}
+        complete = self._list_subtree(path) if subtree else {}
         listing = complete.get(path)
         if listing is None:
             listing = self._list_all_pages(self.dir_prefix(path))
@@ -139,13 +137,13 @@ class Namespace:
                 self._cache[directory] = found
         return listing
 
-    def _list_subtree(self, path: str, max_pages: int) -> dict[str, DirListing]:
+    def _list_subtree(self, path: str) -> dict[str, DirListing]:
         """Listings of the directories in `path`'s subtree that a recursive LIST of at most
-        `max_pages` pages covered completely (all of them if the subtree fit)."""
+        `SUBTREE_PAGES` pages covered completely (all of them if the subtree fit)."""
         prefix = self.dir_prefix(path)
         infos: list[ObjectInfo] = []
         token: str | None = None
-        for _ in range(max_pages):
+        for _ in range(SUBTREE_PAGES):
             self._list_requests += 1
             page = self._store.list_page(prefix, token, recursive=True)
             infos.extend(page.objects)
