@@ -20,10 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
-
-from tests.support.seaweed import SeaweedServer  # noqa: E402
+from _common import SeaweedServer, mounted, write_remotes
 
 SIZE = int(os.environ.get("SIZE_MB", "1024")) << 20
 REPS = int(os.environ.get("REPS", "3"))
@@ -40,14 +37,8 @@ def dd_mb_per_s(path: Path) -> float:
     return SIZE / (time.perf_counter() - start) / 1e6
 
 
-def one_round(config: Path, work: Path, env: dict[str, str]) -> list[str]:
-    cache, mountpoint = work / "cache", work / "mnt"
-    subprocess.run(["rm", "-rf", str(cache)], check=True)
-    mountpoint.mkdir(exist_ok=True)
-    mount = [sys.executable, "-m", "modelfs", "--config", str(config), "mount", "--daemon"]
-    mount += ["--cache-dir", str(cache), *env.get("ARGS", "").split(), "t:perf", str(mountpoint)]
-    subprocess.run(mount, capture_output=True, check=True, timeout=60, env={**os.environ, **env})
-    try:
+def one_round(remotes: Path, work: Path, env: dict[str, str]) -> list[str]:
+    with mounted(remotes, work, env.get("ARGS", "").split(), env) as mountpoint:
         target = mountpoint / "big.dat"
         target.stat()
         drop_page_cache()
@@ -56,8 +47,6 @@ def one_round(config: Path, work: Path, env: dict[str, str]) -> list[str]:
             drop_page_cache()
             figures.append(f"warm {dd_mb_per_s(target):.0f}")
         return figures
-    finally:
-        subprocess.run([sys.executable, "-m", "modelfs", "unmount", str(mountpoint)], check=False)
 
 
 def main(argv: list[str]) -> int:
@@ -71,16 +60,11 @@ def main(argv: list[str]) -> int:
         client.put_object(Bucket="perf", Key="big.dat", Body=os.urandom(64 << 20) * (SIZE >> 26))
         with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
             work = Path(scratch)
-            config = work / "remotes.conf"
-            config.write_text(
-                f"[t]\ntype = s3\nprovider = SeaweedFS\naccess_key_id = {server.access_key}\n"
-                f"secret_access_key = {server.secret_key}\nendpoint = {server.endpoint}\n"
-                "region = us-east-1\n"
-            )
+            remotes = write_remotes(work / "remotes.conf", server)
             results: list[list[str]] = [[] for _ in variants]
             for _ in range(REPS):
                 for index, env in enumerate(variants):
-                    results[index] += one_round(config, work, env)
+                    results[index] += one_round(remotes, work, env)
                     print(index, env, results[index], flush=True)
     finally:
         server.close()

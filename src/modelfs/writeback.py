@@ -115,6 +115,7 @@ class WriteBack:
             area.close()
             raise
         self._files = StagedFiles(area, journal, wall_clock)
+        self._part_size = part_size
         uploader = Uploader(
             store, self._limiter, trio.Semaphore(transfers), part_size, run_sync, wall_clock
         )
@@ -259,10 +260,13 @@ class WriteBack:
         target = self._files.by_key.pop(new, None)
         try:
             was_uploading = await self._queue.stop_upload(file)
-            if target is not None:
-                await self._queue.stop_upload(target)
             old_in_bucket = was_uploading or file.base_etag is not None
-            base = replaced.etag if replaced else (target.base_etag if target else None)
+            if target is None:
+                base = replaced.etag if replaced else None
+            elif await self._queue.stop_upload(target):
+                base = await self._base_after_stopped_upload(new, target)
+            else:
+                base = target.base_etag
             self._files.move(
                 file,
                 new,
@@ -278,6 +282,21 @@ class WriteBack:
             raise
         if old_in_bucket:
             await self._queue.delete_now(old)
+
+    async def _base_after_stopped_upload(self, key: str, target: StagedFile) -> str | None:
+        """The bucket version a rename onto staged `target` replaces, after stopping its
+        upload: a request already sent may have landed without its answer being recorded
+        (cancelled, or the process died), and our own upload is no conflict."""
+        try:
+            remote: ObjectInfo | None = await self._store_call(self._store.head, key)
+        except NotFound:
+            remote = None
+        if remote is None or staging.same_etag(remote.etag, target.base_etag):
+            return target.base_etag
+        ours = await self._run_sync(
+            staging.content_etag, target.fd, target.size, self._part_size, limiter=None
+        )
+        return remote.etag if staging.same_etag(remote.etag, ours) else target.base_etag
 
     async def _rename_in_bucket(self, old: str, new: str) -> None:
         """A file only in the bucket: server-side copy, then delete; a staged `new` is
