@@ -21,7 +21,8 @@ one object version (`ObjectId` = key + ETag) at one block index; each block is o
      56  crc32 over header[0:56] + payload            60  reserved (zero)
 
     The header fills a page so that a whole block file is one page-aligned write: blocks are
-    written with O_DIRECT where the filesystem allows it (not tmpfs), see `_BlockWriter`.
+    written with O_DIRECT where the filesystem allows it (payloads of at least half a block),
+    see `_BlockWriter`.
 
 Invariants
 - `get` returns only bytes whose header names the requested (key, etag, index) and whose crc32
