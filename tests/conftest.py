@@ -4,13 +4,16 @@
 - `bucket`:    a fresh, empty bucket on it, named after the test;
 - `proxy`:     a FaultProxy in front of the server (counts requests, injects faults);
 - `make_config`: `make_config(tmp_path, endpoint, name="test", ...) -> Path` (rclone format);
-- `s3_store`:  an S3Store bound to `bucket`.
+- `s3_store`:  an S3Store bound to `bucket`;
+- `tiny_disk`: a 1 MiB tmpfs mounted for the test (ENOSPC tests; needs root).
 
 The helpers themselves live in `tests/support` so scripts can use them without pytest.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,3 +58,17 @@ def make_config() -> Callable[..., Path]:
 @pytest.fixture
 def s3_store(seaweed: SeaweedServer, bucket: str) -> S3Store:
     return S3Store(remote_config(seaweed.endpoint), bucket)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: as root, only a really full disk says ENOSPC."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "tiny"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -7,6 +7,7 @@ import os
 import random
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import pytest
 import trio
@@ -21,7 +22,7 @@ from modelfs.inodes import ROOT_INODE
 from modelfs.memstore import MemoryStore
 from modelfs.namespace import SUBTREE_PAGES, Namespace
 from modelfs.prefetch import ReadaheadPolicy
-from modelfs.values import ObjectId
+from modelfs.values import ObjectId, ObjectInfo
 
 BLOCK = 64 << 10  # small blocks keep the tests fast; the logic does not depend on the size
 MiB = 1 << 20
@@ -240,13 +241,37 @@ async def test_memory_budget_bounds_inflight_data_with_many_parallel_gets() -> N
     assert budget.statistics().in_use == held * BLOCK <= 3 * BLOCK // 2
 
 
-async def test_block_read_to_its_end_leaves_ram_once_on_disk() -> None:
+@dataclass
+class Sixteen:
+    """A 16-block object in a MemoryStore, and a fetcher with a budget of `budget_blocks`."""
+
+    store: MemoryStore
+    data: bytes
+    info: ObjectInfo
+    budget: MemoryBudget
+    cache: MemoryDataCache
+    fetcher: BlockFetcher
+
+
+def sixteen_blocks(budget_blocks: int) -> Sixteen:
     store = MemoryStore()
     data = os.urandom(BLOCK * 16)
-    info = store.put_bytes("seq.bin", data)
-    budget = MemoryBudget(64 * BLOCK)
+    info = store.put_bytes("sixteen.bin", data)
+    budget = MemoryBudget(budget_blocks * BLOCK)
     cache = MemoryDataCache(BLOCK, 1 << 30)
-    fetcher = make_fetcher(store, cache, slots=4, budget=budget)
+    return Sixteen(store, data, info, budget, cache, make_fetcher(store, cache, budget=budget))
+
+
+async def test_block_read_to_its_end_leaves_ram_once_on_disk() -> None:
+    t = sixteen_blocks(64)
+    store, data, info, budget, cache, fetcher = (
+        t.store,
+        t.data,
+        t.info,
+        t.budget,
+        t.cache,
+        t.fetcher,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(fetcher.run)
         fetcher.start_fetch(info, 0, 16, prefetch=True)
@@ -264,12 +289,8 @@ async def test_block_read_to_its_end_leaves_ram_once_on_disk() -> None:
 
 
 async def test_clean_blocks_are_capped_at_half_the_budget_oldest_first() -> None:
-    store = MemoryStore()
-    data = os.urandom(BLOCK * 16)
-    info = store.put_bytes("ahead.bin", data)
-    budget = MemoryBudget(8 * BLOCK)
-    cache = MemoryDataCache(BLOCK, 1 << 30)
-    fetcher = make_fetcher(store, cache, slots=4, budget=budget)
+    t = sixteen_blocks(8)
+    data, info, budget, cache, fetcher = t.data, t.info, t.budget, t.cache, t.fetcher
     async with trio.open_nursery() as nursery:
         await nursery.start(fetcher.run)
         fetcher.start_fetch(info, 0, 16, prefetch=True)  # nobody reads: all of it goes clean

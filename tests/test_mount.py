@@ -14,35 +14,19 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from support import FaultProxy, SeaweedServer
-from support.mounting import MODELFS, Mounted, drop_page_cache, is_mounted, run_cli
+from support.mounting import MODELFS, MountEnv, drop_page_cache, is_mounted, run_cli
 
 pytestmark = pytest.mark.mount
 
 MiB = 1 << 20
 
 
-@dataclass
-class Env:
-    seaweed: SeaweedServer
-    proxy: FaultProxy
-    bucket: str
-    config: Path
-    mountpoint: Path
-    cache_dir: Path
-
-    def put(self, key: str, data: bytes) -> None:
-        self.seaweed.client().put_object(Bucket=self.bucket, Key=key, Body=data)
-
-    def mount(self, *options: str, prefix: str = "") -> Mounted:
-        spec = f"test:{self.bucket}" + (f"/{prefix}" if prefix else "")
-        return Mounted(self.config, spec, self.mountpoint, self.cache_dir, *options)
-
+class Env(MountEnv):
     def gets(self, key: str) -> int:
         return self.proxy.count("GET", path_contains=f"/{self.bucket}/{key}")
 
@@ -55,8 +39,7 @@ def env(
     tmp_path: Path,
     make_config: Callable[..., Path],
 ) -> Env:
-    config = make_config(tmp_path, proxy.endpoint)
-    return Env(seaweed, proxy, bucket, config, tmp_path / "mnt", tmp_path / "cache")
+    return Env.create(seaweed, proxy, bucket, tmp_path, make_config)
 
 
 @pytest.fixture(scope="module")

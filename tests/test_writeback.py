@@ -13,9 +13,8 @@ when everything waits on time: due times and backoffs are asserted exactly.
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,6 +38,7 @@ from modelfs.staging import STAGING_DIR
 from modelfs.store import PendingUpload
 from modelfs.values import ObjectInfo
 from modelfs.writeback import WriteBack, WriteBackStatistics, WriteHandle
+from support.engines import running
 
 T = TypeVar("T")
 
@@ -115,18 +115,6 @@ def make_engine(
     }
     settings.update(options)
     return WriteBack(store, root, **settings)  # type: ignore[arg-type]
-
-
-@asynccontextmanager
-async def running(engine: WriteBack) -> AsyncIterator[WriteBack]:
-    """The engine with its uploader running; closed (not drained) on exit, like a crash."""
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(engine.run)
-            yield engine
-            nursery.cancel_scope.cancel()
-    finally:
-        engine.close()
 
 
 async def eventually(condition: Callable[[], bool], limit: float = 600.0) -> None:
@@ -999,20 +987,6 @@ async def test_reading_an_unstaged_key_is_not_found(
 
 
 # -- a full cache disk --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs as the write-back root: as root, only a really full disk says ENOSPC."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "tiny"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 async def test_a_full_cache_disk_fails_writes_with_enospc_and_keeps_what_was_written(

@@ -15,34 +15,19 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from support import FaultProxy, SeaweedServer
-from support.mounting import Mounted, run_cli
+from support.mounting import MountEnv, run_cli
 
 pytestmark = pytest.mark.mount
 
 MiB = 1 << 20
 
 
-@dataclass
-class Env:
-    seaweed: SeaweedServer
-    proxy: FaultProxy
-    bucket: str
-    config: Path
-    mountpoint: Path
-    cache_dir: Path
-
-    def mount(self, *options: str, cache_dir: Path | None = None) -> Mounted:
-        return Mounted(
-            self.config, f"test:{self.bucket}", self.mountpoint, cache_dir or self.cache_dir,
-            *options,
-        )  # fmt: skip
-
+class Env(MountEnv):
     def object(self, key: str) -> bytes:
         body: bytes = self.seaweed.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
         return body
@@ -87,8 +72,7 @@ def env(
     tmp_path: Path,
     make_config: Callable[..., Path],
 ) -> Env:
-    config = make_config(tmp_path, proxy.endpoint)
-    return Env(seaweed, proxy, bucket, config, tmp_path / "mnt", tmp_path / "cache")
+    return Env.create(seaweed, proxy, bucket, tmp_path, make_config)
 
 
 def fill(path: Path, size: int) -> None:

@@ -15,11 +15,9 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 import trio
 import trio.testing
 
@@ -27,22 +25,12 @@ from modelfs.s3store import S3Store
 from modelfs.staging import STAGING_DIR
 from modelfs.writeback import WriteBack
 from support import FaultProxy, SeaweedServer, method_is, remote_config
+from support.engines import running
 from test_writeback import eventually, fill_until_full
 
 MIB = 1 << 20
 S3_MIN_PART = 5 * MIB  # S3 (and SeaweedFS) refuse smaller parts except the last
 TESTS_DIR = Path(__file__).parent
-
-
-@asynccontextmanager
-async def running(engine: WriteBack) -> AsyncIterator[WriteBack]:
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(engine.run)
-            yield engine
-            nursery.cancel_scope.cancel()
-    finally:
-        engine.close()
 
 
 def sha256_of(seaweed: SeaweedServer, bucket: str, key: str) -> tuple[int, str]:
@@ -189,19 +177,6 @@ async def test_a_file_held_open_is_uploaded_every_flush_interval(
 
 
 # -- a full cache disk --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "tiny"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 async def test_enospc_keeps_written_data_and_it_still_reaches_the_bucket(

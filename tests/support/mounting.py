@@ -14,9 +14,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
+
+from .proxy import FaultProxy
+from .seaweed import SeaweedServer
 
 MODELFS = [sys.executable, "-m", "modelfs"]
 
@@ -114,3 +119,37 @@ class Mounted:
             if is_mounted(self.mountpoint):
                 force_unmount(self.mountpoint)
             self.kill()
+
+
+@dataclass
+class MountEnv:
+    """A bucket on the test SeaweedFS, reached through the fault proxy, and where to mount it."""
+
+    seaweed: SeaweedServer
+    proxy: FaultProxy
+    bucket: str
+    config: Path
+    mountpoint: Path
+    cache_dir: Path
+
+    @classmethod
+    def create(
+        cls: type[_Env],
+        seaweed: SeaweedServer,
+        proxy: FaultProxy,
+        bucket: str,
+        tmp_path: Path,
+        make_config: Callable[..., Path],
+    ) -> _Env:
+        config = make_config(tmp_path, proxy.endpoint)
+        return cls(seaweed, proxy, bucket, config, tmp_path / "mnt", tmp_path / "cache")
+
+    def put(self, key: str, data: bytes) -> None:
+        self.seaweed.client().put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def mount(self, *options: str, prefix: str = "", cache_dir: Path | None = None) -> Mounted:
+        spec = f"test:{self.bucket}" + (f"/{prefix}" if prefix else "")
+        return Mounted(self.config, spec, self.mountpoint, cache_dir or self.cache_dir, *options)
+
+
+_Env = TypeVar("_Env", bound=MountEnv)
