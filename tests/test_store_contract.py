@@ -699,3 +699,95 @@ def test_lean_lane_stays_off_when_a_proxy_is_configured(
     for _ in range(3):
         assert store.get_range(info.id, 0, 7) == b"weights"
     assert [lane_of(r) for r in data_gets(proxy, "m.bin")] == ["botocore"] * 3
+
+
+# -- the lean LIST lane (leanget.py, listxml.py) ---------------------------------------------
+
+ODD_KEYS = (
+    "odd dir/a b+c%~\u00e4.txt",
+    "odd dir/x&y<z>'\".txt",
+    "odd dir/sub/q=1?.bin",
+    "odd dir/sub/deeper/\x01control",
+    "odd dir/trailing space ",
+)
+
+
+def list_requests(proxy: FaultProxy) -> list[ProxyRequest]:
+    return [r for r in proxy.requests if r.method == "GET" and "list-type=2" in r.path]
+
+
+def every_page(
+    store: S3Store, prefix: str, *, recursive: bool, max_keys: int
+) -> list[tuple[object, ...]]:
+    pages: list[tuple[object, ...]] = []
+    token: str | None = None
+    while True:
+        page = store.list_page(prefix, token, max_keys, recursive=recursive)
+        pages.append((page.objects, page.prefixes, page.next_token is None))
+        token = page.next_token
+        if token is None:
+            return pages
+
+
+def test_lean_listing_equals_botocores_for_odd_keys_and_every_page_size(
+    proxy: FaultProxy, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lean = store_for(proxy.endpoint, bucket)
+    for index, key in enumerate(ODD_KEYS):
+        lean.put_bytes(key, b"x" * index)
+    for index in range(12):
+        lean.put_bytes(f"odd dir/many/{index:02d}.json", b"{}")
+    lean.list_page("")  # botocore's LIST teaches the URL
+    monkeypatch.setenv("HTTP_PROXY", "http://192.0.2.1:3128")  # this store: botocore only
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    reference = store_for(proxy.endpoint, bucket)
+    proxy.clear_requests()
+    for prefix in ("", "odd dir/", "odd dir/sub/", "odd dir/many/", "absent/"):
+        for recursive in (False, True):
+            for max_keys in (1000, 5, 1):
+                expected = every_page(reference, prefix, recursive=recursive, max_keys=max_keys)
+                got = every_page(lean, prefix, recursive=recursive, max_keys=max_keys)
+                assert got == expected, (prefix, recursive, max_keys)
+    lanes = {lane_of(r) for r in list_requests(proxy)}
+    assert lanes == {"lean", "botocore"}  # both stores really listed, each its own way
+
+
+def test_lists_take_the_lean_lane_once_botocore_showed_the_url(
+    proxy: FaultProxy, bucket: str
+) -> None:
+    store = store_for(proxy.endpoint, bucket)
+    store.put_bytes("d/a.txt", b"a")
+    proxy.clear_requests()
+    for _ in range(3):
+        assert [info.key for info in store.list_page("d/").objects] == ["d/a.txt"]
+    assert [lane_of(r) for r in list_requests(proxy)] == ["botocore", "lean", "lean"]
+
+
+def test_lean_list_falls_back_to_botocore_retries_on_5xx(proxy: FaultProxy, bucket: str) -> None:
+    store = store_for(proxy.endpoint, bucket)
+    store.put_bytes("d/a.txt", b"a")
+    store.list_page("d/")  # learn the URL
+    proxy.clear_requests()
+    proxy.fail_next(503, times=2, match=method_is("GET"))
+    assert [info.key for info in store.list_page("d/").objects] == ["d/a.txt"]
+    requests = list_requests(proxy)
+    assert [(lane_of(r), r.status) for r in requests] == [
+        ("lean", 503),
+        ("botocore", 503),
+        ("botocore", 200),
+    ]
+
+
+def test_a_missing_bucket_lists_through_botocore_for_its_error(
+    proxy: FaultProxy, seaweed: SeaweedServer, bucket: str
+) -> None:
+    store = store_for(proxy.endpoint, bucket)
+    store.list_page("")  # learn the URL, on an empty bucket
+    seaweed.client().delete_bucket(Bucket=bucket)
+    proxy.clear_requests()
+    with pytest.raises(BucketNotFound):
+        store.list_page("")
+    assert [(lane_of(r), r.status) for r in list_requests(proxy)] == [
+        ("lean", 404),
+        ("botocore", 404),
+    ]

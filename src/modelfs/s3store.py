@@ -15,9 +15,10 @@ pieces, so memory stays at one chunk and the caller can use each chunk as it arr
 connection breaks mid-body, `_RangeReader` sends a new If-Match GET for the remaining bytes
 (at most `max_attempts` times), so a reset costs a re-request, not a failed read.
 
-Data GETs take a lean lane first (`leanget.py`: botocore's SigV4 signer over a urllib3 pool,
-without the client's per-call pipeline); anything but a clean 206 of the range asked for is
-sent again through the client, so retries and errors above apply unchanged.
+Data GETs and LISTs take a lean lane first (`leanget.py`: botocore's SigV4 signer over a
+urllib3 pool, without the client's per-call pipeline); anything but a clean 206 of the range
+asked for, or a 200 listing of the prefix asked for, is sent again through the client, so
+retries and errors above apply unchanged.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ class S3Store:
         )
         self._get_urls = threading.local()  # the URL of this thread's last botocore GET
         self._client.meta.events.register("before-send.s3.GetObject", self._note_get_url)
+        self._client.meta.events.register("before-send.s3.ListObjectsV2", self._note_list_url)
         self._probe: S3Client | None = None
         self._probe_lock = threading.Lock()
 
@@ -327,6 +329,9 @@ class S3Store:
         *,
         recursive: bool = False,
     ) -> ListPage:
+        lean = self._lean.list_page(prefix, token, max_keys, delimited=not recursive)
+        if lean is not None:
+            return lean
         arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
         if not recursive:
             arguments["Delimiter"] = "/"
@@ -357,6 +362,9 @@ class S3Store:
 
     def _note_get_url(self, request: Any, **_: Any) -> None:
         self._get_urls.url = request.url
+
+    def _note_list_url(self, request: Any, **_: Any) -> None:
+        self._lean.learn_list(request.url)
 
     def _learn_get_url(self, key: str) -> None:
         url = getattr(self._get_urls, "url", None)
