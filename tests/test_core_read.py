@@ -672,3 +672,31 @@ async def test_whole_fetch_lets_block_zero_arrive_before_the_other_parts() -> No
         assert len(store.gets) == 8  # then the rest, in parallel
         assert await fs.read(fh, 0, 32 * BLOCK) == data
         nursery.cancel_scope.cancel()
+
+
+async def test_whole_fetch_waits_for_block_zero_when_a_read_already_asked_for_it() -> None:
+    store = RecordingStore()
+    data = os.urandom(BLOCK * 32)
+    store.put_bytes("w/model.safetensors", data)
+    gate = threading.Event()
+    store.delay = lambda op: gate.wait(5) if op == "iter_range" else None
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store, slots=8, model_min_size=BLOCK), nursery)
+        fh = await open_path(fs, "w/model.safetensors")
+        got: list[bytes] = []
+
+        async def read_head() -> None:
+            got.append(await fs.read(fh, 0, 4096))
+
+        # Started beside the whole fetch's task: trio may run either first. When the read
+        # does, block 0 is already in flight as the read's own part when the fetch starts.
+        nursery.start_soon(read_head)
+        await trio.sleep(0.1)
+        assert store.gets == ["w/model.safetensors"]  # the read's part only, block 0 awaited
+        gate.set()
+        info = fs._files[fh].info
+        with trio.fail_after(10):
+            await fs._whole[info.id].done.wait()
+        assert got == [data[:4096]]
+        assert await fs.read(fh, 0, 32 * BLOCK) == data
+        nursery.cancel_scope.cancel()

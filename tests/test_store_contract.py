@@ -634,7 +634,11 @@ def test_data_gets_take_the_lean_lane_once_botocore_showed_the_url(
 def test_warm_up_teaches_the_lean_lane_without_downloading(proxy: FaultProxy, bucket: str) -> None:
     store = store_for(proxy.endpoint, bucket)
     info = store.put_bytes("m.bin", b"weights")
+    proxy.clear_requests()
     store.warm_up(".modelfs-warm-up-probe")
+    # botocore's probe teaches the URL; the lean lane's leaves a connection in its pool.
+    probes = [(lane_of(r), r.status) for r in data_gets(proxy, ".modelfs-warm-up-probe")]
+    assert probes == [("botocore", 404), ("lean", 404)]
     proxy.clear_requests()
     assert store.get_range(info.id, 0, 7) == b"weights"
     assert [lane_of(r) for r in data_gets(proxy, "m.bin")] == ["lean"]

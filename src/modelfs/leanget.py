@@ -26,6 +26,7 @@ rest goes back to botocore like a failed GET.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
@@ -131,6 +132,20 @@ class LeanGetter:
             if self._credentials is None:
                 self._enabled = False
         return self._enabled
+
+    def warm_up(self, key: str) -> None:
+        """One GET of `key` (meant to be absent) for its answer's sake: it leaves a connection
+        in the pool, so the first LIST or GET of the mount does not wait for a connect (one
+        round trip; on a WAN link with TLS, three)."""
+        base = self._base
+        if base is None:
+            return
+        url = base + quote_key(key)
+        headers = self._signed_headers(url, {"Range": "bytes=0-0"})
+        if headers is None:
+            return
+        with contextlib.suppress(urllib3.exceptions.HTTPError):
+            self._pool.urlopen("GET", url, headers=headers, redirect=False)  # body read: pooled
 
     def open(self, key: str, start: int, end: int, quoted_etag: str) -> LeanBody | None:
         """A response streaming bytes [start, end) of `key` at `quoted_etag`, or None."""

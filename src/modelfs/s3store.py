@@ -359,6 +359,7 @@ class S3Store:
         except (ClientError, *_TRANSPORT_ERRORS) as exc:
             log.debug("warm-up GET of %s: %s", key, exc)
         self._learn_get_url(key)  # a 404 went to the same URL a GET of a real key would
+        self._lean.warm_up(key)
 
     def _note_get_url(self, request: Any, **_: Any) -> None:
         self._get_urls.url = request.url
