@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from modelfs import blockcache
 from modelfs.blockcache import HEADER_SIZE, DiskBlockCache
 from modelfs.datacache import DataCache
 from modelfs.errors import ConfigError
@@ -621,6 +623,32 @@ def test_get_range_verifies_a_block_once_then_reads_only_the_range(tmp_path: Pat
     assert cache.get_range(obj, 0, 0, 10) is None
     assert cache.statistics().corrupt == 1
     cache.close()
+
+
+def test_a_block_this_process_wrote_is_read_without_a_second_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its bytes were in hand when it was written; a restart checks it once, like any other."""
+    cache = DiskBlockCache(tmp_path / "c", 1 << 16, 1 << 24)
+    obj = ObjectId("fresh", "etag-1")
+    data = os.urandom(1 << 16)
+    cache.put(obj, 0, data)
+    checks: list[int] = []
+    real_crc32 = zlib.crc32
+
+    def counting_crc32(payload: bytes, value: int = 0) -> int:
+        checks.append(len(payload))
+        return real_crc32(payload, value)
+
+    monkeypatch.setattr(blockcache.zlib, "crc32", counting_crc32)
+    assert cache.get_range(obj, 0, 100, 4096) == data[100:4196]
+    assert cache.get(obj, 0) == data
+    assert checks == []
+    cache.close()
+    reopened = DiskBlockCache(tmp_path / "c", 1 << 16, 1 << 24)
+    assert reopened.get_range(obj, 0, 100, 4096) == data[100:4196]
+    assert len(data) in checks  # the restarted process checked the whole payload once
+    reopened.close()
 
 
 # -- O_DIRECT writes ---------------------------------------------------------------------------

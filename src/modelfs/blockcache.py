@@ -117,6 +117,13 @@ DEFAULT_TOUCH_INTERVAL = 60.0
 _WRITE_ERROR_LOG_INTERVAL = 60.0
 
 
+_Stamp = tuple[int, int, int]  # (inode, size, mtime_ns): any rewrite of a file changes it
+
+
+def _stamp(st: os.stat_result) -> _Stamp:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class _BlockName(NamedTuple):
     key: bytes  # digest of the object key
     etag: bytes  # digest of the ETag
@@ -127,8 +134,8 @@ class _BlockName(NamedTuple):
 class _Entry:
     payload: int  # payload bytes; the file is HEADER_SIZE longer
     touched: float  # when recency was last written to the file's mtime
-    # (inode, size, mtime) of the file when this process last verified its whole payload
-    verified: tuple[int, int, int] | None = None
+    # the file's stamp when this process last verified its whole payload, or wrote it
+    verified: _Stamp | None = None
 
     @property
     def file_size(self) -> int:
@@ -231,11 +238,11 @@ class DiskBlockCache:
     def get_range(self, obj: ObjectId, index: int, start: int, length: int) -> bytes | None:
         """Bytes [start, start + length) of a block, or None (a miss).
 
-        The first read of a block in this process reads and verifies all of it; later reads
-        of the same unchanged file (same inode, size and mtime: any rewrite changes them) read
-        only the range. A 4 KiB random read then costs a 4 KiB pread, not 1 MiB and a CRC.
-        Damage done to a verified file in place, without changing its mtime, is found at the
-        next start of modelfs, when every block is verified again."""
+        The first read of a block in this process reads and verifies all of it, unless this
+        process wrote it; later reads of the same unchanged file (same inode, size and mtime:
+        any rewrite changes them) read only the range. A 4 KiB random read then costs a 4 KiB
+        pread, not 1 MiB and a CRC. Damage done to a verified file in place, without changing
+        its mtime, is found at the next start of modelfs, when every block is verified again."""
         name = _block_name(obj, index)
         now = self._clock()
         with self._lock:
@@ -268,8 +275,7 @@ class DiskBlockCache:
     ) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            st = os.fstat(fd)
-            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+            stamp = _stamp(os.fstat(fd))
             if entry.verified == stamp:
                 return os.pread(fd, length, HEADER_SIZE + start)
             # Two reads, so the payload arrives as its own bytes object: one read of header +
@@ -306,18 +312,18 @@ class DiskBlockCache:
         self, obj: ObjectId, name: _BlockName, data: bytes, victims: list[_BlockName], now: float
     ) -> None:
         """Unlink `victims`, write the block, commit it and release its reservation."""
-        committed = False
+        stamp: _Stamp | None = None
         try:
             self._unlink_blocks(victims)
-            self._write(name, data, now)
-            committed = True
+            stamp = self._write(name, data, now)
         except OSError as exc:
             self._note_write_error(obj, name.number, exc)
         finally:
             with self._lock:
                 self._reserved -= HEADER_SIZE + len(data)
-                if committed:
-                    self._insert_locked(name, _Entry(len(data), now))
+                if stamp is not None:
+                    # Written from bytes in hand by this process: as good as verified.
+                    self._insert_locked(name, _Entry(len(data), now, verified=stamp))
                 victims = self._evict_locked()
             self._unlink_blocks(victims)
 
@@ -453,12 +459,14 @@ class DiskBlockCache:
         key_hex = name.key.hex()
         return f"{self._tree}/{key_hex[:_FANOUT_HEX]}/{key_hex}-{name.etag.hex()}-{name.number}.blk"
 
-    def _write(self, name: _BlockName, data: bytes, now: float) -> None:
+    def _write(self, name: _BlockName, data: bytes, now: float) -> _Stamp:
+        """Write the block's file; its stamp (a rename keeps inode, size and mtime)."""
         path = self._path(name)
         tmp = f"{os.path.dirname(path)}/{_TMP_PREFIX}{secrets.token_hex(8)}"
         try:
-            self._writer.write(tmp, _encode_header(name, data), data, now)
+            stamp = self._writer.write(tmp, _encode_header(name, data), data, now)
             os.replace(tmp, path)
+            return stamp
         finally:
             if os.path.lexists(tmp):
                 _unlink_quietly(tmp)
@@ -608,24 +616,24 @@ class _BlockWriter:
         self._local = threading.local()
         self.direct = hasattr(os, "O_DIRECT")
 
-    def write(self, path: str, header: bytes, payload: bytes, mtime: float) -> None:
-        """Create `path` (which must not exist) holding header + payload, mtime set."""
+    def write(self, path: str, header: bytes, payload: bytes, mtime: float) -> _Stamp:
+        """Create `path` (which must not exist) holding header + payload, mtime set; return
+        the file's stamp."""
         fits = len(header) + len(payload) <= self._capacity
         if self.direct and fits and len(payload) >= self._direct_min:
             try:
-                self._write_file(path, header, payload, mtime, direct=True)
-                return
+                return self._write_file(path, header, payload, mtime, direct=True)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
                 _unlink_quietly(path)
                 self.direct = False
                 logger.info("block cache: O_DIRECT refused here (%s); buffered writes", exc)
-        self._write_file(path, header, payload, mtime, direct=False)
+        return self._write_file(path, header, payload, mtime, direct=False)
 
     def _write_file(
         self, path: str, header: bytes, payload: bytes, mtime: float, *, direct: bool
-    ) -> None:
+    ) -> _Stamp:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         fd = os.open(path, flags | (os.O_DIRECT if direct else 0), 0o644)
         try:
@@ -634,6 +642,7 @@ class _BlockWriter:
             else:
                 _write_all(fd, header, payload)
             os.utime(fd, (mtime, mtime))
+            return _stamp(os.fstat(fd))
         finally:
             os.close(fd)
 
