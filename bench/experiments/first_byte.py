@@ -45,13 +45,13 @@ def one_mount(remotes: Path, work: Path, extra: list[str]) -> str:
     return f"stat {stat_ms:.1f} open {open_ms:.1f} read {read_ms:.1f} total {total:.1f} ms"
 
 
-def _random_file(size: int) -> str:
-    handle = tempfile.NamedTemporaryFile(dir="/var/tmp", delete=False)
-    with handle:
+def _random_file(size: int, directory: Path) -> str:
+    path = directory / "object.bin"
+    with path.open("wb") as handle:
         for _ in range(0, size, 16 << 20):
             handle.write(os.urandom(16 << 20))
         handle.truncate(size)
-    return handle.name
+    return str(path)
 
 
 def main(argv: list[str]) -> int:
@@ -59,11 +59,11 @@ def main(argv: list[str]) -> int:
     try:
         client = server.client()
         server.create_bucket("perf")
-        client.upload_file(_random_file(SIZE), "perf", KEY)
         for index in range(20):
             client.put_object(Bucket="perf", Key=f"other{index}.bin", Body=b"x" * 100)
         with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
             work = Path(scratch)
+            client.upload_file(_random_file(SIZE, work), "perf", KEY)
             remotes = write_remotes(work / "remotes.conf", server)
             for _ in range(3):
                 print(one_mount(remotes, work, argv[1:]), flush=True)

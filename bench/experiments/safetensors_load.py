@@ -31,7 +31,9 @@ def drop_page_cache() -> None:
 def load_mb_per_s(path: Path) -> float:
     out = subprocess.run(
         [sys.executable, str(_PROBE), "safetensors", str(path)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return path.stat().st_size / float(json.loads(out.stdout)["seconds"]) / 1e6
 
@@ -56,7 +58,8 @@ def main(argv: list[str]) -> int:
                     if os.environ.get("PAUSE"):
                         input(f"warm load next; pid {os.getpid()}; press enter")
                     warm = load_mb_per_s(mountpoint / KEY)
-                print(f"MB/s: local {local_speed:.0f}, cold {cold:.0f}, warm {warm:.0f}", flush=True)
+                figures = f"local {local_speed:.0f}, cold {cold:.0f}, warm {warm:.0f}"
+                print(f"MB/s: {figures}", flush=True)
     finally:
         server.close()
     return 0

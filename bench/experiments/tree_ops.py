@@ -9,6 +9,7 @@ unmount. Prints a raw boto3 listing of the same keys for scale. Run as root.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,17 +38,18 @@ def upload_tree(server: SeaweedServer, root: Path) -> int:
 
 def timed_ls(mountpoint: Path) -> float:
     start = time.perf_counter()
-    subprocess.run(["sh", "-c", 'exec ls -lR "$0" > /dev/null', str(mountpoint / "tree")], check=True)
+    command = ["sh", "-c", 'exec ls -lR "$0" > /dev/null', str(mountpoint / "tree")]
+    subprocess.run(command, check=True)
     return (time.perf_counter() - start) * 1000
 
 
 def timed_read(mountpoint: Path) -> float:
     out = subprocess.run(
         [sys.executable, str(_PROBE), "read-tree", str(mountpoint / "tree")],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
-    import json
-
     return float(json.loads(out.stdout)["seconds"]) * 1000
 
 
@@ -64,7 +66,8 @@ def main(argv: list[str]) -> int:
             remotes = write_remotes(work / "remotes.conf", server)
             for _ in range(reps):
                 start = time.perf_counter()
-                pages = client.get_paginator("list_objects_v2").paginate(Bucket="perf", Prefix="tree/")
+                paginator = client.get_paginator("list_objects_v2")
+                pages = paginator.paginate(Bucket="perf", Prefix="tree/")
                 keys = sum(page.get("KeyCount", 0) for page in pages)
                 raw = (time.perf_counter() - start) * 1000
                 with mounted(remotes, work, argv[1:]) as mountpoint:
@@ -73,7 +76,11 @@ def main(argv: list[str]) -> int:
                 with mounted(remotes, work, argv[1:]) as mountpoint:
                     os.listdir(mountpoint)
                     read_ms = timed_read(mountpoint)
-                print(f"{count} files: boto3 list {raw:.0f} ms ({keys} keys), ls -lR cold {ls_ms:.0f} ms, read cold {read_ms:.0f} ms", flush=True)
+                print(
+                    f"{count} files: boto3 list {raw:.0f} ms ({keys} keys), "
+                    f"ls -lR cold {ls_ms:.0f} ms, read cold {read_ms:.0f} ms",
+                    flush=True,
+                )
     finally:
         server.close()
     return 0
