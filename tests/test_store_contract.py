@@ -754,6 +754,8 @@ def test_lean_listing_equals_botocores_for_odd_keys_and_every_page_size(
                 assert got == expected, (prefix, recursive, max_keys)
     lanes = {lane_of(r) for r in list_requests(proxy)}
     assert lanes == {"lean", "botocore"}  # both stores really listed, each its own way
+    # Every lean LIST was answered (a bad signature would be a 403, then botocore's answer).
+    assert {r.status for r in list_requests(proxy) if lane_of(r) == "lean"} == {200}
 
 
 def test_lists_take_the_lean_lane_once_botocore_showed_the_url(
