@@ -39,6 +39,7 @@ from .errors import MountError
 from .fetcher import BlockFetcher
 from .fs import Filesystem, FsOptions
 from .fuse_ops import FuseOperations
+from .memtune import keep_block_memory
 from .namespace import Namespace
 from .remote import RemoteConfig, RemoteSpec
 from .s3store import S3Store
@@ -331,6 +332,7 @@ def raise_kernel_readahead(real_mountpoint: str) -> None:
 
 def run(config: MountConfig, on_ready: Callable[[], None]) -> None:
     """Mount and serve until unmounted or signalled. Raises ModelfsError before mounting."""
+    keep_block_memory(config.max_memory)
     store, lock_fd = preflight(config)
     try:
         mount = Mount(config, store, on_ready)
