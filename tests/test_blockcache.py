@@ -16,7 +16,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -634,13 +633,13 @@ def test_a_block_this_process_wrote_is_read_without_a_second_check(
     data = os.urandom(1 << 16)
     cache.put(obj, 0, data)
     checks: list[int] = []
-    real_crc32 = zlib.crc32
+    real_checksum = blockcache._checksum
 
-    def counting_crc32(payload: bytes, value: int = 0) -> int:
+    def counting_checksum(prefix: bytes, payload: bytes) -> int:
         checks.append(len(payload))
-        return real_crc32(payload, value)
+        return real_checksum(prefix, payload)
 
-    monkeypatch.setattr(blockcache.zlib, "crc32", counting_crc32)
+    monkeypatch.setattr(blockcache, "_checksum", counting_checksum)
     assert cache.get_range(obj, 0, 100, 4096) == data[100:4196]
     assert cache.get(obj, 0) == data
     assert checks == []
