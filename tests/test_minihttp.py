@@ -174,7 +174,9 @@ def test_origin_host_header_drops_default_ports_and_brackets_ipv6() -> None:
     assert Origin("https://s3.example.com:443/b/").host_header == "s3.example.com"
     assert Origin("http://127.0.0.1:8333/b/").host_header == "127.0.0.1:8333"
     assert Origin("http://[::1]:8333/b/").host_header == "[::1]:8333"
-    assert Origin("http://[::1]:8333/b/").same_as("http://[::1]:8333/b/key")
-    assert not Origin("http://[::1]:8333/b/").same_as("https://[::1]:8333/b/key")
+    assert Origin("http://[::1]:8333/b/").path_of("http://[::1]:8333/b/key?x=1") == "/b/key?x=1"
+    assert Origin("http://h:1/b/").path_of("http://h:1") == "/"
+    assert Origin("http://[::1]:8333/b/").path_of("https://[::1]:8333/b/key") is None
+    assert Origin("http://h:1/b/").path_of("http://h:10/b/key") is None
     with pytest.raises(ValueError, match="not an http"):
         Origin("ftp://example.com/")

@@ -202,9 +202,9 @@ class LeanGetter:
         if not frozen.access_key or not frozen.secret_key:
             return None
         pool = self._pool_for(url)
-        if pool is None:
+        path = None if pool is None else pool.origin.path_of(url)
+        if pool is None or path is None:
             return None
-        path = urlsplit(url).path or "/"
         signed = self._signer.sign(
             access_key=frozen.access_key,
             secret_key=frozen.secret_key,
@@ -219,11 +219,11 @@ class LeanGetter:
 
     def _pool_for(self, url: str) -> ConnectionPool | None:
         for pool in self._pools:
-            if pool.origin.same_as(url):
+            if pool.origin.path_of(url) is not None:
                 return pool
         with self._lock:
             for pool in self._pools:
-                if pool.origin.same_as(url):
+                if pool.origin.path_of(url) is not None:
                     return pool
             try:
                 origin = Origin(url)

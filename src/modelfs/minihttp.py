@@ -50,14 +50,17 @@ class Origin:
         if parts.port is not None and parts.port != _DEFAULT_PORTS[parts.scheme]:
             shown = f"{shown}:{parts.port}"
         self.host_header = shown
+        self.url_prefix = f"{parts.scheme}://{parts.netloc}"  # as written in the URL
 
-    def same_as(self, url: str) -> bool:
-        parts = urlsplit(url)
-        return (parts.scheme, parts.hostname, parts.port or _DEFAULT_PORTS.get(parts.scheme)) == (
-            self.scheme,
-            self.hostname,
-            self.port,
-        )
+    def path_of(self, url: str) -> str | None:
+        """The path (with query) of `url` if it is written with this origin, else None."""
+        prefix = self.url_prefix
+        if not url.startswith(prefix):
+            return None
+        path = url[len(prefix) :]
+        if path == "":
+            return "/"
+        return path if path[0] in "/?" else None
 
 
 class Response:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _ALGORITHM = "AWS4-HMAC-SHA256"
+_AMZ_DATE = "%Y%m%dT%H%M%SZ"
 
 
 class SigV4Signer:
@@ -32,6 +34,7 @@ class SigV4Signer:
         self._service = service
         self._keys: dict[tuple[str, str], bytes] = {}  # (secret, yyyymmdd) -> signing key
         self._lock = threading.Lock()
+        self._date: tuple[int, str] = (-1, "")
 
     def sign(
         self,
@@ -46,8 +49,7 @@ class SigV4Signer:
         now: datetime | None = None,
     ) -> dict[str, str]:
         """The headers to send: `headers` plus the date, payload hash, token and signature."""
-        moment = (now or datetime.now(UTC)).astimezone(UTC)
-        amz_date = moment.strftime("%Y%m%dT%H%M%SZ")
+        amz_date = self._amz_date() if now is None else now.astimezone(UTC).strftime(_AMZ_DATE)
         day = amz_date[:8]
         sent = dict(headers)
         sent["X-Amz-Date"] = amz_date
@@ -79,6 +81,14 @@ class SigV4Signer:
             f"SignedHeaders={signed_headers}, Signature={signature}"
         )
         return sent
+
+    def _amz_date(self) -> str:
+        """This second as X-Amz-Date wants it; formatted once per second."""
+        second = int(time.time())
+        cached = self._date
+        if cached[0] != second:
+            cached = self._date = (second, time.strftime(_AMZ_DATE, time.gmtime(second)))
+        return cached[1]
 
     def _signing_key(self, secret_key: str, day: str) -> bytes:
         cached = self._keys.get((secret_key, day))
