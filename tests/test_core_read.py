@@ -584,20 +584,67 @@ async def test_a_lookup_lists_only_its_directory(store: MemoryStore) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_warm_up_lists_the_root_and_probes_a_get_once(store: MemoryStore) -> None:
+async def test_warm_up_lists_the_root_and_its_directories_and_probes_a_get_once(
+    store: MemoryStore,
+) -> None:
     store.put_bytes("model.bin", b"weights")
     for i in range(50):
         store.put_bytes(f"cache_hub/f{i}.json", b"{}")
+        store.put_bytes(f"cache_hub/deeper/g{i}.json", b"{}")
     async with trio.open_nursery() as nursery:
         fs = await start(make_fs(store, warm_up=True), nursery)
-        await wait_until(lambda: store.ops["warm_up"] == 1)
-        assert store.ops["list_page"] == 1  # the root, delimited: one request however big
+        await wait_until(lambda: store.ops["warm_up"] == 1 and store.ops["list_page"] == 2)
+        await trio.sleep(0.05)
+        # The root and cache_hub/, each delimited: one request each however big; not deeper/.
+        assert store.ops["list_page"] == 2
         assert (await fs.lookup(ROOT_INODE, "model.bin")).size == 7
         hub = await fs.lookup(ROOT_INODE, "cache_hub")
-        assert store.ops["list_page"] == 1  # the root's lookups found everything in memory
         assert (await fs.lookup(hub.ino, "f7.json")).size == 2
-        assert store.ops["list_page"] == 2  # a subdirectory lists itself, as without warm-up
+        assert store.ops["list_page"] == 2  # both lookups found everything in memory
+        deeper = await fs.lookup(hub.ino, "deeper")
+        assert (await fs.lookup(deeper.ino, "g7.json")).size == 2
+        assert store.ops["list_page"] == 3  # a deeper directory lists itself when looked up
         assert store.ops["iter_range"] == 0  # the probe is not a data download
+        nursery.cancel_scope.cancel()
+
+
+async def test_reading_a_directory_listed_by_a_lookup_lists_its_subtree_once(
+    store: MemoryStore,
+) -> None:
+    for d in range(3):
+        for i in range(10):
+            store.put_bytes(f"tree/d{d}/f{i}.txt", b"x")
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store), nursery)
+        tree = await fs.lookup(ROOT_INODE, "tree")
+        await fs.lookup(tree.ino, "d0")  # a lookup: tree/ listed with a delimiter
+        listed = store.ops["list_page"]
+        # `ls -lR tree`: its subdirectories are not cached, so tree/'s subtree is listed
+        # (one page) and then every directory below is answered from memory.
+        assert [e.name for e in fs.readdir(await fs.opendir(tree.ino), 0)] == ["d0", "d1", "d2"]
+        for name in ("d0", "d1", "d2"):
+            sub = await fs.lookup(tree.ino, name)
+            assert len(fs.readdir(await fs.opendir(sub.ino), 0)) == 10
+        assert store.ops["list_page"] == listed + 1
+        await fs.opendir(tree.ino)  # again within the TTL: nothing to list
+        assert store.ops["list_page"] == listed + 1
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_subtree_too_big_to_list_is_not_listed_again_on_every_read(
+    store: MemoryStore,
+) -> None:
+    for d in range(6):
+        for i in range(1000):  # 6,000 keys: more than the 5 pages a subtree listing takes
+            store.put_bytes(f"big/d{d}/f{i:04d}", b"")
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store), nursery)
+        big = await fs.lookup(ROOT_INODE, "big")
+        await fs.opendir(big.ino)
+        listed = store.ops["list_page"]
+        for _ in range(3):  # d5 is still not cached: no second subtree listing for that
+            await fs.opendir(big.ino)
+        assert store.ops["list_page"] == listed
         nursery.cancel_scope.cancel()
 
 
@@ -625,14 +672,16 @@ async def test_first_small_read_fetches_whole_parts_only(store: MemoryStore) -> 
 
 
 class RecordingStore(MemoryStore):
-    """A MemoryStore that notes the key of every ranged GET, in the order they are sent."""
+    """A MemoryStore that notes every ranged GET (key, and range), in the order they are sent."""
 
     def __init__(self) -> None:
         super().__init__()
         self.gets: list[str] = []
+        self.ranges: list[tuple[int, int]] = []
 
     def iter_range(self, obj: ObjectId, start: int, end: int, chunk: int) -> Iterator[bytes]:
         self.gets.append(obj.key)
+        self.ranges.append((start, end))
         return super().iter_range(obj, start, end, chunk)
 
 
@@ -699,4 +748,31 @@ async def test_whole_fetch_waits_for_block_zero_when_a_read_already_asked_for_it
             await fs._whole[info.id].done.wait()
         assert got == [data[:4096]]
         assert await fs.read(fh, 0, 32 * BLOCK) == data
+        nursery.cancel_scope.cancel()
+
+
+async def test_whole_fetch_waits_while_a_reader_streams_then_fills_in_the_rest() -> None:
+    store = RecordingStore()
+    blocks = 64
+    data = os.urandom(BLOCK * blocks)
+    store.put_bytes("w/model.safetensors", data)
+    async with trio.open_nursery() as nursery:
+        fs = await start(
+            make_fs(store, slots=8, budget=64 * BLOCK, model_min_size=BLOCK, transfers=8),
+            nursery,
+        )
+        fh = await open_path(fs, "w/model.safetensors")
+        window = fs.options.readahead_max + fs.options.part_size
+        for offset in range(0, 16 * BLOCK, BLOCK):  # a reader streaming through the first 16
+            assert await fs.read(fh, offset, BLOCK) == data[offset : offset + BLOCK]
+            await trio.sleep(0.01)  # let any background fetch run
+            furthest = max(end for _, end in store.ranges)
+            # Only the reader's readahead fetched, not the whole fetch's 8 parallel parts.
+            assert furthest <= offset + BLOCK + window, (offset, furthest)
+        # The reader stops (but keeps the file open): the whole fetch fills in the rest.
+        info = fs._files[fh].info
+        with trio.fail_after(10):
+            await fs._whole[info.id].done.wait()
+        assert fs.fetcher.fully_present(info)
+        assert await fs.read(fh, 60 * BLOCK, 4 * BLOCK) == data[60 * BLOCK :]
         nursery.cancel_scope.cancel()

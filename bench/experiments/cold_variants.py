@@ -5,10 +5,11 @@
 Each VARIANT is a comma-separated list of NAME=VALUE environment settings for the mount process
 (empty: as is). `PYTHONPATH=/path/to/other/checkout/src` runs another version of modelfs;
 `WARM=1` also reads the object again with the page cache dropped; `ARGS=--transfers 4` adds
-mount options (space-separated). Every round mounts each
-variant with an empty cache, drops the page cache and reads the object once with `dd bs=1M`;
-rounds interleave the variants so drift on the machine hits them alike. Env: SIZE_MB (1024),
-REPS (3). Starts its own SeaweedFS (tests/support/seaweed.py). Run as root.
+mount options (space-separated). Every round mounts each variant with an empty cache, drops
+the page cache and reads the object once with `dd bs=1M`; rounds interleave the variants so
+drift on the machine hits them alike. Env: SIZE_MB (1024), REPS (3), KEY (big.dat; a model
+suffix such as big.bin also starts the whole-object fetch). Starts its own SeaweedFS
+(tests/support/seaweed.py). Run as root.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from _common import SeaweedServer, mounted, write_remotes
 
 SIZE = int(os.environ.get("SIZE_MB", "1024")) << 20
 REPS = int(os.environ.get("REPS", "3"))
+KEY = os.environ.get("KEY", "big.dat")
 
 
 def drop_page_cache() -> None:
@@ -39,7 +41,7 @@ def dd_mb_per_s(path: Path) -> float:
 
 def one_round(remotes: Path, work: Path, env: dict[str, str]) -> list[str]:
     with mounted(remotes, work, env.get("ARGS", "").split(), env) as mountpoint:
-        target = mountpoint / "big.dat"
+        target = mountpoint / KEY
         target.stat()
         drop_page_cache()
         figures = [f"{dd_mb_per_s(target):.0f}"]
@@ -57,7 +59,7 @@ def main(argv: list[str]) -> int:
     try:
         client = server.client()
         server.create_bucket("perf")
-        client.put_object(Bucket="perf", Key="big.dat", Body=os.urandom(64 << 20) * (SIZE >> 26))
+        client.put_object(Bucket="perf", Key=KEY, Body=os.urandom(64 << 20) * (SIZE >> 26))
         with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
             work = Path(scratch)
             remotes = write_remotes(work / "remotes.conf", server)

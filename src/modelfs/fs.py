@@ -13,7 +13,10 @@ Owns the inode table, open handles and the policy of what is fetched when. Retur
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import math
 import os
 import stat
 import time
@@ -48,7 +51,11 @@ log = logging.getLogger(__name__)
 # The mount's warm-up GETs this name (under the remote's prefix), which nobody should create:
 # any answer, 404 included, has warmed the connection and the client.
 WARM_UP_NAME = ".modelfs-warm-up-probe"
+WARM_UP_DIRS = 16  # the root's directories listed at mount: a few requests, in parallel
 
+# A sequential reader that read within this many seconds is streaming: a whole-object fetch
+# waits for it (see prefetch.py). Long enough to span the kernel's gaps between requests.
+STREAMING_IDLE = 0.2
 _RENAME_NOREPLACE = 1  # renameat2 flags, as the kernel passes them
 _RENAME_EXCHANGE = 2
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".gguf", ".onnx")
@@ -100,6 +107,13 @@ class FileHandle:
     memo_index: int = -1
     memo_data: bytes = b""
     staged: WriteHandle | None = None
+    last_read: float = -math.inf  # trio.current_time() of the last read
+
+    def streaming(self, now: float) -> bool:
+        """Reading sequentially, and recently: its readahead is fetching for it."""
+        prefetcher = self.prefetcher
+        recent = now - self.last_read < STREAMING_IDLE
+        return prefetcher is not None and prefetcher.sequential and recent
 
 
 @dataclass
@@ -160,17 +174,26 @@ class Filesystem:
 
     async def _warm_up(self) -> None:
         """Pay the mount's first-request costs before the app asks: the root's listing, a
-        connection in the pool and the client's first-call setup of a GET. An app started
-        right after the mount then finds its first lookup in memory.
+        connection in the pool and the client's first-call setup of a GET, then the listings
+        of the root's first `WARM_UP_DIRS` directories (`cache_hub/`, `checkpoints/`: where an
+        app's first model file is). An app started right after the mount then finds its first
+        lookups in memory.
 
-        The root is listed with a delimiter (one request, however big the bucket): a lookup
-        arriving meanwhile waits for this listing. `ls -lR` loses nothing: each subdirectory
-        it opens still lists its own subtree."""
+        Every listing is delimited (one request per directory, however big the bucket): a
+        lookup arriving meanwhile waits for it. `ls -lR` loses nothing: a directory it opens
+        whose subdirectories are not cached still lists its whole subtree (see namespace)."""
         try:
-            await self.namespace.listing("")
+            root = await self.namespace.listing("")
             await self.fetcher.warm_up(self.namespace.dir_prefix("") + WARM_UP_NAME)
+            async with trio.open_nursery() as nursery:
+                for name in sorted(root.dirs)[:WARM_UP_DIRS]:
+                    nursery.start_soon(self._warm_up_directory, name)
         except ModelfsError as exc:  # the app's own requests will report it
             log.debug("warm-up failed: %s", exc)
+
+    async def _warm_up_directory(self, path: str) -> None:
+        with contextlib.suppress(ModelfsError):
+            await self.namespace.listing(path)
 
     # -- attributes ----------------------------------------------------------------------------
 
@@ -401,14 +424,23 @@ class Filesystem:
         if self.fetcher.fully_present(info):
             return
         fetch = WholeObjectFetch(
-            self.fetcher, info, part_size=options.part_size, parallel=options.transfers
+            self.fetcher,
+            info,
+            part_size=options.part_size,
+            parallel=options.transfers,
+            reader_streaming=functools.partial(self._streaming_reader, info.id),
         )
         self._whole[info.id] = fetch
         assert self._nursery is not None
         self._nursery.start_soon(fetch.run)
 
+    def _streaming_reader(self, obj: ObjectId) -> bool:
+        now = trio.current_time()
+        return any(h.info.id == obj and h.streaming(now) for h in self._files.values())
+
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self._files[fh]
+        handle.last_read = trio.current_time()
         if handle.staged is not None:
             assert self.writeback is not None
             self._reads += 1

@@ -16,7 +16,8 @@ Reading a directory first asks for its whole subtree, without a delimiter, for a
 below (`ls -lR`, deep lookups) instead of one request per directory. If the subtree is larger,
 the directories that the pages did cover completely are still cached (keys come in order, so a
 directory is complete once a key outside it follows), and the directory itself is listed with a
-delimiter as usual.
+delimiter as usual. A directory already listed by a lookup (or the mount's warm-up), whose
+subdirectories are not cached, still gets its subtree listing when it is read, once per TTL.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class Namespace:
             maxsize=_MAX_CACHED_DIRS, ttl=max(ttl, 1e-9), timer=clock
         )
         self._ttl = ttl
+        # Directories whose subtree was listed within the TTL (complete or not): not again.
+        self._subtree_listed: TTLCache[str, bool] = TTLCache(
+            maxsize=_MAX_CACHED_DIRS, ttl=max(ttl, 1e-9), timer=clock
+        )
         self._pending: dict[str, _Pending] = {}
         self._list_requests = 0
         self._hits = 0
@@ -95,10 +100,12 @@ class Namespace:
     async def listing(self, path: str, *, subtree: bool = False) -> DirListing:
         """The listing of directory `path` (relative to the mount root). With `subtree` (a
         directory being read, as `ls -lR` does), a miss lists the whole subtree if it is small;
-        a lookup lists only the directory, which is cheaper for the first byte of a file."""
+        a lookup lists only the directory, which is cheaper for the first byte of a file. A
+        cached listing whose subdirectories are not cached (it came from a lookup) counts as a
+        miss for `subtree`, once per TTL: `ls -lR` would otherwise list them one by one."""
         if self._ttl > 0:
             cached = self._cache.get(path)
-            if cached is not None:
+            if cached is not None and not (subtree and self._subtree_wanted(path, cached)):
                 self._hits += 1
                 return cached
         pending = self._pending.get(path)
@@ -110,12 +117,19 @@ class Namespace:
             return pending.result
         return await self._fetch(path, subtree)
 
+    def _subtree_wanted(self, path: str, cached: DirListing) -> bool:
+        if path in self._subtree_listed:
+            return False
+        return any(keys.join(path, name) not in self._cache for name in cached.dirs)
+
     async def _fetch(self, path: str, subtree: bool) -> DirListing:
         pending = self._pending[path] = _Pending()
         try:
             listing = await trio.to_thread.run_sync(
                 self._list_dir, path, subtree, limiter=self._limiter
             )
+            if subtree and self._ttl > 0:
+                self._subtree_listed[path] = True
             pending.result = listing
             return listing
         except BaseException as exc:
@@ -165,9 +179,11 @@ class Namespace:
 
     def invalidate(self, path: str) -> None:
         self._cache.pop(path, None)
+        self._subtree_listed.pop(path, None)
 
     def invalidate_all(self) -> None:
         self._cache.clear()
+        self._subtree_listed.clear()
 
     def cached(self, path: str) -> DirListing | None:
         return self._cache.get(path)

@@ -13,12 +13,15 @@ as many as there are free prefetch slots, so queued prefetch never sits in front
 and abandons them on a seek.
 
 `WholeObjectFetch` pulls a whole object into the cache with up to `transfers` parallel parts;
-used on open for large model files, which are read through mmap in scattered 4 KiB faults.
+used on open for large model files, which are read through mmap in scattered 4 KiB faults. It
+pauses while a reader streams through the object sequentially (that reader's readahead then
+fetches), and fills in the rest when the reader stops or seeks.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -27,6 +30,8 @@ from .fetcher import BlockFetcher, FetchTicket
 from .values import ObjectId, ObjectInfo
 
 log = logging.getLogger(__name__)
+
+STREAMING_POLL = 0.05  # seconds between two looks at whether a reader still streams
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,10 +154,17 @@ class WholeObjectFetch:
     """Fetch every missing block of one object version with `parallel` concurrent parts."""
 
     def __init__(
-        self, fetcher: BlockFetcher, info: ObjectInfo, *, part_size: int, parallel: int
+        self,
+        fetcher: BlockFetcher,
+        info: ObjectInfo,
+        *,
+        part_size: int,
+        parallel: int,
+        reader_streaming: Callable[[], bool] = lambda: False,
     ) -> None:
         self._fetcher = fetcher
         self._info = info
+        self._reader_streaming = reader_streaming
         self._part_blocks = max(1, part_size // fetcher.block_size)
         self._parallel = max(1, parallel)
         self.done = trio.Event()
@@ -186,6 +198,7 @@ class WholeObjectFetch:
                     # with it for the server and the CPU (opening a 1 GiB .bin file: first
                     # byte 71 ms with all parts started at once).
                     await fetcher.wait_for(info.id, 0)
+                    await self._yield_to_streaming_reader()
                 await slots.acquire()
                 ticket = fetcher.start_fetch(info, index, self._part_blocks, prefetch=True)
                 if ticket is None:
@@ -193,6 +206,16 @@ class WholeObjectFetch:
                     continue
                 nursery.start_soon(self._await_part, ticket, slots)
                 index += ticket.count
+
+    async def _yield_to_streaming_reader(self) -> None:
+        """Start no part while a reader streams through the object: its readahead fetches as
+        many parts at once, at the pace it reads. Run ahead of it, the parts outgrow the RAM
+        kept for the reader, and it reads them back from the disk: a cold `dd` of a 1 GiB
+        `.bin` ran at 232 MB/s with both fetching, against 330-398 for a `.dat`."""
+        # Polled: "streaming" ends by the passing of time (no read for a while), not by an
+        # event anything could set.
+        while self._reader_streaming():  # noqa: ASYNC110
+            await trio.sleep(STREAMING_POLL)
 
     async def _await_part(self, ticket: FetchTicket, slots: trio.Semaphore) -> None:
         try:
