@@ -776,3 +776,31 @@ async def test_whole_fetch_waits_while_a_reader_streams_then_fills_in_the_rest()
         assert fs.fetcher.fully_present(info)
         assert await fs.read(fh, 60 * BLOCK, 4 * BLOCK) == data[60 * BLOCK :]
         nursery.cancel_scope.cancel()
+
+
+async def test_reading_the_root_during_the_warm_up_does_not_list_the_whole_tree(
+    store: MemoryStore,
+) -> None:
+    """A mount's readiness check (`ls MOUNT`) often comes while the warm-up still lists the
+    root's directories: those listings are on their way, so no subtree listing is started."""
+    for i in range(20):
+        store.put_bytes(f"tree/d{i % 4}/f{i}.txt", b"x")
+    gate = threading.Event()
+    lists: list[int] = []
+
+    def hold_directory_listings(op: str) -> None:
+        if op == "list_page":
+            lists.append(1)
+            if len(lists) > 1:  # the root's own listing passes; tree/ waits
+                gate.wait(5)
+
+    store.delay = hold_directory_listings
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store, warm_up=True), nursery)
+        await wait_until(lambda: len(lists) == 2)  # the warm-up is listing tree/
+        names = [e.name for e in fs.readdir(await fs.opendir(ROOT_INODE), 0)]
+        assert names == ["tree"]
+        gate.set()
+        await wait_until(lambda: fs.namespace.cached("tree") is not None)
+        assert len(lists) == 2  # the root and tree/, each once; no recursive listing
+        nursery.cancel_scope.cancel()

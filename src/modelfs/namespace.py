@@ -118,9 +118,12 @@ class Namespace:
         return await self._fetch(path, subtree)
 
     def _subtree_wanted(self, path: str, cached: DirListing) -> bool:
+        """Whether reading `path` should list its subtree: some subdirectory is neither cached
+        nor being listed (by the mount's warm-up, say), and no subtree listing ran yet."""
         if path in self._subtree_listed:
             return False
-        return any(keys.join(path, name) not in self._cache for name in cached.dirs)
+        children = (keys.join(path, name) for name in cached.dirs)
+        return any(child not in self._cache and child not in self._pending for child in children)
 
     async def _fetch(self, path: str, subtree: bool) -> DirListing:
         pending = self._pending[path] = _Pending()

@@ -210,8 +210,8 @@ class WholeObjectFetch:
     async def _yield_to_streaming_reader(self) -> None:
         """Start no part while a reader streams through the object: its readahead fetches as
         many parts at once, at the pace it reads. Run ahead of it, the parts outgrow the RAM
-        kept for the reader, and it reads them back from the disk: a cold `dd` of a 1 GiB
-        `.bin` ran at 232 MB/s with both fetching, against 330-398 for a `.dat`."""
+        kept for the reader, and it reads them back from the disk (docs/performance.md, read
+        engine item 4)."""
         # Polled: "streaming" ends by the passing of time (no read for a while), not by an
         # event anything could set.
         while self._reader_streaming():  # noqa: ASYNC110

@@ -15,10 +15,10 @@ pieces, so memory stays at one chunk and the caller can use each chunk as it arr
 connection breaks mid-body, `_RangeReader` sends a new If-Match GET for the remaining bytes
 (at most `max_attempts` times), so a reset costs a re-request, not a failed read.
 
-Data GETs and LISTs take a lean lane first (`leanget.py`: botocore's SigV4 signer over a
-urllib3 pool, without the client's per-call pipeline); anything but a clean 206 of the range
-asked for, or a 200 listing of the prefix asked for, is sent again through the client, so
-retries and errors above apply unchanged.
+Data GETs and LISTs take a lean lane first (`leanget.py`: requests signed by `sigv4.py` and
+sent by `minihttp.py`, without the client's per-call pipeline); anything but a clean 206 of
+the range asked for, or a 200 listing of the prefix asked for, is sent again through the
+client, so retries and errors above apply unchanged.
 """
 
 from __future__ import annotations
