@@ -703,12 +703,18 @@ async def test_burst_fetches_the_opened_file_first_then_siblings_in_listing_orde
         nursery.cancel_scope.cancel()
 
 
-async def test_whole_fetch_lets_block_zero_arrive_before_the_other_parts() -> None:
+def gated_model_file() -> tuple[RecordingStore, bytes, threading.Event]:
+    """A 32-block model file whose GETs all wait until the returned event is set."""
     store = RecordingStore()
     data = os.urandom(BLOCK * 32)
     store.put_bytes("w/model.safetensors", data)
     gate = threading.Event()
     store.delay = lambda op: gate.wait(5) if op == "iter_range" else None
+    return store, data, gate
+
+
+async def test_whole_fetch_lets_block_zero_arrive_before_the_other_parts() -> None:
+    store, data, gate = gated_model_file()
     async with trio.open_nursery() as nursery:
         fs = await start(make_fs(store, slots=8, model_min_size=BLOCK), nursery)
         fh = await open_path(fs, "w/model.safetensors")
@@ -724,11 +730,7 @@ async def test_whole_fetch_lets_block_zero_arrive_before_the_other_parts() -> No
 
 
 async def test_whole_fetch_waits_for_block_zero_when_a_read_already_asked_for_it() -> None:
-    store = RecordingStore()
-    data = os.urandom(BLOCK * 32)
-    store.put_bytes("w/model.safetensors", data)
-    gate = threading.Event()
-    store.delay = lambda op: gate.wait(5) if op == "iter_range" else None
+    store, data, gate = gated_model_file()
     async with trio.open_nursery() as nursery:
         fs = await start(make_fs(store, slots=8, model_min_size=BLOCK), nursery)
         fh = await open_path(fs, "w/model.safetensors")
