@@ -16,7 +16,7 @@ one object version (`ObjectId` = key + ETag) at one block index; each block is o
     same index names other bytes), and stale trees are deleted at startup.
 
     block file header (little endian; 64 bytes of fields, zero-padded to one 4 KiB page):
-      0  magic  b"MFSB"          4  format u16 = 2     6  header size u16 = 4096
+      0  magic  b"MFSB"          4  format u16 = 3     6  header size u16 = 4096
       8  key hash (16 bytes)    24  etag hash (16)    40  block index u64    48  payload length u64
      56  xxh3-64 of header[0:56] + payload
 
@@ -248,7 +248,7 @@ class DiskBlockCache:
         The first read of a block in this process reads and verifies all of it, unless this
         process wrote it; later reads of the same unchanged file (same inode, size and mtime:
         any rewrite changes them) read only the range. A 4 KiB random read then costs a 4 KiB
-        pread, not 1 MiB and a CRC. Damage done to a verified file in place, without changing
+        pread, not 1 MiB and a checksum. Damage done to a verified file in place, without changing
         its mtime, is found at the next start of modelfs, when every block is verified again."""
         name = _block_name(obj, index)
         now = self._clock()
