@@ -301,6 +301,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 # -- machine ---------------------------------------------------------------------------------
 
 
+_FREE_PAGE_REPORTING_BIT = 5  # VIRTIO_BALLOON_F_REPORTING; sysfs lists feature bits from 0
+
+
 def machine_info(tools: dict[str, Sequence[str]]) -> dict[str, str]:
     meminfo = Path("/proc/meminfo").read_text()
     total = re.search(r"MemTotal:\s+(\d+) kB", meminfo)
@@ -310,8 +313,29 @@ def machine_info(tools: dict[str, Sequence[str]]) -> dict[str, str]:
         "memory_gib": f"{int(total.group(1)) / 1024 / 1024:.1f}" if total else "?",
         "python": sys.version.split()[0],
     }
+    reporting = balloon_reports_free_pages()
+    if reporting is not None:
+        # On: a page the guest freed (say by drop_caches) costs a host fault when used again,
+        # so filling the page cache during a large cold read is slow for every mounter
+        # (bench/experiments/memory_first_touch.py; docs/performance.md).
+        info["balloon_free_page_reporting"] = "on" if reporting else "off"
     info.update({name: tool_version(cmd) for name, cmd in tools.items()})
     return info
+
+
+def balloon_reports_free_pages() -> bool | None:
+    """Whether a virtio-balloon device negotiated free page reporting (None: no balloon)."""
+    for device in Path("/sys/bus/virtio/devices").glob("*"):
+        try:
+            if (device / "device").read_text().strip() != "0x0005":
+                continue
+            features = (device / "features").read_text().strip()
+        except OSError:
+            continue
+        return (
+            len(features) > _FREE_PAGE_REPORTING_BIT and features[_FREE_PAGE_REPORTING_BIT] == "1"
+        )
+    return None
 
 
 @contextlib.contextmanager
