@@ -6,7 +6,9 @@ more only contend on the filesystem journal, measured 16 writers at about half t
 of 4 here) drains a FIFO queue. The queue holds at most `backlog` blocks: when the disk is
 slower than the network, `submit` waits, so GET streams slow to the disk's pace instead of
 filling RAM (measured: with an unbounded queue, a 4 GiB cold read on this machine's slow disk
-held the whole 256 MiB budget and peaked at ~410 MiB RSS).
+held the whole 256 MiB budget and peaked at ~410 MiB RSS). Every queued block also holds
+memory from the `MemoryBudget`, released by `done` once the block is on disk (or failed to get
+there, which the cache logs: it is an optimisation, never a failure).
 
 Why 4 threads and 64 blocks (2 and 32 before): each O_DIRECT write waits for the disk, and
 with the CPU busy with the GETs and FUSE, a writer thread is also slow to be scheduled again.
@@ -14,9 +16,6 @@ With 2 writers the GET streams of a cold 1 GiB read spent 9-30 thread-seconds in
 blocked in `submit` (16 streams, ~3 s of wall time; timed inside `_stream_run`), and the
 server's sockets sat full meanwhile; with 4 and 64, 0.02-0.13 s. Cold `dd` of 1 GiB in one
 interleaved A/B run (`cold_variants.py`, 4 rounds): 332-405 MB/s before, 412-435 after.
-Every queued block also holds
-memory from the `MemoryBudget`, released by `done` once the block is on disk (or failed to get
-there, which the cache logs: it is an optimisation, never a failure).
 """
 
 from __future__ import annotations
