@@ -8,7 +8,7 @@ one object version (`ObjectId` = key + ETag) at one block index; each block is o
     └── v3-b<block_size>/             format 3, this block size (index i = bytes [i*B, (i+1)*B))
         ├── 00/ … ff/                 256 fan-out dirs: first two hex digits of the key hash
         │   ├── <keyhash>-<etaghash>-<index>.blk      one block: 4 KiB header + payload
-        │   └── .tmp-<random>                         a block being written; deleted at startup
+        │   └── .tmp-<pid>-<n>                        a block being written; deleted at startup
         └── …
 
     keyhash, etaghash = blake2b-128 of the UTF-8 key / ETag, as 32 hex digits: keys can be long

@@ -6,7 +6,7 @@ them with its own mmap and unmapped it when freed (strace of a cold 1 GiB read: 
 fresh pages, and the kernel's copy of the socket data into them paid a page fault per 4 KiB;
 on a VM that hands freed memory back to its host, each such fault is dearer still. With the
 mmap threshold above the block size and a trim threshold of the memory budget, freed blocks
-stay in the heap and the next block reuses them: 36,000 faults for the same read, and cold
+stay in the heap and the next block reuses them: 27,600-36,000 faults for the same read, and cold
 reads 294 -> 330 MB/s (`bench/experiments/cold_variants.py`, means of 3).
 
 Peak memory does not grow: at most `retain` bytes of freed heap are kept, and the data in
