@@ -6,11 +6,9 @@ read-only bind mount (EROFS) and a full tiny tmpfs (ENOSPC). The mounts need roo
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import logging
-import mmap
 import os
 import subprocess
 import tempfile
@@ -30,6 +28,7 @@ from modelfs.blockcache import HEADER_SIZE, DiskBlockCache
 from modelfs.datacache import DataCache
 from modelfs.errors import ConfigError
 from modelfs.values import ObjectId
+from support.pagecache import resident_pages
 
 BLOCK = 4096  # small blocks keep the tests fast; nothing depends on the size
 FILE = HEADER_SIZE + BLOCK
@@ -662,30 +661,6 @@ def small_ext4(tmp_path: Path, mounts: list[Path], size: str) -> Path:
     run("mount", "-o", "loop", str(image), str(disk))
     mounts.append(disk)
     return disk
-
-
-def resident_pages(path: Path) -> int:
-    """How many of the file's pages are in the page cache (mincore(2) on a private mapping)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
-    libc.mmap.argtypes += [ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-    size = path.stat().st_size
-    pages = -(-size // mmap.PAGESIZE)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_PRIVATE, fd, 0)
-        assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
-        try:
-            vector = ctypes.create_string_buffer(pages)
-            assert libc.mincore(address, size, vector) == 0, os.strerror(ctypes.get_errno())
-            return sum(byte & 1 for byte in vector.raw)
-        finally:
-            libc.munmap(address, size)
-    finally:
-        os.close(fd)
 
 
 def test_disk_filesystem_gets_o_direct_block_files(

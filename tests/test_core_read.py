@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 
+from modelfs import pagecache
 from modelfs.budget import MemoryBudget
 from modelfs.datacache import MemoryDataCache
 from modelfs.errors import NotFound, StaleObject
@@ -21,6 +22,7 @@ from modelfs.fs import Filesystem, FsOptions
 from modelfs.inodes import ROOT_INODE
 from modelfs.memstore import MemoryStore
 from modelfs.namespace import SUBTREE_PAGES, Namespace
+from modelfs.pagecache import DropBehind, PageCacheTrimmer
 from modelfs.prefetch import ReadaheadPolicy
 from modelfs.values import ObjectId, ObjectInfo
 
@@ -799,4 +801,148 @@ async def test_reading_the_root_during_the_warm_up_does_not_list_the_whole_tree(
         gate.set()
         await wait_until(lambda: fs.namespace.cached("tree") is not None)
         assert len(lists) == 2  # the root and tree/, each once; no recursive listing
+        nursery.cancel_scope.cancel()
+
+
+# -- drop-behind (the kernel's side is tested in test_mount.py) ------------------------------------
+
+
+class RecordingTrimmer(PageCacheTrimmer):
+    """Records the drops asked for instead of advising the kernel; `gate` holds them."""
+
+    def __init__(self) -> None:
+        super().__init__("/nonexistent")
+        self.calls: list[tuple[str, int, int]] = []
+        self.gate: trio.Event | None = None
+
+    async def drop(self, path: str, start: int, end: int) -> None:
+        self.calls.append((path, start, end))
+        if self.gate is not None:
+            await self.gate.wait()
+        self.dropped += end - start
+
+
+@pytest.fixture
+def small_drop_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pagecache, "DROP_LAG", 4 * BLOCK)
+    monkeypatch.setattr(pagecache, "DROP_STEP", 4 * BLOCK)
+
+
+def read_blocks(drop: DropBehind, first: int, last: int) -> list[tuple[int, int] | None]:
+    return [drop.on_read(index * BLOCK, (index + 1) * BLOCK) for index in range(first, last + 1)]
+
+
+def test_drop_behind_is_due_a_step_at_a_time_a_lag_behind(small_drop_steps: None) -> None:
+    drop = DropBehind()
+    assert read_blocks(drop, 0, 7) == [None] * 8
+    assert read_blocks(drop, 8, 8) == [(0, 4 * BLOCK)]
+    drop.pending = trio.Event()
+    assert read_blocks(drop, 9, 21) == [None] * 13  # one drop at a time
+    drop.finished(0, 4 * BLOCK)
+    assert drop.pending is None
+    assert read_blocks(drop, 22, 22) == [(4 * BLOCK, 16 * BLOCK)]  # all that is due since
+
+
+def test_drop_behind_drops_only_what_the_current_run_read(small_drop_steps: None) -> None:
+    drop = DropBehind()
+    assert read_blocks(drop, 40, 47) == [None] * 8  # a jump starts a new run at 40
+    assert read_blocks(drop, 48, 48) == [(40 * BLOCK, 44 * BLOCK)]
+    drop.pending = trio.Event()
+    assert read_blocks(drop, 0, 0) == [None]  # back to the start: a new run, mid-drop
+    drop.finished(40 * BLOCK, 44 * BLOCK)
+    assert drop.dropped_to == 0  # the drop that ended does not move the new run's start
+    assert read_blocks(drop, 1, 7) == [None] * 7
+
+
+async def drop_fs(store: MemoryStore, nursery: trio.Nursery, **options: object) -> Filesystem:
+    fs = await start(make_fs(store, drop_behind_min=16 * BLOCK, **options), nursery)
+    fs.trimmer = RecordingTrimmer()
+    return fs
+
+
+def trimmer_of(fs: Filesystem) -> RecordingTrimmer:
+    assert isinstance(fs.trimmer, RecordingTrimmer)
+    return fs.trimmer
+
+
+@pytest.mark.usefixtures("small_drop_steps")
+async def test_drop_behind_follows_one_sequential_reader(store: MemoryStore) -> None:
+    data = os.urandom(BLOCK * 32)
+    store.put_bytes("big.bin", data)
+    store.put_bytes("small.bin", data[: 15 * BLOCK])
+    async with trio.open_nursery() as nursery:
+        fs = await drop_fs(store, nursery)
+        fh = await open_path(fs, "big.bin")
+        assert await read_all(fs, fh, len(data), BLOCK) == data
+        await fs.flush(fh)
+        calls = trimmer_of(fs).calls
+        assert calls[0][:2] == ("big.bin", 0)
+        assert all(a[2] == b[1] for a, b in itertools.pairwise(calls))  # contiguous
+        assert calls[-1][2] == 24 * BLOCK  # the last read was at 31 blocks: 4 behind, rounded
+        assert fs.statistics().dropped_behind == 24 * BLOCK
+        calls.clear()
+        fh = await open_path(fs, "small.bin")  # under drop_behind_min
+        await read_all(fs, fh, 15 * BLOCK, BLOCK)
+        await fs.flush(fh)
+        assert calls == []
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.usefixtures("small_drop_steps")
+async def test_no_drop_behind_for_random_reads_or_a_second_reader(store: MemoryStore) -> None:
+    data = os.urandom(BLOCK * 32)
+    store.put_bytes("big.bin", data)
+    async with trio.open_nursery() as nursery:
+        fs = await drop_fs(store, nursery)
+        fh = await open_path(fs, "big.bin")
+        for index in random.Random(3).sample(range(32), 32):
+            assert await fs.read(fh, index * BLOCK, BLOCK) == data[index * BLOCK :][:BLOCK]
+        fs.release(fh)
+        first, second = await open_path(fs, "big.bin"), await open_path(fs, "big.bin")
+        await read_all(fs, first, len(data), BLOCK)
+        await fs.flush(first)
+        assert trimmer_of(fs).calls == []
+        fs.release(second)  # now the only reader: its next reads drop behind it
+        await fs.read(first, 0, BLOCK)
+        await read_all(fs, first, len(data), BLOCK)
+        await fs.flush(first)
+        assert trimmer_of(fs).calls
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.usefixtures("small_drop_steps")
+async def test_flush_waits_for_the_drop_under_way(store: MemoryStore) -> None:
+    store.put_bytes("big.bin", os.urandom(BLOCK * 16))
+    async with trio.open_nursery() as nursery:
+        fs = await drop_fs(store, nursery)
+        trimmer = trimmer_of(fs)
+        trimmer.gate = trio.Event()
+        fh = await open_path(fs, "big.bin")
+        await read_all(fs, fh, 16 * BLOCK, BLOCK)
+        await wait_until(lambda: bool(trimmer.calls))
+        flushed = trio.Event()
+
+        async def flush() -> None:
+            await fs.flush(fh)
+            flushed.set()
+
+        nursery.start_soon(flush)
+        await trio.sleep(0.05)
+        assert not flushed.is_set()
+        trimmer.gate.set()
+        with trio.fail_after(5):
+            await flushed.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_own_opens_are_recognised_by_thread(store: MemoryStore) -> None:
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store), nursery)
+        assert not fs.own_request(threading.get_native_id())  # no trimmer: nothing is ours
+        trimmer = PageCacheTrimmer("/nonexistent")
+        fs.trimmer = trimmer
+        await trimmer.drop("absent", 0, BLOCK)  # the open fails quietly
+        assert trimmer.dropped == 0
+        assert any(fs.own_request(pid) for pid in trimmer._threads)
+        assert not fs.own_request(threading.get_native_id())  # the trio thread is not
         nursery.cancel_scope.cancel()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import mmap
 import os
 import random
 import signal
@@ -20,6 +21,7 @@ import pytest
 
 from support import FaultProxy, SeaweedServer
 from support.mounting import MODELFS, MountEnv, drop_page_cache, is_mounted, run_cli
+from support.pagecache import resident_pages
 
 pytestmark = pytest.mark.mount
 
@@ -309,3 +311,60 @@ def test_unmount_of_a_dead_mount(env: Env) -> None:
         # ...and the same mountpoint mounts again, with the same cache.
         with env.mount():
             assert (env.mountpoint / "d.txt").read_bytes() == b"d"
+
+
+def read_sequentially(path: Path) -> bytes:
+    out = bytearray()
+    with path.open("rb", buffering=0) as file:
+        while chunk := file.read(MiB):
+            out += chunk
+    return bytes(out)
+
+
+def test_drop_behind_leaves_little_page_cache_behind_a_huge_files_reader(env: Env) -> None:
+    data = random.Random(5).randbytes(128 * MiB)
+    env.put("huge.bin", data)
+    env.put("other.bin", data[: 64 * MiB])
+    with env.mount("--drop-behind", "100M") as mounted:
+        path = env.mountpoint / "huge.bin"
+        drop_page_cache()
+        assert read_sequentially(path) == data
+        # The last read was at 127 MiB: 32 MiB behind it, rounded down to a 32 MiB step.
+        assert resident_pages(path, 0, 64 * MiB) == 0
+        assert resident_pages(path, 96 * MiB) == 32 * MiB // mmap.PAGESIZE
+        assert mounted.status()["fs"]["dropped_behind"] == 64 * MiB
+        other = env.mountpoint / "other.bin"  # under --drop-behind: all of it stays
+        assert read_sequentially(other) == data[: 64 * MiB]
+        assert resident_pages(other) == 64 * MiB // mmap.PAGESIZE
+        # close(2) waited for the drop under way: nothing of ours keeps the mount busy.
+        assert run_cli("unmount", env.mountpoint).returncode == 0
+
+
+def test_drop_behind_keeps_pages_a_process_has_mapped(env: Env) -> None:
+    data = random.Random(6).randbytes(128 * MiB)
+    env.put("huge.bin", data)
+    with env.mount("--drop-behind", "100M") as mounted:
+        path = env.mountpoint / "huge.bin"
+        # Blocks cached first: a fault that waited for the proxy, which runs in this process,
+        # would wait for the GIL this thread holds while it faults.
+        assert read_sequentially(path) == data
+        drop_page_cache()
+        dropped = mounted.status()["fs"]["dropped_behind"]
+        with path.open("rb") as file, mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+            assert sum(mapped[offset] for offset in range(0, len(data), mmap.PAGESIZE)) == sum(
+                data[offset] for offset in range(0, len(data), mmap.PAGESIZE)
+            )  # every page faulted in, in order: the mapping is the file's one reader
+            assert mounted.status()["fs"]["dropped_behind"] > dropped  # drops were asked for
+            assert resident_pages(path) == len(data) // mmap.PAGESIZE  # and left mapped pages
+            assert mapped[:] == data
+
+
+def test_without_drop_behind_a_read_file_stays_in_the_page_cache(env: Env) -> None:
+    data = random.Random(7).randbytes(128 * MiB)
+    env.put("huge.bin", data)
+    with env.mount("--drop-behind", "0") as mounted:
+        path = env.mountpoint / "huge.bin"
+        drop_page_cache()
+        assert read_sequentially(path) == data
+        assert resident_pages(path) == 128 * MiB // mmap.PAGESIZE
+        assert mounted.status()["fs"]["dropped_behind"] == 0

@@ -93,6 +93,14 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
         help="RAM budget for in-flight data (default 256M)",
     )
     parser.add_argument(
+        "--drop-behind",
+        type=parse_size,
+        default="2G",
+        help="for files at least this large, drop the kernel's cached pages once their one "
+        "sequential reader is 32 MiB past them (pages a process has mapped stay); re-reads "
+        "come from the block cache. 0 turns it off (default 2G)",
+    )
+    parser.add_argument(
         "--prefetch-small",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -213,6 +221,7 @@ def mount_config(args: argparse.Namespace) -> Any:
         whole_fetch_max=args.cache_max_size // 2,
         prefetch_small=args.prefetch_small,
         warm_up=args.warm_up,
+        drop_behind_min=args.drop_behind,
     )
     return MountConfig(
         spec=spec,

@@ -42,6 +42,7 @@ from .errors import (
 from .fetcher import BlockFetcher
 from .inodes import ROOT_INODE, InodeTable, Node
 from .namespace import Namespace
+from .pagecache import DropBehind, PageCacheTrimmer
 from .prefetch import HandlePrefetcher, ReadaheadPolicy, WholeObjectFetch
 from .values import ObjectId, ObjectInfo
 from .writeback import WriteBack, WriteHandle
@@ -56,6 +57,7 @@ WARM_UP_DIRS = 16  # the root's directories listed at mount: a few requests, in 
 # A sequential reader that read within this many seconds is streaming: a whole-object fetch
 # waits for it (see prefetch.py). Long enough to span the kernel's gaps between requests.
 STREAMING_IDLE = 0.2
+INTERNAL_FH = 0  # the handle of drop-behind's own opens; `_new_fh` starts at 1
 _RENAME_NOREPLACE = 1  # renameat2 flags, as the kernel passes them
 _RENAME_EXCHANGE = 2
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".gguf", ".onnx")
@@ -78,6 +80,7 @@ class FsOptions:
     small_file_max: int = 1 << 20  # tokenizer, config and prompt files are well below this
     small_burst_max_files: int = 256  # cap one burst, so a huge directory costs no surprise bill
     warm_up: bool = False  # list the root and warm the store's connection when the mount starts
+    drop_behind_min: int = 2 << 30  # files this large keep no page cache behind a reader; 0: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,7 @@ class FileHandle:
     memo_data: bytes = b""
     staged: WriteHandle | None = None
     last_read: float = -math.inf  # trio.current_time() of the last read
+    drop: DropBehind | None = None  # a huge file's pages are dropped behind its reader
 
     def streaming(self, now: float) -> bool:
         """Reading sequentially, and recently: its readahead is fetching for it."""
@@ -129,6 +133,7 @@ class FsStatistics:
     background_fetches: int
     reads: int
     bytes_read: int
+    dropped_behind: int  # bytes of page cache dropped behind readers (see pagecache.py)
 
 
 class Filesystem:
@@ -139,10 +144,12 @@ class Filesystem:
         options: FsOptions,
         *,
         writeback: WriteBack | None = None,
+        trimmer: PageCacheTrimmer | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.namespace = namespace
         self.writeback = writeback
+        self.trimmer = trimmer
         self.fetcher = fetcher
         self.options = options
         self._clock = clock
@@ -395,6 +402,8 @@ class Filesystem:
             self.fetcher, info, policy, self.options.part_size, self.options.transfers
         )
         fh = self._add_handle(node, info, prefetcher, None)
+        if self.trimmer is not None and 0 < self.options.drop_behind_min <= info.size:
+            self._files[fh].drop = DropBehind()
         self._maybe_fetch_whole(info)
         if self.options.prefetch_small and info.size <= self.options.small_file_max:
             await self._burst_small_siblings(node, info)
@@ -474,7 +483,37 @@ class Filesystem:
                 self.fetcher.done_with(info.id, index)
             pieces.append(data if lo == 0 and hi == len(data) else data[lo:hi])
         self._bytes_read += end - offset
+        self._maybe_drop_behind(handle, offset, end)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def own_request(self, pid: int) -> bool:
+        """A request from our own drop-behind thread (see pagecache.py)."""
+        return self.trimmer is not None and self.trimmer.is_own(pid)
+
+    def _maybe_drop_behind(self, handle: FileHandle, offset: int, end: int) -> None:
+        drop = handle.drop
+        if drop is None:
+            return
+        due = drop.on_read(offset, end)
+        # Only for the file's one reader: another one may still need the pages behind this one.
+        if due is None or handle.node.opens != 1:
+            return
+        drop.pending = trio.Event()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._drop_behind, handle.node.path, drop, *due)
+
+    async def _drop_behind(self, path: str, drop: DropBehind, start: int, stop: int) -> None:
+        assert self.trimmer is not None
+        try:
+            await self.trimmer.drop(path, start, stop)
+        finally:
+            drop.finished(start, stop)
+
+    async def flush(self, fh: int) -> None:
+        """close(2) waits for this: no descriptor of ours on the file outlives it."""
+        handle = self._files.get(fh)
+        if handle is not None and handle.drop is not None:
+            await handle.drop.settled()
 
     async def _block(self, handle: FileHandle, index: int, run: int) -> bytes:
         if handle.memo_index == index:
@@ -670,6 +709,7 @@ class Filesystem:
 
     def statistics(self) -> FsStatistics:
         running = sum(1 for f in self._whole.values() if not f.done.is_set())
+        dropped = self.trimmer.dropped if self.trimmer is not None else 0
         return FsStatistics(
-            len(self.inodes), len(self._files), running, self._reads, self._bytes_read
+            len(self.inodes), len(self._files), running, self._reads, self._bytes_read, dropped
         )

@@ -16,7 +16,7 @@ from typing import TypeVar
 import pyfuse3
 
 from .errors import ModelfsError, errno_for
-from .fs import Attr, Filesystem
+from .fs import INTERNAL_FH, Attr, Filesystem
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,9 @@ class FuseOperations(pyfuse3.Operations):
         self._fs.releasedir(fh)
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if self._fs.own_request(ctx.pid):  # drop-behind's descriptor: never read, keep the cache
+            return pyfuse3.FileInfo(fh=INTERNAL_FH, keep_cache=True)
+
         async def call() -> pyfuse3.FileInfo:
             fh, keep_cache = await self._fs.open(inode, flags)
             return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
@@ -150,7 +153,8 @@ class FuseOperations(pyfuse3.Operations):
         return await _boundary(f"write fh {fh}", call)
 
     async def flush(self, fh: int) -> None:
-        pass  # data is in the staging file already; uploads follow close (see writeback)
+        # Written data is in the staging file already; uploads follow close (see writeback).
+        await _boundary(f"flush fh {fh}", lambda: self._fs.flush(fh))
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         await _boundary(f"fsync fh {fh}", lambda: self._fs.fsync(fh))

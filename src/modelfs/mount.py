@@ -41,6 +41,7 @@ from .fs import Filesystem, FsOptions
 from .fuse_ops import FuseOperations
 from .memtune import keep_block_memory
 from .namespace import Namespace
+from .pagecache import PageCacheTrimmer
 from .remote import RemoteConfig, RemoteSpec
 from .s3store import S3Store
 from .upload_queue import WriteBackStatistics
@@ -212,7 +213,9 @@ class Mount:
             ttl=options.dir_cache_time,
             limiter=trio.CapacityLimiter(16),
         )
-        self.fs = Filesystem(self.namespace, self.fetcher, options)
+        self.real_mountpoint = control.canonical_mountpoint(config.mountpoint)
+        trimmer = PageCacheTrimmer(self.real_mountpoint) if options.drop_behind_min else None
+        self.fs = Filesystem(self.namespace, self.fetcher, options, trimmer=trimmer)
         self.writeback: WriteBack | None = None
         if not options.read_only:
             self.writeback = WriteBack(
@@ -225,7 +228,6 @@ class Mount:
             )
             self.fs.writeback = self.writeback
         self.started = time.time()
-        self.real_mountpoint = control.canonical_mountpoint(config.mountpoint)
         self.mount_id = control.mount_id(self.real_mountpoint)
 
     async def serve(self) -> None:
