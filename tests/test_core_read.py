@@ -8,6 +8,7 @@ import random
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import trio
@@ -935,14 +936,28 @@ async def test_flush_waits_for_the_drop_under_way(store: MemoryStore) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_own_opens_are_recognised_by_thread(store: MemoryStore) -> None:
+async def test_own_opens_are_recognised_by_thread_while_they_open(
+    store: MemoryStore, tmp_path: Path
+) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 4096)
+    seen: list[bool] = []
     async with trio.open_nursery() as nursery:
         fs = await start(make_fs(store), nursery)
         assert not fs.own_request(threading.get_native_id())  # no trimmer: nothing is ours
-        trimmer = PageCacheTrimmer("/nonexistent")
+        trimmer = PageCacheTrimmer(str(tmp_path))
         fs.trimmer = trimmer
-        await trimmer.drop("absent", 0, BLOCK)  # the open fails quietly
-        assert trimmer.dropped == 0
-        assert any(fs.own_request(pid) for pid in trimmer._threads)
+        real_open = os.open
+
+        def open_and_look(path: str, flags: int) -> int:
+            seen.append(fs.own_request(threading.get_native_id()))
+            return real_open(path, flags)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(pagecache.os, "open", open_and_look)
+            await trimmer.drop("f", 0, 4096)
+            await trimmer.drop("absent", 0, 4096)  # the open fails quietly
+        assert seen == [True, True]  # the opening thread is ours while it opens
+        assert trimmer.dropped == 4096
+        assert not trimmer._threads  # and no longer after: its id may be reused elsewhere
         assert not fs.own_request(threading.get_native_id())  # the trio thread is not
         nursery.cancel_scope.cancel()

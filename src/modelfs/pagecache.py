@@ -2,9 +2,9 @@
 
 A checkpoint read once from start to end (an app loading its model) would otherwise leave all of
 it in the page cache. On a small server that evicts everything else; on the benchmark's VM,
-whose free memory goes back to the host, filling gigabytes of fresh page cache is what bounds a
-4 GiB cold read (docs/performance.md: 154-167 MB/s without drop-behind, 330-342 MB/s with it, in
-the same experiment). Re-reads of such a file come from the block cache instead.
+whose free memory goes back to the host, filling gigabytes of fresh page cache is what bounded
+a 4 GiB cold read (`bench/experiments/drop_behind.py`: 165 MB/s without drop-behind, 325-329
+with it; docs/performance.md). Re-reads of such a file come from the block cache instead.
 
 How: `posix_fadvise(POSIX_FADV_DONTNEED)` drops the clean, unmapped pages of a range. It leaves
 pages a process has mapped alone, so an mmap reader (llama.cpp keeps its mapping for inference)
@@ -49,12 +49,16 @@ class PageCacheTrimmer:
         )
 
     def _drop(self, path: str, start: int, end: int) -> None:
-        self._threads.add(threading.get_native_id())
+        # Ours only while this thread opens: once it exits, its id may go to another process.
+        thread = threading.get_native_id()
+        self._threads.add(thread)
         try:
             fd = os.open(os.path.join(self._mountpoint, path), os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:  # renamed or deleted meanwhile: its pages go with it
             log.debug("drop-behind: cannot open %s: %s", path, exc)
             return
+        finally:
+            self._threads.discard(thread)
         try:
             os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
             self.dropped += end - start

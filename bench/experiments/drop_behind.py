@@ -1,0 +1,92 @@
+"""Cold sequential read of a large object with and without drop-behind, rate per 512 MiB.
+
+    python bench/experiments/drop_behind.py
+
+Each round mounts twice with an empty cache (`--drop-behind 0`, then the default), drops the
+page cache and reads the object with 1 MiB `read` calls, printing the overall rate, the rate
+of each 512 MiB and how much page cache the mount dropped behind the reader. Env: SIZE_MB
+(4096), REPS (2), KEY (big.dat; a model suffix such as big.bin also starts the whole-object
+fetch). Starts its own SeaweedFS (tests/support/seaweed.py). Run as root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import SeaweedServer, mounted, write_remotes
+
+SIZE = int(os.environ.get("SIZE_MB", "4096")) << 20
+REPS = int(os.environ.get("REPS", "2"))
+KEY = os.environ.get("KEY", "big.dat")
+STRETCH = 512 << 20
+VARIANTS = {"--drop-behind 0": ["--drop-behind", "0"], "default": []}
+
+
+def drop_page_cache() -> None:
+    subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, check=True)
+    time.sleep(1)
+
+
+def read_stretches(path: Path) -> tuple[float, list[float]]:
+    """MB/s over the whole file and over each 512 MiB of it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        position, rates = 0, []
+        start = stretch_start = time.perf_counter()
+        while chunk := os.read(fd, 1 << 20):
+            position += len(chunk)
+            if position % STRETCH == 0:
+                now = time.perf_counter()
+                rates.append(STRETCH / (now - stretch_start) / 1e6)
+                stretch_start = now
+        return position / (time.perf_counter() - start) / 1e6, rates
+    finally:
+        os.close(fd)
+
+
+def dropped_behind(mountpoint: Path) -> int:
+    status = subprocess.run(
+        [sys.executable, "-m", "modelfs", "status", "--json", str(mountpoint)],
+        capture_output=True,
+        check=True,
+        text=True,
+    )
+    return int(json.loads(status.stdout)["fs"]["dropped_behind"])
+
+
+def main() -> int:
+    server = SeaweedServer().start()
+    try:
+        server.create_bucket("perf")
+        server.client().put_object(
+            Bucket="perf", Key=KEY, Body=os.urandom(64 << 20) * (SIZE >> 26)
+        )
+        with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
+            work = Path(scratch)
+            remotes = write_remotes(work / "remotes.conf", server)
+            for _ in range(REPS):
+                for name, options in VARIANTS.items():
+                    with mounted(remotes, work, options) as mountpoint:
+                        (mountpoint / KEY).stat()
+                        drop_page_cache()
+                        overall, rates = read_stretches(mountpoint / KEY)
+                        dropped = dropped_behind(mountpoint) >> 20
+                    stretches = " ".join(f"{rate:.0f}" for rate in rates)
+                    print(
+                        f"{name}: {overall:.0f} MB/s, per 512 MiB: {stretches}; "
+                        f"dropped {dropped} MiB",
+                        flush=True,
+                    )
+    finally:
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
