@@ -64,9 +64,7 @@ def main() -> int:
     server = SeaweedServer().start()
     try:
         server.create_bucket("perf")
-        server.client().put_object(
-            Bucket="perf", Key=KEY, Body=os.urandom(64 << 20) * (SIZE >> 26)
-        )
+        server.client().put_object(Bucket="perf", Key=KEY, Body=os.urandom(64 << 20) * (SIZE >> 26))
         with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
             work = Path(scratch)
             remotes = write_remotes(work / "remotes.conf", server)
