@@ -276,6 +276,16 @@ def test_command_line_overrides_the_section() -> None:
     assert "50G" not in result.target.options
 
 
+def test_read_engine_options_are_forwarded_to_the_mount() -> None:
+    result = plan(
+        "--mount", "r:bucket", "/m", "--transfers", "32", "--part-size", "16M",
+        "--max-memory", "512M", "--drop-behind", "0", "--", "python", "webui.py",
+    )  # fmt: skip
+    assert result.target.options == (
+        "--transfers", "32", "--part-size", "16M", "--max-memory", "512M", "--drop-behind", "0",
+    )  # fmt: skip
+
+
 def test_options_after_the_section_name() -> None:
     result = plan("index-tts", "--keep-mounted", "--", "python", "other.py")
     assert result.keep_mounted

@@ -50,6 +50,7 @@ _MOUNT_VALUE_PARSERS: dict[str, Callable[[str], object]] = {
     "transfers": int,
     "part-size": parse_size,
     "max-memory": parse_size,
+    "drop-behind": parse_size,
     "write-back": parse_duration,
     "flush-interval": parse_duration,
     "log-file": str,
