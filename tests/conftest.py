@@ -7,6 +7,10 @@
 - `s3_store`:  an S3Store bound to `bucket`;
 - `tiny_disk`: a 1 MiB tmpfs mounted for the test (ENOSPC tests; needs root).
 
+Every S3Store a test makes is closed when the test ends (`_close_stores`): an unclosed one
+leaves sockets for the garbage collector, whose ResourceWarning (an error here) then fails
+whichever later test the collection happens to run in.
+
 The helpers themselves live in `tests/support` so scripts can use them without pytest.
 """
 
@@ -17,6 +21,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +30,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 from modelfs.s3store import S3Store
 from support import FaultProxy, SeaweedServer, remote_config, unique_bucket_name
 from support import make_config as _make_config
+
+
+@pytest.fixture(autouse=True)
+def _close_stores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    created: list[S3Store] = []
+    construct = S3Store.__init__
+
+    def construct_and_track(self: S3Store, *args: Any, **kwargs: Any) -> None:
+        construct(self, *args, **kwargs)
+        created.append(self)
+
+    monkeypatch.setattr(S3Store, "__init__", construct_and_track)
+    yield
+    for store in created:
+        store.close()
 
 
 @pytest.fixture(scope="session")

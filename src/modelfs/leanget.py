@@ -92,6 +92,12 @@ class LeanGetter:
         self._read_timeout = read_timeout
         self._pools: list[ConnectionPool] = []  # one per origin (GETs and LISTs share one)
 
+    def close(self) -> None:
+        with self._lock:
+            pools, self._pools = self._pools, []
+        for pool in pools:
+            pool.close()
+
     @property
     def ready(self) -> bool:
         return self._base is not None

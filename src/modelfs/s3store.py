@@ -171,6 +171,15 @@ class S3Store:
     def __repr__(self) -> str:
         return f"S3Store({self.config.name!r}, bucket={self.bucket!r}, endpoint={self.endpoint!r})"
 
+    def close(self) -> None:
+        """Close the pooled connections of both lanes (and of the probe client)."""
+        self._lean.close()
+        self._client.close()
+        with self._probe_lock:
+            probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.close()
+
     def _new_client(
         self, connect_timeout: float, read_timeout: float, max_attempts: int, pool: int
     ) -> S3Client:
