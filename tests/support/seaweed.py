@@ -185,6 +185,13 @@ class SeaweedServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    @property
+    def pid(self) -> int:
+        """The server process (for CPU accounting in bench/experiments)."""
+        if self._process is None:
+            raise SeaweedError("SeaweedFS is not running")
+        return self._process.pid
+
     def start(self) -> SeaweedServer:
         """Start the server (first time: on fresh ports; again after stop(): on the same ones)."""
         if self.running:
