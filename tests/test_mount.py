@@ -321,6 +321,12 @@ def read_sequentially(path: Path) -> bytes:
     return bytes(out)
 
 
+def mostly(size: int) -> int:
+    """9 in 10 of the pages of `size` bytes: the kernel may reclaim a few pages of anything it
+    keeps (one CI run found 126 of 32,768 gone), but a dropped range has none left."""
+    return size // mmap.PAGESIZE * 9 // 10
+
+
 def test_drop_behind_leaves_little_page_cache_behind_a_huge_files_reader(env: Env) -> None:
     data = random.Random(5).randbytes(128 * MiB)
     env.put("huge.bin", data)
@@ -331,11 +337,11 @@ def test_drop_behind_leaves_little_page_cache_behind_a_huge_files_reader(env: En
         assert read_sequentially(path) == data
         # The last read was at 127 MiB: 32 MiB behind it, rounded down to a 32 MiB step.
         assert resident_pages(path, 0, 64 * MiB) == 0
-        assert resident_pages(path, 96 * MiB) == 32 * MiB // mmap.PAGESIZE
+        assert resident_pages(path, 96 * MiB) >= mostly(32 * MiB)
         assert mounted.status()["fs"]["dropped_behind"] == 64 * MiB
         other = env.mountpoint / "other.bin"  # under --drop-behind: all of it stays
         assert read_sequentially(other) == data[: 64 * MiB]
-        assert resident_pages(other) == 64 * MiB // mmap.PAGESIZE
+        assert resident_pages(other) >= mostly(64 * MiB)
         # close(2) waited for the drop under way: nothing of ours keeps the mount busy.
         assert run_cli("unmount", env.mountpoint).returncode == 0
 
@@ -355,7 +361,7 @@ def test_drop_behind_keeps_pages_a_process_has_mapped(env: Env) -> None:
                 data[offset] for offset in range(0, len(data), mmap.PAGESIZE)
             )  # every page faulted in, in order: the mapping is the file's one reader
             assert mounted.status()["fs"]["dropped_behind"] > dropped  # drops were asked for
-            assert resident_pages(path) == len(data) // mmap.PAGESIZE  # and left mapped pages
+            assert resident_pages(path) >= mostly(len(data))  # and left mapped pages alone
             assert mapped[:] == data
 
 
@@ -366,5 +372,5 @@ def test_without_drop_behind_a_read_file_stays_in_the_page_cache(env: Env) -> No
         path = env.mountpoint / "huge.bin"
         drop_page_cache()
         assert read_sequentially(path) == data
-        assert resident_pages(path) == 128 * MiB // mmap.PAGESIZE
+        assert resident_pages(path) >= mostly(128 * MiB)
         assert mounted.status()["fs"]["dropped_behind"] == 0
