@@ -19,7 +19,7 @@ from modelfs.budget import MemoryBudget
 from modelfs.datacache import MemoryDataCache
 from modelfs.errors import NotFound, StaleObject
 from modelfs.fetcher import BlockFetcher
-from modelfs.fs import Filesystem, FsOptions
+from modelfs.fs import INTERNAL_FH, Filesystem, FsOptions
 from modelfs.inodes import ROOT_INODE
 from modelfs.memstore import MemoryStore
 from modelfs.namespace import SUBTREE_PAGES, Namespace
@@ -940,16 +940,19 @@ async def test_own_opens_are_recognised_by_thread_while_they_open(
     store: MemoryStore, tmp_path: Path
 ) -> None:
     (tmp_path / "f").write_bytes(b"x" * 4096)
+    store.put_bytes("f", b"x" * 4096)
     seen: list[bool] = []
     async with trio.open_nursery() as nursery:
         fs = await start(make_fs(store), nursery)
-        assert not fs.own_request(threading.get_native_id())  # no trimmer: nothing is ours
+        ino = (await fs.lookup(ROOT_INODE, "f")).ino
+        me = threading.get_native_id()
+        assert (await fs.open(ino, os.O_RDONLY, me))[0] != INTERNAL_FH  # no trimmer: not ours
         trimmer = PageCacheTrimmer(str(tmp_path))
         fs.trimmer = trimmer
         real_open = os.open
 
         def open_and_look(path: str, flags: int) -> int:
-            seen.append(fs.own_request(threading.get_native_id()))
+            seen.append(trimmer.is_own(threading.get_native_id()))
             return real_open(path, flags)
 
         with pytest.MonkeyPatch.context() as patch:
@@ -959,5 +962,9 @@ async def test_own_opens_are_recognised_by_thread_while_they_open(
         assert seen == [True, True]  # the opening thread is ours while it opens
         assert trimmer.dropped == 4096
         assert not trimmer._threads  # and no longer after: its id may be reused elsewhere
-        assert not fs.own_request(threading.get_native_id())  # the trio thread is not
+        assert (await fs.open(ino, os.O_RDONLY, me))[0] != INTERNAL_FH  # the trio thread is not
+        trimmer._threads.add(me)
+        opened = len(fs._files)
+        assert await fs.open(ino, os.O_RDONLY, me) == (INTERNAL_FH, True)  # ours: no handle
+        assert len(fs._files) == opened
         nursery.cancel_scope.cancel()

@@ -373,8 +373,10 @@ class Filesystem:
 
     # -- files ---------------------------------------------------------------------------------
 
-    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
-        """Open a file; returns (fh, keep_cache)."""
+    async def open(self, ino: int, flags: int, pid: int = 0) -> tuple[int, bool]:
+        """Open a file for the thread `pid`; returns (fh, keep_cache)."""
+        if self.trimmer is not None and self.trimmer.is_own(pid):
+            return INTERNAL_FH, True  # drop-behind's descriptor: never read, keeps the cache
         node = self.inodes.get(ino)
         if node.is_dir:
             raise IsADirectory(node.path)
@@ -485,10 +487,6 @@ class Filesystem:
         self._bytes_read += end - offset
         self._maybe_drop_behind(handle, offset, end)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
-
-    def own_request(self, pid: int) -> bool:
-        """A request from our own drop-behind thread (see pagecache.py)."""
-        return self.trimmer is not None and self.trimmer.is_own(pid)
 
     def _maybe_drop_behind(self, handle: FileHandle, offset: int, end: int) -> None:
         drop = handle.drop

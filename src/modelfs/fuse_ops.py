@@ -16,7 +16,7 @@ from typing import TypeVar
 import pyfuse3
 
 from .errors import ModelfsError, errno_for
-from .fs import INTERNAL_FH, Attr, Filesystem
+from .fs import Attr, Filesystem
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +107,8 @@ class FuseOperations(pyfuse3.Operations):
         self._fs.releasedir(fh)
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        if self._fs.own_request(ctx.pid):  # drop-behind's descriptor: never read, keep the cache
-            return pyfuse3.FileInfo(fh=INTERNAL_FH, keep_cache=True)
-
         async def call() -> pyfuse3.FileInfo:
-            fh, keep_cache = await self._fs.open(inode, flags)
+            fh, keep_cache = await self._fs.open(inode, flags, ctx.pid)
             return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
 
         return await _boundary(f"open {inode}", call)
