@@ -220,6 +220,17 @@ CONFIG = textwrap.dedent(
 
     [run:nocmd]
     mount = compshare:bucket /mnt/models
+
+    [run:quiet]
+    mount = compshare:bucket /mnt/models
+    command = ./start.sh
+    warm-up = false
+    prefetch_small = no
+
+    [run:badswitch]
+    mount = compshare:bucket /mnt/models
+    command = ./start.sh
+    warm-up = maybe
     """
 )
 
@@ -286,6 +297,23 @@ def test_read_engine_options_are_forwarded_to_the_mount() -> None:
     )  # fmt: skip
 
 
+def test_switches_are_forwarded_off_and_on() -> None:
+    result = plan("--mount", "r:bucket", "/m", "--no-warm-up", "--no-prefetch-small", "--", "x")
+    assert result.target.options == ("--no-prefetch-small", "--no-warm-up")
+    mount_args = build_parser().parse_args(["mount", *result.target.options, "r:bucket", "/m"])
+    assert mount_args.warm_up is False
+    assert mount_args.prefetch_small is False
+    assert plan("--mount", "r:bucket", "/m", "--warm-up", "--", "x").target.options == (
+        "--warm-up",
+    )
+    assert plan("--mount", "r:bucket", "/m", "--", "x").target.options == ()
+
+
+def test_a_section_switches_off_and_the_command_line_back_on() -> None:
+    assert plan("quiet").target.options == ("--no-prefetch-small", "--no-warm-up")
+    assert plan("quiet", "--warm-up").target.options == ("--no-prefetch-small", "--warm-up")
+
+
 def test_options_after_the_section_name() -> None:
     result = plan("index-tts", "--keep-mounted", "--", "python", "other.py")
     assert result.keep_mounted
@@ -325,6 +353,7 @@ def test_inline_mount_and_durations() -> None:
         (["--mount", "r:bucket", "/m", "--link", "a=x", "--link", "a=y", "--", "x"], "given twice"),
         (["index-tts", "python", "x.py"], "unexpected 'python' after 'index-tts'"),
         (["index-tts", "--mount", "r:bucket", "/m"], "either a run section name or --mount"),
+        (["badswitch"], r"\[run:badswitch\] warm-up = 'maybe' is not a boolean"),
     ],
 )
 def test_plan_errors(argv: list[str], message: str) -> None:

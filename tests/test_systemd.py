@@ -293,6 +293,16 @@ def test_helper_translates_fstab_options() -> None:
     ]  # fmt: skip
 
 
+def test_helper_forwards_switches_off_and_on() -> None:
+    call = parse_argv(["r:bucket", "/mnt/m", "-o", "no_warm_up,prefetch_small,no_prefetch_small"])
+    assert modelfs_argv(call) == [
+        "mount", "--daemon", "--no-warm-up", "--prefetch-small", "--no-prefetch-small",
+        "r:bucket", "/mnt/m",
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match="unknown mount option 'no_read_only'"):
+        modelfs_argv(parse_argv(["r:bucket", "/mnt/m", "-o", "no_read_only"]))
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

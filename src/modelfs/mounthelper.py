@@ -10,9 +10,10 @@ mount(8) runs `/sbin/mount.TYPE SPEC DIR [-sfnv] [-N NS] [-o OPTIONS] [-t TYPE]`
         _netdev,allow_other,config=/etc/modelfs/modelfs.conf  0 0
 
 `-o` options are `modelfs mount` options with '_' for '-' (`cache_dir=/x`, `read_only` or
-`ro`, `allow_other`, `nonempty`), plus `config=FILE`. Options that mean something to mount(8)
-or systemd only (`_netdev`, `nofail`, `noauto`, `x-systemd.*`, ...) are dropped. An unknown
-option is an error (a typo must not be silently ignored), unless `-s` (sloppy) was given.
+`ro`, `allow_other`, `nonempty`, `no_warm_up`, `no_prefetch_small`), plus `config=FILE`.
+Options that mean something to mount(8) or systemd only (`_netdev`, `nofail`, `noauto`,
+`x-systemd.*`, ...) are dropped. An unknown option is an error (a typo must not be silently
+ignored), unless `-s` (sloppy) was given.
 `-f` (fake) and `-v` print the command instead of / before running it. The helper returns only
 once the mount answers, as `--daemon` does, so `mount` and systemd see a ready mount.
 """
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ConfigError
-from .runplan import MOUNT_FLAG_OPTIONS, MOUNT_VALUE_OPTIONS, checked_value
+from .runplan import MOUNT_FLAG_OPTIONS, MOUNT_SWITCH_OPTIONS, MOUNT_VALUE_OPTIONS, checked_value
 
 # Meaningful to mount(8), the kernel's generic mount flags, or systemd's fstab generator only.
 _IGNORED = frozenset(
@@ -87,12 +88,18 @@ def modelfs_argv(call: HelperCall) -> list[str]:
             global_words += ["--config", value]
         elif key in MOUNT_VALUE_OPTIONS and has_value:
             mount_words += [f"--{key}", checked_value(f"-o {name}", key, value)]
-        elif key in MOUNT_FLAG_OPTIONS and not has_value:
+        elif _is_flag(key) and not has_value:
             mount_words.append(f"--{key}")
         elif not call.sloppy:
             raise ConfigError(f"unknown mount option {option!r} (use -s to ignore unknown ones)")
     spec, mountpoint = call.spec, os.path.abspath(call.mountpoint)
     return [*global_words, "mount", "--daemon", *mount_words, spec, mountpoint]
+
+
+def _is_flag(key: str) -> bool:
+    """`read-only`, `warm-up`, `no-warm-up`: an option given by its name alone."""
+    switch = key.removeprefix("no-")
+    return key in MOUNT_FLAG_OPTIONS or switch in MOUNT_SWITCH_OPTIONS
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -65,7 +65,10 @@ _METAVARS: dict[Callable[[str], object], str] = {
     str: "PATH",
     str.upper: "LEVEL",
 }
-MOUNT_FLAG_OPTIONS = ("allow-other", "allow-non-empty", "read-only", "prefetch-small")
+MOUNT_FLAG_OPTIONS = ("allow-other", "allow-non-empty", "read-only")
+# On by default in `modelfs mount`; forwarded as `--NAME` or `--no-NAME`, and in a section as
+# `NAME = true` or `NAME = false`.
+MOUNT_SWITCH_OPTIONS = ("prefetch-small", "warm-up")
 
 _RUN_KEYS = frozenset(
     {"mount", "remote", "mountpoint", "link", "links", "workdir", "command"}
@@ -110,6 +113,8 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
         )
     for name in MOUNT_FLAG_OPTIONS:
         group.add_argument(f"--{name}", action="store_true", default=None)
+    for name in MOUNT_SWITCH_OPTIONS:
+        group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None)
 
 
 def _key(name: str) -> str:
@@ -136,7 +141,7 @@ def mount_options_from(section: str, items: Mapping[str, str]) -> dict[str, str 
     for key, value in items.items():
         if key in MOUNT_VALUE_OPTIONS:
             options[key] = checked_value(section, key, value.strip())
-        elif key in MOUNT_FLAG_OPTIONS:
+        elif key in MOUNT_FLAG_OPTIONS or key in MOUNT_SWITCH_OPTIONS:
             options[key] = _truthy(section, key, value)
     return options
 
@@ -159,23 +164,30 @@ def mount_options_from_args(args: argparse.Namespace) -> dict[str, str | bool]:
     for key in MOUNT_FLAG_OPTIONS:
         if getattr(args, key.replace("-", "_"), None):
             options[key] = True
+    for key in MOUNT_SWITCH_OPTIONS:
+        switch = getattr(args, key.replace("-", "_"), None)
+        if switch is not None:
+            options[key] = switch
     return options
 
 
 def option_words(options: Mapping[str, str | bool]) -> tuple[str, ...]:
-    """{'cache-dir': '/c', 'read-only': True} -> ('--cache-dir', '/c', '--read-only')."""
+    """{'cache-dir': '/c', 'read-only': True, 'warm-up': False}
+    -> ('--cache-dir', '/c', '--read-only', '--no-warm-up')."""
     words: list[str] = []
-    for key in (*MOUNT_VALUE_OPTIONS, *MOUNT_FLAG_OPTIONS):
+    for key in (*MOUNT_VALUE_OPTIONS, *MOUNT_FLAG_OPTIONS, *MOUNT_SWITCH_OPTIONS):
         value = options.get(key)
         if value is True:
             words.append(f"--{key}")
+        elif value is False and key in MOUNT_SWITCH_OPTIONS:
+            words.append(f"--no-{key}")
         elif isinstance(value, str):
             words += [f"--{key}", value]
     return tuple(words)
 
 
 def _check_keys(section: str, items: Iterable[str], allowed: frozenset[str]) -> None:
-    known = allowed | set(MOUNT_VALUE_OPTIONS) | set(MOUNT_FLAG_OPTIONS)
+    known = allowed | set(MOUNT_VALUE_OPTIONS) | set(MOUNT_FLAG_OPTIONS) | set(MOUNT_SWITCH_OPTIONS)
     unknown = sorted(set(items) - known)
     if unknown:
         raise ConfigError(f"[{section}]: unknown key {unknown[0]!r}")
