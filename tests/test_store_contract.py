@@ -30,7 +30,7 @@ from modelfs.errors import (
 from modelfs.memstore import MemoryStore
 from modelfs.remote import RemoteConfig
 from modelfs.s3store import S3Store
-from modelfs.store import ObjectStore, UploadedPart
+from modelfs.store import Expect, ObjectStore, UploadedPart
 from modelfs.values import ObjectId
 from support import (
     ACCESS_KEY,
@@ -302,6 +302,43 @@ def test_multipart_rejects_small_parts(backend: Backend) -> None:
     store.abort_multipart("small", upload_id)
 
 
+def test_a_write_expecting_a_version_lands_only_on_it(backend: Backend) -> None:
+    store = backend.store
+    first = store.put_bytes("out.json", b"v1", Expect(None))  # no object yet: created
+    with pytest.raises(StaleObject):
+        store.put_bytes("out.json", b"v2", Expect(None))  # there is one now
+    second = store.put_bytes("out.json", b"v2", Expect(first.etag))
+    with pytest.raises(StaleObject):
+        store.put_bytes("out.json", b"v3", Expect(first.etag))  # v1 was replaced
+    with pytest.raises(StaleObject):
+        store.put_bytes("never.json", b"x", Expect(first.etag))  # no object at all
+    assert store.head("out.json") == second
+    assert store.get_range(second.id, 0, 2) == b"v2"
+    with pytest.raises(NotFound):
+        store.head("never.json")
+
+
+def test_a_completion_expecting_a_version_lands_only_on_it(backend: Backend) -> None:
+    store = backend.store
+    current = store.put_bytes("big", b"current")
+    backend.replace_behind_back("big", b"replaced by someone else")
+    replaced = store.head("big")
+    upload_id = store.create_multipart("big")
+    parts = [
+        store.upload_part("big", upload_id, 1, os.urandom(PART)),
+        store.upload_part("big", upload_id, 2, b"tail"),
+    ]
+    with pytest.raises(StaleObject):
+        store.complete_multipart("big", upload_id, parts, Expect(current.etag))
+    assert store.head("big") == replaced
+    store.abort_multipart("big", upload_id)
+    fresh = store.create_multipart("fresh")
+    part = store.upload_part("fresh", fresh, 1, b"only part")
+    info = store.complete_multipart("fresh", fresh, [part], Expect(None))
+    assert store.head("fresh") == info
+    assert store.list_multipart("") == []
+
+
 def test_list_multipart_filters_by_prefix(backend: Backend) -> None:
     store = backend.store
     kept = store.create_multipart("logs/a")
@@ -435,6 +472,25 @@ def test_default_probe_timeout_is_a_few_seconds(proxy: FaultProxy, bucket: str) 
     with pytest.raises(StoreUnavailable):
         store_for(proxy.endpoint, bucket).check_bucket()
     assert time.monotonic() - started < 5
+
+
+def has_condition(request: ProxyRequest) -> bool:
+    names = {name.lower() for name in request.headers}
+    return "if-match" in names or "if-none-match" in names
+
+
+def test_a_store_refusing_conditional_writes_gets_them_unconditioned(
+    proxy: FaultProxy, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = store_for(proxy.endpoint, bucket)
+    proxy.fail_next(501, times=None, match=lambda r: r.method == "PUT" and has_condition(r))
+    first = store.put_bytes("a", b"1", Expect(None))  # refused, then sent without
+    assert "refuses conditional writes" in caplog.text
+    second = store.put_bytes("a", b"2", Expect("0" * 32))  # unchecked from now on
+    assert first.etag != second.etag
+    assert store.get_range(second.id, 0, 1) == b"2"
+    puts = [r for r in proxy.requests if r.method == "PUT"]
+    assert [(has_condition(r), r.status) for r in puts] == [(True, 501), (False, 200), (False, 200)]
 
 
 def test_503_is_retried_then_succeeds(proxy: FaultProxy, bucket: str) -> None:

@@ -12,6 +12,7 @@ when everything waits on time: due times and backoffs are asserted exactly.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -516,6 +517,74 @@ async def test_deleted_remotely_is_not_a_conflict(
         await wb.drain()
     assert store.keys() == ["a"]
     assert store.data_of("a") == b"new"
+
+
+class ChangeBefore:
+    """A `MemoryStore.delay` hook: another client writes `key` just before the first `op`,
+    i.e. after the upload's check (HEAD) and before its write lands."""
+
+    def __init__(self, store: MemoryStore, op: str, key: str, data: bytes) -> None:
+        self.store, self.op, self.key, self.data = store, op, key, data
+        self.changed: ObjectInfo | None = None
+
+    def __call__(self, op: str) -> None:
+        if op == self.op and self.changed is None:
+            self.changed = self.store.replace_behind_back(self.key, self.data)
+
+
+@pytest.mark.parametrize(
+    ("size", "op"), [(10, "put_bytes"), (4 * PART, "complete_multipart")], ids=["put", "multipart"]
+)
+async def test_a_change_between_the_check_and_the_write_is_not_overwritten(
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    size: int,
+    op: str,
+) -> None:
+    caplog.set_level(logging.INFO, logger="modelfs.upload_queue")
+    store, heard = make_store(), Recorder()
+    base = store.put_bytes("out.json", b"v1")
+    ours = os.urandom(size)
+    store.delay = change = ChangeBefore(store, op, "out.json", b"theirs")
+    async with running(make_engine(store, tmp_path, listener=heard, upload_delay=0.0)) as wb:
+        await write_file(wb, "out.json", ours, base)
+        await wb.drain()
+    conflict_key = "out.json.conflict-20231114T221320Z"
+    assert store.data_of("out.json") == b"theirs"
+    assert store.data_of(conflict_key) == ours
+    assert heard.conflicts == [("out.json", conflict_key, change.changed)]
+    assert "out.json changed in the bucket during its upload" in caplog.text
+    assert store.list_multipart("") == []  # the refused completion was aborted
+    assert journal_rows(tmp_path) == []
+
+
+async def test_a_new_file_created_meanwhile_in_the_bucket_is_not_overwritten(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    store = make_store()
+    store.delay = ChangeBefore(store, "put_bytes", "out.wav", b"theirs")
+    async with running(make_engine(store, tmp_path, upload_delay=0.0)) as wb:
+        await write_file(wb, "out.wav", b"ours")
+        await wb.drain()
+    assert store.data_of("out.wav") == b"theirs"
+    assert store.data_of("out.wav.conflict-20231114T221320Z") == b"ours"
+
+
+async def test_without_conditional_writes_such_a_change_is_overwritten(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The limit on a store that refuses conditional writes (and the control for the tests
+    above: the same race, unchecked, loses the other writer's version)."""
+    store = make_store()
+    store.conditional_writes = False
+    base = store.put_bytes("out.json", b"v1")
+    store.delay = ChangeBefore(store, "put_bytes", "out.json", b"theirs")
+    async with running(make_engine(store, tmp_path, upload_delay=0.0)) as wb:
+        await write_file(wb, "out.json", b"ours", base)
+        await wb.drain()
+    assert store.keys() == ["out.json"]
+    assert store.data_of("out.json") == b"ours"
 
 
 # -- failures and retries -----------------------------------------------------------------------

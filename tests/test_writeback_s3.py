@@ -23,6 +23,8 @@ import trio.testing
 
 from modelfs.s3store import S3Store
 from modelfs.staging import STAGING_DIR
+from modelfs.store import Expect
+from modelfs.values import ObjectInfo
 from modelfs.writeback import WriteBack
 from support import FaultProxy, SeaweedServer, method_is, remote_config
 from support.engines import running
@@ -124,6 +126,45 @@ async def test_conflict_on_the_real_server(
         wb.release(handle)
         seaweed.client().put_object(Bucket=bucket, Key="prompts.json", Body=b"theirs")
         await wb.drain()
+    assert object_bytes(seaweed, bucket, "prompts.json") == b"theirs"
+    assert object_bytes(seaweed, bucket, "prompts.json.conflict-20231114T221320Z") == b"ours"
+
+
+class ChangesBeforePut:
+    """An S3Store whose first PUT is preceded by another client's write of the same key: a
+    change landing between the upload's HEAD and its PUT."""
+
+    def __init__(self, store: S3Store, change: Callable[[], object]) -> None:
+        self._store = store
+        self._change: Callable[[], object] | None = change
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    def put_bytes(self, key: str, data: bytes, expect: Expect | None = None) -> ObjectInfo:
+        change, self._change = self._change, None
+        if change is not None:
+            change()
+        return self._store.put_bytes(key, data, expect)
+
+
+async def test_a_change_between_head_and_put_is_not_overwritten_on_the_real_server(
+    tmp_path: Path, s3_store: S3Store, seaweed: SeaweedServer, bucket: str
+) -> None:
+    base = s3_store.put_bytes("prompts.json", b"v1")
+    wall = 1_700_000_000.0
+
+    def theirs() -> object:
+        return seaweed.client().put_object(Bucket=bucket, Key="prompts.json", Body=b"theirs")
+
+    racing = ChangesBeforePut(s3_store, theirs)
+    engine = WriteBack(racing, tmp_path, wall_clock=lambda: wall, upload_delay=0.0)  # type: ignore[arg-type]
+    async with running(engine) as wb:
+        handle = await wb.open("prompts.json", base, truncate=True)
+        wb.write(handle, 0, b"ours")
+        wb.release(handle)
+        await wb.drain()
+        assert wb.statistics().conflicts == 1
     assert object_bytes(seaweed, bucket, "prompts.json") == b"theirs"
     assert object_bytes(seaweed, bucket, "prompts.json.conflict-20231114T221320Z") == b"ours"
 

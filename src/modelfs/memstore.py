@@ -10,7 +10,8 @@ listing order and paging, same multipart rules), and adds what a test needs to l
 - `fail_next(op, exc, times)`: the next `times` calls of `op` raise `exc`; the op
   "iter_range.chunk" fails in the middle of a stream, like a connection reset;
 - `delay`: a callable run with the op name before each operation (outside the lock), e.g.
-  to block a fetch on an Event while a test looks at concurrent callers.
+  to block a fetch on an Event while a test looks at concurrent callers;
+- `conditional_writes = False`: a store without conditional writes (an `Expect` is ignored).
 
 Op names are the method names. Calls that would send nothing to S3 (an empty range) are not
 counted. One lock guards all state; data is snapshotted under it, and chunks of `iter_range`
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .errors import BucketNotFound, InvalidArgument, NotFound, StaleObject
-from .store import PendingUpload, UploadedPart
+from .store import Expect, PendingUpload, UploadedPart
 from .values import ListPage, ObjectId, ObjectInfo
 
 # S3's rule: every part but the last of a multipart upload is at least 5 MiB.
@@ -75,6 +76,8 @@ class MemoryStore:
         self.ops: collections.Counter[str] = collections.Counter()
         self.delay = delay
         self.bucket_exists = True
+        # False: like a store that refuses If-Match / If-None-Match on writes (writes unchecked).
+        self.conditional_writes = True
         self.name = name
         self._clock = clock
         self._min_part_size = min_part_size
@@ -175,9 +178,10 @@ class MemoryStore:
             self._begin("iter_range.chunk", count=False)
             yield bytes(view[offset : offset + chunk])
 
-    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+    def put_bytes(self, key: str, data: bytes, expect: Expect | None = None) -> ObjectInfo:
         self._begin("put_bytes")
         with self._lock:
+            self._check_expected_locked(key, expect)
             return self._store_locked(key, bytes(data), md5_etag(data))
 
     def delete(self, key: str) -> None:
@@ -206,11 +210,14 @@ class MemoryStore:
             self._upload_locked(key, upload_id).parts[number] = bytes(data)
         return UploadedPart(number, md5_etag(data))
 
-    def complete_multipart(self, key: str, upload_id: str, parts: list[UploadedPart]) -> ObjectInfo:
+    def complete_multipart(
+        self, key: str, upload_id: str, parts: list[UploadedPart], expect: Expect | None = None
+    ) -> ObjectInfo:
         self._begin("complete_multipart")
         with self._lock:
             upload = self._upload_locked(key, upload_id)
             chosen = self._chosen_parts_locked(upload, parts)
+            self._check_expected_locked(key, expect)
             del self._uploads[upload_id]
             return self._store_locked(key, b"".join(chosen), multipart_etag(chosen))
 
@@ -252,6 +259,17 @@ class MemoryStore:
         if stored is None:
             raise NotFound(f"{self.name}/{key} not found")
         return stored
+
+    def _check_expected_locked(self, key: str, expect: Expect | None) -> None:
+        """S3's conditional write: StaleObject unless `key` holds what `expect` says."""
+        if expect is None or not self.conditional_writes:
+            return
+        stored = self._objects.get(key)
+        if expect.etag is None and stored is not None:
+            raise StaleObject(f"{self.name}/{key} exists (expected no object)")
+        if expect.etag is not None and (stored is None or stored.etag != expect.etag):
+            found = "no object" if stored is None else f"ETag {stored.etag}"
+            raise StaleObject(f"{self.name}/{key} holds {found} (expected {expect.etag})")
 
     def _matching_data_locked(self, obj: ObjectId, start: int) -> bytes:
         """The data of `obj` if its ETag still matches (If-Match); S3's 416 past the end."""

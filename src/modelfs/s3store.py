@@ -8,7 +8,10 @@ the one `_ERROR_FOR_CODE` table, with the boto3 exception kept as `__cause__`.
 
 Versions: every ranged GET carries `If-Match: "<etag>"`, so a replaced object answers 412 and
 surfaces as `StaleObject` instead of bytes of another version. ETags are stored unquoted
-everywhere in modelfs; they are quoted only on the way out to S3.
+everywhere in modelfs; they are quoted only on the way out to S3. Writes given an `Expect`
+carry `If-Match: "<etag>"` or `If-None-Match: *` (S3's conditional writes), so a write-back
+upload never replaces a version it did not start from; a store that answers them with 501
+NotImplemented gets the write again without them, and no conditions after that.
 
 Streaming (`iter_range`): one GET per call, read from the response body in `chunk`-sized
 pieces, so memory stays at one chunk and the caller can use each chunk as it arrives. If the
@@ -30,7 +33,7 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -59,7 +62,7 @@ from .errors import (
 )
 from .leanget import LeanGetter
 from .remote import RemoteConfig
-from .store import PendingUpload, UploadedPart
+from .store import Expect, PendingUpload, UploadedPart
 from .values import ListPage, ObjectId, ObjectInfo
 
 if TYPE_CHECKING:
@@ -118,6 +121,19 @@ _CREDENTIAL_CODES = frozenset(
 _TRANSPORT_ERRORS = (BotoCoreError, urllib3.exceptions.HTTPError, OSError)
 
 
+# A conditional write's condition did not hold (S3: 412; 409 when a concurrent write to the
+# key raced it; 404 for If-Match on a key that no longer exists).
+_CONDITION_FAILED = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
+_MISSING = frozenset({"NoSuchKey", "404"})
+_CONDITIONS_REFUSED = frozenset({"NotImplemented", "501"})
+
+
+def _error_code(exc: ClientError) -> str:
+    error: Any = exc.response.get("Error", {})
+    metadata: Any = exc.response.get("ResponseMetadata", {})
+    return str(error.get("Code") or metadata.get("HTTPStatusCode", ""))
+
+
 def quote_etag(etag: str) -> str:
     return f'"{etag}"'
 
@@ -167,6 +183,7 @@ class S3Store:
         self._client.meta.events.register("before-send.s3.ListObjectsV2", self._note_list_url)
         self._probe: S3Client | None = None
         self._probe_lock = threading.Lock()
+        self._conditional_writes = True  # until the store refuses If-Match on a write
 
     def __repr__(self) -> str:
         return f"S3Store({self.config.name!r}, bucket={self.bucket!r}, endpoint={self.endpoint!r})"
@@ -409,10 +426,55 @@ class S3Store:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        with self._errors("PUT", key):
-            response = self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
+    def put_bytes(self, key: str, data: bytes, expect: Expect | None = None) -> ObjectInfo:
+        def send(conditions: dict[str, Any]) -> Any:
+            return self._client.put_object(Bucket=self.bucket, Key=key, Body=data, **conditions)
+
+        response = self._conditional_write("PUT", key, expect, send)
         return ObjectInfo(key, len(data), unquote_etag(response["ETag"]), _server_time(response))
+
+    def _conditional_write(
+        self, operation: str, key: str, expect: Expect | None, send: Callable[[dict[str, Any]], Any]
+    ) -> Any:
+        """`send(conditions)`, the conditions saying what `key` must hold (`expect`). A store
+        that refuses them (501 NotImplemented) gets the request again without, and no
+        conditions from then on; one that answers 412 (or, for If-Match, 404) raises
+        StaleObject."""
+        conditions = self._conditions(expect)
+        with self._errors(operation, key):
+            try:
+                return send(conditions)
+            except ClientError as exc:
+                if not conditions:
+                    raise
+                code = _error_code(exc)
+                if code in _CONDITION_FAILED or ("IfMatch" in conditions and code in _MISSING):
+                    raise StaleObject(
+                        f"{self._where(key)} is no longer the version this write expected "
+                        f"({operation} answered {code})"
+                    ) from exc
+                if code not in _CONDITIONS_REFUSED:
+                    raise
+                self._refuse_conditions(exc)
+        with self._errors(operation, key):
+            return send({})
+
+    def _conditions(self, expect: Expect | None) -> dict[str, Any]:
+        if expect is None or not self._conditional_writes:
+            return {}
+        if expect.etag is None:
+            return {"IfNoneMatch": "*"}
+        return {"IfMatch": quote_etag(expect.etag)}
+
+    def _refuse_conditions(self, exc: ClientError) -> None:
+        if self._conditional_writes:
+            self._conditional_writes = False
+            log.warning(
+                "remote %r refuses conditional writes (%s): uploads check the bucket first, "
+                "but a change made between that check and the upload is overwritten",
+                self.config.name,
+                _one_line(str(exc)),
+            )
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(NotFound), self._errors("DELETE", key):
@@ -482,19 +544,25 @@ class S3Store:
             )
         return UploadedPart(number, unquote_etag(response["ETag"]))
 
-    def complete_multipart(self, key: str, upload_id: str, parts: list[UploadedPart]) -> ObjectInfo:
+    def complete_multipart(
+        self, key: str, upload_id: str, parts: list[UploadedPart], expect: Expect | None = None
+    ) -> ObjectInfo:
         """Complete, then HEAD: the completion answer carries neither size nor mtime."""
         completed: list[CompletedPartTypeDef] = [
             {"PartNumber": part.number, "ETag": quote_etag(part.etag)}
             for part in sorted(parts, key=lambda part: part.number)
         ]
-        with self._errors("COMPLETE-MULTIPART", key):
-            self._client.complete_multipart_upload(
+
+        def send(conditions: dict[str, Any]) -> Any:
+            return self._client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=key,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": completed},
+                **conditions,
             )
+
+        self._conditional_write("COMPLETE-MULTIPART", key, expect, send)
         return self.head(key)
 
     def abort_multipart(self, key: str, upload_id: str) -> None:

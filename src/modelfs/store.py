@@ -8,6 +8,10 @@ Contract (checked by the same tests against `MemoryStore` and the real S3 server
 - `get_range` and `iter_range` send If-Match with `obj.etag`: a changed object raises
   `StaleObject`, a missing one `NotFound`; they never return bytes of another version;
 - `end` is exclusive and clamped to the object size by the caller;
+- `put_bytes` and `complete_multipart` with an `Expect` write only if `key` holds what it
+  expects (that ETag, or no object), checked by the store in the same request, and raise
+  `StaleObject` otherwise; a store that cannot check (it refuses conditional writes) writes
+  without the check, as it would without an `Expect`;
 - errors are `ModelfsError` subclasses (see `errors`), with the original exception as `__cause__`.
 """
 
@@ -24,6 +28,14 @@ from .values import ListPage, ObjectId, ObjectInfo
 class UploadedPart:
     number: int
     etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """What a write expects `key` to hold when it lands: the object with ETag `etag`, or no
+    object at all (`etag` None). S3's If-Match / If-None-Match: * on PUT and on completion."""
+
+    etag: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +75,8 @@ class ObjectStore(Protocol):
         """Bytes [start, end) of `obj` as consecutive chunks of `chunk` bytes (last may be short),
         streamed from one GET so the caller can use each chunk as soon as it arrives."""
 
-    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
-        """Create or replace `key` with `data` in one request."""
+    def put_bytes(self, key: str, data: bytes, expect: Expect | None = None) -> ObjectInfo:
+        """Create or replace `key` with `data` in one request (if it holds `expect`)."""
 
     def delete(self, key: str) -> None:
         """Remove `key`; removing a missing key is not an error."""
@@ -78,7 +90,7 @@ class ObjectStore(Protocol):
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> UploadedPart: ...
 
     def complete_multipart(
-        self, key: str, upload_id: str, parts: list[UploadedPart]
+        self, key: str, upload_id: str, parts: list[UploadedPart], expect: Expect | None = None
     ) -> ObjectInfo: ...
 
     def abort_multipart(self, key: str, upload_id: str) -> None: ...

@@ -29,7 +29,7 @@ import trio
 from .errors import ModelfsError
 from .staged import NOTHING_WRITTEN, StagedFile, StagedFiles, Upload
 from .store import ObjectStore, PendingUpload
-from .uploader import Conflicted, Snapshot, ThreadRunner, Torn, Uploaded, Uploader
+from .uploader import Conflicted, Raced, Snapshot, ThreadRunner, Torn, Uploaded, Uploader
 from .values import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,9 @@ class UploadQueue:
             outcome = await self._uploader.upload_once(snapshot, _Hooks(self, file, size))
             if not self._files.is_live(file):
                 return  # unlinked or renamed meanwhile: they clean up the bucket
-            if isinstance(outcome, Torn):
-                log.info("write-back: %s changed during its upload; trying again", key)
+            if isinstance(outcome, Torn | Raced):
+                where = "locally" if isinstance(outcome, Torn) else "in the bucket"
+                log.info("write-back: %s changed %s during its upload; trying again", key, where)
                 file.not_before = trio.current_time() + max(self._upload_delay, TORN_RETRY_MIN)
             elif isinstance(outcome, Uploaded):
                 self._uploaded(file, key, generation, started, outcome.info)

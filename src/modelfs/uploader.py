@@ -21,8 +21,11 @@ Algorithm of `upload_once`:
 3. PUT in one request up to `part_size`, else multipart with the id journaled before any part
    is sent (so recovery can abort it) and cleared after completion; on any failure or
    cancellation the upload is aborted (shielded), never left billing.
-The check-then-PUT is not atomic: a change made in the bucket between HEAD and PUT is
-overwritten (the store protocol has no conditional PUT yet).
+The PUT (or the completion) carries what the HEAD found as its condition (`Expect`: that ETag,
+or no object), so a change made in the bucket between HEAD and PUT is not overwritten: the
+store refuses the write, the attempt returns `Raced` and the next one starts again from the
+HEAD (which then finds the change: a conflict). On a store that refuses conditional writes
+the PUT goes through unconditioned, and such a change is overwritten.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ from typing import Protocol, TypeVar, TypeVarTuple
 
 import trio
 
-from .errors import NotFound
+from .errors import NotFound, StaleObject
 from .staging import content_etag, is_multipart, part_size_for, read_at, same_etag
-from .store import ObjectStore, PendingUpload, UploadedPart
+from .store import Expect, ObjectStore, PendingUpload, UploadedPart
 from .values import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -85,7 +88,12 @@ class Torn:
     pass
 
 
-Outcome = Uploaded | Conflicted | Torn
+@dataclass(frozen=True, slots=True)
+class Raced:
+    """The bucket's object changed between the check and the write; nothing was written."""
+
+
+Outcome = Uploaded | Conflicted | Torn | Raced
 
 
 class ThreadRunner(Protocol):
@@ -121,7 +129,8 @@ class Uploader:
         if remote is None or same_etag(remote.etag, snap.base_etag):
             if remote is None and snap.base_etag is not None:
                 log.warning("%s was deleted in the bucket; uploading the local version", snap.key)
-            return await self._put(snap.key, snap, hooks)
+            expect = Expect(None if remote is None else remote.etag)
+            return await self._put(snap.key, snap, hooks, expect)
         ours = await self._thread(content_etag, snap.fd, snap.size, self.part_size)
         if not hooks.intact():
             return Torn()
@@ -131,8 +140,8 @@ class Uploader:
 
     async def _conflict(self, snap: Snapshot, remote: ObjectInfo, hooks: UploadHooks) -> Outcome:
         conflict_key = await self._free_conflict_key(snap.key)
-        outcome = await self._put(conflict_key, snap, hooks)
-        if isinstance(outcome, Torn):
+        outcome = await self._put(conflict_key, snap, hooks, Expect(None))
+        if not isinstance(outcome, Uploaded):
             return outcome
         log.warning(
             "conflict: %s changed in the bucket (ETag %s, expected %s) while it had local "
@@ -153,15 +162,22 @@ class Uploader:
             candidate = f"{key}.conflict-{stamp}-{number}"
         return candidate
 
-    async def _put(self, key: str, snap: Snapshot, hooks: UploadHooks) -> Uploaded | Torn:
+    async def _put(
+        self, key: str, snap: Snapshot, hooks: UploadHooks, expect: Expect
+    ) -> Uploaded | Torn | Raced:
         if is_multipart(snap.size, self.part_size):
-            return await self._multipart(key, snap, hooks)
+            return await self._multipart(key, snap, hooks, expect)
         data = await self._thread(read_at, snap.fd, 0, snap.size)
         if not hooks.intact():
             return Torn()
-        return Uploaded(await self._thread(self.store.put_bytes, key, data))
+        try:
+            return Uploaded(await self._thread(self.store.put_bytes, key, data, expect))
+        except StaleObject:
+            return Raced()
 
-    async def _multipart(self, key: str, snap: Snapshot, hooks: UploadHooks) -> Uploaded | Torn:
+    async def _multipart(
+        self, key: str, snap: Snapshot, hooks: UploadHooks, expect: Expect
+    ) -> Uploaded | Torn | Raced:
         hooks.record_upload(PendingUpload(key, CREATING_UPLOAD))
         await hooks.sync_journal()
         upload_id = await self._thread(self.store.create_multipart, key)
@@ -172,7 +188,14 @@ class Uploader:
                 await self._abort(key, upload_id)
                 hooks.record_upload(None)
                 return Torn()
-            info = await self._thread(self.store.complete_multipart, key, upload_id, parts)
+            try:
+                info = await self._thread(
+                    self.store.complete_multipart, key, upload_id, parts, expect
+                )
+            except StaleObject:
+                await self._abort(key, upload_id)
+                hooks.record_upload(None)
+                return Raced()
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self._abort_quietly(key, upload_id, hooks)

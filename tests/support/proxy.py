@@ -49,7 +49,13 @@ _HOP_BY_HOP = frozenset(
         "expect",  # the proxy answers 100-continue itself
     }
 )
-_ERROR_CODES = {500: "InternalError", 502: "BadGateway", 503: "SlowDown", 504: "GatewayTimeout"}
+_ERROR_CODES = {
+    500: "InternalError",
+    501: "NotImplemented",
+    502: "BadGateway",
+    503: "SlowDown",
+    504: "GatewayTimeout",
+}
 
 
 @dataclass
