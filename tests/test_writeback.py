@@ -25,6 +25,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from modelfs.budget import MemoryBudget
 from modelfs.errors import (
     AccessDenied,
     ConfigError,
@@ -640,6 +641,41 @@ async def test_a_failed_multipart_is_aborted(
     assert store.data_of("big") == b"z" * (4 * PART)
     assert store.ops["abort_multipart"] == 1
     assert store.list_multipart("") == []
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+
+async def test_upload_bodies_count_against_the_memory_budget(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    store, budget = make_store(), MemoryBudget(2 * PART)
+    data = os.urandom(8 * PART)
+    runner = InlineRunner(latency=1.0)  # each call takes a (mock) second: parts overlap
+    engine = make_engine(store, tmp_path, runner, upload_delay=0.0, budget=budget)
+    async with running(engine) as wb:
+        await write_file(wb, "big", data)
+        await wb.drain()
+    assert store.data_of("big") == data
+    stats = budget.statistics()
+    assert stats.peak == 2 * PART  # 4 part slots, room for 2 parts: the budget was the bound
+    assert stats.waits >= 1
+    assert stats.in_use == 0
+
+
+async def test_uploads_wait_while_reads_hold_the_whole_budget(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    store, budget = make_store(), MemoryBudget(4 * PART)
+    assert budget.try_acquire(4 * PART)  # blocks of a cold read, say
+    async with running(make_engine(store, tmp_path, upload_delay=0.0, budget=budget)) as wb:
+        await write_file(wb, "out.wav", b"x" * PART)
+        await trio.sleep(30)
+        assert store.keys() == []
+        budget.release(4 * PART)
+        await wb.drain()
+    assert store.data_of("out.wav") == b"x" * PART
+    assert budget.statistics().in_use == 0
 
 
 # -- crash recovery -----------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
         "--max-memory",
         type=parse_size,
         default="256M",
-        help="RAM budget for in-flight data (default 256M)",
+        help="RAM budget for data in flight, fetched blocks and upload parts (default 256M)",
     )
     parser.add_argument(
         "--drop-behind",

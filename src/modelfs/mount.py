@@ -225,6 +225,7 @@ class Mount:
                 flush_interval=config.flush_interval,
                 listener=self.fs,
                 identity=config.source,
+                budget=self.budget,  # upload bodies count against --max-memory too
             )
             self.fs.writeback = self.writeback
         self.started = time.time()

@@ -30,14 +30,16 @@ the PUT goes through unconditioned, and such a change is overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, TypeVarTuple
 
 import trio
 
+from .budget import MemoryBudget
 from .errors import NotFound, StaleObject
 from .staging import content_etag, is_multipart, part_size_for, read_at, same_etag
 from .store import Expect, ObjectStore, PendingUpload, UploadedPart
@@ -120,6 +122,9 @@ class Uploader:
     part_size: int
     run_sync: ThreadRunner
     wall_clock: Callable[[], float] = time.time
+    # RAM for bodies read from staging files (a PUT, a part, an ETag check); None: unbounded
+    # but for `part_slots`. A mount shares its read budget (`--max-memory`) with uploads.
+    budget: MemoryBudget | None = None
 
     async def upload_once(self, snap: Snapshot, hooks: UploadHooks) -> Outcome:
         if snap.leftover_upload is not None:
@@ -131,7 +136,8 @@ class Uploader:
                 log.warning("%s was deleted in the bucket; uploading the local version", snap.key)
             expect = Expect(None if remote is None else remote.etag)
             return await self._put(snap.key, snap, hooks, expect)
-        ours = await self._thread(content_etag, snap.fd, snap.size, self.part_size)
+        async with self._memory(min(snap.size, part_size_for(snap.size, self.part_size))):
+            ours = await self._thread(content_etag, snap.fd, snap.size, self.part_size)
         if not hooks.intact():
             return Torn()
         if same_etag(remote.etag, ours):
@@ -167,13 +173,14 @@ class Uploader:
     ) -> Uploaded | Torn | Raced:
         if is_multipart(snap.size, self.part_size):
             return await self._multipart(key, snap, hooks, expect)
-        data = await self._thread(read_at, snap.fd, 0, snap.size)
-        if not hooks.intact():
-            return Torn()
-        try:
-            return Uploaded(await self._thread(self.store.put_bytes, key, data, expect))
-        except StaleObject:
-            return Raced()
+        async with self._memory(snap.size):
+            data = await self._thread(read_at, snap.fd, 0, snap.size)
+            if not hooks.intact():
+                return Torn()
+            try:
+                return Uploaded(await self._thread(self.store.put_bytes, key, data, expect))
+            except StaleObject:
+                return Raced()
 
     async def _multipart(
         self, key: str, snap: Snapshot, hooks: UploadHooks, expect: Expect
@@ -209,8 +216,9 @@ class Uploader:
         parts: list[UploadedPart | None] = [None] * len(starts)
 
         async def send(index: int, start: int) -> None:
-            async with self.part_slots:  # bounds the parts held in memory at once
-                data = await self._thread(read_at, snap.fd, start, min(step, snap.size - start))
+            length = min(step, snap.size - start)
+            async with self.part_slots, self._memory(length):  # parts in RAM at once
+                data = await self._thread(read_at, snap.fd, start, length)
                 parts[index] = await self._thread(
                     self.store.upload_part, key, upload_id, index + 1, data
                 )
@@ -255,6 +263,18 @@ class Uploader:
             return await self._thread(self.store.head, key)
         except NotFound:
             return None
+
+    @contextlib.asynccontextmanager
+    async def _memory(self, size: int) -> AsyncIterator[None]:
+        """Hold `size` bytes of the budget while a body of that size is in RAM."""
+        if self.budget is None:
+            yield
+            return
+        await self.budget.acquire_async(size)
+        try:
+            yield
+        finally:
+            self.budget.release(size)
 
     async def _thread(self, fn: Callable[[*Args], T], *args: *Args) -> T:
         """Run a blocking call (boto3, large file I/O) off the trio thread, within the limiter."""

@@ -36,6 +36,7 @@ from typing import TypeVar, TypeVarTuple
 import trio
 
 from . import staging
+from .budget import MemoryBudget
 from .errors import NoSpace, NotFound, StaleObject
 from .journal import Journal
 from .staged import StagedFile, StagedFiles, StagedInfo
@@ -99,6 +100,7 @@ class WriteBack:
         identity: str | None = None,
         wall_clock: Callable[[], float] = time.time,
         run_sync: ThreadRunner = to_thread,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self._store = store
         self._limiter = limiter or trio.CapacityLimiter(transfers)
@@ -117,7 +119,13 @@ class WriteBack:
         self._files = StagedFiles(area, journal, wall_clock)
         self._part_size = part_size
         uploader = Uploader(
-            store, self._limiter, trio.Semaphore(transfers), part_size, run_sync, wall_clock
+            store,
+            self._limiter,
+            trio.Semaphore(transfers),
+            part_size,
+            run_sync,
+            wall_clock,
+            budget,
         )
         self._queue = UploadQueue(
             self._files,
