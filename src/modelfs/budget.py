@@ -6,8 +6,9 @@ Write-back uploads take a part's worth (`acquire_async`, from the trio thread) b
 the part from its staging file, and give it back once the part is sent. So the RAM used by data
 in flight never exceeds `limit`, however many readers, prefetch parts or uploads run. The budget
 is a threading primitive (not trio) because most acquirers are worker threads.
-`on_pressure`, if set, is called (from the waiting thread) each time an acquire has to wait, so
-the holder of evictable blocks can let some go.
+`on_pressure`, if set, is called (from the waiting thread, or the trio thread for
+`acquire_async`) each time an acquire has to wait, so the holder of evictable blocks can let
+some go: a waiting upload, like a waiting GET stream, costs a reader the blocks kept for it.
 """
 
 from __future__ import annotations
