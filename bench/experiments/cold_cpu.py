@@ -23,6 +23,7 @@ from _common import SeaweedServer, mounted, write_remotes
 SIZE = int(os.environ.get("SIZE_MB", "1024")) << 20
 REPS = int(os.environ.get("REPS", "3"))
 KEY = os.environ.get("KEY", "big.dat")
+PRETOUCH_MB = int(os.environ.get("PRETOUCH_MB", "0"))
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -32,10 +33,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
-def idle_seconds() -> float:
+def idle_and_steal() -> tuple[float, float]:
     with open("/proc/stat") as stat:
         fields = [int(value) for value in stat.readline().split()[1:]]
-    return (fields[3] + fields[4]) / TICKS  # idle + iowait
+    return (fields[3] + fields[4]) / TICKS, fields[7] / TICKS  # idle + iowait, steal
+
+
+def pretouch(megabytes: int) -> None:
+    if megabytes:
+        touch = f"b = bytearray({megabytes} << 20)\nfor i in range(0, len(b), 4096): b[i] = 1"
+        subprocess.run([sys.executable, "-c", touch], check=True)
 
 
 def mount_pid(mountpoint: Path) -> int:
@@ -59,16 +66,20 @@ def one_read(mountpoint: Path, server_pid: int) -> str:
     path.stat()
     pid = mount_pid(mountpoint)
     subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, check=True)
+    pretouch(PRETOUCH_MB)
     time.sleep(1)
-    server0, mount0, idle0 = cpu_seconds(server_pid), cpu_seconds(pid), idle_seconds()
+    server0, mount0 = cpu_seconds(server_pid), cpu_seconds(pid)
+    idle0, steal0 = idle_and_steal()
     start = time.perf_counter()
     subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True, check=True)
     wall = time.perf_counter() - start
     server, mount = cpu_seconds(server_pid) - server0, cpu_seconds(pid) - mount0
-    idle = idle_seconds() - idle0
+    idle1, steal1 = idle_and_steal()
+    idle, steal = idle1 - idle0, steal1 - steal0
     return (
         f"{SIZE / wall / 1e6:.0f} MB/s in {wall:.2f} s: SeaweedFS {server:.2f} s, "
-        f"modelfs {mount:.2f} s, idle {idle:.2f} s of CPU; {fetched_line(mountpoint).strip()}"
+        f"modelfs {mount:.2f} s, idle {idle:.2f} s, steal {steal:.2f} s of CPU; "
+        f"{fetched_line(mountpoint).strip()}"
     )
 
 
