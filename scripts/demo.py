@@ -41,7 +41,8 @@ def sample_bucket(server: SeaweedServer, model_mib: int) -> None:
     server.create_bucket(BUCKET)
     rng = __import__("random").Random(23)
     files = {
-        "models/model_v23.pt": rng.randbytes(model_mib * MiB),
+        # 1 MiB at a time: randbytes of 256 MiB or more overflows (its bit count is a C int)
+        "models/model_v23.pt": b"".join(rng.randbytes(MiB) for _ in range(model_mib)),
         "models/config.yaml": b"sample_rate: 24000\nversion: 23\n",
         "tokenizer/bpe.model": rng.randbytes(400_000),
         "tokenizer/vocab.json": json.dumps({f"tok{i}": i for i in range(2000)}).encode(),
