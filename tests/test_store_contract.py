@@ -493,6 +493,19 @@ def test_a_store_refusing_conditional_writes_gets_them_unconditioned(
     assert [(has_condition(r), r.status) for r in puts] == [(True, 501), (False, 200), (False, 200)]
 
 
+def test_a_412_with_a_code_of_its_own_still_fails_the_condition(
+    proxy: FaultProxy, bucket: str
+) -> None:
+    store = store_for(proxy.endpoint, bucket)
+    # The proxy's injected 412 carries the code "InternalError": the status must decide.
+    proxy.fail_next(412, match=lambda r: r.method == "PUT" and has_condition(r))
+    with pytest.raises(StaleObject):
+        store.put_bytes("a", b"1", Expect(None))
+    store.put_bytes("a", b"2", Expect(None))  # conditions still sent, and honoured
+    with pytest.raises(StaleObject):
+        store.put_bytes("a", b"3", Expect(None))
+
+
 def test_503_is_retried_then_succeeds(proxy: FaultProxy, bucket: str) -> None:
     store = store_for(proxy.endpoint, bucket)
     store.put_bytes("k", b"v")

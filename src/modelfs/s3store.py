@@ -128,10 +128,12 @@ _MISSING = frozenset({"NoSuchKey", "404"})
 _CONDITIONS_REFUSED = frozenset({"NotImplemented", "501"})
 
 
-def _error_code(exc: ClientError) -> str:
+def _code_and_status(exc: ClientError) -> tuple[str, int]:
+    """The S3 error code of a failed request (its HTTP status if it has none), and the status."""
     error: Any = exc.response.get("Error", {})
     metadata: Any = exc.response.get("ResponseMetadata", {})
-    return str(error.get("Code") or metadata.get("HTTPStatusCode", ""))
+    status = int(metadata.get("HTTPStatusCode", 0))
+    return str(error.get("Code") or status), status
 
 
 def quote_etag(etag: str) -> str:
@@ -253,9 +255,7 @@ class S3Store:
         self, exc: ClientError, operation: str, key: str | None, missing: type[ModelfsError]
     ) -> ModelfsError:
         error: Any = exc.response.get("Error", {})
-        metadata: Any = exc.response.get("ResponseMetadata", {})
-        status = int(metadata.get("HTTPStatusCode", 0))
-        code = str(error.get("Code") or status)
+        code, status = _code_and_status(exc)
         kind = _ERROR_FOR_CODE.get(code) or _ERROR_FOR_CODE.get(str(status))
         if kind is None:
             kind = StoreUnavailable if status >= 500 else ModelfsError
@@ -447,13 +447,16 @@ class S3Store:
             except ClientError as exc:
                 if not conditions:
                     raise
-                code = _error_code(exc)
-                if code in _CONDITION_FAILED or ("IfMatch" in conditions and code in _MISSING):
+                code, status = _code_and_status(exc)
+                answers = {code, str(status)}  # a server may send a code of its own
+                # 404 by code only: NoSuchBucket is a 404 too, and stays BucketNotFound.
+                missing = "IfMatch" in conditions and code in _MISSING
+                if answers & _CONDITION_FAILED or missing:
                     raise StaleObject(
                         f"{self._where(key)} is no longer the version this write expected "
                         f"({operation} answered {code})"
                     ) from exc
-                if code not in _CONDITIONS_REFUSED:
+                if not answers & _CONDITIONS_REFUSED:
                     raise
                 self._refuse_conditions(exc)
         with self._errors(operation, key):
