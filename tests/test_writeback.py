@@ -1251,6 +1251,42 @@ def test_rename_onto_a_file_whose_upload_landed_unrecorded(tmp_path: Path) -> No
     assert scenario.engine.statistics().conflicts == 0
 
 
+class CallerRecordingBudget(MemoryBudget):
+    """A budget that notes which trio task each `acquire_async` came from."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.callers: list[str] = []
+
+    async def acquire_async(self, size: int) -> None:
+        self.callers.append(trio.lowlevel.current_task().name)
+        await super().acquire_async(size)
+
+
+def test_the_etag_check_of_a_rename_holds_the_memory_budget(tmp_path: Path) -> None:
+    """The rename above reads b back to compare ETags: that read is in RAM like any upload
+    body, so it takes its bytes from the mount's budget (`--max-memory`)."""
+    budget = CallerRecordingBudget(4 * PART)
+
+    class BudgetedScenario(Scenario):
+        def new_engine(self) -> WriteBack:
+            return make_engine(self.store, self.root, InlineRunner(latency=0.2), budget=budget)
+
+    operations: list[tuple[object, ...]] = [
+        ("write", "b", 1, b"\x00"),
+        ("append", "a", b"\x00"),
+        ("crash",),
+        ("wait", 0.3),
+        ("rename", "a", "b"),
+    ]
+    scenario = BudgetedScenario(tmp_path)
+    play_and_check(scenario, operations)
+    assert scenario.engine.statistics().conflicts == 0
+    # the play task is the one that renamed; uploads take their memory in the engine's tasks
+    assert any(name.endswith("play_and_check.<locals>.play") for name in budget.callers)
+    assert budget.statistics().in_use == 0
+
+
 def play_and_check(scenario: Scenario, operations: list[tuple[object, ...]]) -> None:
     async def play() -> None:
         while True:

@@ -4,9 +4,10 @@
 
 Each repeat makes two cold reads, each through a fresh mount with an empty cache after the
 page cache is dropped (`dd bs=1M`): one under `perf record -a` (every CPU, so the S3 server,
-the mount and `dd` are in one picture; idle time comes from /proc/stat), one under `py-spy record --threads
---nonblocking` of the mount (Python stacks; py-spy counts only threads on the CPU). A
-profiler takes CPU of its own from the 2 cores, so each read's rate is lower than without.
+the mount and `dd` are in one picture; idle time comes from /proc/stat), one under
+`py-spy record --threads --nonblocking` of the mount (Python stacks; py-spy counts only
+threads on the CPU). A profiler takes CPU of its own from the 2 cores, so each read's rate
+is lower than without.
 Prints each read's rate and CPU seconds per process (`/proc/<pid>/stat`), perf's share of
 samples by process and by mount thread group, and py-spy's on-CPU samples by thread group
 with the functions each group spends them in. Env: SIZE_MB (1024), REPS (2), KEY (big.dat).

@@ -136,8 +136,7 @@ class Uploader:
                 log.warning("%s was deleted in the bucket; uploading the local version", snap.key)
             expect = Expect(None if remote is None else remote.etag)
             return await self._put(snap.key, snap, hooks, expect)
-        async with self._memory(min(snap.size, part_size_for(snap.size, self.part_size))):
-            ours = await self._thread(content_etag, snap.fd, snap.size, self.part_size)
+        ours = await self.etag_of(snap.fd, snap.size, limiter=self.limiter)
         if not hooks.intact():
             return Torn()
         if same_etag(remote.etag, ours):
@@ -263,6 +262,12 @@ class Uploader:
             return await self._thread(self.store.head, key)
         except NotFound:
             return None
+
+    async def etag_of(self, fd: int, size: int, *, limiter: trio.CapacityLimiter | None) -> str:
+        """The ETag our upload of the first `size` bytes of `fd` gets, worked out in a thread
+        (under `limiter`) one part in RAM at a time, within the budget."""
+        async with self._memory(min(size, part_size_for(size, self.part_size))):
+            return await self.run_sync(content_etag, fd, size, self.part_size, limiter=limiter)
 
     @contextlib.asynccontextmanager
     async def _memory(self, size: int) -> AsyncIterator[None]:

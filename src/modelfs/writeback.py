@@ -117,8 +117,7 @@ class WriteBack:
             area.close()
             raise
         self._files = StagedFiles(area, journal, wall_clock)
-        self._part_size = part_size
-        uploader = Uploader(
+        self._uploader = uploader = Uploader(
             store,
             self._limiter,
             trio.Semaphore(transfers),
@@ -301,9 +300,8 @@ class WriteBack:
             remote = None
         if remote is None or staging.same_etag(remote.etag, target.base_etag):
             return target.base_etag
-        ours = await self._run_sync(
-            staging.content_etag, target.fd, target.size, self._part_size, limiter=None
-        )
+        # Not under the upload limiter: this runs on a FUSE request, not behind other uploads.
+        ours = await self._uploader.etag_of(target.fd, target.size, limiter=None)
         return remote.etag if staging.same_etag(remote.etag, ours) else target.base_etag
 
     async def _rename_in_bucket(self, old: str, new: str) -> None:
