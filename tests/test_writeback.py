@@ -1234,20 +1234,24 @@ def test_any_sequence_of_operations_lands_exactly(
     play_and_check(Scenario(tmp_path_factory.mktemp("scenario")), operations)
 
 
-def test_rename_onto_a_file_whose_upload_landed_unrecorded(tmp_path: Path) -> None:
-    """Found by the sequence test: after a restart both files upload; the rename stops b's
-    upload after its PUT landed but before its answer was recorded. The rename must see that
-    version as our own (same content), not as someone else's change (a false conflict that
-    kept the old b and put the renamed file under b.conflict-*)."""
-    operations: list[tuple[object, ...]] = [
+def rename_after_an_unrecorded_upload() -> list[tuple[object, ...]]:
+    """b's upload lands but is not recorded (a crash), then a is renamed onto b."""
+    return [
         ("write", "b", 1, b"\x00"),
         ("append", "a", b"\x00"),
         ("crash",),
         ("wait", 0.3),
         ("rename", "a", "b"),
     ]
+
+
+def test_rename_onto_a_file_whose_upload_landed_unrecorded(tmp_path: Path) -> None:
+    """Found by the sequence test: after a restart both files upload; the rename stops b's
+    upload after its PUT landed but before its answer was recorded. The rename must see that
+    version as our own (same content), not as someone else's change (a false conflict that
+    kept the old b and put the renamed file under b.conflict-*)."""
     scenario = Scenario(tmp_path)
-    play_and_check(scenario, operations)
+    play_and_check(scenario, rename_after_an_unrecorded_upload())
     assert scenario.engine.statistics().conflicts == 0
 
 
@@ -1272,15 +1276,8 @@ def test_the_etag_check_of_a_rename_holds_the_memory_budget(tmp_path: Path) -> N
         def new_engine(self) -> WriteBack:
             return make_engine(self.store, self.root, InlineRunner(latency=0.2), budget=budget)
 
-    operations: list[tuple[object, ...]] = [
-        ("write", "b", 1, b"\x00"),
-        ("append", "a", b"\x00"),
-        ("crash",),
-        ("wait", 0.3),
-        ("rename", "a", "b"),
-    ]
     scenario = BudgetedScenario(tmp_path)
-    play_and_check(scenario, operations)
+    play_and_check(scenario, rename_after_an_unrecorded_upload())
     assert scenario.engine.statistics().conflicts == 0
     # the play task is the one that renamed; uploads take their memory in the engine's tasks
     assert any(name.endswith("play_and_check.<locals>.play") for name in budget.callers)
