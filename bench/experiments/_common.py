@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.support.seaweed import SeaweedServer  # noqa: E402
 
-__all__ = ["SeaweedServer", "mounted", "write_remotes"]
+__all__ = ["SeaweedServer", "fs_statistic", "mounted", "sample_object", "serving", "write_remotes"]
 
 
 def write_remotes(path: Path, server: SeaweedServer) -> Path:
@@ -44,3 +46,37 @@ def mounted(
         yield mountpoint
     finally:
         subprocess.run([sys.executable, "-m", "modelfs", "unmount", str(mountpoint)], check=False)
+
+
+def sample_object(server: SeaweedServer, key: str, size: int) -> bytes:
+    """Put `size` bytes (a multiple of 64 MiB, random, repeating) under `key` in bucket
+    `perf`, which this creates; the bytes."""
+    server.create_bucket("perf")
+    body = os.urandom(64 << 20) * (size >> 26)
+    server.client().put_object(Bucket="perf", Key=key, Body=body)
+    return body
+
+
+def fs_statistic(mountpoint: Path, name: str) -> int:
+    """One of the mount's filesystem counters (`modelfs status --json`, "fs")."""
+    status = subprocess.run(
+        [sys.executable, "-m", "modelfs", "status", "--json", str(mountpoint)],
+        capture_output=True,
+        check=True,
+        text=True,
+    )
+    return int(json.loads(status.stdout)["fs"][name])
+
+
+@contextlib.contextmanager
+def serving(key: str, size: int) -> Iterator[tuple[SeaweedServer, Path, Path]]:
+    """A SeaweedFS server holding a sample object (`sample_object`), a scratch directory in
+    /var/tmp and a remotes file for the server in it; all gone at exit."""
+    server = SeaweedServer().start()
+    try:
+        sample_object(server, key, size)
+        with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
+            work = Path(scratch)
+            yield server, work, write_remotes(work / "remotes.conf", server)
+    finally:
+        server.close()

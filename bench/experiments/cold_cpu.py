@@ -14,11 +14,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _common import SeaweedServer, mounted, write_remotes
+from _common import mounted, serving
 
 SIZE = int(os.environ.get("SIZE_MB", "1024")) << 20
 REPS = int(os.environ.get("REPS", "3"))
@@ -84,19 +83,10 @@ def one_read(mountpoint: Path, server_pid: int) -> str:
 
 
 def main(argv: list[str]) -> int:
-    server = SeaweedServer().start()
-    try:
-        server.create_bucket("perf")
-        body = os.urandom(64 << 20) * (SIZE >> 26)
-        server.client().put_object(Bucket="perf", Key=KEY, Body=body)
-        with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
-            work = Path(scratch)
-            remotes = write_remotes(work / "remotes.conf", server)
-            for _ in range(REPS):
-                with mounted(remotes, work, argv[1:]) as mountpoint:
-                    print(one_read(mountpoint, server.pid), flush=True)
-    finally:
-        server.close()
+    with serving(KEY, SIZE) as (server, work, remotes):
+        for _ in range(REPS):
+            with mounted(remotes, work, argv[1:]) as mountpoint:
+                print(one_read(mountpoint, server.pid), flush=True)
     return 0
 
 

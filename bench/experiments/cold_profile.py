@@ -22,11 +22,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _common import SeaweedServer, mounted, write_remotes
+from _common import mounted, serving
 from cold_cpu import cpu_seconds, idle_and_steal, mount_pid
 
 SIZE = int(os.environ.get("SIZE_MB", "1024")) << 20
@@ -179,19 +178,9 @@ def main(argv: list[str]) -> int:
     missing = [tool for tool in ("perf", "py-spy") if shutil.which(tool) is None]
     if missing:
         raise SystemExit(f"cold_profile: needs {' and '.join(missing)} on the PATH")
-    server = SeaweedServer().start()
-    try:
-        server.create_bucket("perf")
-        body = os.urandom(64 << 20) * (SIZE >> 26)
-        server.client().put_object(Bucket="perf", Key=KEY, Body=body)
-        del body
-        with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
-            work = Path(scratch)
-            remotes = write_remotes(work / "remotes.conf", server)
-            for _ in range(REPS):
-                profiled_reads(remotes, work, server.pid, argv[1:])
-    finally:
-        server.close()
+    with serving(KEY, SIZE) as (server, work, remotes):
+        for _ in range(REPS):
+            profiled_reads(remotes, work, server.pid, argv[1:])
     return 0
 
 

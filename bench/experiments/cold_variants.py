@@ -17,11 +17,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _common import SeaweedServer, mounted, write_remotes
+from _common import mounted, serving
 
 SIZE = int(os.environ.get("SIZE_MB", "1024")) << 20
 REPS = int(os.environ.get("REPS", "3"))
@@ -55,21 +54,12 @@ def main(argv: list[str]) -> int:
     variants = [
         dict(item.split("=", 1) for item in text.split(",") if item) for text in argv[1].split(";")
     ]
-    server = SeaweedServer().start()
-    try:
-        client = server.client()
-        server.create_bucket("perf")
-        client.put_object(Bucket="perf", Key=KEY, Body=os.urandom(64 << 20) * (SIZE >> 26))
-        with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
-            work = Path(scratch)
-            remotes = write_remotes(work / "remotes.conf", server)
-            results: list[list[str]] = [[] for _ in variants]
-            for _ in range(REPS):
-                for index, env in enumerate(variants):
-                    results[index] += one_round(remotes, work, env)
-                    print(index, env, results[index], flush=True)
-    finally:
-        server.close()
+    with serving(KEY, SIZE) as (_server, work, remotes):
+        results: list[list[str]] = [[] for _ in variants]
+        for _ in range(REPS):
+            for index, env in enumerate(variants):
+                results[index] += one_round(remotes, work, env)
+                print(index, env, results[index], flush=True)
     for env, figures in zip(variants, results, strict=True):
         print(env or "as is", "MB/s:", ", ".join(figures))
     return 0

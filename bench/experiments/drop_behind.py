@@ -11,15 +11,13 @@ fetch). Starts its own SeaweedFS (tests/support/seaweed.py). Run as root.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _common import SeaweedServer, mounted, write_remotes
+from _common import fs_statistic, mounted, serving
 
 SIZE = int(os.environ.get("SIZE_MB", "4096")) << 20
 REPS = int(os.environ.get("REPS", "2"))
@@ -51,38 +49,23 @@ def read_stretches(path: Path) -> tuple[float, list[float]]:
 
 
 def dropped_behind(mountpoint: Path) -> int:
-    status = subprocess.run(
-        [sys.executable, "-m", "modelfs", "status", "--json", str(mountpoint)],
-        capture_output=True,
-        check=True,
-        text=True,
-    )
-    return int(json.loads(status.stdout)["fs"]["dropped_behind"])
+    return fs_statistic(mountpoint, "dropped_behind")
 
 
 def main() -> int:
-    server = SeaweedServer().start()
-    try:
-        server.create_bucket("perf")
-        server.client().put_object(Bucket="perf", Key=KEY, Body=os.urandom(64 << 20) * (SIZE >> 26))
-        with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
-            work = Path(scratch)
-            remotes = write_remotes(work / "remotes.conf", server)
-            for _ in range(REPS):
-                for name, options in VARIANTS.items():
-                    with mounted(remotes, work, options) as mountpoint:
-                        (mountpoint / KEY).stat()
-                        drop_page_cache()
-                        overall, rates = read_stretches(mountpoint / KEY)
-                        dropped = dropped_behind(mountpoint) >> 20
-                    stretches = " ".join(f"{rate:.0f}" for rate in rates)
-                    print(
-                        f"{name}: {overall:.0f} MB/s, per 512 MiB: {stretches}; "
-                        f"dropped {dropped} MiB",
-                        flush=True,
-                    )
-    finally:
-        server.close()
+    with serving(KEY, SIZE) as (_server, work, remotes):
+        for _ in range(REPS):
+            for name, options in VARIANTS.items():
+                with mounted(remotes, work, options) as mountpoint:
+                    (mountpoint / KEY).stat()
+                    drop_page_cache()
+                    overall, rates = read_stretches(mountpoint / KEY)
+                    dropped = dropped_behind(mountpoint) >> 20
+                stretches = " ".join(f"{rate:.0f}" for rate in rates)
+                print(
+                    f"{name}: {overall:.0f} MB/s, per 512 MiB: {stretches}; dropped {dropped} MiB",
+                    flush=True,
+                )
     return 0
 
 

@@ -14,7 +14,6 @@ profile. Env: SIZE_MB (1024), REPS (3). Starts its own SeaweedFS. Run as root, w
 from __future__ import annotations
 
 import functools
-import json
 import os
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import SeaweedServer, mounted, write_remotes
+from _common import SeaweedServer, fs_statistic, mounted, sample_object, write_remotes
 from page_cache_folios import count_folios
 
 SIZE = int(os.environ.get("SIZE_MB", "1024")) << 20
@@ -40,17 +39,6 @@ def dd(path: Path) -> float:
     start = time.perf_counter()
     subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], capture_output=True, check=True)
     return SIZE / (time.perf_counter() - start) / 1e6
-
-
-def fuse_reads(mountpoint: Path) -> int:
-    """The mount's count of FUSE read requests."""
-    status = subprocess.run(
-        [sys.executable, "-m", "modelfs", "status", "--json", str(mountpoint)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(json.loads(status.stdout)["fs"]["reads"])
 
 
 def profiled_reread(path: Path, data: Path, counter: Callable[[], int]) -> tuple[float, int, str]:
@@ -106,7 +94,7 @@ def one_round(mountpoint: Path, local: Path, work: Path) -> None:
     for name, path in (("modelfs", mounted_file), ("local", local)):
         drop_page_cache()
         dd(path)
-        counter = functools.partial(fuse_reads, mountpoint)
+        counter = functools.partial(fs_statistic, mountpoint, "reads")
         rate, requests, top = profiled_reread(path, work / f"perf-{name}.data", counter)
         heads, tails, single = count_folios(str(path))
         print(
@@ -120,9 +108,7 @@ def one_round(mountpoint: Path, local: Path, work: Path) -> None:
 def main() -> int:
     server = SeaweedServer().start()
     try:
-        server.create_bucket("perf")
-        body = os.urandom(64 << 20) * (SIZE >> 26)
-        server.client().put_object(Bucket="perf", Key=KEY, Body=body)
+        body = sample_object(server, KEY, SIZE)
         with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
             work = Path(scratch)
             local = work / "local.dat"
