@@ -268,6 +268,22 @@ def test_keep_cache_serves_a_reopen_from_the_kernel(env: Env) -> None:
         assert mounted.status()["fs"]["reads"] == reads  # nothing reached modelfs
 
 
+def test_status_says_what_the_mount_read_fetched_and_holds(env: Env) -> None:
+    data = os.urandom(8 * MiB)
+    env.put("s.bin", data)
+    with env.mount("--max-memory", "64M"):
+        assert read_file(env.mountpoint / "s.bin") == data
+        shown = run_cli("status", env.mountpoint, check=True).stdout.splitlines()
+    lines = {line.split(":", 1)[0]: line for line in shown[1:]}
+    assert f":{env.bucket} on {env.mountpoint} (pid " in shown[0]
+    assert lines["reads"].startswith("reads: ")
+    assert "8.0M served, 0 files open, 0B of page cache dropped behind readers" in lines["reads"]
+    assert lines["fetched"].startswith("fetched: 8.0M in ")
+    assert lines["memory"].startswith("memory: ")
+    assert "in use of 64.0M, peak " in lines["memory"]
+    assert lines["cache"].startswith("cache: ")
+
+
 def test_foreground_mount_unmounts_cleanly_on_sigterm_and_sigint(env: Env) -> None:
     env.put("f.txt", b"foreground")
     env.mountpoint.mkdir()

@@ -389,9 +389,22 @@ def print_status(answer: dict[str, Any]) -> None:
             f"cache: {used} of {limit} in {cache['blocks']} blocks, {cache['hits']} hits,"
             f" {cache['misses']} misses, {cache['evictions']} evictions, {cache['corrupt']} corrupt"
         )
+    fs = answer.get("fs", {})
+    if fs:
+        print(
+            f"reads: {fs['reads']} requests, {format_size(fs['bytes_read'])} served,"
+            f" {fs['open_files']} files open, {format_size(fs['dropped_behind'])} of page cache"
+            " dropped behind readers"
+        )
     fetcher = answer.get("fetcher", {})
     if fetcher:
         print(f"fetched: {format_size(fetcher['bytes_fetched'])} in {fetcher['gets']} GETs")
+    memory = answer.get("memory", {})
+    if memory:
+        print(
+            f"memory: {format_size(memory['in_use'])} in use of {format_size(memory['limit'])},"
+            f" peak {format_size(memory['peak'])}, {memory['waits']} waits for room"
+        )
     upload = answer.get("writeback")
     if upload:
         queued = format_size(int(upload.get("bytes", 0)))
