@@ -421,6 +421,39 @@ async def test_sequential_read_is_exact_and_reads_ahead(store: MemoryStore) -> N
         nursery.cancel_scope.cancel()
 
 
+class SlowAdviceCache(MemoryDataCache):
+    """A cache whose readahead hints block (like opening block files on a cold disk) until
+    `release` is set, and which notes the block of each hint."""
+
+    def __init__(self) -> None:
+        super().__init__(BLOCK, 1 << 30)
+        self.release = threading.Event()
+        self.advised: list[int] = []
+
+    def advise(self, obj: ObjectId, index: int) -> None:
+        self.release.wait(timeout=2)
+        self.advised.append(index)
+
+
+async def test_a_warm_read_is_answered_before_its_readahead_hints(store: MemoryStore) -> None:
+    data = os.urandom(BLOCK * 12)
+    info = store.put_bytes("m.dat", data)
+    cache = SlowAdviceCache()
+    for index in range(12):  # a warm file: every block in the cache
+        cache.put(info.id, index, data[index * BLOCK : (index + 1) * BLOCK])
+    async with trio.open_nursery() as nursery:
+        fs = await start(make_fs(store, cache=cache), nursery)
+        fh = await open_path(fs, "m.dat")
+        assert await fs.read(fh, 0, 4096) == data[:4096]
+        assert cache.advised == []  # the hints (stuck) did not hold the answer back
+        cache.release.set()
+        await wait_until(lambda: len(cache.advised) == 4)
+        assert cache.advised == [0, 1, 2, 3]  # the first window, one part, in order
+        assert await read_all(fs, fh, len(data), request=BLOCK) == data
+        fs.release(fh)
+        nursery.cancel_scope.cancel()
+
+
 async def test_random_reads_are_exact(store: MemoryStore) -> None:
     rng = random.Random(7)
     data = os.urandom(BLOCK * 16 + 5)
