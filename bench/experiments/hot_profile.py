@@ -5,10 +5,11 @@ cache, through modelfs and from a local copy.
 
 The benchmark's hot row, profiled: for each of a modelfs file and a local copy of the same
 bytes, drop the page cache, read the file once (modelfs from its full block cache), then
-re-read it with `dd bs=1M` under `perf record -g`. Prints the rate of each re-read, modelfs's
-FUSE request counter before and after it (no request may reach the mount), the page-cache
-pages and folios of each file (`page_cache_folios.py`) and the top kernel symbols of each
-profile. Env: SIZE_MB (1024), REPS (3). Starts its own SeaweedFS. Run as root, with perf.
+re-read it with `dd bs=1M` under `perf record -g`. Prints the rate of each re-read, how many
+FUSE read requests reached modelfs during it (a page-cache hit sends none; measured 0-24 per
+GiB), the page-cache pages and folios of each file (`page_cache_folios.py`) and the top
+kernel symbols of each profile. Env: SIZE_MB (1024), REPS (3). Starts its own SeaweedFS.
+Run as root, with perf.
 """
 
 from __future__ import annotations
