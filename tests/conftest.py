@@ -27,7 +27,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from modelfs.s3store import S3Store
+from modelfs.store.s3 import S3Store
 from support import FaultProxy, SeaweedServer, remote_config, unique_bucket_name
 from support import make_config as _make_config
 

@@ -23,11 +23,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from modelfs import blockcache
-from modelfs.blockcache import HEADER_SIZE, DiskBlockCache
-from modelfs.datacache import DataCache
-from modelfs.errors import ConfigError
-from modelfs.values import ObjectId
+from modelfs.cache import blockfile
+from modelfs.cache.disk import HEADER_SIZE, DiskBlockCache
+from modelfs.cache.protocol import DataCache
+from modelfs.errors import ConfigError, MountError
+from modelfs.objects import ObjectId
 from support.pagecache import resident_pages
 
 BLOCK = 4096  # small blocks keep the tests fast; nothing depends on the size
@@ -143,7 +143,7 @@ def test_survives_restart(cache: DiskBlockCache, clock: FakeClock) -> None:
 
 
 def test_second_owner_of_a_root_is_refused(cache: DiskBlockCache) -> None:
-    with pytest.raises(ConfigError, match="in use"):
+    with pytest.raises(MountError, match="in use"):
         DiskBlockCache(cache.root, BLOCK, FILE)
     cache.close()
     DiskBlockCache(cache.root, BLOCK, FILE).close()
@@ -461,7 +461,7 @@ def test_write_error_logs_warn_once_per_interval(
     cache.clear()
     fanout.rmdir()
     fanout.write_bytes(b"")
-    with caplog.at_level(logging.DEBUG, logger="modelfs.blockcache"):
+    with caplog.at_level(logging.DEBUG, logger="modelfs.cache.disk"):
         for index in range(5):
             cache.put(A, index, payload(A, index))
         clock.now += 3600
@@ -632,13 +632,13 @@ def test_a_block_this_process_wrote_is_read_without_a_second_check(
     data = os.urandom(1 << 16)
     cache.put(obj, 0, data)
     checks: list[int] = []
-    real_checksum = blockcache._checksum
+    real_checksum = blockfile.checksum
 
     def counting_checksum(prefix: bytes, payload: bytes) -> int:
         checks.append(len(payload))
         return real_checksum(prefix, payload)
 
-    monkeypatch.setattr(blockcache, "_checksum", counting_checksum)
+    monkeypatch.setattr(blockfile, "checksum", counting_checksum)
     assert cache.get_range(obj, 0, 100, 4096) == data[100:4196]
     assert cache.get(obj, 0) == data
     assert checks == []
@@ -671,7 +671,7 @@ def test_disk_filesystem_gets_o_direct_block_files(
     with DiskBlockCache(disk / "c", big, 1 << 30, clock=clock) as cache:
         cache.put(A, 0, payload(A, 0, big))
         cache.put(A, 1, payload(A, 1, 12345))  # a short last block: padded, then truncated
-        assert cache._writer.direct  # the filesystem took O_DIRECT and kept it
+        assert cache.direct_writes  # the filesystem took O_DIRECT and kept it
         assert sorted(p.stat().st_size for p in block_files(cache.root)) == [
             HEADER_SIZE + 12345,
             HEADER_SIZE + big,
@@ -706,12 +706,12 @@ def test_filesystem_refusing_o_direct_switches_the_cache_to_buffered_writes(
 
     monkeypatch.setattr(os, "open", open_without_direct)
     with (
-        caplog.at_level(logging.INFO, logger="modelfs.blockcache"),
+        caplog.at_level(logging.INFO, logger="modelfs.cache.disk"),
         DiskBlockCache(tmp_path / "c", BLOCK, 1 << 20, clock=clock) as cache,
     ):
         for index in range(3):
             cache.put(A, index, payload(A, index))
-        assert not cache._writer.direct
+        assert not cache.direct_writes
         assert len(refused) == 1  # asked once, then buffered for good
         assert [cache.get(A, i) for i in range(3)] == [payload(A, i) for i in range(3)]
         assert cache.statistics().write_errors == 0
@@ -728,7 +728,7 @@ def test_full_disk_with_o_direct_counts_write_errors_and_leaves_no_temp_files(
         for index in range(12):  # 12 MiB cannot fit in an 8 MiB filesystem
             cache.put(A, index, payload(A, index, big))
         stats = cache.statistics()
-        assert cache._writer.direct
+        assert cache.direct_writes
         assert stats.write_errors > 0
         assert 0 < stats.blocks < 12
         assert not list(disk.rglob(".tmp-*"))

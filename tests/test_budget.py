@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from modelfs.budget import BudgetStatistics, MemoryBudget
+from modelfs.memory import BudgetStatistics, MemoryBudget
 
 
 def test_try_acquire_takes_only_what_fits() -> None:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
-from modelfs.cachewriter import CacheWriter
-from modelfs.datacache import MemoryDataCache
-from modelfs.values import ObjectId
+from fakes.memcache import MemoryDataCache
+from modelfs.cache.writer import CacheWriter
+from modelfs.objects import ObjectId
 
 OBJ = ObjectId("model.bin", "etag-1")
 BLOCK = 16

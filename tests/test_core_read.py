@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import random
@@ -13,19 +14,26 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from cachetools import TTLCache
 
-from modelfs import pagecache
-from modelfs.budget import MemoryBudget
-from modelfs.datacache import MemoryDataCache
-from modelfs.errors import NotFound, StaleObject
-from modelfs.fetcher import BlockFetcher
-from modelfs.fs import INTERNAL_FH, Filesystem, FsOptions
-from modelfs.inodes import ROOT_INODE
-from modelfs.memstore import MemoryStore
-from modelfs.namespace import SUBTREE_PAGES, Namespace
-from modelfs.pagecache import DropBehind, PageCacheTrimmer
-from modelfs.prefetch import ReadaheadPolicy
-from modelfs.values import ObjectId, ObjectInfo
+from fakes.memcache import MemoryDataCache
+from fakes.memstore import MemoryStore
+from modelfs.core import namespace as namespace_module
+from modelfs.core.attributes import FsOptions
+from modelfs.core.filesystem import INTERNAL_FH, Filesystem
+from modelfs.core.inodes import ROOT_INODE
+from modelfs.core.namespace import SUBTREE_PAGES, Namespace
+from modelfs.daemon.warmup import warm_up as warm_up_mount
+from modelfs.errors import NotFound, ReadOnly, StaleObject
+from modelfs.memory import MemoryBudget
+from modelfs.objects import ObjectId, ObjectInfo
+from modelfs.read import dropbehind as pagecache
+from modelfs.read.dropbehind import DropBehind, PageCacheTrimmer
+from modelfs.read.fetcher import BlockFetcher
+from modelfs.read.policy import ReadOptions, ReadPolicy
+from modelfs.read.readahead import ReadaheadPolicy
+from modelfs.write.engine import WriteBack
+from modelfs.write.protocol import ReadOnlyWriter
 
 BLOCK = 64 << 10  # small blocks keep the tests fast; the logic does not depend on the size
 MiB = 1 << 20
@@ -55,6 +63,9 @@ def make_fetcher(
     )
 
 
+_FS_OPTIONS = {"uid", "gid", "umask", "dir_cache_time"}
+
+
 def make_fs(
     store: MemoryStore,
     *,
@@ -64,13 +75,33 @@ def make_fs(
     slots: int = 4,
     **options: object,
 ) -> Filesystem:
+    """A read-only filesystem core over `store`; `options` go to FsOptions or ReadOptions."""
     clock = clock or FakeClock()
     cache = cache or MemoryDataCache(BLOCK, 1 << 30)
     fetcher = make_fetcher(store, cache, slots=slots, budget=MemoryBudget(budget))
     namespace = Namespace(store, "", ttl=60.0, limiter=trio.CapacityLimiter(4), clock=clock)
-    defaults: dict[str, object] = {"part_size": 4 * BLOCK, "readahead_max": 16 * BLOCK}
-    defaults.update(options)
-    return Filesystem(namespace, fetcher, FsOptions(**defaults))  # type: ignore[arg-type]
+    read: dict[str, object] = {"part_size": 4 * BLOCK, "readahead_max": 16 * BLOCK}
+    read.update({k: v for k, v in options.items() if k not in _FS_OPTIONS})
+    fs_options = {k: v for k, v in options.items() if k in _FS_OPTIONS}
+
+    async def files_in(directory: str) -> list[ObjectInfo]:
+        return list((await namespace.listing(directory)).files.values())
+
+    reads = ReadPolicy(
+        fetcher, ReadOptions(**read), siblings=files_in, clock=clock  # type: ignore[arg-type]
+    )
+    return Filesystem(namespace, reads, ReadOnlyWriter(), FsOptions(**fs_options))  # type: ignore[arg-type]
+
+
+async def start_fs(
+    nursery: trio.Nursery, store: MemoryStore, *, warm_up: bool = False, **options: object
+) -> Filesystem:
+    """`make_fs`, with its read policy running (and the mount's warm-up, if asked)."""
+    fs = make_fs(store, **options)  # type: ignore[arg-type]
+    await nursery.start(fs.reads.run)
+    if warm_up:
+        nursery.start_soon(warm_up_mount, fs.namespace, fs.reads.fetcher)
+    return fs
 
 
 async def wait_until(condition: Callable[[], bool], limit: float = 10.0) -> None:
@@ -80,17 +111,18 @@ async def wait_until(condition: Callable[[], bool], limit: float = 10.0) -> None
             await trio.sleep(0.01)
 
 
-async def start(fs: Filesystem, nursery: trio.Nursery) -> Filesystem:
-    await nursery.start(fs.run)
-    return fs
-
-
 async def open_path(fs: Filesystem, path: str) -> int:
     ino = ROOT_INODE
     for name in path.split("/"):
         ino = (await fs.lookup(ino, name)).ino
     fh, _ = await fs.open(ino, os.O_RDONLY)
     return fh
+
+
+async def whole_fetch_done(fs: Filesystem, info: ObjectInfo) -> None:
+    fetch = fs.reads.whole_fetch(info.id)
+    assert fetch is not None, f"no whole-object fetch of {info.key}"
+    await fetch.done.wait()
 
 
 async def read_all(fs: Filesystem, fh: int, size: int, request: int = 128 << 10) -> bytes:
@@ -340,7 +372,7 @@ async def test_tree_lookup_readdir_and_attributes(store: MemoryStore) -> None:
     store.put_bytes("cache_hub/dirmarker/", b"")
     store.put_bytes("top.txt", b"hello")
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store, uid=1234, gid=99, umask=0o027), nursery)
+        fs = await start_fs(nursery, store, uid=1234, gid=99, umask=0o027)
         root_fh = await fs.opendir(ROOT_INODE)
         assert [e.name for e in fs.readdir(root_fh, 0)] == ["cache_hub", "top.txt"]
         hub = await fs.lookup(ROOT_INODE, "cache_hub")
@@ -362,7 +394,7 @@ async def test_negative_lookups_are_cached_until_ttl(store: MemoryStore) -> None
     clock = FakeClock()
     store.put_bytes("a.txt", b"a")
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store, clock=clock), nursery)
+        fs = await start_fs(nursery, store, clock=clock)
         for _ in range(3):
             with pytest.raises(NotFound):
                 await fs.lookup(ROOT_INODE, "missing.txt")
@@ -381,7 +413,7 @@ async def test_listing_pages_through_many_keys() -> None:
     for i in range(2500):
         store.put_bytes(f"d/f{i:05d}", b"")
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store), nursery)
+        fs = await start_fs(nursery, store)
         d = await fs.lookup(ROOT_INODE, "d")
         fh = await fs.opendir(d.ino)
         assert len(fs.readdir(fh, 0)) == 2500
@@ -397,7 +429,7 @@ async def test_keys_that_cannot_be_paths_are_skipped(store: MemoryStore) -> None
     store.put_bytes("bad/" + "n" * 256, b"5")
     store.put_bytes("bad/fine", b"6")
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store), nursery)
+        fs = await start_fs(nursery, store)
         bad = await fs.lookup(ROOT_INODE, "bad")
         fh = await fs.opendir(bad.ino)
         assert [e.name for e in fs.readdir(fh, 0)] == ["fine"]
@@ -411,11 +443,11 @@ async def test_sequential_read_is_exact_and_reads_ahead(store: MemoryStore) -> N
     data = os.urandom(BLOCK * 40 + 123)
     store.put_bytes("m.dat", data)
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store), nursery)
+        fs = await start_fs(nursery, store)
         fh = await open_path(fs, "m.dat")
         assert await read_all(fs, fh, len(data), request=BLOCK // 2) == data
         fs.release(fh)
-        stats = fs.fetcher.statistics()
+        stats = fs.reads.fetcher.statistics()
         assert stats.blocks_fetched == 41  # every block once
         assert stats.gets < 20  # in parts, not block by block
         nursery.cancel_scope.cancel()
@@ -442,7 +474,7 @@ async def test_a_warm_read_is_answered_before_its_readahead_hints(store: MemoryS
     for index in range(12):  # a warm file: every block in the cache
         cache.put(info.id, index, data[index * BLOCK : (index + 1) * BLOCK])
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store, cache=cache), nursery)
+        fs = await start_fs(nursery, store, cache=cache)
         fh = await open_path(fs, "m.dat")
         assert await fs.read(fh, 0, 4096) == data[:4096]
         assert cache.advised == []  # the hints (stuck) did not hold the answer back
@@ -459,7 +491,7 @@ async def test_random_reads_are_exact(store: MemoryStore) -> None:
     data = os.urandom(BLOCK * 16 + 5)
     store.put_bytes("m.dat", data)
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store), nursery)
+        fs = await start_fs(nursery, store)
         fh = await open_path(fs, "m.dat")
         for _ in range(300):
             offset = rng.randrange(0, len(data) + 10)
@@ -473,7 +505,7 @@ async def test_object_replaced_while_open_gives_old_bytes_or_stale(store: Memory
     store.put_bytes("m.dat", old)
     clock = FakeClock()
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store, clock=clock), nursery)
+        fs = await start_fs(nursery, store, clock=clock)
         fh = await open_path(fs, "m.dat")
         assert await fs.read(fh, 0, BLOCK) == old[:BLOCK]
         new = os.urandom(BLOCK * 8)
@@ -495,7 +527,7 @@ async def test_keep_cache_only_while_etag_unchanged(store: MemoryStore) -> None:
     store.put_bytes("m.dat", b"one")
     clock = FakeClock()
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store, clock=clock), nursery)
+        fs = await start_fs(nursery, store, clock=clock)
         ino = (await fs.lookup(ROOT_INODE, "m.dat")).ino
         _, keep_first = await fs.open(ino, os.O_RDONLY)
         _, keep_second = await fs.open(ino, os.O_RDONLY)
@@ -512,15 +544,15 @@ async def test_model_files_are_fetched_whole_on_open(store: MemoryStore) -> None
     store.put_bytes("w/notes.txt", data)
     cache = MemoryDataCache(BLOCK, 1 << 30)
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store, cache=cache, model_min_size=BLOCK), nursery)
-        fh = await open_path(fs, "w/model.safetensors")
-        info = fs._files[fh].info
+        fs = await start_fs(nursery, store, cache=cache, model_min_size=BLOCK)
+        await open_path(fs, "w/model.safetensors")
+        info = store.head("w/model.safetensors")
         with trio.fail_after(10):
-            await fs._whole[info.id].done.wait()
+            await whole_fetch_done(fs, info)
         await wait_until(lambda: all(cache.contains(info.id, i) for i in range(32)))
-        fh_txt = await open_path(fs, "w/notes.txt")
+        await open_path(fs, "w/notes.txt")
         await trio.sleep(0.05)
-        txt = fs._files[fh_txt].info
+        txt = store.head("w/notes.txt")
         assert not any(cache.contains(txt.id, i) for i in range(32))
         nursery.cancel_scope.cancel()
 
@@ -531,7 +563,7 @@ async def test_first_small_open_bursts_its_small_siblings(store: MemoryStore) ->
     store.put_bytes("tok/big.bin", os.urandom(3 * BLOCK))
     cache = MemoryDataCache(BLOCK, 1 << 30)
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store, cache=cache, small_file_max=BLOCK), nursery)
+        fs = await start_fs(nursery, store, cache=cache, small_file_max=BLOCK)
         tok = await fs.lookup(ROOT_INODE, "tok")
         await fs.opendir(tok.ino)
         await trio.sleep(0.05)
@@ -555,14 +587,14 @@ async def test_seek_away_abandons_readahead(store: MemoryStore) -> None:
     gate = threading.Event()
     store.delay = lambda op: gate.wait(5) if op == "iter_range" else None
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store), nursery)
+        fs = await start_fs(nursery, store)
         fh = await open_path(fs, "m.dat")
-        handle = fs._files[fh]
+        (reader,) = fs.reads.readers_of(store.head("m.dat").id)
         with trio.move_on_after(0.05):
             await fs.read(fh, 0, BLOCK)  # blocked by the gate; readahead scheduled behind it
-        tickets = list(handle.prefetcher._tickets)
+        tickets = reader.prefetcher.tickets
         assert tickets, "sequential start should schedule readahead"
-        handle.prefetcher.on_read(50 * BLOCK, 10)  # seek away
+        reader.prefetcher.on_read(50 * BLOCK, 10)  # seek away
         assert all(t.cancel.is_set() for t in tickets)
         gate.set()
         assert await fs.read(fh, 50 * BLOCK, 10) == data[50 * BLOCK : 50 * BLOCK + 10]
@@ -574,7 +606,7 @@ async def test_one_recursive_listing_answers_a_whole_small_tree(store: MemorySto
         for f in range(30):
             store.put_bytes(f"tree/d{d}/sub/f{f}.txt", b"x")
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store), nursery)
+        fs = await start_fs(nursery, store)
         walked = 0
         await fs.opendir(ROOT_INODE)  # `ls -lR` reads the root first
         tree = await fs.lookup(ROOT_INODE, "tree")
@@ -592,7 +624,7 @@ async def test_a_large_tree_caches_the_directories_its_pages_covered(store: Memo
             store.put_bytes(f"big/d{d}/f{f:04d}", b"")
     store.put_bytes("big/zzz.txt", b"last")
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store), nursery)
+        fs = await start_fs(nursery, store)
         big = await fs.lookup(ROOT_INODE, "big")
         names = [e.name for e in fs.readdir(await fs.opendir(big.ino), 0)]
         assert names == [f"d{d}" for d in range(8)] + ["zzz.txt"]
@@ -614,7 +646,7 @@ async def test_a_lookup_lists_only_its_directory(store: MemoryStore) -> None:
         store.put_bytes(f"deep/below/f{f}", b"")
     store.put_bytes("model.bin", b"weights")
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store), nursery)
+        fs = await start_fs(nursery, store)
         assert (await fs.lookup(ROOT_INODE, "model.bin")).size == 7
         assert store.ops["list_page"] == 1  # not the 3,000 keys below `deep/`
         nursery.cancel_scope.cancel()
@@ -628,7 +660,7 @@ async def test_warm_up_lists_the_root_and_its_directories_and_probes_a_get_once(
         store.put_bytes(f"cache_hub/f{i}.json", b"{}")
         store.put_bytes(f"cache_hub/deeper/g{i}.json", b"{}")
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store, warm_up=True), nursery)
+        fs = await start_fs(nursery, store, warm_up=True)
         await wait_until(lambda: store.ops["warm_up"] == 1 and store.ops["list_page"] == 2)
         await trio.sleep(0.05)
         # The root and cache_hub/, each delimited: one request each however big; not deeper/.
@@ -651,7 +683,7 @@ async def test_reading_a_directory_listed_by_a_lookup_lists_its_subtree_once(
         for i in range(10):
             store.put_bytes(f"tree/d{d}/f{i}.txt", b"x")
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store), nursery)
+        fs = await start_fs(nursery, store)
         tree = await fs.lookup(ROOT_INODE, "tree")
         await fs.lookup(tree.ino, "d0")  # a lookup: tree/ listed with a delimiter
         listed = store.ops["list_page"]
@@ -674,7 +706,7 @@ async def test_a_subtree_too_big_to_list_is_not_listed_again_on_every_read(
         for i in range(1000):  # 6,000 keys: more than the 5 pages a subtree listing takes
             store.put_bytes(f"big/d{d}/f{i:04d}", b"")
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store), nursery)
+        fs = await start_fs(nursery, store)
         big = await fs.lookup(ROOT_INODE, "big")
         await fs.opendir(big.ino)
         listed = store.ops["list_page"]
@@ -687,7 +719,7 @@ async def test_a_subtree_too_big_to_list_is_not_listed_again_on_every_read(
 async def test_no_warm_up_unless_asked(store: MemoryStore) -> None:
     store.put_bytes("model.bin", b"weights")
     async with trio.open_nursery() as nursery:
-        await start(make_fs(store), nursery)
+        await start_fs(nursery, store)
         await trio.sleep(0.05)
         assert store.ops["list_page"] == 0
         assert store.ops["warm_up"] == 0
@@ -699,7 +731,7 @@ async def test_first_small_read_fetches_whole_parts_only(store: MemoryStore) -> 
     one-block GET for the block the window's end falls into."""
     store.put_bytes("big.dat", os.urandom(BLOCK * 40))
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store), nursery)
+        fs = await start_fs(nursery, store)
         fh = await open_path(fs, "big.dat")
         await fs.read(fh, 0, 16 << 10)
         assert store.ops["iter_range"] == 1
@@ -727,7 +759,7 @@ async def test_burst_fetches_the_opened_file_first_then_siblings_in_listing_orde
     for name in names:
         store.put_bytes(name, b"{}")
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store, slots=1, small_file_max=BLOCK), nursery)
+        fs = await start_fs(nursery, store, slots=1, small_file_max=BLOCK)
         fh = await open_path(fs, "tok/f10.json")
         assert await fs.read(fh, 0, 100) == b"{}"
         await wait_until(lambda: len(store.gets) == 40)
@@ -752,14 +784,14 @@ def gated_model_file() -> tuple[RecordingStore, bytes, threading.Event]:
 async def test_whole_fetch_lets_block_zero_arrive_before_the_other_parts() -> None:
     store, data, gate = gated_model_file()
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store, slots=8, model_min_size=BLOCK), nursery)
+        fs = await start_fs(nursery, store, slots=8, model_min_size=BLOCK)
         fh = await open_path(fs, "w/model.safetensors")
         await trio.sleep(0.1)
         assert store.gets == ["w/model.safetensors"]  # one part (of 8) while block 0 is awaited
         gate.set()
-        info = fs._files[fh].info
+        info = store.head("w/model.safetensors")
         with trio.fail_after(10):
-            await fs._whole[info.id].done.wait()
+            await whole_fetch_done(fs, info)
         assert len(store.gets) == 8  # then the rest, in parallel
         assert await fs.read(fh, 0, 32 * BLOCK) == data
         nursery.cancel_scope.cancel()
@@ -768,17 +800,17 @@ async def test_whole_fetch_lets_block_zero_arrive_before_the_other_parts() -> No
 async def test_whole_fetch_waits_for_block_zero_when_a_read_already_asked_for_it() -> None:
     store, data, gate = gated_model_file()
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store, slots=8, model_min_size=BLOCK), nursery)
+        fs = await start_fs(nursery, store, slots=8, model_min_size=BLOCK)
         fh = await open_path(fs, "w/model.safetensors")
-        info = fs._files[fh].info
+        info = store.head("w/model.safetensors")
         # No checkpoint since open, so the whole fetch's task has not run yet: a read's demand
         # part claims block 0 first, as when the app's first read beats that task.
-        assert fs.fetcher.start_fetch(info, 0, 8, prefetch=False) is not None
+        assert fs.reads.fetcher.start_fetch(info, 0, 8, prefetch=False) is not None
         await trio.sleep(0.1)
         assert store.gets == ["w/model.safetensors"]  # the read's part only, block 0 awaited
         gate.set()
         with trio.fail_after(10):
-            await fs._whole[info.id].done.wait()
+            await whole_fetch_done(fs, info)
         assert await fs.read(fh, 0, 32 * BLOCK) == data
         nursery.cancel_scope.cancel()
 
@@ -789,12 +821,11 @@ async def test_whole_fetch_waits_while_a_reader_streams_then_fills_in_the_rest()
     data = os.urandom(BLOCK * blocks)
     store.put_bytes("w/model.safetensors", data)
     async with trio.open_nursery() as nursery:
-        fs = await start(
-            make_fs(store, slots=8, budget=64 * BLOCK, model_min_size=BLOCK, transfers=8),
-            nursery,
+        fs = await start_fs(
+            nursery, store, slots=8, budget=64 * BLOCK, model_min_size=BLOCK, transfers=8
         )
         fh = await open_path(fs, "w/model.safetensors")
-        window = fs.options.readahead_max + fs.options.part_size
+        window = fs.reads.options.readahead_max + fs.reads.options.part_size
         for offset in range(0, 16 * BLOCK, BLOCK):  # a reader streaming through the first 16
             assert await fs.read(fh, offset, BLOCK) == data[offset : offset + BLOCK]
             await trio.sleep(0.01)  # let any background fetch run
@@ -802,10 +833,10 @@ async def test_whole_fetch_waits_while_a_reader_streams_then_fills_in_the_rest()
             # Only the reader's readahead fetched, not the whole fetch's 8 parallel parts.
             assert furthest <= offset + BLOCK + window, (offset, furthest)
         # The reader stops (but keeps the file open): the whole fetch fills in the rest.
-        info = fs._files[fh].info
+        info = store.head("w/model.safetensors")
         with trio.fail_after(10):
-            await fs._whole[info.id].done.wait()
-        assert fs.fetcher.fully_present(info)
+            await whole_fetch_done(fs, info)
+        assert fs.reads.fetcher.fully_present(info)
         assert await fs.read(fh, 60 * BLOCK, 4 * BLOCK) == data[60 * BLOCK :]
         nursery.cancel_scope.cancel()
 
@@ -828,12 +859,12 @@ async def test_reading_the_root_during_the_warm_up_does_not_list_the_whole_tree(
 
     store.delay = hold_directory_listings
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store, warm_up=True), nursery)
+        fs = await start_fs(nursery, store, warm_up=True)
         await wait_until(lambda: len(lists) == 2)  # the warm-up is listing tree/
         names = [e.name for e in fs.readdir(await fs.opendir(ROOT_INODE), 0)]
         assert names == ["tree"]
         gate.set()
-        await wait_until(lambda: fs.namespace.cached("tree") is not None)
+        await wait_until(lambda: fs.namespace.statistics().cached_dirs == 2)
         assert len(lists) == 2  # the root and tree/, each once; no recursive listing
         nursery.cancel_scope.cancel()
 
@@ -889,14 +920,14 @@ def test_drop_behind_drops_only_what_the_current_run_read(small_drop_steps: None
 
 
 async def drop_fs(store: MemoryStore, nursery: trio.Nursery, **options: object) -> Filesystem:
-    fs = await start(make_fs(store, drop_behind_min=16 * BLOCK, **options), nursery)
-    fs.trimmer = RecordingTrimmer()
+    fs = await start_fs(nursery, store, drop_behind_min=16 * BLOCK, **options)
+    fs.reads.trimmer = RecordingTrimmer()
     return fs
 
 
 def trimmer_of(fs: Filesystem) -> RecordingTrimmer:
-    assert isinstance(fs.trimmer, RecordingTrimmer)
-    return fs.trimmer
+    assert isinstance(fs.reads.trimmer, RecordingTrimmer)
+    return fs.reads.trimmer
 
 
 @pytest.mark.usefixtures("small_drop_steps")
@@ -913,7 +944,7 @@ async def test_drop_behind_follows_one_sequential_reader(store: MemoryStore) -> 
         assert calls[0][:2] == ("big.bin", 0)
         assert all(a[2] == b[1] for a, b in itertools.pairwise(calls))  # contiguous
         assert calls[-1][2] == 24 * BLOCK  # the last read was at 31 blocks: 4 behind, rounded
-        assert fs.statistics().dropped_behind == 24 * BLOCK
+        assert fs.reads.statistics().dropped_behind == 24 * BLOCK
         calls.clear()
         fh = await open_path(fs, "small.bin")  # under drop_behind_min
         await read_all(fs, fh, 15 * BLOCK, BLOCK)
@@ -976,12 +1007,12 @@ async def test_own_opens_are_recognised_by_thread_while_they_open(
     store.put_bytes("f", b"x" * 4096)
     seen: list[bool] = []
     async with trio.open_nursery() as nursery:
-        fs = await start(make_fs(store), nursery)
+        fs = await start_fs(nursery, store)
         ino = (await fs.lookup(ROOT_INODE, "f")).ino
         me = threading.get_native_id()
         assert (await fs.open(ino, os.O_RDONLY, me))[0] != INTERNAL_FH  # no trimmer: not ours
         trimmer = PageCacheTrimmer(str(tmp_path))
-        fs.trimmer = trimmer
+        fs.reads.trimmer = trimmer
         real_open = os.open
 
         def open_and_look(path: str, flags: int) -> int:
@@ -997,7 +1028,82 @@ async def test_own_opens_are_recognised_by_thread_while_they_open(
         assert not trimmer._threads  # and no longer after: its id may be reused elsewhere
         assert (await fs.open(ino, os.O_RDONLY, me))[0] != INTERNAL_FH  # the trio thread is not
         trimmer._threads.add(me)
-        opened = len(fs._files)
+        opened = fs.statistics().open_files
         assert await fs.open(ino, os.O_RDONLY, me) == (INTERNAL_FH, True)  # ours: no handle
-        assert len(fs._files) == opened
+        assert fs.statistics().open_files == opened
+        nursery.cancel_scope.cancel()
+
+
+async def test_listings_are_cached_on_the_trio_thread_only(
+    store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cachetools caches are not thread safe: the LIST requests run in worker threads, but
+    every write of the listing cache happens on the trio thread."""
+    writers: set[int] = set()
+
+    class RecordingCache(TTLCache):  # type: ignore[type-arg]
+        def __setitem__(self, key: object, value: object) -> None:
+            writers.add(threading.get_ident())
+            super().__setitem__(key, value)
+
+    monkeypatch.setattr(namespace_module, "TTLCache", RecordingCache)
+    for d in range(8):
+        for f in range(5):
+            store.put_bytes(f"t/d{d}/s/f{f}", b"x")
+    async with trio.open_nursery() as nursery:
+        fs = await start_fs(nursery, store)
+        async with trio.open_nursery() as readers:
+            readers.start_soon(fs.opendir, ROOT_INODE)
+            for d in range(8):
+                readers.start_soon(fs.namespace.listing, f"t/d{d}")
+            readers.start_soon(functools.partial(fs.namespace.listing, "t", subtree=True))
+        assert fs.namespace.statistics().cached_dirs > 8
+        nursery.cancel_scope.cancel()
+    assert writers == {threading.get_ident()}
+
+
+async def test_opening_a_cached_object_to_append_reads_it_from_the_cache(
+    store: MemoryStore, tmp_path: Path
+) -> None:
+    """Write-back copies an object into its staging file through the block cache (the mount
+    passes `BlockFetcher.chunks`): a model already read once is not downloaded again."""
+    data = os.urandom(BLOCK * 5 + 7)
+    info = store.put_bytes("logs/run.log", data)
+    fetcher = make_fetcher(store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fetcher.run)
+        assert b"".join([chunk async for chunk in fetcher.chunks(info)]) == data
+        gets = store.ops["iter_range"]
+        engine = WriteBack(store, tmp_path, source=fetcher.chunks)
+        try:
+            handle = await engine.open("logs/run.log", info, append=True)
+            engine.write(handle, 0, b"more")
+            assert engine.read(handle, 0, len(data) + 4) == data + b"more"
+            engine.release(handle)
+        finally:
+            engine.close()
+        assert store.ops["iter_range"] == gets  # every block came from the cache
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_read_only_core_refuses_every_change_with_erofs(store: MemoryStore) -> None:
+    """A read-only mount has the null writer: no None checks, every change is EROFS."""
+    store.put_bytes("d/f.txt", b"x")
+    async with trio.open_nursery() as nursery:
+        fs = await start_fs(nursery, store, umask=0)
+        d = await fs.lookup(ROOT_INODE, "d")
+        f = await fs.lookup(d.ino, "f.txt")
+        assert f.mode & 0o777 == 0o444
+        changes = [
+            lambda: fs.create(d.ino, "new.txt", os.O_WRONLY),
+            lambda: fs.open(f.ino, os.O_WRONLY),
+            lambda: fs.set_size(f.ino, 0, None),
+            lambda: fs.unlink(d.ino, "f.txt"),
+            lambda: fs.rename(d.ino, "f.txt", d.ino, "g.txt", 0),
+            lambda: fs.mkdir(ROOT_INODE, "e"),
+        ]
+        for change in changes:
+            with pytest.raises(ReadOnly):
+                await change()
+        assert store.keys() == ["d/f.txt"]
         nursery.cancel_scope.cancel()

@@ -13,19 +13,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fakes.memstore import md5_etag, multipart_etag
 from modelfs.errors import ConfigError, MountError, NoSpace
-from modelfs.journal import RESERVE_NAME, Journal, JournalRow
-from modelfs.memstore import md5_etag, multipart_etag
-from modelfs.staging import (
+from modelfs.store.etag import same_etag
+from modelfs.store.protocol import PendingUpload
+from modelfs.write.journal import RESERVE_NAME, Journal, JournalRow
+from modelfs.write.staging import (
     S3_MAX_PARTS,
     StagingArea,
     content_etag,
     part_size_for,
     read_at,
-    same_etag,
     write_at,
 )
-from modelfs.store import PendingUpload
 
 MIB = 1 << 20
 

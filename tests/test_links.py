@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from modelfs.errors import AlreadyExists, ConfigError
-from modelfs.links import LinkAction, LinkSpec, backup_path, install_link, parse_link
+from modelfs.run.links import LinkAction, LinkSpec, backup_path, install_link, parse_link
 
 
 @pytest.mark.parametrize(

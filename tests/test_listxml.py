@@ -4,8 +4,8 @@ test_store_contract.py; these are the refusals and the decoding rules."""
 
 from __future__ import annotations
 
-from modelfs.listxml import parse_list_page
-from modelfs.values import ListPage, ObjectInfo
+from modelfs.objects import ListPage, ObjectInfo
+from modelfs.store.listxml import parse_list_page
 
 NS = ' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
 

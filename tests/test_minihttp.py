@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from modelfs.minihttp import ConnectionPool, HttpError, Origin
+from modelfs.store.http import ConnectionPool, HttpError, Origin
 
 # An answer: the bytes to send back, and whether to close the connection after them.
 Answer = tuple[bytes, bool]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from modelfs.notify import child_environment, notify, notify_address
+from modelfs.host.notify import child_environment, notify, notify_address
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from modelfs.config.files import resolve
 from modelfs.errors import StoreUnavailable
-from modelfs.remote import resolve
-from modelfs.s3store import S3Store
+from modelfs.store.s3 import S3Store
 from support import FaultProxy, SeaweedServer, path_contains, remote_config
 
 MIB = 1 << 20

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from modelfs import control
-from modelfs.mountcheck import MountStatus, check_mount, find_mount, read_mountinfo
+from modelfs.host import control
+from modelfs.host.health import MountStatus, check_mount
+from modelfs.host.mountinfo import find_mount, read_mountinfo
 from support import SeaweedServer
 
 pytestmark = pytest.mark.mount

@@ -13,7 +13,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from modelfs.sigv4 import SigV4Signer
+from modelfs.store.sigv4 import SigV4Signer
 
 INSTANT = datetime(2026, 11, 22, 5, 4, 3, tzinfo=UTC)
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from fakes.memstore import MemoryStore
+from modelfs.config.remote import RemoteConfig
 from modelfs.errors import (
     AccessDenied,
     BucketNotFound,
@@ -27,11 +29,9 @@ from modelfs.errors import (
     StaleObject,
     StoreUnavailable,
 )
-from modelfs.memstore import MemoryStore
-from modelfs.remote import RemoteConfig
-from modelfs.s3store import S3Store
-from modelfs.store import Expect, ObjectStore, UploadedPart
-from modelfs.values import ObjectId
+from modelfs.objects import ObjectId
+from modelfs.store.protocol import Expect, ObjectStore, UploadedPart
+from modelfs.store.s3 import S3Store
 from support import (
     ACCESS_KEY,
     SECRET_KEY,
@@ -41,6 +41,7 @@ from support import (
     method_is,
     remote_config,
 )
+from support.lanes import data_gets, lane_of, list_requests
 
 MIB = 1 << 20
 PART = 5 * MIB  # S3's minimum size of every part but the last
@@ -674,16 +675,7 @@ def test_iter_range_streams_about_as_fast_as_a_plain_get(
     assert min(timings["streamed"]) < min(timings["plain"]) * 2
 
 
-# -- the lean GET lane (leanget.py) -------------------------------------------------------------
-
-
-def lane_of(request: ProxyRequest) -> str:
-    """Which lane sent a request: botocore signs its user agent, urllib3 its own."""
-    return "botocore" if "Botocore" in request.headers.get("User-Agent", "") else "lean"
-
-
-def data_gets(proxy: FaultProxy, key: str) -> list[ProxyRequest]:
-    return [r for r in proxy.requests if r.method == "GET" and r.path.endswith(f"/{key}")]
+# -- the lean GET lane (lean.py) -------------------------------------------------------------
 
 
 def test_data_gets_take_the_lean_lane_once_botocore_showed_the_url(
@@ -774,7 +766,7 @@ def test_lean_lane_stays_off_when_a_proxy_is_configured(
     assert [lane_of(r) for r in data_gets(proxy, "m.bin")] == ["botocore"] * 3
 
 
-# -- the lean LIST lane (leanget.py, listxml.py) ---------------------------------------------
+# -- the lean LIST lane (lean.py, listxml.py) ------------------------------------------------
 
 ODD_KEYS = (
     "odd dir/a b+c%~\u00e4.txt",
@@ -783,10 +775,6 @@ ODD_KEYS = (
     "odd dir/sub/deeper/\x01control",
     "odd dir/trailing space ",
 )
-
-
-def list_requests(proxy: FaultProxy) -> list[ProxyRequest]:
-    return [r for r in proxy.requests if r.method == "GET" and "list-type=2" in r.path]
 
 
 def every_page(

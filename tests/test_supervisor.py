@@ -21,21 +21,14 @@ from pathlib import Path
 import pytest
 
 from modelfs.cli import build_parser
+from modelfs.config.remote import normalize_spec
 from modelfs.errors import ConfigError
-from modelfs.links import LinkSpec
-from modelfs.mountcheck import (
-    Health,
-    MountCheck,
-    MountStatus,
-    ProbeResult,
-    check_mount,
-    find_mount,
-    normalize_spec,
-    parse_mountinfo,
-    probe,
-)
-from modelfs.runplan import plan_from_args, validate_paths
-from modelfs.supervisor import SignalForwarder, Watchdog, exit_status
+from modelfs.host.health import Health, MountCheck, MountStatus, ProbeResult, check_mount, probe
+from modelfs.host.mountinfo import find_mount, parse_mountinfo
+from modelfs.run.keeper import Watchdog
+from modelfs.run.links import LinkSpec
+from modelfs.run.plan import plan_from_args, validate_paths
+from modelfs.run.supervisor import SignalForwarder, exit_status
 
 MOUNTINFO = textwrap.dedent(
     """\
@@ -412,8 +405,8 @@ HARNESS = textwrap.dedent(
     """\
     import sys
     from pathlib import Path
-    from modelfs.runplan import MountTarget, RunPlan
-    from modelfs.supervisor import SignalForwarder, supervise_app
+    from modelfs.run.plan import MountTarget, RunPlan
+    from modelfs.run.supervisor import SignalForwarder, supervise_app
     plan = RunPlan(MountTarget("r:bucket", "/unused"), (), Path(sys.argv[1]), tuple(sys.argv[2:]))
     forwarder = SignalForwarder()
     forwarder.install()

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from modelfs.errors import ConfigError
-from modelfs.mountcheck import find_mount, read_mountinfo
-from modelfs.mounthelper import modelfs_argv, parse_argv
-from modelfs.runplan import MountTarget
-from modelfs.systemd_units import DEFAULT_MODELFS, mount_drop_in, mount_unit, run_unit
+from modelfs.host.mountinfo import find_mount, read_mountinfo
+from modelfs.run.mounthelper import modelfs_argv, parse_argv
+from modelfs.run.plan import MountTarget
+from modelfs.run.systemd import DEFAULT_MODELFS, mount_drop_in, mount_unit, run_unit
 from support import SECRET_KEY, SeaweedServer
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,11 +21,11 @@ from pathlib import Path
 import trio
 import trio.testing
 
-from modelfs.s3store import S3Store
-from modelfs.staging import STAGING_DIR
-from modelfs.store import Expect
-from modelfs.values import ObjectInfo
-from modelfs.writeback import WriteBack
+from modelfs.objects import ObjectInfo
+from modelfs.store.protocol import Expect
+from modelfs.store.s3 import S3Store
+from modelfs.write.engine import WriteBack
+from modelfs.write.staging import STAGING_DIR
 from support import FaultProxy, SeaweedServer, method_is, remote_config
 from support.engines import running
 from test_writeback import eventually, fill_until_full
@@ -239,8 +239,8 @@ CHILD = textwrap.dedent(
     """
     import os, sys, time, trio
     from pathlib import Path
-    from modelfs.s3store import S3Store
-    from modelfs.writeback import WriteBack
+    from modelfs.store.s3 import S3Store
+    from modelfs.write.engine import WriteBack
     from support import remote_config
 
     endpoint, bucket, root, mode = sys.argv[1:5]

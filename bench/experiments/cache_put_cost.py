@@ -21,8 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from modelfs.blockcache import DiskBlockCache
-from modelfs.values import ObjectId
+from modelfs.cache.disk import DiskBlockCache
+from modelfs.objects import ObjectId
 
 BLOCK = 1 << 20
 PUTS = 1024

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from modelfs.s3store import S3Store  # noqa: E402
+from modelfs.store.s3 import S3Store  # noqa: E402
 from support import SeaweedServer, remote_config  # noqa: E402
 
 FILES = 2000

@@ -1,8 +1,9 @@
 """Domain errors and the one errno table.
 
 Every error that crosses a module boundary is a `ModelfsError` subclass carrying its errno.
-The FUSE adapter maps any exception with `errno_for`, the CLI prints `str(exc)` on one line.
-S3 error codes are translated to these classes in `s3store` (one dict, `__cause__` kept).
+The FUSE adapter maps any exception with `errno_for`; the CLI prints `str(exc)` on one line
+and exits with the code `console.exit_code` gives it.
+S3 error codes are translated to these classes in `store.s3errors` (one dict, `__cause__` kept).
 """
 
 from __future__ import annotations
@@ -14,12 +15,21 @@ class ModelfsError(Exception):
     """Base class: a failure with a user-facing one-line message and an errno."""
 
     errno: int = _errno.EIO
+    bad_input: bool = False  # the user must change something: exit code 2, not 1 (see console)
 
 
 class ConfigError(ModelfsError):
     """Bad remote spec, unknown remote, unreadable or invalid config file."""
 
     errno = _errno.EINVAL
+    bad_input = True
+
+
+class UsageError(ModelfsError):
+    """A command line that cannot work as given."""
+
+    errno = _errno.EINVAL
+    bad_input = True
 
 
 class NotFound(ModelfsError):
@@ -68,6 +78,7 @@ class NotADirectory(ModelfsError):
 
 class AlreadyExists(ModelfsError):
     errno = _errno.EEXIST
+    bad_input = True  # at the command line: something is in the way (e.g. a link's place)
 
 
 class InvalidArgument(ModelfsError):
@@ -86,6 +97,7 @@ class MountError(ModelfsError):
     """The mountpoint or FUSE itself is not usable."""
 
     errno = _errno.EINVAL
+    bad_input = True
 
 
 def errno_for(exc: BaseException) -> int:

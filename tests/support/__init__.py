@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from modelfs.remote import RemoteConfig
+from modelfs.config.remote import RemoteConfig
 
 from .proxy import FaultProxy, ProxyRequest, method_is, path_contains
 from .seaweed import ACCESS_KEY, REGION, SECRET_KEY, SeaweedError, SeaweedServer

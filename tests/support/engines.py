@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from modelfs.writeback import WriteBack
+from modelfs.write.engine import WriteBack
 
 
 @asynccontextmanager

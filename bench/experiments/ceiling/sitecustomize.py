@@ -25,7 +25,7 @@ from collections.abc import Callable
 _VARIANT = os.environ.get("MODELFS_CEILING", "")
 
 if _VARIANT == "no-cache-writes":
-    from modelfs import cachewriter
+    from modelfs.cache import writer as cachewriter
 
     def _skip_write(
         self: cachewriter.CacheWriter,
@@ -39,17 +39,17 @@ if _VARIANT == "no-cache-writes":
     cachewriter.CacheWriter.submit = _skip_write  # type: ignore[assignment,method-assign]
 
 elif _VARIANT == "no-rename":
-    from modelfs import blockcache
+    from modelfs.cache import blockfile, tree
 
     def _write_in_place(
-        self: blockcache.DiskBlockCache, name: blockcache._BlockName, data: bytes, now: float
-    ) -> blockcache._Stamp:
-        path = self._path(name)
-        return self._writer.write(path, blockcache._encode_header(name, data), data, now)
+        self: tree.BlockTree, name: blockfile.BlockName, payload: bytes, mtime: float
+    ) -> blockfile.Stamp:
+        path = self.block_path(name)
+        return self.writer.write(path, blockfile.encode_header(name, payload), payload, mtime)
 
-    blockcache.DiskBlockCache._write = _write_in_place  # type: ignore[method-assign]
+    tree.BlockTree.write = _write_in_place  # type: ignore[method-assign]
 
 elif _VARIANT == "no-checksum":
-    from modelfs import blockcache
+    from modelfs.cache import blockfile
 
-    blockcache._checksum = lambda prefix, payload: 0
+    blockfile.checksum = lambda prefix, payload: 0

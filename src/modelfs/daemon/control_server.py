@@ -1,0 +1,59 @@
+"""The server side of the control socket (see `control` for the layout and the protocol)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from modelfs.host.control import socket_path
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+_MAX_REQUEST = 64 << 10  # a request is one small JSON object
+
+
+async def serve(
+    ident: str,
+    handler: Handler,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer control requests until cancelled."""
+    path = socket_path(ident)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(str(path))
+    os.chmod(path, 0o600)
+    listener.listen(16)
+    task_status.started()
+    async with trio.open_nursery() as nursery:
+        while True:
+            conn, _ = await listener.accept()
+            nursery.start_soon(_answer, trio.SocketStream(conn), handler)
+
+
+async def _answer(stream: trio.SocketStream, handler: Handler) -> None:
+    async with stream:
+        buffer = b""
+        while not buffer.endswith(b"\n") and len(buffer) < _MAX_REQUEST:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return
+            buffer += chunk
+        try:
+            answer = await handler(json.loads(buffer))
+        except Exception as exc:
+            log.exception("control request failed")
+            answer = {"ok": False, "error": str(exc)}
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(json.dumps(answer, default=str).encode() + b"\n")

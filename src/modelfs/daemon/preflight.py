@@ -1,0 +1,84 @@
+"""Every check that can fail before mounting, each failure one line naming what to fix.
+
+In order: FUSE usable; the mountpoint usable (exists, a directory, empty unless allowed, not
+mounted, not a dead mount); the cache dir writable and not used by another mount (its lock is
+then held for the life of the mount); the bucket reachable with these credentials. Nothing is
+mounted before all of them pass.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from modelfs.daemon.settings import MountConfig
+from modelfs.errors import MountError
+from modelfs.host import control, mountinfo
+from modelfs.host.locks import hold_lock
+from modelfs.store.s3 import S3Store
+
+
+def check_fuse() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("FUSE is not available: /dev/fuse is missing (load the fuse module)")
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as exc:
+        raise MountError(f"FUSE is not available: cannot open /dev/fuse: {exc.strerror}") from exc
+
+
+def check_mountpoint(mountpoint: Path, *, allow_non_empty: bool) -> None:
+    path = str(mountpoint)
+    entry = mountinfo.find_mount(control.canonical_mountpoint(path), mountinfo.read_mountinfo())
+    if entry is not None:
+        if mountinfo.is_dead(path):
+            raise MountError(
+                f"{path} is a dead mount (transport endpoint is not connected): "
+                f"run `modelfs unmount {path}` first"
+            )
+        raise MountError(f"{path} is already mounted ({entry.fstype} {entry.source})")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MountError(f"mountpoint {path} does not exist") from None
+    except OSError as exc:
+        raise MountError(f"mountpoint {path}: {exc.strerror}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"mountpoint {path} is not a directory")
+    if not allow_non_empty and os.listdir(path):
+        raise MountError(f"mountpoint {path} is not empty (use --allow-non-empty to mount over it)")
+
+
+def check_cache_dir(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".probe-{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        raise MountError(f"cache dir {root} is not writable: {exc.strerror or exc}") from exc
+
+
+def make_store(config: MountConfig) -> S3Store:
+    # Readahead and demand GETs each use up to `transfers` connections; the rest is for
+    # listings, uploads and the occasional HEAD.
+    return S3Store(
+        config.remote, config.spec.bucket, max_connections=2 * config.read.transfers + 16
+    )
+
+
+def preflight(config: MountConfig) -> tuple[S3Store, int]:
+    """Every check; returns the store and the fd of the cache root's lock (keep it open)."""
+    check_fuse()
+    check_mountpoint(config.mountpoint, allow_non_empty=config.allow_non_empty)
+    root = config.cache_root()
+    check_cache_dir(root)
+    lock_fd = hold_lock(root, "cache dir")
+    try:
+        store = make_store(config)
+        store.check_bucket()
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    return store, lock_fd

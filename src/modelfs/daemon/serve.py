@@ -1,0 +1,232 @@
+"""A mount's life: it builds the parts, owns every lifecycle, and serves until unmounted.
+
+Order of a mount:
+1. `preflight` (see there): every check that can fail, before anything is mounted.
+2. `Mount` builds store -> cache -> fetcher -> read policy, namespace, writer -> filesystem
+   core -> FUSE adapter. The writer is the write-back engine, or on a read-only mount the
+   null writer that answers EROFS. Nothing is wired after construction.
+3. `serve` mounts, then runs in one nursery: the read policy (GETs, whole-file fetches), the
+   writer's uploads, the mount-time warm-up, signal handling, and readiness; the FUSE session
+   runs until unmounted.
+4. Ready: once a stat of the mountpoint answers (from a worker thread: the stat goes through
+   our own loop), the kernel readahead is raised, the control socket opens, READY=1 goes to
+   systemd and the `--daemon` parent is told.
+5. SIGINT/SIGTERM (or `modelfs unmount`): STOPPING=1, leave the FUSE loop, upload everything
+   written (`drain`, with a progress line), close the writer, unmount.
+This module is the only owner of these lifecycles: nothing else starts, drains or closes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from modelfs.cache.disk import DiskBlockCache
+from modelfs.config.units import format_size
+from modelfs.core.filesystem import Filesystem
+from modelfs.core.namespace import Namespace
+from modelfs.daemon import control_server
+from modelfs.daemon.fuse_ops import FuseOperations
+from modelfs.daemon.preflight import preflight
+from modelfs.daemon.settings import MountConfig
+from modelfs.daemon.warmup import warm_up
+from modelfs.host import control, mountinfo, notify
+from modelfs.memory import MemoryBudget, tune_malloc
+from modelfs.objects import ObjectInfo
+from modelfs.read.dropbehind import PageCacheTrimmer
+from modelfs.read.fetcher import BlockFetcher
+from modelfs.read.policy import ReadPolicy
+from modelfs.store.s3 import S3Store
+from modelfs.write.engine import WriteBack
+from modelfs.write.protocol import ReadOnlyWriter, Writer
+from modelfs.write.queue import WriteBackStatistics
+
+log = logging.getLogger(__name__)
+
+BLOCK_SIZE = 1 << 20  # the largest FUSE read (256 pages) is 1 MiB: one request, one block
+_READAHEAD_KB = 1024  # raise the kernel's 128 KiB default so requests arrive as 1 MiB reads
+_READY_TIMEOUT = 30.0
+_LISTING_THREADS = 16  # LIST requests at once: `ls -lR` of a wide tree lists in parallel
+
+
+def fuse_options(config: MountConfig) -> set[str]:
+    options = set(pyfuse3.default_options)
+    options |= {f"fsname={config.source}", "subtype=modelfs", "noatime"}
+    if config.read_only:
+        options.add("ro")
+    if config.allow_other:
+        options.add("allow_other")
+    return options
+
+
+class Mount:
+    def __init__(self, config: MountConfig, store: S3Store, on_ready: Callable[[], None]) -> None:
+        self.config = config
+        self.store = store
+        self._on_ready = on_ready
+        self.real_mountpoint = control.canonical_mountpoint(config.mountpoint)
+        self.mount_id = control.mount_id(self.real_mountpoint)
+        transfers = config.read.transfers
+        self.cache = DiskBlockCache(
+            config.cache_root() / "blocks", BLOCK_SIZE, config.cache_max_size
+        )
+        self.budget = MemoryBudget(config.max_memory)
+        self.fetcher = BlockFetcher(
+            store,
+            self.cache,
+            demand_limiter=trio.CapacityLimiter(transfers),
+            prefetch_limiter=trio.CapacityLimiter(transfers),
+            budget=self.budget,
+        )
+        self.namespace = Namespace(
+            store,
+            config.spec.prefix,
+            ttl=config.fs.dir_cache_time,
+            limiter=trio.CapacityLimiter(_LISTING_THREADS),
+        )
+        trimmer = None
+        if config.read.drop_behind_min:
+            trimmer = PageCacheTrimmer(self.real_mountpoint)
+        self.reads = ReadPolicy(
+            self.fetcher, config.read, siblings=self._files_in, trimmer=trimmer
+        )
+        self.writer: Writer = ReadOnlyWriter()
+        if not config.read_only:
+            self.writer = WriteBack(
+                store,
+                config.cache_root() / "writeback",
+                upload_delay=config.write_back_delay,
+                flush_interval=config.flush_interval,
+                listener=self.namespace,
+                source=self.fetcher.chunks,  # a file opened to append reads through the cache
+                identity=config.source,
+                budget=self.budget,  # upload bodies count against --max-memory too
+            )
+        self.fs = Filesystem(self.namespace, self.reads, self.writer, config.fs)
+        self.started = time.time()
+
+    async def _files_in(self, directory: str) -> Iterable[ObjectInfo]:
+        return (await self.namespace.listing(directory)).files.values()
+
+    async def serve(self) -> None:
+        mountpoint = str(self.config.mountpoint)
+        pyfuse3.init(FuseOperations(self.fs), mountpoint, fuse_options(self.config))
+        log.info("mounted %s on %s", self.config.source, mountpoint)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.reads.run)
+                nursery.start_soon(self.writer.run)
+                if self.config.warm_up:
+                    nursery.start_soon(warm_up, self.namespace, self.fetcher)
+                nursery.start_soon(self._handle_signals)
+                nursery.start_soon(self._become_ready, nursery)
+                await pyfuse3.main()
+                await self._drain_before_exit()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.writer.close()
+            notify.notify("STOPPING=1")
+            control.remove_state(self.mount_id)
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", mountpoint)
+
+    async def _handle_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s: unmounting", signal.Signals(signum).name)
+                notify.notify("STOPPING=1")
+                pyfuse3.terminate()
+                return
+
+    async def _become_ready(self, nursery: trio.Nursery) -> None:
+        mountpoint = str(self.config.mountpoint)
+        with trio.fail_after(_READY_TIMEOUT):
+            await trio.to_thread.run_sync(os.stat, mountpoint)
+        raise_kernel_readahead(self.real_mountpoint)
+        await nursery.start(control_server.serve, self.mount_id, self._control)
+        control.write_state(
+            self.mount_id,
+            {
+                "pid": os.getpid(),
+                "spec": self.config.source,
+                "mountpoint": self.real_mountpoint,
+                "cache_dir": str(self.config.cache_root()),
+                "started": self.started,
+            },
+        )
+        notify.notify("READY=1", f"STATUS=serving {self.config.source} on {mountpoint}")
+        self._on_ready()
+
+    async def _drain_before_exit(self) -> None:
+        """Upload everything written before exiting, with a progress line while it takes."""
+        pending = self.writer.statistics()
+        if pending is None:
+            return
+
+        def progress(stats: WriteBackStatistics) -> None:
+            log.info(
+                "unmounted; uploading %d file(s), %s, before exit%s",
+                stats.files,
+                format_size(stats.bytes),
+                f" (last error: {stats.last_error})" if stats.last_error else "",
+            )
+
+        await self.writer.drain(progress, interval=2.0)
+        if pending.files or pending.deletes:
+            log.info("all written files are in the bucket")
+
+    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request.get("cmd")
+        if command == "status":
+            return {"ok": True, **self.status()}
+        if command == "sync":
+            await self.writer.drain()
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {command!r}"}
+
+    def status(self) -> dict[str, Any]:
+        upload = self.writer.statistics()
+        return {
+            "pid": os.getpid(),
+            "source": self.config.source,
+            "mountpoint": str(self.config.mountpoint),
+            "uptime": round(time.time() - self.started, 1),
+            "cache": asdict(self.cache.statistics()),
+            "fetcher": asdict(self.fetcher.statistics()),
+            "memory": asdict(self.budget.statistics()),
+            "namespace": asdict(self.namespace.statistics()),
+            "fs": asdict(self.fs.statistics()) | asdict(self.reads.statistics()),
+            "writeback": asdict(upload) if upload is not None else None,
+        }
+
+
+def raise_kernel_readahead(real_mountpoint: str) -> None:
+    """Ask for 1 MiB FUSE reads (the kernel sizes read requests by the bdi's readahead)."""
+    entry = mountinfo.find_mount(real_mountpoint, mountinfo.read_mountinfo())
+    if entry is None:
+        return
+    path = Path(f"/sys/class/bdi/{entry.device}/read_ahead_kb")
+    try:
+        path.write_text(str(_READAHEAD_KB))
+    except OSError as exc:
+        log.info("could not raise readahead via %s: %s (reads stay 128 KiB)", path, exc)
+
+
+def run(config: MountConfig, on_ready: Callable[[], None]) -> None:
+    """Mount and serve until unmounted or signalled. Raises ModelfsError before mounting."""
+    tune_malloc(config.max_memory)
+    store, lock_fd = preflight(config)
+    try:
+        mount = Mount(config, store, on_ready)
+        trio.run(mount.serve)
+    finally:
+        os.close(lock_fd)

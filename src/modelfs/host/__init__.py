@@ -1,0 +1,2 @@
+"""The host: mountinfo and dead mounts, health probes, directory locks, the control channel,
+sd_notify."""

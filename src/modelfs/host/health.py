@@ -1,0 +1,153 @@
+"""Is a mountpoint mounted by modelfs with a given remote, and does that mount answer?
+
+What it owns: the health probe, and the verdict the supervisor acts on (`check_mount`):
+
+    not in mountinfo                                -> NOT_MOUNTED  (mount it)
+    fstype != fuse.modelfs, or another source       -> FOREIGN      (an error, never a takeover)
+    ours, the probe answers in time                 -> HEALTHY      (use it)
+    ours, the probe fails with ENOTCONN/ECONNABORTED,
+      or does not answer within the timeout         -> DEAD         (detach and mount again)
+    ours, stat fails with anything else             -> UNUSABLE     (an error, e.g. EACCES on a
+                                                                      mount of another user)
+
+The probe (stat, then statfs, which the kernel never answers from a cache) runs in a daemon
+thread because a stat on a FUSE mount whose daemon is alive but stuck blocks in the kernel,
+beyond the reach of signals once the daemon has read the request.
+Invariant: at most one probe per path is in flight. While an earlier probe of a path is still
+stuck, a new probe reports it hung at once instead of piling up another blocked thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from modelfs.config.remote import normalize_spec
+from modelfs.host.mountinfo import (
+    DEAD_ERRNOS,
+    MODELFS_FSTYPE,
+    MountEntry,
+    find_mount,
+    read_mountinfo,
+)
+
+# A stat of a mount root is answered from the kernel's attribute cache or by one getattr;
+# seconds means something is wrong, and a loaded machine still answers well within this.
+DEFAULT_PROBE_TIMEOUT = 10.0
+
+
+class Health(enum.Enum):
+    HEALTHY = "healthy"
+    DEAD = "dead"
+    HUNG = "hung"
+    FAILED = "failed"  # stat failed with an errno that does not mean "connection gone"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    health: Health
+    detail: str
+
+
+_in_flight: dict[str, threading.Thread] = {}
+_in_flight_lock = threading.Lock()
+
+
+def stat_round_trip(path: str) -> None:
+    """stat, then statfs: the kernel may answer a stat from its attribute cache even after the
+    daemon died, but it always sends statfs to the daemon (never cached)."""
+    os.stat(path)
+    os.statvfs(path)
+
+
+def probe(
+    path: str,
+    timeout: float = DEFAULT_PROBE_TIMEOUT,
+    stat: Callable[[str], object] = stat_round_trip,
+) -> ProbeResult:
+    """Ask the mount at `path` in a thread; HUNG if it does not answer within `timeout`."""
+    outcome: list[BaseException | None] = []
+
+    def stat_once() -> None:
+        try:
+            stat(path)
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(exc)
+        finally:
+            with _in_flight_lock:
+                _in_flight.pop(path, None)
+
+    with _in_flight_lock:
+        if path in _in_flight:
+            return ProbeResult(Health.HUNG, f"an earlier stat of {path} is still blocked")
+        thread = threading.Thread(target=stat_once, name=f"probe {path}", daemon=True)
+        _in_flight[path] = thread
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        return ProbeResult(Health.HUNG, f"stat {path} did not answer within {timeout:g}s")
+    return _classify_stat_error(path, outcome[0])
+
+
+def _classify_stat_error(path: str, exc: BaseException | None) -> ProbeResult:
+    if exc is None:
+        return ProbeResult(Health.HEALTHY, "answers")
+    if isinstance(exc, OSError) and exc.errno in DEAD_ERRNOS:
+        return ProbeResult(Health.DEAD, f"stat {path}: {exc.strerror}")
+    return ProbeResult(Health.FAILED, f"stat {path}: {exc}")
+
+
+class MountStatus(enum.Enum):
+    NOT_MOUNTED = "not mounted"
+    HEALTHY = "healthy"
+    DEAD = "dead"
+    FOREIGN = "foreign"
+    UNUSABLE = "unusable"
+
+
+@dataclass(frozen=True, slots=True)
+class MountCheck:
+    status: MountStatus
+    detail: str
+    entry: MountEntry | None = None
+
+
+Prober = Callable[[str, float], ProbeResult]
+
+
+def check_mount(
+    mountpoint: str,
+    spec: str,
+    *,
+    timeout: float = DEFAULT_PROBE_TIMEOUT,
+    mountinfo: Callable[[], str] = read_mountinfo,
+    prober: Prober = probe,
+) -> MountCheck:
+    """Classify `mountpoint` for the modelfs mount of `spec` (see the module docstring)."""
+    entry = find_mount(mountpoint, mountinfo())
+    if entry is None:
+        return MountCheck(MountStatus.NOT_MOUNTED, f"{mountpoint} is not a mountpoint")
+    if entry.fstype != MODELFS_FSTYPE:
+        return MountCheck(
+            MountStatus.FOREIGN,
+            f"{mountpoint} is already a {entry.fstype} mount of {entry.source}",
+            entry,
+        )
+    if entry.source != normalize_spec(spec):
+        return MountCheck(
+            MountStatus.FOREIGN,
+            f"{mountpoint} is already a modelfs mount of {entry.source}, not {spec}",
+            entry,
+        )
+    result = prober(mountpoint, timeout)
+    status = {
+        Health.HEALTHY: MountStatus.HEALTHY,
+        Health.DEAD: MountStatus.DEAD,
+        Health.HUNG: MountStatus.DEAD,
+        Health.FAILED: MountStatus.UNUSABLE,
+    }[result.health]
+    return MountCheck(status, result.detail, entry)

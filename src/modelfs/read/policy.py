@@ -1,0 +1,229 @@
+"""The read policy: what is fetched, and when, beyond the bytes a reader asks for.
+
+The filesystem core asks it for a reader when a file is opened (`open`) and hands the reader
+back on release (`closed`); every decision about fetching lives here:
+- every open gets an `ObjectReader` with its own readahead (window from one part up to
+  `readahead_max`, see `readahead`);
+- a model file (by suffix, between `model_min_size` and `whole_fetch_max`) is fetched whole
+  in the background on open (`WholeObjectFetch`), once per object version at a time, unless
+  it is cached already; it waits while a reader of that version streams through it;
+- the first open of a small file within `burst_ttl` fetches its directory's other small files
+  in one burst (listing order, starting after the opened file; at most `small_burst_max_files`);
+- a huge file (`drop_behind_min`) read by its only reader has the page cache behind that reader
+  dropped (see `dropbehind`); the trimmer's own opens get no handle (`is_internal`).
+
+The policy runs the fetcher and its own background tasks (`run`), and never blocks a reader on
+them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+from cachetools import TTLCache
+
+from modelfs.objects import ObjectId, ObjectInfo
+from modelfs.read.dropbehind import DropBehind, PageCacheTrimmer
+from modelfs.read.fetcher import BlockFetcher
+from modelfs.read.readahead import HandlePrefetcher, ReadaheadPolicy
+from modelfs.read.reader import ObjectReader
+from modelfs.read.whole import WholeObjectFetch
+
+log = logging.getLogger(__name__)
+
+MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".gguf", ".onnx")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOptions:
+    transfers: int = 16
+    part_size: int = 8 << 20  # one GET of readahead; 8 MiB amortises request latency
+    readahead_max: int = 128 << 20  # 16 parts in flight at once
+    model_suffixes: tuple[str, ...] = MODEL_SUFFIXES
+    model_min_size: int = 64 << 20  # below this, readahead alone loads a file fast enough
+    whole_fetch_max: int = 5 << 30  # at most half the default cache: never thrash the cache
+    prefetch_small: bool = True
+    small_file_max: int = 1 << 20  # tokenizer, config and prompt files are well below this
+    small_burst_max_files: int = 256  # cap one burst, so a huge directory costs no surprise bill
+    burst_ttl: float = 60.0  # a directory's burst is not repeated within this (the listing TTL)
+    drop_behind_min: int = 2 << 30  # files this large keep no page cache behind a reader; 0: off
+
+
+@dataclass(frozen=True, slots=True)
+class ReadStatistics:
+    open_readers: int
+    background_fetches: int  # whole-object fetches running
+    dropped_behind: int  # bytes of page cache dropped behind readers
+
+
+class OpenFile(Protocol):
+    """What the policy needs of the file a reader is opened on (the core's inode)."""
+
+    @property
+    def path(self) -> str: ...  # where it is now (renames move it), relative to the mount
+
+    @property
+    def opens(self) -> int: ...  # handles open on it, of any kind
+
+
+Siblings = Callable[[str], Awaitable[Iterable[ObjectInfo]]]
+"""The files directly in a directory (a path relative to the mount root)."""
+
+
+class ReadPolicy:
+    def __init__(
+        self,
+        fetcher: BlockFetcher,
+        options: ReadOptions,
+        *,
+        siblings: Siblings,
+        trimmer: PageCacheTrimmer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fetcher = fetcher
+        self.options = options
+        self.trimmer = trimmer
+        self._siblings = siblings
+        self._readers: dict[ObjectReader, OpenFile] = {}
+        self._whole: dict[ObjectId, WholeObjectFetch] = {}
+        # Directories whose small files were fetched in one burst, forgotten with the listing.
+        self._burst_dirs: TTLCache[str, bool] = TTLCache(
+            maxsize=4096, ttl=max(options.burst_ttl, 1e-9), timer=clock
+        )
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the fetcher and the background fetches until cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.fetcher.run)
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def is_internal(self, pid: int) -> bool:
+        """An open by drop-behind's own thread: it gets no handle and keeps the page cache."""
+        return self.trimmer is not None and self.trimmer.is_own(pid)
+
+    async def open(self, info: ObjectInfo, file: OpenFile, directory: str) -> ObjectReader:
+        """A reader of version `info` of `file` (in `directory`), and the fetches it warrants."""
+        options = self.options
+        policy = ReadaheadPolicy(
+            options.part_size, options.readahead_max, tolerance=options.part_size
+        )
+        prefetcher = HandlePrefetcher(
+            self.fetcher, info, policy, options.part_size, options.transfers
+        )
+        huge = self.trimmer is not None and 0 < options.drop_behind_min <= info.size
+        reader = ObjectReader(
+            self.fetcher,
+            info,
+            prefetcher,
+            part_size=options.part_size,
+            drop=DropBehind() if huge else None,
+            request_drop=self._request_drop,
+        )
+        self._readers[reader] = file
+        self._maybe_fetch_whole(info)
+        if options.prefetch_small and info.size <= options.small_file_max:
+            await self._burst_small_siblings(directory, info)
+        return reader
+
+    def closed(self, reader: ObjectReader) -> None:
+        reader.close()
+        self._readers.pop(reader, None)
+
+    def statistics(self) -> ReadStatistics:
+        running = sum(1 for fetch in self._whole.values() if not fetch.done.is_set())
+        dropped = self.trimmer.dropped if self.trimmer is not None else 0
+        return ReadStatistics(len(self._readers), running, dropped)
+
+    # -- whole-object fetches --------------------------------------------------------------------
+
+    def _maybe_fetch_whole(self, info: ObjectInfo) -> None:
+        options = self.options
+        if not info.key.endswith(options.model_suffixes):
+            return
+        if not options.model_min_size <= info.size <= options.whole_fetch_max:
+            return
+        running = self._whole.get(info.id)
+        if running is not None and not running.done.is_set():
+            return
+        if self.fetcher.fully_present(info):
+            return
+        fetch = WholeObjectFetch(
+            self.fetcher,
+            info,
+            part_size=options.part_size,
+            parallel=options.transfers,
+            reader_streaming=lambda: self._streaming_reader(info.id),
+        )
+        self._whole[info.id] = fetch
+        self._background().start_soon(fetch.run)
+
+    def readers_of(self, obj: ObjectId) -> list[ObjectReader]:
+        """The open readers of version `obj`."""
+        return [reader for reader in self._readers if reader.info.id == obj]
+
+    def whole_fetch(self, obj: ObjectId) -> WholeObjectFetch | None:
+        """The whole-object fetch of `obj` started last, if any (finished or not)."""
+        return self._whole.get(obj)
+
+    def _streaming_reader(self, obj: ObjectId) -> bool:
+        now = trio.current_time()
+        return any(r.info.id == obj and r.streaming(now) for r in self._readers)
+
+    # -- small-file bursts -----------------------------------------------------------------------
+
+    async def _burst_small_siblings(self, directory: str, opened: ObjectInfo) -> None:
+        """The first open of a small file fetches its directory's other small files at once:
+        apps read a tokenizer or config directory file by file, each a cold GET otherwise.
+        Listing alone fetches nothing (an `ls -lR` must not download the bucket).
+
+        The opened file goes first, as a demand fetch; its siblings follow in listing order
+        starting after it (the order in which `ls`, `os.walk` and most apps read them)."""
+        if directory in self._burst_dirs:
+            return
+        self._burst_dirs[directory] = True
+        self.fetcher.start_fetch(opened, 0, 1, prefetch=False)
+        files = await self._siblings(directory)
+        small = [i for i in files if 0 < i.size <= self.options.small_file_max]
+        after = [i for i in small if i.key > opened.key]
+        before = [i for i in small if i.key < opened.key]
+        burst = (after + before)[: self.options.small_burst_max_files]
+        self._background().start_soon(self._fetch_in_order, burst)
+
+    async def _fetch_in_order(self, infos: list[ObjectInfo]) -> None:
+        for info in infos:
+            self.fetcher.start_fetch(info, 0, 1, prefetch=True)
+            # Trio may start the tasks spawned in one scheduling batch in any order (it even
+            # reverses batches on purpose); one per batch keeps them queueing for the
+            # prefetch slots in listing order. When a batch of 200 ran reversed, the first
+            # file read in the directory waited for the whole burst.
+            await trio.lowlevel.checkpoint()
+
+    # -- drop-behind -----------------------------------------------------------------------------
+
+    def _request_drop(self, reader: ObjectReader, start: int, stop: int) -> None:
+        drop, file = reader.drop, self._readers.get(reader)
+        # Only for the file's one reader: another one may still need the pages behind this one.
+        if drop is None or file is None or file.opens != 1 or self.trimmer is None:
+            return
+        drop.pending = trio.Event()
+        self._background().start_soon(self._drop_behind, self.trimmer, file, drop, start, stop)
+
+    async def _drop_behind(
+        self, trimmer: PageCacheTrimmer, file: OpenFile, drop: DropBehind, start: int, stop: int
+    ) -> None:
+        try:
+            await trimmer.drop(file.path, start, stop)
+        finally:
+            drop.finished(start, stop)
+
+    def _background(self) -> trio.Nursery:
+        assert self._nursery is not None, "ReadPolicy.run() is not running"
+        return self._nursery

@@ -1,0 +1,119 @@
+"""The commands of this area: `modelfs run` and `modelfs systemd install`.
+
+`run`'s arguments become a `RunPlan` (`plan`), which `supervisor.execute` carries out;
+`systemd install` writes the units of a config section (`systemd`). Both print one error line
+and exit 2 for bad input, 1 for a runtime failure (see `console`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TypeAlias
+
+from modelfs import console
+from modelfs.config import options
+from modelfs.config.files import config_path, load_config
+from modelfs.errors import ConfigError, ModelfsError
+from modelfs.host.mountinfo import read_mountinfo
+from modelfs.run import systemd
+from modelfs.run.plan import plan_from_args, validate_paths
+from modelfs.run.supervisor import execute
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def register(commands: Subparsers) -> None:
+    _register_run(commands)
+    _register_systemd(commands)
+
+
+def _register_run(commands: Subparsers) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="mount a bucket, link it into an app directory and run the app",
+        description=(
+            "modelfs run NAME [-- COMMAND...] runs the [run:NAME] config section; "
+            "modelfs run --mount REMOTE:BUCKET MOUNTPOINT [options] -- COMMAND... runs without one."
+        ),
+    )
+    parser.add_argument(
+        "--mount", nargs=2, metavar=("REMOTE:BUCKET[/PREFIX]", "MOUNTPOINT"), default=None
+    )
+    parser.add_argument(
+        "--link",
+        action="append",
+        default=[],
+        metavar="NAME=SUBPATH",
+        help="make WORKDIR/NAME a symlink to MOUNTPOINT/SUBPATH (repeatable)",
+    )
+    parser.add_argument("--workdir", default=None, help="where the app runs (default: here)")
+    parser.add_argument(
+        "--move-aside",
+        action="store_true",
+        help="rename a real file/directory in a link's place to NAME.bak-<time>",
+    )
+    parser.add_argument(
+        "--keep-mounted", action="store_true", help="leave a mount this run made mounted"
+    )
+    parser.add_argument("--probe-timeout", metavar="DUR", default=None)
+    parser.add_argument("--watch-interval", metavar="DUR", default=None)
+    options.add_forwarded_arguments(parser)
+    parser.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [-- COMMAND ...]")
+    parser.set_defaults(func=handle_run, run_parser=parser)
+
+
+def handle_run(args: argparse.Namespace) -> int:
+    verbose = getattr(args, "verbose", False)
+    console.setup_logging(verbose=verbose, command="run")
+    try:
+        config = None if args.mount else load_config(args.config)
+        plan = plan_from_args(args, config)
+        validate_paths(plan, read_mountinfo())
+    except ModelfsError as exc:
+        return console.fail(exc, verbose=verbose)
+    return execute(plan)
+
+
+def _register_systemd(commands: Subparsers) -> None:
+    parser = commands.add_parser("systemd", help="systemd units for mounts and apps")
+    actions = parser.add_subparsers(dest="systemd_command", metavar="ACTION", required=True)
+    install = actions.add_parser(
+        "install", help="write the units for a [mount:NAME] or [run:NAME] config section"
+    )
+    install.add_argument("name", metavar="NAME")
+    install.add_argument(
+        "--dest",
+        default=systemd.DEFAULT_UNIT_DIR,
+        help=f"unit directory (default {systemd.DEFAULT_UNIT_DIR})",
+    )
+    install.add_argument("--dry-run", action="store_true", help="print the files, write nothing")
+    install.add_argument(
+        "--modelfs", default=None, help="modelfs command in ExecStart (default: this install's)"
+    )
+    install.set_defaults(func=handle_install)
+
+
+def handle_install(args: argparse.Namespace) -> int:
+    try:
+        path = config_path(args.config)
+        if path is None:
+            raise ConfigError("no config file found; pass --config FILE")
+        installation = systemd.plan_installation(
+            load_config(args.config),
+            args.name,
+            Path(args.dest),
+            args.modelfs or systemd.modelfs_command(),
+            str(path.resolve()),
+        )
+        if args.dry_run:
+            for unit in installation.files:
+                print(f"# {unit.path}\n{unit.text}")
+        else:
+            systemd.write_files(installation.files)
+            for unit in installation.files:
+                print(f"wrote {unit.path}")
+    except (ModelfsError, OSError) as exc:
+        return console.fail(exc)
+    print(f"systemctl daemon-reload && systemctl enable --now {installation.enable}")
+    return console.EXIT_OK

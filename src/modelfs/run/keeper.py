@@ -1,0 +1,221 @@
+"""Keeping the mount of a run alive: mount or heal it, watch it, drain and unmount it.
+
+Every process here is `modelfs` itself as a subprocess (`python -m modelfs mount --daemon |
+sync | unmount`), so the supervisor never holds a FUSE session, and a crash of the mount
+cannot take the supervisor down with it. `MountKeeper` decides from `host.health.check_mount`:
+a healthy mount of this spec is used as it is; a dead or hung one has its stuck daemon killed,
+is detached and mounted again; a missing one is mounted; anything else is an error, never a
+takeover. `Watchdog` checks every `watch_interval` while the app runs and heals a dead mount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from modelfs.errors import ModelfsError, MountError
+from modelfs.host import control
+from modelfs.host.health import MountCheck, MountStatus, check_mount
+from modelfs.host.mountinfo import detach
+from modelfs.host.notify import child_environment
+from modelfs.run.plan import MountTarget
+
+log = logging.getLogger("modelfs.run")
+
+# How long a SIGKILLed stuck mount daemon gets to disappear before we detach anyway; the kernel
+# reaps a killed FUSE daemon in milliseconds once its pending requests are aborted.
+_STALE_DAEMON_EXIT_WAIT = 5.0
+
+
+class MountInUse(MountError):
+    """Something other than our modelfs mount is mounted on the mountpoint (bad input)."""
+
+
+class MountFailed(ModelfsError):
+    """Mounting, detaching or healing the mount did not work (a runtime failure)."""
+
+
+def run_modelfs(plan_config: str | None, words: Sequence[str], *, new_session: bool = False) -> int:
+    """Run `python -m modelfs [--config C] WORDS...`, relaying its output to our stderr.
+
+    Output goes through a temporary file, not a pipe: `mount --daemon` leaves a daemon behind
+    that may keep the descriptor open, and a pipe would then never reach end of file.
+    """
+    command = [sys.executable, "-m", "modelfs"]
+    if plan_config:
+        command += ["--config", plan_config]
+    command += words
+    with tempfile.TemporaryFile() as output:
+        returncode = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            env=child_environment(),
+            start_new_session=new_session,
+            check=False,
+        ).returncode
+        output.seek(0)
+        text = output.read().decode(errors="replace").strip()
+    if text:
+        print(text, file=sys.stderr, flush=True)
+    return returncode
+
+
+def _daemon_pid(mountpoint: str) -> int | None:
+    """The pid in the mount's state file, if the control module knows one."""
+    state = control.read_state(mountpoint)
+    pid = state.get("pid") if state else None
+    return pid if isinstance(pid, int) and pid > 0 else None
+
+
+def _is_modelfs_process(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"modelfs" in cmdline.read()
+    except OSError:
+        return False
+
+
+def stop_stale_daemon(mountpoint: str) -> None:
+    """SIGKILL the daemon of a dead/hung mount so its cache and session are released."""
+    pid = _daemon_pid(mountpoint)
+    if pid is None or not _is_modelfs_process(pid):
+        return
+    log.warning("killing stuck modelfs daemon %d of %s", pid, mountpoint)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + _STALE_DAEMON_EXIT_WAIT
+    while _is_modelfs_process(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+class MountKeeper:
+    """Mounts `target` (once or again) and knows whether this run mounted it."""
+
+    def __init__(self, target: MountTarget, config: str | None, probe_timeout: float) -> None:
+        self.target = target
+        self.config = config
+        self.probe_timeout = probe_timeout
+        self.mounted_here = False
+        self.heals = 0
+
+    def check(self) -> MountCheck:
+        return check_mount(self.target.mountpoint, self.target.spec, timeout=self.probe_timeout)
+
+    def ensure(self) -> None:
+        """Step 1 of a run: leave a healthy mount alone, heal a dead one, mount a missing one."""
+        state = self.check()
+        if state.status is MountStatus.HEALTHY:
+            log.info("%s is already mounted on %s", self.target.spec, self.target.mountpoint)
+            return
+        if state.status in (MountStatus.FOREIGN, MountStatus.UNUSABLE):
+            raise MountInUse(f"{state.detail}; not taking it over")
+        if state.status is MountStatus.DEAD:
+            log.warning(
+                "stale mount on %s (%s): detaching it", self.target.mountpoint, state.detail
+            )
+            self._detach()
+        self._mount()
+        self.mounted_here = True
+        self._check_answers()
+        log.info("mounted %s on %s", self.target.spec, self.target.mountpoint)
+
+    def heal(self, state: MountCheck) -> None:
+        """The watchdog's repair: the daemon died (or the mount vanished) while the app ran.
+
+        It does not make the mount this run's: a mount that was there before the run stays
+        after it, even if its daemon had to be replaced.
+        """
+        if state.status is MountStatus.DEAD:
+            self._detach()
+        self._mount()
+        self._check_answers()
+        self.heals += 1
+        log.warning(
+            "mount of %s on %s was %s (%s); mounted again with the same cache",
+            self.target.spec,
+            self.target.mountpoint,
+            state.status.value,
+            state.detail,
+        )
+
+    def drain_and_unmount(self) -> bool:
+        """Wait for write-back, then unmount. False (and left mounted) if either fails."""
+        mountpoint = self.target.mountpoint
+        if run_modelfs(self.config, ["sync", mountpoint]) != 0:
+            log.error("write-back of %s did not drain; leaving it mounted", mountpoint)
+            return False
+        if run_modelfs(self.config, ["unmount", mountpoint]) != 0:
+            log.error("unmounting %s failed", mountpoint)
+            return False
+        log.info("written files are in the bucket; unmounted %s", mountpoint)
+        return True
+
+    def _detach(self) -> None:
+        stop_stale_daemon(self.target.mountpoint)
+        if not detach(self.target.mountpoint):
+            raise MountFailed(f"cannot detach the stale mount on {self.target.mountpoint}")
+
+    def _mount(self) -> None:
+        words = ["mount", "--daemon", *self.target.options, self.target.spec]
+        returncode = run_modelfs(self.config, [*words, self.target.mountpoint], new_session=True)
+        if returncode != 0:
+            raise MountFailed(
+                f"mounting {self.target.spec} on {self.target.mountpoint} failed "
+                f"(modelfs mount exit {returncode})"
+            )
+
+    def _check_answers(self) -> None:
+        state = self.check()
+        if state.status is not MountStatus.HEALTHY:
+            raise MountFailed(
+                f"{self.target.mountpoint} does not answer after mounting: {state.detail}"
+            )
+
+
+class Watchdog:
+    """Calls `check` every `interval` seconds in a thread and `heal` when the mount is gone."""
+
+    def __init__(
+        self,
+        check: Callable[[], MountCheck],
+        heal: Callable[[MountCheck], None],
+        interval: float,
+    ) -> None:
+        self._check = check
+        self._heal = heal
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="modelfs watchdog", daemon=True)
+        self._reported: MountStatus | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def tick(self) -> None:
+        state = self._check()
+        if state.status in (MountStatus.DEAD, MountStatus.NOT_MOUNTED):
+            try:
+                self._heal(state)
+            except (ModelfsError, OSError) as exc:
+                log.error("cannot heal the mount (will retry): %s", exc)
+        elif state.status is not MountStatus.HEALTHY and state.status is not self._reported:
+            log.error("mount is %s: %s", state.status.value, state.detail)
+        self._reported = state.status
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.tick()

@@ -1,0 +1,230 @@
+"""What `modelfs run` will do, resolved from the command line and the config file.
+
+What it owns: the `[run:NAME]` and `[mount:NAME]` config sections and `RunPlan`, the validated
+result; the mount options a section or `run` may carry are those of `config.options`. No side
+effects beyond reading the file system to validate paths, so every rule here is unit-tested
+without a mount.
+
+    [mount:tts]                           [run:index-tts]
+    remote = compshare:index-tts-data     mount = tts          (or: mount = SPEC MOUNTPOINT)
+    mountpoint = /mnt/tts                 link = cache_hub=cache_hub_v23
+    cache-max-size = 50G                         logs=logs
+    allow-other = true                    workdir = /srv/index-tts
+                                          command = python webui.py --listen --port 7860
+
+Precedence, lowest first: the `[mount:NAME]` section a run section names, the run section, the
+command line. `--link` on the command line replaces the section's links as a whole (switching
+versions is `modelfs run index-tts --link cache_hub=cache_hub_v24`); words after the section name
+replace its command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import os
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelfs.config import options
+from modelfs.config.remote import normalize_spec
+from modelfs.config.units import parse_bool, parse_duration
+from modelfs.errors import ConfigError
+from modelfs.host.control import canonical_mountpoint
+from modelfs.host.health import DEFAULT_PROBE_TIMEOUT
+from modelfs.host.mountinfo import find_mount
+from modelfs.run.links import LinkSpec, parse_link
+
+_RUN_KEYS = frozenset(
+    {"mount", "remote", "mountpoint", "link", "links", "workdir", "command"}
+    | {"move-aside", "keep-mounted", "probe-timeout", "watch-interval"}
+)
+_MOUNT_KEYS = frozenset({"remote", "mountpoint"})
+# How often the watchdog stats the mount while the app runs: a dead mount is noticed within
+# this, and one stat every few seconds costs nothing measurable.
+DEFAULT_WATCH_INTERVAL = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class MountTarget:
+    """A remote spec, where it is mounted, and the `modelfs mount` options to mount it with."""
+
+    spec: str
+    mountpoint: str
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    target: MountTarget
+    links: tuple[LinkSpec, ...]
+    workdir: Path
+    command: tuple[str, ...]
+    config: str | None = None
+    move_aside: bool = False
+    keep_mounted: bool = False
+    probe_timeout: float = DEFAULT_PROBE_TIMEOUT
+    watch_interval: float = DEFAULT_WATCH_INTERVAL
+    mount_section: str | None = None  # the [mount:NAME] it used, for unit ordering
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def section_items(config: configparser.ConfigParser, section: str) -> dict[str, str]:
+    """The section's own keys (not DEFAULT's), normalized to dash form."""
+    return {_key(k): v for k, v in config.items(section, raw=True) if k not in config.defaults()}
+
+
+def find_section(config: configparser.ConfigParser, kind: str, name: str) -> dict[str, str]:
+    section = f"{kind}:{name}"
+    if not config.has_section(section):
+        have = sorted(s for s in config.sections() if s.startswith(f"{kind}:"))
+        hint = f" (have: {', '.join(have)})" if have else ""
+        raise ConfigError(f"no [{section}] section in the config file{hint}")
+    return section_items(config, section)
+
+
+def mount_target_from_section(config: configparser.ConfigParser, name: str) -> MountTarget:
+    """A `[mount:NAME]` section as a MountTarget."""
+    section = f"mount:{name}"
+    items = find_section(config, "mount", name)
+    options.check_keys(section, items, _MOUNT_KEYS)
+    if "remote" not in items or "mountpoint" not in items:
+        raise ConfigError(f"[{section}] needs both 'remote' and 'mountpoint'")
+    words = options.option_words(options.from_section(section, items))
+    return MountTarget(normalize_spec(items["remote"]), _mountpoint(items["mountpoint"]), words)
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path.strip()))
+
+
+def _mountpoint(path: str) -> str:
+    """As mountinfo lists it, without a stat of the mountpoint itself (may hang if stuck)."""
+    return canonical_mountpoint(os.path.expanduser(path.strip()))
+
+
+def _section_mount(
+    config: configparser.ConfigParser, section: str, items: Mapping[str, str]
+) -> tuple[str, str, options.Options, str | None]:
+    """(spec, mountpoint, options, mount section name) named by a run section."""
+    value = items.get("mount", "").split()
+    if len(value) == 1:
+        base = mount_target_from_section(config, value[0])
+        base_items = section_items(config, f"mount:{value[0]}")
+        given = options.from_section(f"mount:{value[0]}", base_items)
+        return base.spec, base.mountpoint, given, value[0]
+    if len(value) == 2:
+        return value[0], value[1], {}, None
+    if value:
+        raise ConfigError(f"[{section}] mount = {items['mount']!r}: expected SPEC MOUNTPOINT")
+    if "remote" in items and "mountpoint" in items:
+        return items["remote"], items["mountpoint"], {}, None
+    raise ConfigError(f"[{section}] needs 'mount = SPEC MOUNTPOINT' (or a [mount:NAME] name)")
+
+
+def _links(texts: Iterable[str]) -> tuple[LinkSpec, ...]:
+    links = tuple(parse_link(text) for text in texts)
+    names = [link.name for link in links]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"link name {name!r} given twice")
+    return links
+
+
+def split_words(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """(run section name or None, command words) from the words after `run`'s options.
+
+    `words` is an argparse REMAINDER, so it keeps '--' and whatever follows the section name
+    verbatim: options after the name (`run index-tts --keep-mounted -- cmd`) are parsed here
+    again with `run`'s own parser, into `args`.
+    """
+    words: list[str] = list(args.words)
+    if args.mount:
+        return None, words[1:] if words[:1] == ["--"] else words
+    if not words or words[0] == "--":
+        raise ConfigError("give a run section name or --mount REMOTE:BUCKET MOUNTPOINT")
+    name, rest = words[0], words[1:]
+    options, command = (
+        (rest[: rest.index("--")], rest[rest.index("--") + 1 :]) if "--" in rest else (rest, [])
+    )
+    if options:
+        args.run_parser.parse_args(options, namespace=args)
+        if args.words:
+            raise ConfigError(
+                f"unexpected {args.words[0]!r} after {name!r}: put the command after --"
+            )
+        if args.mount:
+            raise ConfigError("give either a run section name or --mount, not both")
+    return name, command
+
+
+def plan_from_args(
+    args: argparse.Namespace, config: configparser.ConfigParser | None = None
+) -> RunPlan:
+    """Resolve `modelfs run` arguments (and a `[run:NAME]` section if named) into a RunPlan.
+
+    With `--mount`, the words are the command. Without it, the first word names a run
+    section and the words after `--`, if any, replace its command.
+    """
+    name, words = split_words(args)
+    items: dict[str, str] = {}
+    given: options.Options = {}
+    mount_section = None
+    if name is None:
+        spec, mountpoint = args.mount
+    else:
+        section = f"run:{name}"
+        items = find_section(config or configparser.ConfigParser(), "run", name)
+        options.check_keys(section, items, _RUN_KEYS)
+        spec, mountpoint, given, mount_section = _section_mount(
+            config or configparser.ConfigParser(), section, items
+        )
+        given.update(options.from_section(section, items))
+    given.update(options.from_args(args))
+
+    command = tuple(words) if words else tuple(shlex.split(items.get("command", "")))
+    if not command:
+        raise ConfigError("no command to run (give it after --, or 'command =' in [run:NAME])")
+    link_texts = args.link if args.link else (items.get("link", "") + " " + items.get("links", ""))
+    workdir_text = args.workdir or items.get("workdir") or os.getcwd()
+    section_name = f"run:{name}"
+
+    def flag(key: str, cli_value: bool) -> bool:
+        return cli_value or parse_bool(items.get(key, "false"), f"[{section_name}] {key}")
+
+    def seconds(key: str, cli_value: str | None, default: float) -> float:
+        text = cli_value or items.get(key)
+        return default if text is None else parse_duration(text)
+
+    return RunPlan(
+        target=MountTarget(
+            normalize_spec(spec), _mountpoint(mountpoint), options.option_words(given)
+        ),
+        links=_links(link_texts if isinstance(link_texts, list) else link_texts.split()),
+        workdir=Path(_absolute(workdir_text)),
+        command=command,
+        config=args.config,
+        move_aside=flag("move-aside", args.move_aside),
+        keep_mounted=flag("keep-mounted", args.keep_mounted),
+        probe_timeout=seconds("probe-timeout", args.probe_timeout, DEFAULT_PROBE_TIMEOUT),
+        watch_interval=seconds("watch-interval", args.watch_interval, DEFAULT_WATCH_INTERVAL),
+        mount_section=mount_section,
+    )
+
+
+def validate_paths(plan: RunPlan, mountinfo: str) -> None:
+    """Fail early, with one line, on paths the run cannot work with.
+
+    A path listed in mountinfo is left to `check_mount`: a stat of a dead mount fails (or hangs)
+    although the mountpoint is there.
+    """
+    if not plan.workdir.is_dir():
+        raise ConfigError(f"workdir {plan.workdir} does not exist or is not a directory")
+    mountpoint = plan.target.mountpoint
+    if find_mount(mountpoint, mountinfo) is None and not os.path.isdir(mountpoint):
+        raise ConfigError(f"mountpoint {mountpoint} does not exist or is not a directory")

@@ -1,0 +1,98 @@
+"""The boto3 side of `S3Store`: its session, its clients, and which CAs its HTTPS trusts.
+
+One boto3 session per store. Clients made from it are thread safe, the session itself is not:
+the store makes its clients in its constructor and, later, only under its probe lock.
+Client settings, and why:
+- path-style addressing whenever an endpoint is configured: S3-compatible servers rarely
+  resolve bucket.host names;
+- botocore's "standard" retries (5xx, throttling, broken connections), `max_attempts` in all;
+- no per-request checksums: they cost CPU on every byte and break on S3-compatible servers that
+  do not know them; a ranged GET carries If-Match, so the bytes are of the version asked for.
+
+TLS trust (`trusted_ca_bundle`): both lanes must trust the same CAs, or the lean lane's
+handshakes fail where botocore's succeed and every request pays a failed handshake before
+botocore sends it again. The bundle is resolved the way botocore resolves `verify`: the
+store's `ca_bundle` argument, else AWS_CA_BUNDLE or the profile's `ca_bundle`, else
+REQUESTS_CA_BUNDLE. The client gets it as `verify` (None when there is none, leaving botocore's
+default, its own bundle, untouched); the lean lane gets `lean_ca_bundle`, which names that
+default bundle explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.httpsession import get_cert_path
+
+from modelfs.config.remote import RemoteConfig
+from modelfs.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+DEFAULT_REGION = "us-east-1"  # what S3-compatible servers expect when no region is configured
+
+
+class S3Session:
+    """The boto3 session of one store and the CA bundle its clients trust (see the docstring)."""
+
+    def __init__(self, config: RemoteConfig, ca_bundle: str | None) -> None:
+        self._config = config
+        arguments = _session_arguments(config)
+        core = botocore.session.get_session()  # what boto3 would create; kept to read settings
+        self.boto3 = boto3.session.Session(botocore_session=core, **arguments)
+        self.ca_bundle = trusted_ca_bundle(ca_bundle, core)
+
+    @property
+    def lean_ca_bundle(self) -> str:
+        """The CAs for the lean lane: the resolved bundle, else botocore's own."""
+        return self.ca_bundle or str(get_cert_path(True))
+
+    def new_client(
+        self, *, connect_timeout: float, read_timeout: float, max_attempts: int, pool: int
+    ) -> S3Client:
+        s3_options: Any = {"addressing_style": "path"} if self._config.endpoint else {}
+        config = Config(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
+            max_pool_connections=pool,
+            tcp_keepalive=True,
+            s3=s3_options,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        return self.boto3.client(
+            "s3",
+            endpoint_url=self._config.endpoint or None,
+            config=config,
+            verify=self.ca_bundle,
+        )
+
+
+def trusted_ca_bundle(explicit: str | None, core: botocore.session.Session) -> str | None:
+    """The CA bundle botocore would verify HTTPS against, or None for its own default."""
+    if explicit:
+        return explicit
+    configured = core.get_config_variable("ca_bundle")  # AWS_CA_BUNDLE, then the profile
+    if configured:
+        return str(configured)
+    return os.environ.get("REQUESTS_CA_BUNDLE") or None
+
+
+def _session_arguments(config: RemoteConfig) -> dict[str, Any]:
+    region = config.region or (DEFAULT_REGION if config.endpoint else None)
+    if config.uses_default_credentials:
+        return {"region_name": region}
+    if not config.secret_access_key:
+        raise ConfigError(f"remote {config.name!r} has access_key_id but no secret_access_key")
+    return {
+        "aws_access_key_id": config.access_key_id,
+        "aws_secret_access_key": config.secret_access_key,
+        "aws_session_token": config.session_token or None,
+        "region_name": region,
+    }

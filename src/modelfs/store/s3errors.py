@@ -1,0 +1,231 @@
+"""S3 failures as modelfs errors: the one table, and the one-line messages.
+
+`ERROR_FOR_CODE` is the only place that maps S3 error codes and HTTP statuses to domain
+errors: codes are looked up first, then the status; any other 5xx is `StoreUnavailable`,
+anything else a plain `ModelfsError`. `S3Errors` turns what boto3, botocore and urllib3 raise
+into those errors, with a one-line message that names the endpoint, the bucket or key, and
+what to check (credentials, bucket name); the original exception is kept as `__cause__` by
+`S3Errors.errors`, the context manager every S3 request runs in.
+
+Conditional writes have their own outcomes (`write_condition_failed`,
+`write_conditions_refused`): S3 answers a condition that does not hold with 412, with 409 when
+a concurrent write to the key raced it, and with 404 for If-Match on a key that is gone; a
+store that does not implement conditions answers 501.
+
+Stateless apart from the names it quotes; thread safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import urllib3.exceptions
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
+
+from modelfs.errors import (
+    AccessDenied,
+    BucketNotFound,
+    InvalidArgument,
+    ModelfsError,
+    NotFound,
+    StaleObject,
+    StoreUnavailable,
+)
+
+# The one table from S3 error codes and HTTP statuses to domain errors (see the docstring).
+ERROR_FOR_CODE: dict[str, type[ModelfsError]] = {
+    "NoSuchKey": NotFound,
+    "NotFound": NotFound,
+    "NoSuchUpload": NotFound,
+    "404": NotFound,
+    "NoSuchBucket": BucketNotFound,
+    "AccessDenied": AccessDenied,
+    "AllAccessDisabled": AccessDenied,
+    "InvalidAccessKeyId": AccessDenied,
+    "SignatureDoesNotMatch": AccessDenied,
+    "ExpiredToken": AccessDenied,
+    "InvalidToken": AccessDenied,
+    "TokenRefreshRequired": AccessDenied,
+    "RequestTimeTooSkewed": AccessDenied,
+    "403": AccessDenied,
+    "PreconditionFailed": StaleObject,
+    "412": StaleObject,
+    "InvalidRange": InvalidArgument,
+    "416": InvalidArgument,
+    "EntityTooSmall": InvalidArgument,
+    "EntityTooLarge": InvalidArgument,
+    "InvalidPart": InvalidArgument,
+    "InvalidPartOrder": InvalidArgument,
+    "SlowDown": StoreUnavailable,
+    "Throttling": StoreUnavailable,
+    "ThrottlingException": StoreUnavailable,
+    "RequestTimeout": StoreUnavailable,
+    "InternalError": StoreUnavailable,
+    "ServiceUnavailable": StoreUnavailable,
+    "429": StoreUnavailable,
+}
+# Codes that mean "your keys are wrong" rather than "this policy forbids it".
+CREDENTIAL_CODES = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "403"}
+)
+# Failures of the connection itself, while sending or while reading a body.
+TRANSPORT_ERRORS = (BotoCoreError, urllib3.exceptions.HTTPError, OSError)
+# Everything a boto3 call raises that `S3Errors.translate` knows how to explain.
+S3_FAILURES = (ClientError, *TRANSPORT_ERRORS)
+
+# A conditional write's condition did not hold (S3: 412; 409 when a concurrent write to the
+# key raced it; 404 for If-Match on a key that no longer exists).
+CONDITION_FAILED = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
+MISSING = frozenset({"NoSuchKey", "404"})
+CONDITIONS_REFUSED = frozenset({"NotImplemented", "501"})
+
+
+def code_and_status(exc: ClientError) -> tuple[str, int]:
+    """The S3 error code of a failed request (its HTTP status if it has none), and the status."""
+    error: Any = exc.response.get("Error", {})
+    metadata: Any = exc.response.get("ResponseMetadata", {})
+    status = int(metadata.get("HTTPStatusCode", 0))
+    return str(error.get("Code") or status), status
+
+
+def write_condition_failed(exc: ClientError, *, if_match: bool) -> bool:
+    """Whether a conditional write failed because its condition did not hold."""
+    code, status = code_and_status(exc)
+    answers = {code, str(status)}  # a server may send a code of its own
+    # 404 by code only: NoSuchBucket is a 404 too, and stays BucketNotFound.
+    return bool(answers & CONDITION_FAILED) or (if_match and code in MISSING)
+
+
+def write_conditions_refused(exc: ClientError) -> bool:
+    """Whether the store does not implement conditional writes (501 NotImplemented)."""
+    code, status = code_and_status(exc)
+    return bool({code, str(status)} & CONDITIONS_REFUSED)
+
+
+class S3Errors:
+    """Translates failures of requests to one bucket of one remote (see the docstring)."""
+
+    def __init__(self, remote: str, bucket: str, endpoint: str) -> None:
+        self.remote = remote
+        self.bucket = bucket
+        self.endpoint = endpoint
+
+    @contextlib.contextmanager
+    def errors(
+        self, operation: str, key: str | None = None, *, missing: type[ModelfsError] = NotFound
+    ) -> Iterator[None]:
+        """Translate boto3 failures raised inside the block into domain errors."""
+        try:
+            yield
+        except ModelfsError:
+            raise
+        except S3_FAILURES as exc:
+            raise self.translate(exc, operation, key, missing) from exc
+
+    def translate(
+        self,
+        exc: BaseException,
+        operation: str,
+        key: str | None = None,
+        missing: type[ModelfsError] = NotFound,
+    ) -> ModelfsError:
+        """The domain error for `exc`, raised by `operation` on `key` (None: the bucket);
+        `missing` is what a NotFound becomes (BucketNotFound for bucket-wide requests)."""
+        if isinstance(exc, ClientError):
+            return self._translate_response(exc, operation, key, missing)
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return AccessDenied(
+                f"no credentials found for remote {self.remote!r}: set access_key_id and "
+                f"secret_access_key in its config section, or AWS credentials in the environment"
+            )
+        if isinstance(exc, ParamValidationError):
+            detail = one_line(str(exc))
+            return InvalidArgument(f"invalid S3 request {operation} {self.where(key)}: {detail}")
+        return StoreUnavailable(self._transport_message(exc, operation, key))
+
+    def where(self, key: str | None) -> str:
+        return f"s3://{self.bucket}/{key}" if key is not None else f"bucket {self.bucket!r}"
+
+    def _translate_response(
+        self, exc: ClientError, operation: str, key: str | None, missing: type[ModelfsError]
+    ) -> ModelfsError:
+        error: Any = exc.response.get("Error", {})
+        code, status = code_and_status(exc)
+        kind = ERROR_FOR_CODE.get(code) or ERROR_FOR_CODE.get(str(status))
+        if kind is None:
+            kind = StoreUnavailable if status >= 500 else ModelfsError
+        if kind is NotFound:
+            kind = missing
+        return kind(self._response_message(kind, code, operation, key, error.get("Message")))
+
+    def _response_message(
+        self,
+        kind: type[ModelfsError],
+        code: str,
+        operation: str,
+        key: str | None,
+        detail: str | None,
+    ) -> str:
+        if kind is BucketNotFound:
+            return f"bucket {self.bucket!r} does not exist at {self.endpoint}"
+        if kind is NotFound:
+            return f"{self.where(key)} not found at {self.endpoint} ({code})"
+        if kind is AccessDenied and code in CREDENTIAL_CODES:
+            return (
+                f"access denied by {self.endpoint}: check access_key_id/secret_access_key "
+                f"of remote {self.remote!r} ({code})"
+            )
+        if kind is AccessDenied:
+            return f"access denied by {self.endpoint} to {self.where(key)} ({code})"
+        if kind is StaleObject:
+            return f"{self.where(key)} changed in the bucket since it was opened ({code})"
+        suffix = f": {one_line(detail)}" if detail else ""
+        return f"{operation} {self.where(key)} failed at {self.endpoint}: {code}{suffix}"
+
+    def _transport_message(self, exc: BaseException, operation: str, key: str | None) -> str:
+        if isinstance(exc, EndpointConnectionError):
+            return f"cannot reach S3 endpoint {self.endpoint}: {connection_reason(exc)}"
+        if isinstance(exc, ConnectTimeoutError):
+            return f"cannot reach S3 endpoint {self.endpoint}: connect timed out"
+        if isinstance(exc, ReadTimeoutError | urllib3.exceptions.ReadTimeoutError):
+            return (
+                f"S3 endpoint {self.endpoint} did not answer in time "
+                f"({operation} {self.where(key)})"
+            )
+        return (
+            f"connection to S3 endpoint {self.endpoint} failed during "
+            f"{operation} {self.where(key)}: {one_line(str(exc))}"
+        )
+
+
+def one_line(text: str) -> str:
+    """Server and library messages may span lines; ours are printed as one."""
+    return " ".join(text.split())
+
+
+def connection_reason(exc: BaseException) -> str:
+    """'connection refused', 'name not resolved', ... from the OSError under `exc`."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, socket.gaierror):
+            return "host name not resolved"
+        kwargs = getattr(current, "kwargs", {})
+        nested = kwargs.get("error") if isinstance(kwargs, dict) else None
+        current = nested or current.__cause__ or current.__context__
+    return one_line(str(exc))

@@ -1,0 +1,298 @@
+"""The write-back journal: which keys hold local changes the bucket does not have yet.
+
+Owns one SQLite database, `ROOT/journal.sqlite3`, with one row per dirty key. A row exists
+exactly while the staging file named in it may hold bytes that are not in the bucket; it is
+written before the first changed byte of a dirty cycle reaches the staging file and deleted once
+the upload of the last change has completed. At startup every row is pending work.
+
+    dirty(staging TEXT PRIMARY KEY,  -- file name under ROOT/staging/
+          key TEXT UNIQUE,           -- full S3 key the content belongs to
+          base_etag TEXT,            -- ETag our changes started from; NULL = key was absent
+          upload_key TEXT,           -- multipart upload in flight: its key (ours, or a
+          upload_id TEXT,            --   conflict copy's) and id, '' while being created
+          since REAL,                -- wall-clock time the key became dirty (for status)
+          ours TEXT)                 -- ETag our upload in flight gives the key once it lands
+    deletes(key TEXT PRIMARY KEY)    -- bucket keys a rename must still remove (retried)
+    meta(name TEXT PRIMARY KEY, value TEXT)   -- 'identity': the remote this root belongs to
+
+Why SQLite and not an append-only log file: a row changes in place (rename, new base ETag,
+upload id), and SQLite gives atomic multi-row transactions (rename over a dirty key deletes one
+row and rekeys another) and crash safety without a compaction step of our own. It is in the
+standard library; `diskcache` would add pickling and eviction we must not have.
+
+A full cache disk: `ROOT/journal.reserve` holds a little preallocated space. Once the disk is
+full, the bookkeeping that lets an upload finish (and so free its staging file) deletes the
+reserve and retries; starting a new dirty file never does, so the application gets ENOSPC
+while uploads still drain. The reserve is recreated when space comes back.
+
+Durability: WAL mode with `synchronous=NORMAL`. A commit is a write() into the WAL, so it costs
+microseconds and runs on the trio thread; it survives the death of the process (the kernel
+keeps the page cache) but not a power loss. `sync()` (called by fsync, in a worker thread)
+fsyncs the WAL and the database file: every commit so far is then in one of them, because in
+this mode SQLite syncs the WAL before a checkpoint copies it into the database and syncs the
+database after. After `sync()` returns, every earlier commit survives a power loss too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelfs.errors import ConfigError, NoSpace
+from modelfs.store.protocol import PendingUpload
+
+log = logging.getLogger(__name__)
+
+JOURNAL_NAME = "journal.sqlite3"
+
+RESERVE_NAME = "journal.reserve"
+
+# Rows are ~200 bytes: a 64-page (256 KiB) WAL between checkpoints is plenty, and keeping it
+# small leaves room for it on a nearly full cache disk.
+_WAL_AUTOCHECKPOINT_PAGES = 64
+# The reserve: space only the bookkeeping of uploads may use once the disk is full (an upload
+# that cannot journal its end can never free the space its staging file holds). One WAL cycle
+# is far more than the few commits that takes; on tiny disks at most 1/8 of the disk.
+_RESERVE_BYTES = _WAL_AUTOCHECKPOINT_PAGES * 4096
+_RESERVE_FRACTION = 8
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dirty (
+    staging TEXT PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    base_etag TEXT,
+    upload_key TEXT,
+    upload_id TEXT,
+    since REAL NOT NULL,
+    ours TEXT
+);
+CREATE TABLE IF NOT EXISTS deletes (key TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRow:
+    staging: str
+    key: str
+    base_etag: str | None
+    upload: PendingUpload | None
+    since: float
+    ours: str | None = None
+
+    def values(self) -> tuple[str, str, str | None, str | None, str | None, float, str | None]:
+        upload_key = self.upload.key if self.upload else None
+        upload_id = self.upload.upload_id if self.upload else None
+        return (
+            self.staging,
+            self.key,
+            self.base_etag,
+            upload_key,
+            upload_id,
+            self.since,
+            self.ours,
+        )
+
+
+class Journal:
+    """The dirty-key table. Methods other than `sync` run on one thread (the trio thread)."""
+
+    def __init__(self, root: Path, *, identity: str | None = None) -> None:
+        self._path = root / JOURNAL_NAME
+        self._reserve = root / RESERVE_NAME
+        self._db = sqlite3.connect(self._path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={_WAL_AUTOCHECKPOINT_PAGES}")
+        self._write(lambda db: db.executescript(_SCHEMA))
+        self._upgrade()
+        if identity is not None:
+            self._check_identity(identity)
+        self.restore_reserve()
+
+    def _upgrade(self) -> None:
+        """Journals written before the `ours` column get it (empty: no upload in flight)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(dirty)")}
+        if "ours" not in columns:
+            self._write(lambda db: db.execute("ALTER TABLE dirty ADD COLUMN ours TEXT"))
+
+    def _check_identity(self, identity: str) -> None:
+        found = self._db.execute("SELECT value FROM meta WHERE name='identity'").fetchone()
+        if found is None:
+            self._write(
+                lambda db: db.execute("INSERT INTO meta VALUES ('identity', ?)", (identity,))
+            )
+        elif found[0] != identity:
+            raise ConfigError(
+                f"write-back journal belongs to {found[0]!r}, not {identity!r}: "
+                "use another cache dir"
+            )
+
+    def rows(self) -> list[JournalRow]:
+        cursor = self._db.execute(
+            "SELECT staging, key, base_etag, upload_key, upload_id, since, ours FROM dirty "
+            "ORDER BY since"
+        )
+        return [
+            JournalRow(
+                staging,
+                key,
+                base,
+                PendingUpload(upload_key, upload_id) if upload_key else None,
+                since,
+                ours,
+            )
+            for staging, key, base, upload_key, upload_id, since, ours in cursor.fetchall()
+        ]
+
+    def insert(self, row: JournalRow) -> None:
+        """A key became dirty. The only write that may not use the reserve: it is what lets
+        the application fill the disk further."""
+        self._write(
+            lambda db: db.execute("INSERT INTO dirty VALUES (?, ?, ?, ?, ?, ?, ?)", row.values()),
+            reserve=False,
+        )
+
+    def delete(self, staging: str) -> None:
+        self._write(lambda db: db.execute("DELETE FROM dirty WHERE staging=?", (staging,)))
+
+    def set_base(self, staging: str, base_etag: str | None) -> None:
+        """The bucket holds our upload as `base_etag`: the base of what changed since."""
+        self._write(
+            lambda db: db.execute(
+                "UPDATE dirty SET base_etag=?, ours=NULL WHERE staging=?", (base_etag, staging)
+            )
+        )
+
+    def set_ours(self, staging: str, etag: str | None) -> None:
+        self._write(
+            lambda db: db.execute("UPDATE dirty SET ours=? WHERE staging=?", (etag, staging))
+        )
+
+    def set_upload(self, staging: str, upload: PendingUpload | None) -> None:
+        key, upload_id = (upload.key, upload.upload_id) if upload else (None, None)
+        self._write(
+            lambda db: db.execute(
+                "UPDATE dirty SET upload_key=?, upload_id=? WHERE staging=?",
+                (key, upload_id, staging),
+            )
+        )
+
+    def move(self, row: JournalRow, *, delete_key: str | None = None) -> None:
+        """One transaction: `row` (new or existing, by staging name) now holds `row.key`,
+        replacing any other row of that key; and `delete_key` is queued for deletion."""
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM dirty WHERE key=? AND staging<>?", (row.key, row.staging))
+            db.execute(
+                "INSERT INTO dirty VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(staging) DO UPDATE "
+                "SET key=excluded.key, base_etag=excluded.base_etag, ours=excluded.ours",
+                row.values(),
+            )
+            if delete_key is not None:
+                db.execute("INSERT OR IGNORE INTO deletes VALUES (?)", (delete_key,))
+
+        self._write(work, transaction=True)
+
+    def replace(self, staging: str | None, *, delete_key: str) -> None:
+        """One transaction: drop the row of `staging` (if any) and queue `delete_key`."""
+
+        def work(db: sqlite3.Connection) -> None:
+            if staging is not None:
+                db.execute("DELETE FROM dirty WHERE staging=?", (staging,))
+            db.execute("INSERT OR IGNORE INTO deletes VALUES (?)", (delete_key,))
+
+        self._write(work, transaction=True)
+
+    def deletes(self) -> list[str]:
+        return [key for (key,) in self._db.execute("SELECT key FROM deletes ORDER BY key")]
+
+    def forget_delete(self, key: str) -> None:
+        self._write(lambda db: db.execute("DELETE FROM deletes WHERE key=?", (key,)))
+
+    def sync(self) -> None:
+        """Make every commit so far survive a power loss (blocking: run it in a thread)."""
+        for path in (self._path, self._path.with_name(self._path.name + "-wal")):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # no WAL right now: everything is in the (synced) database
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- the reserve ---------------------------------------------------------------------------
+
+    @property
+    def reserve_used(self) -> bool:
+        return not self._reserve.exists()
+
+    def restore_reserve(self) -> None:
+        """(Re)create the reserve file if there is room again; never raises."""
+        if self._reserve.exists():
+            return
+        partial = self._reserve.with_name(self._reserve.name + ".tmp")
+        try:
+            disk = os.statvfs(self._reserve.parent)
+            size = min(_RESERVE_BYTES, disk.f_blocks * disk.f_frsize // _RESERVE_FRACTION)
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+            os.replace(partial, self._reserve)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+
+    def _release_reserve(self) -> bool:
+        try:
+            os.unlink(self._reserve)
+        except FileNotFoundError:
+            return False
+        log.warning("write-back: cache disk full; using the journal's reserve to finish uploads")
+        return True
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _write(
+        self,
+        work: Callable[[sqlite3.Connection], object],
+        *,
+        reserve: bool = True,
+        transaction: bool = False,
+    ) -> None:
+        """Run `work` (in one transaction if asked); on a full disk, free the reserve and try
+        once more if `reserve`, else (or if that fails too) raise NoSpace."""
+        try:
+            self._attempt(work, transaction)
+        except NoSpace:
+            if not (reserve and self._release_reserve()):
+                raise
+            self._attempt(work, transaction)
+
+    def _attempt(self, work: Callable[[sqlite3.Connection], object], transaction: bool) -> None:
+        try:
+            if not transaction:
+                work(self._db)
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                work(self._db)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise NoSpace("write-back journal: no space left on the cache disk") from exc
+            raise

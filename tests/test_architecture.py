@@ -1,0 +1,92 @@
+"""The layout is the architecture (docs/architecture.md): imports point one way, modules stay
+small and say what they own, and the test fakes live here, not in the package."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import modelfs
+
+PACKAGE = Path(modelfs.__file__).parent
+SHARED = {"errors", "objects", "console", "memory"}
+# Each folder (or top-level module) and the folders it may import, as drawn in
+# docs/architecture.md; the shared modules may be imported by all.
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "objects": set(),
+    "console": {"errors"},
+    "memory": set(),
+    "config": set(),
+    "host": {"config"},
+    "store": {"config"},
+    "cache": {"host"},
+    "read": {"store", "cache"},
+    "write": {"store", "host"},
+    "core": {"read", "write", "store"},
+    "daemon": {"core", "read", "write", "store", "cache", "host", "config"},
+    "run": {"config", "host"},
+    "cli": {"daemon", "run", "config"},
+    "__init__": set(),
+    "__main__": {"cli"},
+}
+MAX_LINES = 400
+
+
+def area_of(path: Path) -> str:
+    relative = path.relative_to(PACKAGE)
+    return relative.parts[0] if len(relative.parts) > 1 else relative.stem
+
+
+def imported_areas(path: Path) -> set[str]:
+    areas: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "modelfs":
+                names = [f"modelfs.{alias.name}" for alias in node.names]
+            else:
+                names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "modelfs" and len(parts) > 1:
+                areas.add(parts[1])
+    return areas
+
+
+def modules() -> list[Path]:
+    return sorted(PACKAGE.rglob("*.py"))
+
+
+def test_imports_point_one_way() -> None:
+    wrong = []
+    for path in modules():
+        area = area_of(path)
+        allowed = ALLOWED[area] | SHARED | {area, "__version__"}
+        for imported in imported_areas(path) - allowed:
+            wrong.append(f"{path.relative_to(PACKAGE)} imports modelfs.{imported}")
+    assert wrong == []
+
+
+def test_cli_reaches_commands_only() -> None:
+    """The command line knows each area's `commands` module, not its insides."""
+    text = (PACKAGE / "cli.py").read_text()
+    assert '"modelfs.daemon.commands", "modelfs.run.commands"' in text
+
+
+def test_modules_are_small_and_say_what_they_own() -> None:
+    for path in modules():
+        lines = path.read_text().splitlines()
+        assert len(lines) <= MAX_LINES, f"{path.relative_to(PACKAGE)}: {len(lines)} lines"
+        if path.name == "__main__.py":
+            continue
+        docstring = ast.get_docstring(ast.parse(path.read_text()))
+        assert docstring, f"{path.relative_to(PACKAGE)} has no docstring"
+
+
+def test_test_fakes_are_not_in_the_package() -> None:
+    sources = " ".join(path.read_text() for path in modules())
+    assert "class MemoryStore" not in sources
+    assert "class MemoryDataCache" not in sources
