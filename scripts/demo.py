@@ -7,7 +7,6 @@ Shows each command as it runs, like a terminal session. Everything lives under -
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import shutil
@@ -48,8 +47,6 @@ def sample_bucket(server: SeaweedServer, model_mib: int) -> None:
         "tokenizer/vocab.json": json.dumps({f"tok{i}": i for i in range(2000)}).encode(),
         "tokenizer/tokenizer_config.json": b'{"lowercase": false}',
     }
-    manifest = {path: hashlib.sha256(data).hexdigest() for path, data in files.items()}
-    files["manifest.json"] = json.dumps(manifest, indent=1).encode()
     for path, data in files.items():
         client.put_object(Bucket=BUCKET, Key=f"cache_hub_v23/{path}", Body=data)
     client.put_object(Bucket=BUCKET, Key="audio_samples/voice_01.wav", Body=rng.randbytes(300_000))
@@ -108,6 +105,9 @@ def main() -> int:
         sample_bucket(server, args.model_mib)
         write_config(config, server, mountpoint, app, cache)
         show(*modelfs, "remotes")
+        print("\ndemo: pin the model tree: sizes and sha256 in cache_hub_v23/manifest.json")
+        show(*modelfs, "manifest", "create", f"compshare:{BUCKET}/cache_hub_v23", "--upload",
+             "--name", "index-tts", "--version", "23", "-o", base / "index-tts.manifest.yaml")
         show(*modelfs, "mount", "--daemon", "--cache-dir", cache, f"compshare:{BUCKET}", mountpoint)
         try:
             show("ls", "-lR", mountpoint)
@@ -124,6 +124,11 @@ def main() -> int:
         log = server.client().get_object(Bucket=BUCKET, Key="logs/app.log")["Body"].read()
         print("\nthe app's log, read back from the bucket (written through the mount):")
         print(log.decode())
+
+        print("demo: without FUSE: pull the tree onto local disk, verified, then check it")
+        pulled = base / "pulled"
+        show(*modelfs, "pull", f"compshare:{BUCKET}/cache_hub_v23", pulled)
+        show(*modelfs, "verify", pulled)
     print("\ndemo: done (SeaweedFS stopped, nothing left mounted)")
     return 0
 

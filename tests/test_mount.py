@@ -6,7 +6,9 @@ Requests are counted by the FaultProxy in front of the server (not by modelfs's 
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import hashlib
+import json
 import mmap
 import os
 import random
@@ -390,3 +392,34 @@ def test_without_drop_behind_a_read_file_stays_in_the_page_cache(env: Env) -> No
         assert read_sequentially(path) == data
         assert resident_pages(path) >= mostly(128 * MiB)
         assert mounted.status()["fs"]["dropped_behind"] == 0
+
+
+def test_a_file_that_does_not_match_the_manifest_gives_eio_never_wrong_bytes(env: Env) -> None:
+    """Verify-while-fill: the prefix's manifest pins each file's sha256; a file whose bytes
+    differ (replaced behind the manifest's back) fails its reads with EIO before a reader
+    could get all of it, while the good files read as usual; status counts both."""
+    good, bad = os.urandom(9 * MiB), os.urandom(9 * MiB)
+    env.put("m/good.safetensors", good)
+    env.put("m/bad.safetensors", bad)
+    manifest = {
+        "name": "t",
+        "version": "1",
+        "files": [
+            {"path": "good.safetensors", "size": len(good), "sha256": sha256_hex(good)},
+            {"path": "bad.safetensors", "size": len(bad), "sha256": sha256_hex(b"x" + bad[1:])},
+        ],
+    }
+    env.put("m/manifest.json", json.dumps(manifest).encode())
+    with env.mount(prefix="m") as mounted:
+        assert read_file(env.mountpoint / "good.safetensors") == good
+        with pytest.raises(OSError, match="Input/output error") as caught:
+            read_file(env.mountpoint / "bad.safetensors")
+        assert caught.value.errno == errno.EIO
+        with pytest.raises(OSError, match="Input/output error"):
+            read_file(env.mountpoint / "bad.safetensors")  # from then on
+        fs = mounted.status()["fs"]
+        assert (fs["verified"], fs["verify_failed"]) == (1, 1)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

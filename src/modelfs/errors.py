@@ -52,6 +52,12 @@ class StoreUnavailable(ModelfsError):
     errno = _errno.EIO
 
 
+class Corrupt(ModelfsError):
+    """Bytes that do not match what they must be (a manifest's sha256): never served."""
+
+    errno = _errno.EIO
+
+
 class BucketNotFound(ModelfsError):
     errno = _errno.ENOENT
 

@@ -10,6 +10,9 @@ say exactly which GETs and ranges reached "the network". Faults apply to the nex
 - status:    answer an S3-style XML error (500, 503, ...) without forwarding;
 - reset:     forward, send the headers and `after_bytes` of the body, then reset the TCP
              connection (SO_LINGER 0); `after_bytes=None` resets before any answer;
+- stall:     forward, send the headers and `after_bytes` of the body, then send nothing more
+             (until the proxy stops): a source that hangs mid-download;
+- corrupt:   forward, with the body's byte at offset `after_bytes` flipped: wrong bytes;
 - blackhole: accept the request and never answer (until the proxy stops).
 
 Besides the delays, the first matching fault (in injection order) is the one that applies.
@@ -32,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Literal
 
-FaultKind = Literal["delay", "status", "reset", "blackhole"]
+FaultKind = Literal["delay", "status", "reset", "stall", "corrupt", "blackhole"]
 Predicate = Callable[["ProxyRequest"], bool]
 
 _PIECE = 1 << 20  # streaming buffer: big enough for GB/s, small enough per connection
@@ -50,6 +53,8 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _ERROR_CODES = {
+    403: "AccessDenied",
+    404: "NoSuchKey",
     500: "InternalError",
     501: "NotImplemented",
     502: "BadGateway",
@@ -212,6 +217,16 @@ class FaultProxy:
     ) -> Fault:
         return self._add(Fault("reset", times, match, after_bytes=after_bytes))
 
+    def stall_next(
+        self, after_bytes: int = 0, times: int | None = 1, match: Predicate | None = None
+    ) -> Fault:
+        return self._add(Fault("stall", times, match, after_bytes=after_bytes))
+
+    def corrupt_next(
+        self, at_byte: int = 0, times: int | None = 1, match: Predicate | None = None
+    ) -> Fault:
+        return self._add(Fault("corrupt", times, match, after_bytes=at_byte))
+
     def blackhole_next(self, times: int | None = 1, match: Predicate | None = None) -> Fault:
         return self._add(Fault("blackhole", times, match))
 
@@ -319,9 +334,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "reset" and fault.after_bytes is None:
             self._reset()
             return
-        after_bytes = fault.after_bytes if fault is not None else None
         try:
-            self._forward_once_more_if_stale(request, after_bytes)
+            self._forward_once_more_if_stale(request, fault)
         except (OSError, http.client.HTTPException):
             self._drop_upstream()
             if request.status is None:
@@ -331,12 +345,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _proxy_request
 
-    def _forward_once_more_if_stale(self, request: ProxyRequest, reset_after: int | None) -> None:
+    def _forward_once_more_if_stale(self, request: ProxyRequest, fault: Fault | None) -> None:
         """A kept-alive upstream connection may have been closed meanwhile (idle timeout, or
         the server restarted): a request without a body is then sent again on a new one."""
         reused = self._upstream is not None
         try:
-            self._forward(request, reset_after)
+            self._forward(request, fault)
         except (OSError, http.client.HTTPException):
             has_body = int(self.headers.get("Content-Length") or 0) > 0 or (
                 "Transfer-Encoding" in self.headers
@@ -344,11 +358,11 @@ class _Handler(BaseHTTPRequestHandler):
             if not reused or has_body or request.status is not None:
                 raise
             self._drop_upstream()
-            self._forward(request, reset_after)
+            self._forward(request, fault)
 
     # -- forwarding --------------------------------------------------------------------------
 
-    def _forward(self, request: ProxyRequest, reset_after: int | None) -> None:
+    def _forward(self, request: ProxyRequest, fault: Fault | None) -> None:
         upstream = self._upstream_connection()
         upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
         for name, value in self.headers.items():
@@ -360,7 +374,7 @@ class _Handler(BaseHTTPRequestHandler):
         upstream.endheaders()
         self._relay_request_body(upstream, chunked)
         response = upstream.getresponse()
-        self._relay_response(request, response, reset_after)
+        self._relay_response(request, response, fault)
         if response.will_close:
             self._drop_upstream()
 
@@ -380,7 +394,7 @@ class _Handler(BaseHTTPRequestHandler):
             remaining -= got
 
     def _relay_response(
-        self, request: ProxyRequest, response: http.client.HTTPResponse, reset_after: int | None
+        self, request: ProxyRequest, response: http.client.HTTPResponse, fault: Fault | None
     ) -> None:
         self.send_response_only(response.status, response.reason)
         has_body = self.command != "HEAD" and response.status not in (204, 304)
@@ -398,16 +412,24 @@ class _Handler(BaseHTTPRequestHandler):
             # ready for the next request; left unread, that request would fail with a 502.
             response.read()
             return
-        limit = reset_after if reset_after is not None else None
+        kind = fault.kind if fault is not None else None
+        limit = fault.after_bytes if fault is not None and kind in ("reset", "stall") else None
+        flip = fault.after_bytes if fault is not None and kind == "corrupt" else None
         view = memoryview(self._buffer)
         while True:
             want = _PIECE if limit is None else min(_PIECE, limit - request.response_bytes)
             got = response.readinto(view[:want]) if want > 0 else 0
             if not got:
                 break
+            start = request.response_bytes
+            if flip is not None and start <= flip < start + got:
+                view[flip - start] ^= 0xFF
             request.response_bytes += got  # before the write: the client may be faster
             self._write_body(view[:got], rechunk)
         if limit is not None:
+            if kind == "stall":
+                self.wfile.flush()
+                self.server.proxy._stopping.wait()
             self._reset()
             self._drop_upstream()
             return

@@ -1,8 +1,9 @@
 """A stand-in for an AI app (IndexTTS's webui.py) that `modelfs run` starts in tests and demos.
 
 What it does, from its working directory:
-1. reads `cache_hub/manifest.json` ({"relative/path": "sha256 hex", ...}) and every file it
-   names through `cache_hub/`, checking each hash: "pass 1: verified N files";
+1. reads `cache_hub/manifest.json` (a modelfs manifest, docs/manifest.md, or the short form
+   {"relative/path": "sha256 hex", ...}) and every file it names through `cache_hub/`,
+   checking each hash: "pass 1: verified N files";
 2. optionally waits (`--wait-for FILE`: until FILE exists) and verifies everything again,
    opening every file anew: "pass 2: verified N files" (a remounted bucket must serve this);
 3. appends one line to `cache_hub/../logs/app.log` (in the bucket, through the link) unless
@@ -37,7 +38,10 @@ def sha256_of(path: Path) -> str:
 
 
 def verify(cache_hub: Path) -> int:
-    manifest: dict[str, str] = json.loads((cache_hub / "manifest.json").read_text())
+    data = json.loads((cache_hub / "manifest.json").read_text())
+    if "files" in data:  # a modelfs manifest
+        data = {entry["path"]: entry["sha256"] for entry in data["files"]}
+    manifest: dict[str, str] = data
     for relative, expected in sorted(manifest.items()):
         actual = sha256_of(cache_hub / relative)
         if actual != expected:

@@ -50,7 +50,7 @@ def _integer(text: str) -> int:
         raise ConfigError(f"invalid number {text!r}") from None
 
 
-def _positive(text: str) -> int:
+def parse_positive(text: str) -> int:
     number = _integer(text)
     if number < 1:
         raise ConfigError(f"{text!r} must be at least 1")
@@ -126,7 +126,7 @@ MOUNT_OPTIONS: tuple[MountOption, ...] = (
     _value("gid", _integer, lambda: str(os.getgid()), "N", "group of files (default: yours)"),
     _value("umask", _octal, "022", "OCTAL", "octal umask for modes (default 022)"),
     _value(
-        "transfers", _positive, "16", "N", "parallel ranged GETs per direction (default 16)"
+        "transfers", parse_positive, "16", "N", "parallel ranged GETs per direction (default 16)"
     ),
     _value("part-size", parse_size, "8M", "SIZE", "size of one readahead GET (default 8M)"),
     _value(

@@ -31,6 +31,7 @@ import pyfuse3
 import trio
 
 from modelfs.cache.disk import DiskBlockCache
+from modelfs.config.remote import RemoteSpec
 from modelfs.config.units import format_size
 from modelfs.core.filesystem import Filesystem
 from modelfs.core.namespace import Namespace
@@ -39,12 +40,15 @@ from modelfs.daemon.fuse_ops import FuseOperations
 from modelfs.daemon.preflight import preflight
 from modelfs.daemon.settings import MountConfig
 from modelfs.daemon.warmup import warm_up
+from modelfs.errors import ModelfsError, NotFound
 from modelfs.host import control, mountinfo, notify
 from modelfs.memory import MemoryBudget, tune_malloc
 from modelfs.objects import ObjectInfo
+from modelfs.pull.manifest import MANIFEST_NAME, parse_manifest
 from modelfs.read.dropbehind import PageCacheTrimmer
 from modelfs.read.fetcher import BlockFetcher
 from modelfs.read.policy import ReadPolicy
+from modelfs.read.verify import Verifications
 from modelfs.store.s3 import S3Store
 from modelfs.write.engine import WriteBack
 from modelfs.write.protocol import ReadOnlyWriter, Writer
@@ -97,7 +101,11 @@ class Mount:
         if config.read.drop_behind_min:
             trimmer = PageCacheTrimmer(self.real_mountpoint)
         self.reads = ReadPolicy(
-            self.fetcher, config.read, siblings=self._files_in, trimmer=trimmer
+            self.fetcher,
+            config.read,
+            siblings=self._files_in,
+            trimmer=trimmer,
+            verifications=Verifications(manifest_expectations(store, config.spec)),
         )
         self.writer: Writer = ReadOnlyWriter()
         if not config.read_only:
@@ -207,6 +215,22 @@ class Mount:
             "fs": asdict(self.fs.statistics()) | asdict(self.reads.statistics()),
             "writeback": asdict(upload) if upload is not None else None,
         }
+
+
+def manifest_expectations(store: S3Store, spec: RemoteSpec) -> dict[str, tuple[int, str]]:
+    """The (size, sha256) of every file the prefix's manifest lists, by key (none: {})."""
+    key = spec.prefix + MANIFEST_NAME
+    try:
+        info = store.head(key)
+        text = store.get_range(info.id, 0, info.size).decode("utf-8", "replace")
+        manifest = parse_manifest(text, f"{spec.source}/{MANIFEST_NAME}")
+    except NotFound:
+        return {}
+    except ModelfsError as exc:
+        log.warning("not verifying files against the manifest: %s", exc)
+        return {}
+    log.info("verifying the %d files of %s as they are read", len(manifest.files), key)
+    return {spec.prefix + f.path: (f.size, f.sha256) for f in manifest.files}
 
 
 def raise_kernel_readahead(real_mountpoint: str) -> None:

@@ -87,7 +87,7 @@ def parent_pipe() -> int:
 
 
 def tell_parent(fd: int, message: str) -> None:
-    """"ok", or "error: ..." (never raises: the parent may be gone)."""
+    """ "ok", or "error: ..." (never raises: the parent may be gone)."""
     if fd < 0:
         return
     try:

@@ -36,9 +36,11 @@ from modelfs.cache.protocol import DataCache
 from modelfs.cache.writer import CacheWriter
 from modelfs.memory import MemoryBudget
 from modelfs.objects import ObjectId, ObjectInfo
-from modelfs.store.protocol import ObjectStore
+from modelfs.store.protocol import RangeReads
 
 log = logging.getLogger(__name__)
+
+_SETTLE_POLL = 0.005  # seconds; a block's cache write takes about that long
 
 
 class _Abandoned(Exception):
@@ -79,7 +81,7 @@ class FetcherStatistics:
 class BlockFetcher:
     def __init__(
         self,
-        store: ObjectStore,
+        store: RangeReads,
         cache: DataCache,
         *,
         demand_limiter: trio.CapacityLimiter,
@@ -225,6 +227,14 @@ class BlockFetcher:
             self._drop((obj, index))
         else:
             entry.consumed = True
+
+    async def settle(self, obj: ObjectId) -> None:
+        """Wait until no block of `obj` is in flight or waiting for its cache write: every
+        block fetched so far has been offered to the cache (`put` returned)."""
+        self._retire_written()
+        while any(key[0] == obj for key in self._inflight):
+            await trio.sleep(_SETTLE_POLL)
+            self._retire_written()
 
     def abandon(self, ticket: FetchTicket) -> None:
         if not ticket.finished:

@@ -10,7 +10,10 @@ back on release (`closed`); every decision about fetching lives here:
 - the first open of a small file within `burst_ttl` fetches its directory's other small files
   in one burst (listing order, starting after the opened file; at most `small_burst_max_files`);
 - a huge file (`drop_behind_min`) read by its only reader has the page cache behind that reader
-  dropped (see `dropbehind`); the trimmer's own opens get no handle (`is_internal`).
+  dropped (see `dropbehind`); the trimmer's own opens get no handle (`is_internal`);
+- a file the mount's manifest lists is verified against its sha256 on open, as it is fetched
+  (whole, for a model file; reading it all for a small one), and its readers wait for, and
+  obey, the verdict (`verify`).
 
 The policy runs the fetcher and its own background tasks (`run`), and never blocks a reader on
 them.
@@ -32,6 +35,7 @@ from modelfs.read.dropbehind import DropBehind, PageCacheTrimmer
 from modelfs.read.fetcher import BlockFetcher
 from modelfs.read.readahead import HandlePrefetcher, ReadaheadPolicy
 from modelfs.read.reader import ObjectReader
+from modelfs.read.verify import Verifications
 from modelfs.read.whole import WholeObjectFetch
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,8 @@ class ReadStatistics:
     open_readers: int
     background_fetches: int  # whole-object fetches running
     dropped_behind: int  # bytes of page cache dropped behind readers
+    verified: int  # model files that matched the manifest's sha256
+    verify_failed: int  # ... that did not (their reads fail with EIO)
 
 
 class OpenFile(Protocol):
@@ -83,9 +89,11 @@ class ReadPolicy:
         *,
         siblings: Siblings,
         trimmer: PageCacheTrimmer | None = None,
+        verifications: Verifications | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fetcher = fetcher
+        self.verifications = verifications or Verifications({})
         self.options = options
         self.trimmer = trimmer
         self._siblings = siblings
@@ -119,6 +127,7 @@ class ReadPolicy:
             self.fetcher, info, policy, options.part_size, options.transfers
         )
         huge = self.trimmer is not None and 0 < options.drop_behind_min <= info.size
+        self._maybe_fetch_whole(info)
         reader = ObjectReader(
             self.fetcher,
             info,
@@ -126,9 +135,9 @@ class ReadPolicy:
             part_size=options.part_size,
             drop=DropBehind() if huge else None,
             request_drop=self._request_drop,
+            verification=self.verifications.of(info.id),
         )
         self._readers[reader] = file
-        self._maybe_fetch_whole(info)
         if options.prefetch_small and info.size <= options.small_file_max:
             await self._burst_small_siblings(directory, info)
         return reader
@@ -140,15 +149,18 @@ class ReadPolicy:
     def statistics(self) -> ReadStatistics:
         running = sum(1 for fetch in self._whole.values() if not fetch.done.is_set())
         dropped = self.trimmer.dropped if self.trimmer is not None else 0
-        return ReadStatistics(len(self._readers), running, dropped)
+        verified, failed = self.verifications.counts()
+        return ReadStatistics(len(self._readers), running, dropped, verified, failed)
 
     # -- whole-object fetches --------------------------------------------------------------------
 
     def _maybe_fetch_whole(self, info: ObjectInfo) -> None:
         options = self.options
-        if not info.key.endswith(options.model_suffixes):
-            return
-        if not options.model_min_size <= info.size <= options.whole_fetch_max:
+        if info.size > options.whole_fetch_max:
+            return  # fetching it whole (or reading it all to verify it) would thrash the cache
+        part_blocks = max(1, options.part_size // self.fetcher.block_size)
+        self.verifications.start(self.fetcher, info, self._background(), part_blocks)
+        if not info.key.endswith(options.model_suffixes) or info.size < options.model_min_size:
             return
         running = self._whole.get(info.id)
         if running is not None and not running.done.is_set():

@@ -9,7 +9,9 @@ The filesystem core's `read` is one call into this. A read of [offset, offset + 
 3. remembers the last block it used: the kernel's requests are often smaller than a block and
    hit the same one several times in a row;
 4. tells the fetcher which blocks it has read to their end, so they need not stay in RAM;
-5. notes the read for drop-behind (see `dropbehind`), which the policy schedules.
+5. notes the read for drop-behind (see `dropbehind`), which the policy schedules;
+6. for a file the manifest lists, obeys its verification (see `verify`): EIO once it failed,
+   and a read of the last block waits for the verdict.
 
 Invariant: every byte returned is of the version in `info` (the fetcher's GETs carry If-Match);
 a replaced object surfaces as `StaleObject`, never as a mix.
@@ -26,6 +28,7 @@ from modelfs.objects import ObjectInfo
 from modelfs.read.dropbehind import DropBehind
 from modelfs.read.fetcher import BlockFetcher
 from modelfs.read.readahead import HandlePrefetcher
+from modelfs.read.verify import Verification
 
 # A sequential reader that read within this many seconds is streaming: a whole-object fetch
 # waits for it (see `whole`). Long enough to span the kernel's gaps between requests.
@@ -45,8 +48,10 @@ class ObjectReader:
         part_size: int,
         drop: DropBehind | None = None,
         request_drop: DropRequest | None = None,
+        verification: Verification | None = None,
     ) -> None:
         self.info = info
+        self.verification = verification
         self.prefetcher = prefetcher
         self.drop = drop
         self._fetcher = fetcher
@@ -69,6 +74,8 @@ class ObjectReader:
         self.prefetcher.on_read(offset, end - offset)
         block_size = self._fetcher.block_size
         first, last = offset // block_size, (end - 1) // block_size
+        if self.verification is not None:
+            await self.verification.check(first, last)
         # On a miss, one GET covers the rest of this read and, for a sequential reader, a
         # whole part: the readahead's parts start further ahead.
         run = max(last - first + 1, self._part_blocks if self.prefetcher.sequential else 1)

@@ -41,6 +41,13 @@ def _register_run(commands: Subparsers) -> None:
         "--mount", nargs=2, metavar=("REMOTE:BUCKET[/PREFIX]", "MOUNTPOINT"), default=None
     )
     parser.add_argument(
+        "--pull",
+        metavar="SRC",
+        default=None,
+        help="instead of mounting, pull SRC (a prefix, manifest or manifest URL) into --into",
+    )
+    parser.add_argument("--into", metavar="DIR", default=None, help="where --pull puts files")
+    parser.add_argument(
         "--link",
         action="append",
         default=[],
@@ -67,7 +74,7 @@ def handle_run(args: argparse.Namespace) -> int:
     verbose = getattr(args, "verbose", False)
     console.setup_logging(verbose=verbose, command="run")
     try:
-        config = None if args.mount else load_config(args.config)
+        config = None if args.mount or args.pull else load_config(args.config)
         plan = plan_from_args(args, config)
         validate_paths(plan, read_mountinfo())
     except ModelfsError as exc:

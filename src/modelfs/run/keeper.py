@@ -43,6 +43,10 @@ class MountFailed(ModelfsError):
     """Mounting, detaching or healing the mount did not work (a runtime failure)."""
 
 
+class PullFailed(ModelfsError):
+    """The pull a run does instead of a mount did not complete (a runtime failure)."""
+
+
 def run_modelfs(plan_config: str | None, words: Sequence[str], *, new_session: bool = False) -> int:
     """Run `python -m modelfs [--config C] WORDS...`, relaying its output to our stderr.
 
@@ -68,6 +72,21 @@ def run_modelfs(plan_config: str | None, words: Sequence[str], *, new_session: b
     if text:
         print(text, file=sys.stderr, flush=True)
     return returncode
+
+
+def pull_files(plan_config: str | None, src: str, into: str) -> None:
+    """`modelfs pull SRC INTO`, its progress on our stderr as it goes (instead of a mount, on
+    a machine without FUSE). Raises PullFailed if the pull did not complete."""
+    command = [sys.executable, "-m", "modelfs"]
+    if plan_config:
+        command += ["--config", plan_config]
+    command += ["pull", src, into]
+    log.info("pulling %s into %s", src, into)
+    returncode = subprocess.run(
+        command, stdin=subprocess.DEVNULL, stdout=2, env=child_environment(), check=False
+    ).returncode
+    if returncode != 0:
+        raise PullFailed(f"pulling {src} into {into} failed (modelfs pull exit {returncode})")
 
 
 def _daemon_pid(mountpoint: str) -> int | None:

@@ -38,7 +38,7 @@ from modelfs.host.mountinfo import find_mount
 from modelfs.run.links import LinkSpec, parse_link
 
 _RUN_KEYS = frozenset(
-    {"mount", "remote", "mountpoint", "link", "links", "workdir", "command"}
+    {"mount", "remote", "mountpoint", "link", "links", "workdir", "command", "pull", "into"}
     | {"move-aside", "keep-mounted", "probe-timeout", "watch-interval"}
 )
 _MOUNT_KEYS = frozenset({"remote", "mountpoint"})
@@ -57,8 +57,16 @@ class MountTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class PullTarget:
+    """Instead of a mount: `modelfs pull SRC INTO` first (machines without FUSE)."""
+
+    src: str
+    into: str
+
+
+@dataclass(frozen=True, slots=True)
 class RunPlan:
-    target: MountTarget
+    target: MountTarget | None  # None: the run pulls instead (`pull`)
     links: tuple[LinkSpec, ...]
     workdir: Path
     command: tuple[str, ...]
@@ -68,6 +76,15 @@ class RunPlan:
     probe_timeout: float = DEFAULT_PROBE_TIMEOUT
     watch_interval: float = DEFAULT_WATCH_INTERVAL
     mount_section: str | None = None  # the [mount:NAME] it used, for unit ordering
+    pull: PullTarget | None = None
+
+    @property
+    def root(self) -> str:
+        """Where the links point into: the mountpoint, or the directory pulled into."""
+        if self.pull is not None:
+            return self.pull.into
+        assert self.target is not None
+        return self.target.mountpoint
 
 
 def _key(name: str) -> str:
@@ -144,10 +161,17 @@ def split_words(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     again with `run`'s own parser, into `args`.
     """
     words: list[str] = list(args.words)
-    if args.mount:
+    if args.mount and args.pull:
+        raise ConfigError("give either --mount or --pull, not both")
+    if args.pull and not args.into:
+        raise ConfigError("--pull needs --into DIR (where the files go)")
+    if args.mount or args.pull:
         return None, words[1:] if words[:1] == ["--"] else words
     if not words or words[0] == "--":
-        raise ConfigError("give a run section name or --mount REMOTE:BUCKET MOUNTPOINT")
+        raise ConfigError(
+            "give a run section name or --mount REMOTE:BUCKET MOUNTPOINT "
+            "(or --pull SRC --into DIR)"
+        )
     name, rest = words[0], words[1:]
     options, command = (
         (rest[: rest.index("--")], rest[rest.index("--") + 1 :]) if "--" in rest else (rest, [])
@@ -158,8 +182,8 @@ def split_words(args: argparse.Namespace) -> tuple[str | None, list[str]]:
             raise ConfigError(
                 f"unexpected {args.words[0]!r} after {name!r}: put the command after --"
             )
-        if args.mount:
-            raise ConfigError("give either a run section name or --mount, not both")
+        if args.mount or args.pull:
+            raise ConfigError("give either a run section name or --mount/--pull, not both")
     return name, command
 
 
@@ -175,17 +199,30 @@ def plan_from_args(
     items: dict[str, str] = {}
     given: options.Options = {}
     mount_section = None
-    if name is None:
+    pull: PullTarget | None = None
+    target: MountTarget | None = None
+    if args.pull:
+        pull = PullTarget(args.pull, _absolute(args.into))
+    elif name is None:
         spec, mountpoint = args.mount
     else:
         section = f"run:{name}"
         items = find_section(config or configparser.ConfigParser(), "run", name)
         options.check_keys(section, items, _RUN_KEYS)
-        spec, mountpoint, given, mount_section = _section_mount(
-            config or configparser.ConfigParser(), section, items
-        )
-        given.update(options.from_section(section, items))
+        if "pull" in items:
+            if "into" not in items:
+                raise ConfigError(f"[{section}] pull = ... needs 'into = DIR'")
+            pull = PullTarget(items["pull"].strip(), _absolute(items["into"]))
+        else:
+            spec, mountpoint, given, mount_section = _section_mount(
+                config or configparser.ConfigParser(), section, items
+            )
+            given.update(options.from_section(section, items))
     given.update(options.from_args(args))
+    if pull is None:
+        target = MountTarget(
+            normalize_spec(spec), _mountpoint(mountpoint), options.option_words(given)
+        )
 
     command = tuple(words) if words else tuple(shlex.split(items.get("command", "")))
     if not command:
@@ -202,9 +239,7 @@ def plan_from_args(
         return default if text is None else parse_duration(text)
 
     return RunPlan(
-        target=MountTarget(
-            normalize_spec(spec), _mountpoint(mountpoint), options.option_words(given)
-        ),
+        target=target,
         links=_links(link_texts if isinstance(link_texts, list) else link_texts.split()),
         workdir=Path(_absolute(workdir_text)),
         command=command,
@@ -214,6 +249,7 @@ def plan_from_args(
         probe_timeout=seconds("probe-timeout", args.probe_timeout, DEFAULT_PROBE_TIMEOUT),
         watch_interval=seconds("watch-interval", args.watch_interval, DEFAULT_WATCH_INTERVAL),
         mount_section=mount_section,
+        pull=pull,
     )
 
 
@@ -225,6 +261,8 @@ def validate_paths(plan: RunPlan, mountinfo: str) -> None:
     """
     if not plan.workdir.is_dir():
         raise ConfigError(f"workdir {plan.workdir} does not exist or is not a directory")
+    if plan.target is None:
+        return  # a pull makes its directory
     mountpoint = plan.target.mountpoint
     if find_mount(mountpoint, mountinfo) is None and not os.path.isdir(mountpoint):
         raise ConfigError(f"mountpoint {mountpoint} does not exist or is not a directory")

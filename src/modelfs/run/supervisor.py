@@ -35,7 +35,7 @@ from types import FrameType
 from modelfs import console
 from modelfs.errors import ConfigError, ModelfsError
 from modelfs.host.notify import child_environment, notify
-from modelfs.run.keeper import MountKeeper, Watchdog
+from modelfs.run.keeper import MountKeeper, Watchdog, pull_files
 from modelfs.run.links import install_link
 from modelfs.run.plan import RunPlan
 
@@ -138,18 +138,24 @@ def supervise_app(plan: RunPlan, forwarder: SignalForwarder, keeper: MountKeeper
 
 
 def execute(plan: RunPlan) -> int:
-    """A whole run (steps 1-5 of the module docstring)."""
+    """A whole run (steps 1-5 of the module docstring; with `--pull`, step 1 pulls)."""
     forwarder = SignalForwarder()
     forwarder.install()
-    keeper = MountKeeper(plan.target, plan.config, plan.probe_timeout)
+    keeper = None
+    if plan.target is not None:
+        keeper = MountKeeper(plan.target, plan.config, plan.probe_timeout)
     try:
         try:
-            keeper.ensure()
+            if keeper is not None:
+                keeper.ensure()
+            else:
+                assert plan.pull is not None
+                pull_files(plan.config, plan.pull.src, plan.pull.into)
             forwarder.raise_if_received()
             for link in plan.links:
-                target = link.target(plan.target.mountpoint)
+                target = link.target(plan.root)
                 if not os.path.exists(target):
-                    raise ConfigError(f"link {link.name}: {target} does not exist in the mount")
+                    raise ConfigError(f"link {link.name}: {target} does not exist in {plan.root}")
                 result = install_link(plan.workdir, target, link.name, move_aside=plan.move_aside)
                 log.info("%s -> %s (%s)", result.path, target, result.action.value)
                 if result.backup:
@@ -161,10 +167,9 @@ def execute(plan: RunPlan) -> int:
             code = 128 + exc.signum
         except (ModelfsError, OSError) as exc:
             code = console.fail(exc)
-        if keeper.mounted_here and not plan.keep_mounted and not keeper.drain_and_unmount():
+        unmount = keeper is not None and keeper.mounted_here and not plan.keep_mounted
+        if unmount and keeper is not None and not keeper.drain_and_unmount():
             code = code or 1
         return code
     finally:
         forwarder.restore()
-
-

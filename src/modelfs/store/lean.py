@@ -156,15 +156,18 @@ class LeanGetter:
             elif response is not None:
                 response.close()
 
-    def open(self, key: str, start: int, end: int, quoted_etag: str) -> LeanBody | None:
-        """A response streaming bytes [start, end) of `key` at `quoted_etag`, or None."""
+    def open(self, key: str, start: int, end: int, quoted_etag: str | None) -> LeanBody | None:
+        """A response streaming bytes [start, end) of `key` at `quoted_etag` (None: any
+        version), or None."""
         base = self._base
         if base is None:
             return None
         url = base + quote_key(key)
         try:
             response = self._send(
-                url, {"Range": f"bytes={start}-{end - 1}", "If-Match": quoted_etag}
+                url,
+                {"Range": f"bytes={start}-{end - 1}"}
+                | ({"If-Match": quoted_etag} if quoted_etag else {}),
             )
         except HttpError:
             return None

@@ -46,7 +46,19 @@ class PendingUpload:
     upload_id: str
 
 
-class ObjectStore(Protocol):
+class RangeReads(Protocol):
+    """The reads a block fetcher needs (a store, or a `SourceList` of several)."""
+
+    def warm_up(self, key: str) -> None:
+        """GET `key`, which should not exist, ignoring the answer and any error: opens a pooled
+        connection and pays the client's first-request setup before a reader needs it."""
+
+    def iter_range(self, obj: ObjectId, start: int, end: int, chunk: int) -> Iterator[bytes]:
+        """Bytes [start, end) of `obj` as consecutive chunks of `chunk` bytes (last may be short),
+        streamed from one GET so the caller can use each chunk as soon as it arrives."""
+
+
+class ObjectStore(RangeReads, Protocol):
     def check_bucket(self) -> None:
         """Raise BucketNotFound / AccessDenied / StoreUnavailable unless the bucket is usable."""
 
@@ -66,14 +78,6 @@ class ObjectStore(Protocol):
 
     def get_range(self, obj: ObjectId, start: int, end: int) -> bytes:
         """Bytes [start, end) of exactly the version `obj`."""
-
-    def warm_up(self, key: str) -> None:
-        """GET `key`, which should not exist, ignoring the answer and any error: opens a pooled
-        connection and pays the client's first-request setup before a reader needs it."""
-
-    def iter_range(self, obj: ObjectId, start: int, end: int, chunk: int) -> Iterator[bytes]:
-        """Bytes [start, end) of `obj` as consecutive chunks of `chunk` bytes (last may be short),
-        streamed from one GET so the caller can use each chunk as soon as it arrives."""
 
     def put_bytes(self, key: str, data: bytes, expect: Expect | None = None) -> ObjectInfo:
         """Create or replace `key` with `data` in one request (if it holds `expect`)."""

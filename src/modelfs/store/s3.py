@@ -242,16 +242,17 @@ class S3Store:
 
     def _open_range(self, obj: ObjectId, start: int, end: int) -> Body:
         """Send one If-Match GET for [start, end) and return its body (`read`, `close`): the
-        lean lane's if it succeeds, else botocore's, whose errors and retries then apply."""
-        lean = self._lean.open(obj.key, start, end, etag.quote(obj.etag))
+        lean lane's if it succeeds, else botocore's, whose errors and retries then apply. An
+        empty ETag asks for whatever version is there (no If-Match: a caller that checks the
+        bytes itself, as a pull does with the manifest's sha256)."""
+        quoted = etag.quote(obj.etag) if obj.etag else None
+        lean = self._lean.open(obj.key, start, end, quoted)
         if lean is not None:
             return lean
+        conditions: dict[str, Any] = {"IfMatch": quoted} if quoted else {}
         with self._translator.errors("GET", obj.key):
             response = self._client.get_object(
-                Bucket=self.bucket,
-                Key=obj.key,
-                Range=f"bytes={start}-{end - 1}",
-                IfMatch=etag.quote(obj.etag),
+                Bucket=self.bucket, Key=obj.key, Range=f"bytes={start}-{end - 1}", **conditions
             )
         self._learn_get_url(obj.key)
         return response["Body"]

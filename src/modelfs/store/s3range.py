@@ -8,7 +8,8 @@ one piece.
 Invariant: `_position` is the offset of the next byte the caller gets. When the connection
 breaks mid-body, the body is dropped and a new GET starts at `_position`, so the caller never
 sees a byte twice and a reset costs a re-request, not a failed read; after `max_attempts`
-broken bodies the last failure is raised as a domain error (`S3Errors.translate`).
+broken bodies the last failure is raised as a domain error by the `Translator` (`S3Errors`
+for S3, the URL store's own table for links).
 
 Not thread safe: one reader belongs to one call of `get_range` or `iter_range`.
 """
@@ -19,8 +20,9 @@ import contextlib
 from collections.abc import Callable
 from typing import Protocol
 
+from modelfs.errors import ModelfsError
 from modelfs.objects import ObjectId
-from modelfs.store.s3errors import TRANSPORT_ERRORS, S3Errors
+from modelfs.store.s3errors import TRANSPORT_ERRORS
 
 
 class Body(Protocol):
@@ -35,13 +37,21 @@ class Body(Protocol):
 OpenRange = Callable[[ObjectId, int, int], Body]
 
 
+class Translator(Protocol):
+    """Turns a failure of the transport into the domain error to raise (`S3Errors` does)."""
+
+    def translate(
+        self, exc: BaseException, operation: str, key: str | None = None
+    ) -> ModelfsError: ...
+
+
 class RangeReader:
     """See the module docstring."""
 
     def __init__(
         self,
         open_range: OpenRange,
-        translator: S3Errors,
+        translator: Translator,
         max_attempts: int,
         obj: ObjectId,
         start: int,

@@ -130,7 +130,6 @@ class NameChanges:
         await self._queue.deletes.delete_now(old)
 
 
-
 def _may_be_in_bucket(file: StagedFile) -> bool:
     """Whether the bucket may hold `file`'s key: it started from an object there, or an
     upload of ours may have landed (even one whose answer was never recorded)."""

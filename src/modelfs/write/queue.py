@@ -118,9 +118,7 @@ class UploadQueue:
         self._flush_interval = flush_interval
         self._listener = listener
         self._wall = wall_clock
-        self._items: weakref.WeakKeyDictionary[StagedFile, _QueueItem] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._items: weakref.WeakKeyDictionary[StagedFile, _QueueItem] = weakref.WeakKeyDictionary()
         self._heap: list[tuple[float, int, StagedFile]] = []
         self._heap_counter = 0
         self._wakeup = trio.Event()

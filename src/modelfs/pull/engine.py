@@ -1,0 +1,219 @@
+"""The pull: files onto local disk with the mount's engine, verified, resumable, with fallback.
+
+Every file of a pull goes through the mount's read engine: one `BlockFetcher` over the pull's
+`SourceList`, whose blocks land in the destination's partial files (`PartFiles`, the pull's
+`DataCache`), fetched in parallel parts by a `WholeObjectFetch` per file, with the same part
+size, parallel GETs, retries and memory budget as a mount. For each file:
+
+1. complete already (`PullState`)? skipped, without a request;
+2. its partial file is opened: blocks an earlier, interrupted pull wrote are not fetched again;
+3. the missing blocks are fetched (falling back from source to source, see `SourceList`),
+   while the file's sha256 is computed in order as the blocks arrive, from memory (blocks a
+   resumed pull already had are read back from the partial file: local, not the network);
+4. the sha256 (or, without a manifest, the size) is checked before an atomic rename into
+   place; a mismatch throws the partial file away and tries again from the sources that did
+   not deliver the bad bytes; with no source left, the error names the file, the expected
+   hash and the hash received.
+
+At most `files_at_once` files are in flight; GETs are bounded by `transfers` across all.
+Progress is reported through `PullEvents`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from modelfs.config.units import format_size
+from modelfs.errors import ModelfsError, NoSpace
+from modelfs.memory import MemoryBudget
+from modelfs.objects import ObjectInfo
+from modelfs.pull.partfiles import PartFiles, recorded_bytes
+from modelfs.pull.state import PullState
+from modelfs.read.fetcher import BlockFetcher
+from modelfs.read.whole import WholeObjectFetch
+from modelfs.store.sources import SourceList
+
+log = logging.getLogger(__name__)
+
+BLOCK_SIZE = 1 << 20  # as the mount's: one block per largest FUSE read, one record per block
+SPACE_MARGIN = 64 << 20  # left free beyond what a pull needs (or 1% of it, if more)
+
+
+@dataclass(frozen=True, slots=True)
+class PullFile:
+    path: str  # under DEST, '/'-separated; also the key the sources know it by
+    size: int
+    sha256: str | None = None  # from a manifest
+    etag: str | None = None  # from the bucket's listing (a pull without a manifest)
+
+
+@dataclass(frozen=True, slots=True)
+class PullOptions:
+    transfers: int = 16
+    part_size: int = 8 << 20
+    max_memory: int = 256 << 20
+    files_at_once: int = 16
+
+
+@dataclass
+class PullResult:
+    fetched: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # one line each
+
+
+class PullEvents(Protocol):
+    """What a pull reports while it runs (see `progress`)."""
+
+    def file_started(self, file: PullFile, present: int) -> None: ...
+
+    def written(self, nbytes: int) -> None: ...
+
+    def file_done(self, file: PullFile, skipped: bool) -> None: ...
+
+    def file_failed(self, file: PullFile, error: str) -> None: ...
+
+
+def bytes_to_fetch(dest: Path, files: Sequence[PullFile]) -> int:
+    """What `files` still need from the network (a resumed pull has some on disk)."""
+    return sum(file.size - recorded_bytes(dest, BLOCK_SIZE, file.path, file.size) for file in files)
+
+
+def check_space(dest: Path, files: Sequence[PullFile]) -> None:
+    """NoSpace, before any request, if `dest` cannot hold what is still to come."""
+    needed = bytes_to_fetch(dest, files)
+    stats = os.statvfs(dest)
+    free = stats.f_bavail * stats.f_frsize
+    margin = max(SPACE_MARGIN, needed // 100)
+    if needed + margin > free:
+        raise NoSpace(
+            f"not enough space in {dest}: {format_size(needed)} to fetch "
+            f"(+{format_size(margin)} margin), {format_size(free)} free"
+        )
+
+
+class Puller:
+    def __init__(
+        self, sources: SourceList, dest: Path, options: PullOptions, events: PullEvents
+    ) -> None:
+        self.sources = sources
+        self.dest = dest
+        self.options = options
+        self.events = events
+        self.state = PullState(dest)
+        self.parts = PartFiles(dest, BLOCK_SIZE, on_written=events.written)
+        self.budget = MemoryBudget(options.max_memory)
+        self.fetcher = BlockFetcher(
+            sources,
+            self.parts,
+            demand_limiter=trio.CapacityLimiter(options.transfers),
+            prefetch_limiter=trio.CapacityLimiter(options.transfers),
+            budget=self.budget,
+        )
+
+    async def pull(self, files: Sequence[PullFile], skipped: Sequence[PullFile]) -> PullResult:
+        result = PullResult(skipped=[file.path for file in skipped])
+        for file in skipped:
+            self.events.file_done(file, skipped=True)
+        for file in files:
+            self.sources.expect(file.path, file.size)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.fetcher.run)
+                slots = trio.Semaphore(self.options.files_at_once)
+                async with trio.open_nursery() as pulls:
+                    for file in files:
+                        await slots.acquire()
+                        pulls.start_soon(self._pull_file, file, slots, result)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.parts.close()
+        return result
+
+    async def _pull_file(self, file: PullFile, slots: trio.Semaphore, result: PullResult) -> None:
+        try:
+            error = await self._attempts(file)
+        finally:
+            slots.release()
+        if error is None:
+            result.fetched.append(file.path)
+            self.events.file_done(file, skipped=False)
+        else:
+            result.failed.append(error)
+            self.events.file_failed(file, error)
+
+    async def _attempts(self, file: PullFile) -> str | None:
+        """Pull `file`, source after source until its bytes check out; None, or the error."""
+        while True:
+            self.sources.forget_use(file.path)
+            try:
+                digest = await self._fetch(file)
+            except ModelfsError as exc:
+                return f"{file.path}: {exc}"
+            if file.sha256 is None or digest == file.sha256:
+                await trio.to_thread.run_sync(self._finish, file, digest)
+                return None
+            self.parts.discard(file.path)
+            bad = self.sources.used_for(file.path)
+            for name in bad:
+                self.sources.exclude(file.path, name)
+            log.warning(
+                "%s: sha256 %s, not the manifest's %s (bytes from %s); trying other sources",
+                file.path,
+                digest,
+                file.sha256,
+                ", ".join(sorted(bad)),
+            )
+            if not self.sources.usable(file.path):
+                return (
+                    f"{file.path}: sha256 mismatch: expected {file.sha256}, got {digest} "
+                    f"(from {', '.join(sorted(bad))}); no other source left"
+                )
+
+    async def _fetch(self, file: PullFile) -> str:
+        """Fill the file's partial file and return the sha256 of its bytes, in order."""
+        present = self.parts.open(file.path)
+        self.events.file_started(file, len(present) * BLOCK_SIZE)
+        info = ObjectInfo(file.path, file.size, file.sha256 or file.etag or "", 0.0)
+        count = self.fetcher.block_count(info)
+        whole = WholeObjectFetch(
+            self.fetcher, info, part_size=self.options.part_size, parallel=self.options.transfers
+        )
+        digest = hashlib.sha256()
+        failure: ModelfsError | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(whole.run)
+            try:
+                for index in range(count):
+                    data = await self.fetcher.block(info, index)
+                    await trio.to_thread.run_sync(digest.update, data)
+                    self.fetcher.done_with(info.id, index)
+            except ModelfsError as exc:
+                failure = exc
+                nursery.cancel_scope.cancel()
+        if failure is None and whole.error is not None:
+            error = whole.error
+            failure = error if isinstance(error, ModelfsError) else ModelfsError(str(error))
+        if failure is not None:
+            raise failure
+        await self.fetcher.settle(info.id)  # every block written (or failed to be)
+        missing = self.parts.missing(file.path, count)
+        if missing:
+            cause = self.parts.last_error(file.path)
+            raise NoSpace(
+                f"{missing} block(s) could not be written to {self.dest}"
+                + (f": {cause.strerror}" if cause is not None else "")
+            )
+        return digest.hexdigest()
+
+    def _finish(self, file: PullFile, digest: str) -> None:
+        self.parts.finish(file.path, file.size, self.dest / file.path)
+        self.state.record(file.path, file.size, digest, file.etag)

@@ -1,0 +1,265 @@
+"""What a pull fetches, and from where: the files and the `SourceList`, from SRC and options.
+
+SRC is one of:
+- `REMOTE:BUCKET/PREFIX`: every object under the prefix (a listing; each file keeps its ETag,
+  read with If-Match); if the prefix holds a `manifest.json`, its sha256 are checked too and
+  its other sources are fallbacks. `REMOTE:BUCKET/KEY` of one object pulls that one file;
+- a manifest file (JSON or YAML) on local disk;
+- a manifest URL (`http(s)://.../manifest.json`), fetched with the same HTTP client as the
+  files; files whose manifest names no source come from beside it.
+Sources, first to last: `--source` ones in the order given, the files' own URLs (signed links),
+then the manifest's sources by priority. A manifest source naming a remote this machine has no
+config for is left out with a warning (teammates rarely share every remote).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urljoin
+
+from modelfs.config.files import resolve
+from modelfs.config.remote import RemoteConfig, RemoteSpec
+from modelfs.core import paths
+from modelfs.errors import ConfigError, ModelfsError, UsageError
+from modelfs.objects import ObjectId, ObjectInfo
+from modelfs.pull.engine import PullFile
+from modelfs.pull.manifest import MANIFEST_NAME, Manifest, ManifestError, parse_manifest
+from modelfs.store.s3 import S3Store
+from modelfs.store.sources import Source, SourceList
+from modelfs.store.urlstore import UrlStore, redact
+
+log = logging.getLogger(__name__)
+
+_LIST_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    transfers: int = 16
+    stall_timeout: float = 30.0  # seconds without a byte: the source is stalled
+    min_rate: float = 0.0  # bytes/s below which a source is left (0: no floor)
+    headers: tuple[tuple[str, str], ...] = ()  # sent to URL sources (a link service token)
+
+
+@dataclass(frozen=True)
+class PullPlan:
+    files: list[PullFile]
+    sources: SourceList
+    manifest: Manifest | None
+    description: str
+
+
+def is_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+def make_plan(
+    src: str,
+    config: str | None,
+    settings: SourceSettings,
+    extra_sources: Sequence[str] = (),
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> PullPlan:
+    if is_url(src):
+        plan = _from_manifest_url(src, config, settings, extra_sources)
+    elif Path(src).is_file():
+        plan = _from_manifest_file(Path(src), config, settings, extra_sources)
+    elif ":" in src:
+        plan = _from_remote(src, config, settings, extra_sources)
+    else:
+        raise UsageError(f"{src}: not a REMOTE:BUCKET/PREFIX, a manifest file or a manifest URL")
+    files = [f for f in plan.files if _selected(f.path, include, exclude)]
+    return PullPlan(files, plan.sources, plan.manifest, plan.description)
+
+
+def _selected(path: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    if include and not any(fnmatch.fnmatchcase(path, pattern) for pattern in include):
+        return False
+    return not any(fnmatch.fnmatchcase(path, pattern) for pattern in exclude)
+
+
+# -- a remote prefix -----------------------------------------------------------------------------
+
+
+def _from_remote(
+    src: str, config: str | None, settings: SourceSettings, extra: Sequence[str]
+) -> PullPlan:
+    remote, spec = resolve(src, config)
+    store = s3_store(remote, spec, settings)
+    store.check_bucket()
+    infos = list_prefix(store, spec.prefix)
+    if not infos and spec.prefix:
+        key = spec.prefix.rstrip("/")
+        one = store.head(key)  # NotFound: the one-line error for a wrong prefix
+        prefix = key.rpartition("/")[0] + "/" if "/" in key else ""
+        infos, spec = [one], RemoteSpec(spec.remote, spec.bucket, prefix)
+    own = Source(spec.source, store, _under(spec.prefix))
+    relative = {info.key[len(spec.prefix) :]: info for info in infos}
+    manifest = manifest_in(store, spec.prefix, relative)
+    files = []
+    for path, info in sorted(relative.items()):
+        if not all(paths.valid_segment(part) for part in path.split("/")):
+            paths.warn_skipped(info.key)
+            continue
+        sha256 = None
+        if manifest is not None and path in manifest.by_path():
+            sha256 = manifest.by_path()[path].sha256
+        files.append(PullFile(path, info.size, sha256, info.etag))
+    sources = [*_extra_sources(extra, config, settings), own]
+    if manifest is not None:
+        sources += [s for s in _manifest_sources(manifest, config, settings) if s.name != own.name]
+    source_list = SourceList(sources, min_rate=settings.min_rate)
+    for path, info in relative.items():
+        source_list.seed(own.name, path, info)
+    return PullPlan(files, source_list, manifest, spec.source)
+
+
+def list_prefix(store: S3Store, prefix: str) -> list[ObjectInfo]:
+    """Every object under `prefix` (directory markers left out)."""
+    infos: list[ObjectInfo] = []
+    token: str | None = None
+    while True:
+        page = store.list_page(prefix, token, _LIST_PAGE, recursive=True)
+        infos += [info for info in page.objects if not info.key.endswith("/")]
+        token = page.next_token
+        if token is None:
+            return infos
+
+
+def manifest_in(store: S3Store, prefix: str, relative: dict[str, ObjectInfo]) -> Manifest | None:
+    info = relative.get(MANIFEST_NAME)
+    if info is None:
+        return None
+    text = store.get_range(info.id, 0, info.size).decode("utf-8", "replace")
+    try:
+        return parse_manifest(text, f"{prefix}{MANIFEST_NAME}")
+    except ManifestError as exc:
+        log.warning("ignoring the prefix's manifest: %s", exc)
+        return None
+
+
+# -- a manifest ---------------------------------------------------------------------------------
+
+
+def read_manifest(path: Path) -> Manifest:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read manifest {path}: {exc}") from exc
+    return parse_manifest(text, str(path))
+
+
+def fetch_manifest(url: str, headers: Sequence[tuple[str, str]] = ()) -> Manifest:
+    """The manifest at `url` (the link service's, or any static host's)."""
+    fetcher = UrlStore(lambda key: url, name=redact(url), headers=dict(headers))
+    try:
+        info = fetcher.head(url)
+        text = fetcher.get_range(ObjectId(url, ""), 0, info.size).decode("utf-8", "replace")
+    finally:
+        fetcher.close()
+    return parse_manifest(text, redact(url))
+
+
+def _from_manifest_file(
+    path: Path, config: str | None, settings: SourceSettings, extra: Sequence[str]
+) -> PullPlan:
+    manifest = read_manifest(path)
+    return _plan_of(manifest, config, settings, extra, beside=None, description=str(path))
+
+
+def _from_manifest_url(
+    url: str, config: str | None, settings: SourceSettings, extra: Sequence[str]
+) -> PullPlan:
+    manifest = fetch_manifest(url, settings.headers)
+    beside = urljoin(url, ".")
+    return _plan_of(manifest, config, settings, extra, beside=beside, description=redact(url))
+
+
+def _plan_of(
+    manifest: Manifest,
+    config: str | None,
+    settings: SourceSettings,
+    extra: Sequence[str],
+    *,
+    beside: str | None,
+    description: str,
+) -> PullPlan:
+    sources = list(_extra_sources(extra, config, settings))
+    links = {file.path: file.urls[0] for file in manifest.files if file.urls}
+    if links:
+        sources.append(_url_source("links in the manifest", links.get, settings))
+    sources += _manifest_sources(manifest, config, settings)
+    if not manifest.sources and beside is not None:
+        sources.append(_base_url_source(beside, settings))
+    if not sources:
+        raise ConfigError(
+            f"manifest {description} names no source: add `sources`, or give --source"
+        )
+    files = [PullFile(f.path, f.size, f.sha256) for f in manifest.files]
+    return PullPlan(files, SourceList(sources, min_rate=settings.min_rate), manifest, description)
+
+
+def _manifest_sources(
+    manifest: Manifest, config: str | None, settings: SourceSettings
+) -> list[Source]:
+    sources = []
+    for entry in manifest.ordered_sources():
+        if entry.url is not None:
+            sources.append(_base_url_source(entry.url, settings))
+            continue
+        assert entry.remote is not None
+        try:
+            sources.append(_remote_source(entry.remote, config, settings))
+        except ModelfsError as exc:
+            log.warning("leaving out source %s: %s", entry.remote, exc)
+    return sources
+
+
+def _extra_sources(
+    texts: Sequence[str], config: str | None, settings: SourceSettings
+) -> list[Source]:
+    sources = []
+    for text in texts:
+        if is_url(text):
+            sources.append(_base_url_source(text if text.endswith("/") else text + "/", settings))
+        else:
+            sources.append(_remote_source(text, config, settings))
+    return sources
+
+
+def _remote_source(text: str, config: str | None, settings: SourceSettings) -> Source:
+    remote, spec = resolve(text, config)
+    return Source(spec.source, s3_store(remote, spec, settings), _under(spec.prefix), False)
+
+
+def _base_url_source(base: str, settings: SourceSettings) -> Source:
+    return _url_source(redact(base), lambda key: base + quote(key), settings)
+
+
+def _url_source(name: str, url_of: Callable[[str], str | None], settings: SourceSettings) -> Source:
+    store = UrlStore(
+        url_of,
+        name=name,
+        headers=dict(settings.headers),
+        read_timeout=settings.stall_timeout,
+        max_connections=2 * settings.transfers,
+    )
+    return Source(name, store, lambda key: key, lookup=False)
+
+
+def s3_store(remote: RemoteConfig, spec: RemoteSpec, settings: SourceSettings) -> S3Store:
+    return S3Store(
+        remote,
+        spec.bucket,
+        max_connections=2 * settings.transfers + 4,
+        read_timeout=settings.stall_timeout,
+    )
+
+
+def _under(prefix: str) -> Callable[[str], str]:
+    return lambda key: prefix + key
