@@ -40,6 +40,7 @@ import mounters
 from baselines import S3Target
 from boto3.s3.transfer import TransferConfig
 from dataset import Dataset, DatasetSpec
+from mounters import find_binary
 from seaweed_support import seaweed
 from sysutil import Cleanup, RssSampler, drop_page_cache, log, process_tree, safe_rmtree
 from wan import WanLink, WanProfile
@@ -104,7 +105,8 @@ def modelfs_pull(config: Path, source: str, dest: Path, rss: list[float] | None 
 
 def rclone_copy(config: Path, source: str, dest: Path) -> None:
     subprocess.run(
-        ["rclone", "--config", str(config), "copy", source, str(dest), "--transfers", str(THREADS)],
+        [find_binary("rclone") or "rclone", "--config", str(config), "copy", source, str(dest),
+         "--transfers", str(THREADS)],
         check=True,
         capture_output=True,
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TypeAlias
 
 from modelfs import console
 from modelfs.config.files import resolve
@@ -26,25 +25,6 @@ from modelfs.pull.manifest import (
     dump_manifest,
 )
 from modelfs.pull.plan import SourceSettings, list_prefix, s3_store
-
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
-
-def register(commands: Subparsers) -> None:
-    manifest = commands.add_parser("manifest", help="write manifests of model trees")
-    actions = manifest.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
-    create = actions.add_parser(
-        "create", help="hash a remote prefix or a local directory into a manifest"
-    )
-    create.add_argument("src", metavar="SRC", help="REMOTE:BUCKET/PREFIX or a local directory")
-    create.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
-    create.add_argument("--name", default=None, help="the manifest's name (default: SRC's)")
-    create.add_argument("--version", default="", help="the manifest's version")
-    create.add_argument(
-        "--upload", action="store_true", help=f"store it as {MANIFEST_NAME} in the prefix"
-    )
-    create.add_argument("--transfers", type=int, default=8, metavar="N")
-    create.set_defaults(func=cmd_create)
 
 
 def cmd_create(args: argparse.Namespace) -> int:

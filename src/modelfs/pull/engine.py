@@ -11,11 +11,14 @@ size, parallel GETs, retries and memory budget as a mount. For each file:
    while the file's sha256 is computed in order as the blocks arrive, from memory (blocks a
    resumed pull already had are read back from the partial file: local, not the network);
 4. the sha256 (or, without a manifest, the size) is checked before an atomic rename into
-   place; a mismatch throws the partial file away and tries again from the sources that did
-   not deliver the bad bytes; with no source left, the error names the file, the expected
-   hash and the hash received.
+   place, made durable and recorded at the next checkpoint (see `state`); a mismatch throws
+   the partial file away and tries again from the sources that did not deliver the bad bytes;
+   with no source left, the error names the file, the expected hash and the hash received.
 
-At most `files_at_once` files are in flight; GETs are bounded by `transfers` across all.
+A file of one block or less (a tokenizer, a config) takes a shorter way through the same
+store, limiter and budget: one GET, hashed and written in one worker thread, no partial file
+(its resume unit is the whole file, one request). At most `files_at_once` files are in flight;
+GETs are bounded by `transfers` across all.
 Progress is reported through `PullEvents`.
 """
 
@@ -32,11 +35,11 @@ from typing import Protocol
 import trio
 
 from modelfs.config.units import format_size
-from modelfs.errors import ModelfsError, NoSpace
+from modelfs.errors import ModelfsError, NoSpace, StaleObject
 from modelfs.memory import MemoryBudget
-from modelfs.objects import ObjectInfo
+from modelfs.objects import ObjectId, ObjectInfo
 from modelfs.pull.partfiles import PartFiles, recorded_bytes
-from modelfs.pull.state import PullState
+from modelfs.pull.state import Checkpoints, PullState
 from modelfs.read.fetcher import BlockFetcher
 from modelfs.read.whole import WholeObjectFetch
 from modelfs.store.sources import SourceList
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 1 << 20  # as the mount's: one block per largest FUSE read, one record per block
 SPACE_MARGIN = 64 << 20  # left free beyond what a pull needs (or 1% of it, if more)
+CHECKPOINT_INTERVAL = 5.0  # seconds between two syncs of DEST that make finished files durable
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,7 @@ class Puller:
         self.options = options
         self.events = events
         self.state = PullState(dest)
+        self.checkpoints = Checkpoints(self.state, dest)
         self.parts = PartFiles(dest, BLOCK_SIZE, on_written=events.written)
         self.budget = MemoryBudget(options.max_memory)
         self.fetcher = BlockFetcher(
@@ -128,6 +133,7 @@ class Puller:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.fetcher.run)
+                nursery.start_soon(self._checkpoint_every, CHECKPOINT_INTERVAL)
                 slots = trio.Semaphore(self.options.files_at_once)
                 async with trio.open_nursery() as pulls:
                     for file in files:
@@ -136,6 +142,8 @@ class Puller:
                 nursery.cancel_scope.cancel()
         finally:
             self.parts.close()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.checkpoints.sync)
         return result
 
     async def _pull_file(self, file: PullFile, slots: trio.Semaphore, result: PullResult) -> None:
@@ -152,16 +160,19 @@ class Puller:
 
     async def _attempts(self, file: PullFile) -> str | None:
         """Pull `file`, source after source until its bytes check out; None, or the error."""
+        small = file.size <= BLOCK_SIZE
         while True:
             self.sources.forget_use(file.path)
             try:
-                digest = await self._fetch(file)
+                digest = await (self._fetch_small(file) if small else self._fetch(file))
             except ModelfsError as exc:
                 return f"{file.path}: {exc}"
             if file.sha256 is None or digest == file.sha256:
-                await trio.to_thread.run_sync(self._finish, file, digest)
+                if not small:
+                    await trio.to_thread.run_sync(self._finish, file, digest)
                 return None
-            self.parts.discard(file.path)
+            if not small:
+                self.parts.discard(file.path)
             bad = self.sources.used_for(file.path)
             for name in bad:
                 self.sources.exclude(file.path, name)
@@ -177,6 +188,32 @@ class Puller:
                     f"{file.path}: sha256 mismatch: expected {file.sha256}, got {digest} "
                     f"(from {', '.join(sorted(bad))}); no other source left"
                 )
+
+    async def _fetch_small(self, file: PullFile) -> str:
+        """A file of one block or less: one GET, hashed and (if its bytes check out) written
+        and renamed into place, all in one worker thread, under the same GET limiter and
+        memory budget as the fetcher's parts. Its partial state is the file itself: a pull
+        killed meanwhile fetches it again (it is one request)."""
+        self.events.file_started(file, 0)
+        return await trio.to_thread.run_sync(
+            self._small_in_thread, file, limiter=self.fetcher.demand_limiter
+        )
+
+    def _small_in_thread(self, file: PullFile) -> str:
+        self.budget.acquire(file.size)
+        try:
+            version = ObjectId(file.path, file.sha256 or file.etag or "")
+            data = self.sources.get_range(version, 0, file.size) if file.size else b""
+            if len(data) != file.size:
+                raise StaleObject(f"got {len(data)} of {file.size} bytes")
+            digest = hashlib.sha256(data).hexdigest()
+            if file.sha256 is None or digest == file.sha256:
+                self.parts.write_whole(file.path, data, self.dest / file.path)
+                self.checkpoints.finished(file.path, file.size, digest, file.etag)
+                self.events.written(file.size)
+            return digest
+        finally:
+            self.budget.release(file.size)
 
     async def _fetch(self, file: PullFile) -> str:
         """Fill the file's partial file and return the sha256 of its bytes, in order."""
@@ -216,4 +253,9 @@ class Puller:
 
     def _finish(self, file: PullFile, digest: str) -> None:
         self.parts.finish(file.path, file.size, self.dest / file.path)
-        self.state.record(file.path, file.size, digest, file.etag)
+        self.checkpoints.finished(file.path, file.size, digest, file.etag)
+
+    async def _checkpoint_every(self, interval: float) -> None:
+        while True:
+            await trio.sleep(interval)
+            await trio.to_thread.run_sync(self.checkpoints.sync)

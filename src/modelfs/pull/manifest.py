@@ -26,8 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from modelfs.config.remote import parse_spec
 from modelfs.errors import ConfigError
 
@@ -89,6 +87,8 @@ class Manifest:
 
 def parse_manifest(text: str, origin: str) -> Manifest:
     """A manifest from JSON or YAML text (`origin` names it in errors)."""
+    import yaml  # only a YAML manifest needs it
+
     try:
         data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
@@ -234,5 +234,7 @@ def manifest_data(manifest: Manifest) -> dict[str, Any]:
 def dump_manifest(manifest: Manifest, *, yaml_format: bool = False) -> str:
     data = manifest_data(manifest)
     if yaml_format:
+        import yaml
+
         return str(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"

@@ -4,7 +4,7 @@ A pull fetches with the mount's engine (`read.fetcher.BlockFetcher`), whose bloc
 `DataCache`; here that cache is the destination's partial files. Layout, under DEST:
 
     DEST/.modelfs-pull/                 0700, the pull's own directory (ignored by `verify`)
-    ├── state.json                      files completed by earlier pulls (see `state`)
+    ├── state.jsonl                     files completed by earlier pulls (see `state`)
     └── partial/
         ├── <h>.part                    the file being filled, block i at offset i*B (sparse)
         └── <h>.<B>.blocks              the blocks on disk: one 8-byte little-endian index
@@ -91,16 +91,30 @@ class PartFiles:
                 leftover.unlink(missing_ok=True)
 
     def finish(self, path: str, size: int, target: Path) -> None:
-        """The partial file is whole and checked: make it `target`, durably."""
+        """The partial file is whole and checked: make it `target` (atomically; durable at the
+        pull's next checkpoint, see `state.Checkpoints`: one filesystem sync for many files,
+        not an fsync each)."""
         partial = self._entry(path)
         os.ftruncate(partial.fd, size)
         os.fchmod(partial.fd, 0o666 & ~self._umask)  # as any file the user creates
-        os.fsync(partial.fd)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(partial.part, target)
-        _fsync_dir(target.parent)
         self._close(path)
         partial.log.unlink(missing_ok=True)
+
+    def write_whole(self, path: str, data: bytes, target: Path) -> None:
+        """A small file fetched in one piece: written beside the partial files, then renamed
+        into place (durable at the next checkpoint, as `finish`)."""
+        part, _ = self._names(path)
+        temporary = part.with_suffix(".whole")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, data, 0)
+            os.fchmod(fd, 0o666 & ~self._umask)
+        finally:
+            os.close(fd)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temporary, target)
 
     def missing(self, path: str, count: int) -> int:
         """How many of the file's `count` blocks are not on disk."""
@@ -216,11 +230,3 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

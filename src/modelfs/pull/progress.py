@@ -19,16 +19,6 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
 from modelfs.config.units import format_size
 from modelfs.pull.engine import PullFile
 
@@ -113,6 +103,15 @@ class BarEvents(PlainEvents):
 
     def __init__(self, counters: Counters, out: TextIO = sys.stderr) -> None:
         super().__init__(counters, out)
+        from rich.progress import (  # only a terminal needs it
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -121,7 +120,7 @@ class BarEvents(PlainEvents):
             TimeRemainingColumn(),
             transient=False,
         )
-        self._task: TaskID = self._progress.add_task("pull", total=counters.total_bytes)
+        self._task = self._progress.add_task("pull", total=counters.total_bytes)
         self._progress.start()
 
     def file_failed(self, file: PullFile, error: str) -> None:

@@ -1,6 +1,6 @@
 """What earlier pulls completed in DEST, so a complete file is skipped without a byte fetched.
 
-`DEST/.modelfs-pull/state.json` maps each completed path to the size, sha256 and ETag it was
+`DEST/.modelfs-pull/state.jsonl` maps each completed path to the size, sha256 and ETag it was
 pulled with and the file's mtime (ns) right after. A file is complete if it still has that
 size and mtime and the version wanted now is the one recorded (same sha256 from a manifest,
 or same ETag from the bucket's listing). A file that is there with no record (a copy made by
@@ -8,13 +8,23 @@ hand, an earlier tool) is hashed once, locally, and counts as complete if the ma
 sha256 matches; without a sha256 to compare, it is pulled again: a size alone proves nothing
 (the start scripts this replaces skipped `model_v23.pt` "whatever its content").
 
-The record is rewritten atomically (temporary file, rename) after each completed file, so a
-kill loses at most the record of a file whose own rename had not happened yet.
+The record is a JSON-lines file, `state.jsonl`: one line appended (O_APPEND) per completed
+file, the last line of a path winning, so a pull of thousands of small files pays one small
+write per file, not a rewrite of the whole record; a torn last line is ignored, and a record
+with many superseded lines is compacted (rewritten atomically) when it is loaded.
+
+Durability (`Checkpoints`): a finished file is renamed into place at once, but recorded only
+after a checkpoint has synced the destination's filesystem (one `syncfs` every `interval`
+seconds and at the end, for every file finished before it began, instead of an fsync of each
+file and directory, which cost a journal commit each). A power loss can therefore leave a
+renamed file whose bytes never reached the disk, but never a record of one: a file with no
+record is hashed locally against the manifest, or fetched again without one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
@@ -29,7 +39,8 @@ from modelfs.pull.partfiles import pull_dir
 if TYPE_CHECKING:
     from modelfs.pull.engine import PullFile
 
-STATE_NAME = "state.json"
+STATE_NAME = "state.jsonl"
+_COMPACT_FACTOR = 2  # compact when the record has this many lines per file it describes
 _HASH_PIECE = 8 << 20
 
 
@@ -47,9 +58,16 @@ class PullState:
         self._dest = dest
         self._lock = threading.Lock()
         self._files: dict[str, Completed] = {}
-        with contextlib.suppress(OSError, ValueError, TypeError):
-            data = json.loads(self._path.read_text())
-            self._files = {path: Completed(**entry) for path, entry in data["files"].items()}
+        lines = 0
+        with contextlib.suppress(OSError):
+            for line in self._path.read_text(errors="replace").splitlines():
+                lines += 1
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    entry = json.loads(line)
+                    path = entry.pop("path")
+                    self._files[path] = Completed(**entry)
+        if lines > _COMPACT_FACTOR * max(len(self._files), 1):
+            self._compact()
 
     def is_complete(self, path: str, size: int, sha256: str | None, etag: str | None) -> bool:
         """Whether DEST/path is already this version (see the module docstring)."""
@@ -78,16 +96,38 @@ class PullState:
         return [f for f in files if not self.is_complete(f.path, f.size, f.sha256, f.etag)]
 
     def record(self, path: str, size: int, sha256: str, etag: str | None) -> None:
-        mtime_ns = (self._dest / path).stat().st_mtime_ns
+        """Note `path` as complete at this version (one appended line)."""
+        self.record_all([(path, size, sha256, etag)])
+
+    def record_all(self, files: Sequence[tuple[str, int, str, str | None]]) -> None:
+        """Note each (path, size, sha256, etag) as complete, in one append; a file gone
+        meanwhile (removed by the user) gets no record."""
+        lines = []
+        entries = {}
+        for path, size, sha256, etag in files:
+            try:
+                mtime_ns = (self._dest / path).stat().st_mtime_ns
+            except OSError:
+                continue
+            entries[path] = entry = Completed(size, sha256, etag, mtime_ns)
+            lines.append(json.dumps({"path": path, **asdict(entry)}) + "\n")
         with self._lock:
-            self._files[path] = Completed(size, sha256, etag, mtime_ns)
-            data = {"files": {name: asdict(entry) for name, entry in self._files.items()}}
-            temporary = self._path.with_suffix(".tmp")
+            self._files.update(entries)
             self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                json.dump(data, out)
-            os.replace(temporary, self._path)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+            fd = os.open(self._path, flags, 0o600)
+            try:
+                os.write(fd, "".join(lines).encode())
+            finally:
+                os.close(fd)
+
+    def _compact(self) -> None:
+        lines = [json.dumps({"path": p, **asdict(e)}) + "\n" for p, e in self._files.items()]
+        temporary = self._path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.writelines(lines)
+        os.replace(temporary, self._path)
 
 
 def file_sha256(path: Path) -> str:
@@ -97,3 +137,51 @@ def file_sha256(path: Path) -> str:
         while piece := source.read(_HASH_PIECE):
             digest.update(piece)
     return digest.hexdigest()
+
+
+class Checkpoints:
+    """Files finished since the last checkpoint, recorded once the filesystem is synced."""
+
+    def __init__(self, state: PullState, dest: Path) -> None:
+        self._state = state
+        self._dest = dest
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, int, str, str | None]] = []
+
+    def finished(self, path: str, size: int, sha256: str, etag: str | None) -> None:
+        with self._lock:
+            self._pending.append((path, size, sha256, etag))
+
+    def sync(self) -> int:
+        """Sync DEST's filesystem, then record what was finished before (blocking: run it in a
+        thread); how many files it recorded."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return 0
+        sync_filesystem(self._dest)
+        self._state.record_all(batch)
+        return len(batch)
+
+
+def sync_filesystem(path: Path) -> None:
+    """syncfs(2) of the filesystem holding `path` (all of them where there is no syncfs)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _LIBC is not None and _LIBC.syncfs(fd) == 0:
+            return
+        os.sync()
+    finally:
+        os.close(fd)
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syncfs.argtypes = (ctypes.c_int,)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()

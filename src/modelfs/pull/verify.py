@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TypeAlias
 
 from modelfs import console
 from modelfs.config.files import resolve
@@ -33,18 +32,6 @@ from modelfs.pull.plan import (
     read_manifest,
     s3_store,
 )
-
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
-
-def register(commands: Subparsers) -> None:
-    verify = commands.add_parser(
-        "verify", help="check a directory, a mounted directory or a prefix against a manifest"
-    )
-    verify.add_argument("target", metavar="TARGET")
-    verify.add_argument("--manifest", metavar="M", help=f"default: TARGET/{MANIFEST_NAME}")
-    verify.add_argument("--transfers", type=int, default=8, metavar="N")
-    verify.set_defaults(func=cmd_verify)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -40,13 +40,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from modelfs.config.remote import RemoteConfig
-from modelfs.errors import (
-    AccessDenied,
-    BucketNotFound,
-    InvalidArgument,
-    ModelfsError,
-    NotFound,
-)
+from modelfs.errors import AccessDenied, BucketNotFound, InvalidArgument, ModelfsError, NotFound
 from modelfs.objects import ListPage, ObjectId, ObjectInfo
 from modelfs.store import etag
 from modelfs.store.lean import LeanGetter
@@ -133,6 +127,14 @@ class S3Store:
             probe, self._probe = self._probe, None
         if probe is not None:
             probe.close()
+
+    def presign(self, key: str, expires: int, *, head: bool = False) -> str:
+        """A link to GET (or HEAD) `key`, signed now, valid `expires` seconds (no request)."""
+        operation, params = (
+            "head_object" if head else "get_object",
+            {"Bucket": self.bucket, "Key": key},
+        )
+        return self._client.generate_presigned_url(operation, Params=params, ExpiresIn=expires)
 
     # -- bucket and metadata -----------------------------------------------------------------
 
