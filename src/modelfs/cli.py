@@ -19,7 +19,12 @@ from modelfs.errors import ConfigError, ModelfsError
 log = logging.getLogger("modelfs")
 
 # Modules with a `register(subparsers)` adding their commands, in the order `--help` lists them.
-_COMMAND_MODULES = ("modelfs.daemon.commands", "modelfs.pull.commands", "modelfs.run.commands")
+_COMMAND_MODULES = (
+    "modelfs.daemon.commands",
+    "modelfs.pull.commands",
+    "modelfs.links.commands",
+    "modelfs.run.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

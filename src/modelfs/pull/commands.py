@@ -62,6 +62,7 @@ def _register_verify(commands: Subparsers) -> None:
     verify.add_argument("target", metavar="TARGET")
     verify.add_argument("--manifest", metavar="M", help="default: TARGET/manifest.json")
     verify.add_argument("--transfers", type=int, default=8, metavar="N")
+    verify.add_argument("--token-file", metavar="FILE", help="for a manifest URL of a service")
     verify.set_defaults(func=_lazy("verify", "cmd_verify"))
 
 
@@ -99,4 +100,9 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         default="0",
         metavar="SIZE",
         help="bytes/s below which a source is left for the next, over 10 s (default: none)",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="a link service's bearer token, sent to URL sources (default: $MODELFS_TOKEN)",
     )

@@ -8,14 +8,19 @@ SRC is one of:
 - a manifest URL (`http(s)://.../manifest.json`), fetched with the same HTTP client as the
   files; files whose manifest names no source come from beside it.
 Sources, first to last: `--source` ones in the order given, the files' own URLs (signed links),
-then the manifest's sources by priority. A manifest source naming a remote this machine has no
-config for is left out with a warning (teammates rarely share every remote).
+then the manifest's sources by priority. Signed links of a manifest fetched from a URL are
+renewed when one is refused (401/403, an expired link): the manifest is fetched again (once per
+refused link: `_RenewableLinks`), and the request is sent to the new link. A manifest source
+naming a remote this machine has no config for is left out with a warning (teammates rarely
+share every remote).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
+import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +30,7 @@ from modelfs.config.files import resolve
 from modelfs.config.remote import RemoteConfig, RemoteSpec
 from modelfs.core import paths
 from modelfs.errors import ConfigError, ModelfsError, UsageError
-from modelfs.objects import ObjectId, ObjectInfo
+from modelfs.objects import ObjectInfo
 from modelfs.pull.engine import PullFile
 from modelfs.pull.manifest import MANIFEST_NAME, Manifest, ManifestError, parse_manifest
 from modelfs.store.s3 import S3Store
@@ -35,6 +40,7 @@ from modelfs.store.urlstore import UrlStore, redact
 log = logging.getLogger(__name__)
 
 _LIST_PAGE = 1000
+_MANIFEST_LIMIT = 64 << 20  # a manifest larger than this is not one
 
 
 @dataclass(frozen=True)
@@ -158,26 +164,83 @@ def fetch_manifest(url: str, headers: Sequence[tuple[str, str]] = ()) -> Manifes
     """The manifest at `url` (the link service's, or any static host's)."""
     fetcher = UrlStore(lambda key: url, name=redact(url), headers=dict(headers))
     try:
-        info = fetcher.head(url)
-        text = fetcher.get_range(ObjectId(url, ""), 0, info.size).decode("utf-8", "replace")
+        text = fetcher.read_small(url, _MANIFEST_LIMIT).decode("utf-8", "replace")
     finally:
         fetcher.close()
     return parse_manifest(text, redact(url))
+
+
+def auth_headers(token_file: str | None) -> tuple[tuple[str, str], ...]:
+    """The `Authorization` header for a link service: the token in `token_file` (its first
+    word that is not a comment), else $MODELFS_TOKEN, else none. Never from argv."""
+    token = os.environ.get("MODELFS_TOKEN", "").strip() or None
+    if token_file is not None:
+        try:
+            text = Path(token_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read token file {token_file}: {exc}") from exc
+        words = [line.split("#", 1)[0].split() for line in text.splitlines()]
+        token = next((line[0] for line in words if line), None)
+        if token is None:
+            raise ConfigError(f"token file {token_file} holds no token")
+    return (("Authorization", f"Bearer {token}"),) if token else ()
+
+
+class _RenewableLinks:
+    """A manifest's per-file links, fetched again from its URL when one is refused."""
+
+    def __init__(self, url: str, headers: Sequence[tuple[str, str]], manifest: Manifest) -> None:
+        self._url = url
+        self._headers = headers
+        self._lock = threading.Lock()
+        self._links = _links_of(manifest)
+
+    def url_of(self, path: str) -> str | None:
+        return self._links.get(path)
+
+    def renew(self, path: str, refused: str) -> bool:
+        """Fetch the manifest again unless another thread did since `refused` was handed out;
+        whether `path` has another link now."""
+        with self._lock:
+            if self._links.get(path) == refused:
+                log.info("a link of %s was refused: fetching the manifest again", redact(self._url))
+                try:
+                    self._links = _links_of(fetch_manifest(self._url, self._headers))
+                except ModelfsError as exc:
+                    log.warning("could not renew the links: %s", exc)
+                    return False
+            return self._links.get(path) not in (None, refused)
+
+
+def _links_of(manifest: Manifest) -> dict[str, str]:
+    return {file.path: file.urls[0] for file in manifest.files if file.urls}
 
 
 def _from_manifest_file(
     path: Path, config: str | None, settings: SourceSettings, extra: Sequence[str]
 ) -> PullPlan:
     manifest = read_manifest(path)
-    return _plan_of(manifest, config, settings, extra, beside=None, description=str(path))
+    links = _links_of(manifest)
+    return _plan_of(
+        manifest, config, settings, extra, (links.get, None), beside=None, description=str(path)
+    )
 
 
 def _from_manifest_url(
     url: str, config: str | None, settings: SourceSettings, extra: Sequence[str]
 ) -> PullPlan:
     manifest = fetch_manifest(url, settings.headers)
+    links = _RenewableLinks(url, settings.headers, manifest)
     beside = urljoin(url, ".")
-    return _plan_of(manifest, config, settings, extra, beside=beside, description=redact(url))
+    return _plan_of(
+        manifest,
+        config,
+        settings,
+        extra,
+        (links.url_of, links.renew),
+        beside=beside,
+        description=redact(url),
+    )
 
 
 def _plan_of(
@@ -185,14 +248,14 @@ def _plan_of(
     config: str | None,
     settings: SourceSettings,
     extra: Sequence[str],
+    links: tuple[Callable[[str], str | None], Callable[[str, str], bool] | None],
     *,
     beside: str | None,
     description: str,
 ) -> PullPlan:
     sources = list(_extra_sources(extra, config, settings))
-    links = {file.path: file.urls[0] for file in manifest.files if file.urls}
-    if links:
-        sources.append(_url_source("links in the manifest", links.get, settings))
+    if any(file.urls for file in manifest.files):
+        sources.append(_url_source("links in the manifest", links[0], settings, renew=links[1]))
     sources += _manifest_sources(manifest, config, settings)
     if not manifest.sources and beside is not None:
         sources.append(_base_url_source(beside, settings))
@@ -241,13 +304,20 @@ def _base_url_source(base: str, settings: SourceSettings) -> Source:
     return _url_source(redact(base), lambda key: base + quote(key), settings)
 
 
-def _url_source(name: str, url_of: Callable[[str], str | None], settings: SourceSettings) -> Source:
+def _url_source(
+    name: str,
+    url_of: Callable[[str], str | None],
+    settings: SourceSettings,
+    *,
+    renew: Callable[[str, str], bool] | None = None,
+) -> Source:
     store = UrlStore(
         url_of,
         name=name,
         headers=dict(settings.headers),
         read_timeout=settings.stall_timeout,
         max_connections=2 * settings.transfers,
+        renew=renew,
     )
     return Source(name, store, lambda key: key, lookup=False)
 

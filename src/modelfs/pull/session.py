@@ -19,7 +19,7 @@ from modelfs.pull.engine import (
     bytes_to_fetch,
     check_space,
 )
-from modelfs.pull.plan import SourceSettings, make_plan
+from modelfs.pull.plan import SourceSettings, auth_headers, make_plan
 from modelfs.pull.progress import Counters, PlainEvents, events_for
 from modelfs.pull.state import PullState
 
@@ -28,7 +28,10 @@ _TICK = 0.2  # seconds between two looks at the progress counters
 
 def settings_of(args: argparse.Namespace) -> SourceSettings:
     return SourceSettings(
-        transfers=args.transfers, stall_timeout=args.stall_timeout, min_rate=args.min_rate
+        transfers=args.transfers,
+        stall_timeout=args.stall_timeout,
+        min_rate=args.min_rate,
+        headers=auth_headers(args.token_file),
     )
 
 

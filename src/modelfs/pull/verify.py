@@ -25,6 +25,7 @@ from modelfs.pull.hashing import Hashed, hash_local, hash_remote, local_files
 from modelfs.pull.manifest import MANIFEST_NAME, Manifest, ManifestFile
 from modelfs.pull.plan import (
     SourceSettings,
+    auth_headers,
     fetch_manifest,
     is_url,
     list_prefix,
@@ -37,7 +38,7 @@ from modelfs.pull.plan import (
 def cmd_verify(args: argparse.Namespace) -> int:
     local = Path(args.target)
     if local.is_dir():
-        manifest = _manifest(args.manifest, local / MANIFEST_NAME)
+        manifest = _manifest(args.manifest, local / MANIFEST_NAME, args.token_file)
         sizes = local_files(local)
         expected = manifest.by_path()
         hashed = hash_local(
@@ -48,7 +49,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         store = s3_store(remote, spec, SourceSettings(transfers=args.transfers))
         infos = {info.key[len(spec.prefix) :]: info for info in list_prefix(store, spec.prefix)}
         if args.manifest:
-            manifest = _manifest(args.manifest, None)
+            manifest = _manifest(args.manifest, None, args.token_file)
         else:
             found = manifest_in(store, spec.prefix, infos)
             if found is None:
@@ -64,9 +65,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return _report(manifest, sizes, hashed)
 
 
-def _manifest(given: str | None, default: Path | None) -> Manifest:
+def _manifest(given: str | None, default: Path | None, token_file: str | None) -> Manifest:
     if given is not None:
-        return fetch_manifest(given) if is_url(given) else read_manifest(Path(given))
+        if is_url(given):
+            return fetch_manifest(given, auth_headers(token_file))
+        return read_manifest(Path(given))
     if default is None or not default.is_file():
         raise ConfigError(f"no manifest at {default}: give --manifest")
     return read_manifest(default)

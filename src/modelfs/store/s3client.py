@@ -63,6 +63,7 @@ class S3Session:
             max_pool_connections=pool,
             tcp_keepalive=True,
             s3=s3_options,
+            signature_version="s3v4",  # presigned links too (botocore may pick SigV2 for those)
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )

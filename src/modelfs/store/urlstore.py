@@ -12,7 +12,9 @@ urllib3, the HTTP client botocore itself is built on:
   `StoreUnavailable` at once, so the caller can move to another source.
 Answers map to domain errors in one table: 401 and 403 are `AccessDenied` (an expired signed
 link, or a missing or revoked token), 404 `NotFound`, 412 `StaleObject`, 5xx and transport
-failures `StoreUnavailable` (after urllib3's retries). Every header given (an `Authorization`
+failures `StoreUnavailable` (after urllib3's retries). A link that answers 401/403 is
+renewed once when the store was given `renew` (a manifest of signed links fetched again): the
+request is sent again to the key's new URL. Every header given (an `Authorization`
 token for the link service) goes with each request; urllib3 drops it on a redirect to
 another host, so a token never reaches the store a link points to. Signatures in URLs never
 appear in errors (`redact`).
@@ -105,9 +107,11 @@ class UrlStore:
         max_attempts: int = 3,
         max_connections: int = 32,
         ca_bundle: str | None = None,
+        renew: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.name = name
         self._url_of = url_of
+        self._renew = renew  # (key, url that was refused) -> whether the key has a new URL
         self._headers = dict(headers or {})
         self._errors = _UrlErrors(name)
         self.max_attempts = max_attempts
@@ -147,8 +151,7 @@ class UrlStore:
         return None
 
     def head(self, key: str) -> ObjectInfo:
-        url = self._url(key)
-        response = self._request(url, key, {"Range": "bytes=0-0"}, accept=(416,))
+        url, response = self._get(key, {"Range": "bytes=0-0"}, accept=(416,))
         try:
             size = _total_size(response)
             if size is None:
@@ -157,6 +160,19 @@ class UrlStore:
             return ObjectInfo(key, size, found, _mtime(response.headers.get("Last-Modified")))
         finally:
             response.release_conn()
+
+    def read_small(self, key: str, limit: int) -> bytes:
+        """The whole of a small object (a manifest) in one GET; larger than `limit` raises."""
+        url, response = self._get(key, {})
+        try:
+            data: bytes = response.read(limit + 1, decode_content=True)
+        except HTTPError as exc:
+            raise self._errors.translate(exc, "GET", key) from exc
+        finally:
+            response.release_conn()
+        if len(data) > limit:
+            raise InvalidArgument(f"{key} at {redact(url)} is larger than {limit} bytes")
+        return data
 
     def get_range(self, obj: ObjectId, start: int, end: int) -> bytes:
         return b"".join(self.iter_range(obj, start, end, max(1, end - start)))
@@ -172,16 +188,28 @@ class UrlStore:
             reader.close()
 
     def _open_range(self, obj: ObjectId, start: int, end: int) -> Any:
-        url = self._url(obj.key)
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if obj.etag:
             headers["If-Match"] = etag.quote(obj.etag)
-        response = self._request(url, obj.key, headers)
+        url, response = self._get(obj.key, headers)
         whole = response.status == 200 and start == 0 and _length(response) == end
         if response.status != 206 and not whole:
             response.release_conn()
             raise StoreUnavailable(f"{obj.key} at {redact(url)}: answered {response.status}")
         return _Body(response, self._errors, obj.key)
+
+    def _get(
+        self, key: str, headers: dict[str, str], accept: tuple[int, ...] = ()
+    ) -> tuple[str, Any]:
+        """The URL of `key` and its answer to a GET; a refused link is renewed once."""
+        url = self._url(key)
+        try:
+            return url, self._request(url, key, headers, accept)
+        except AccessDenied:
+            if self._renew is None or not self._renew(key, url):
+                raise
+        url = self._url(key)
+        return url, self._request(url, key, headers, accept)
 
     def _request(
         self, url: str, key: str, headers: dict[str, str], accept: tuple[int, ...] = ()

@@ -1,0 +1,410 @@
+"""`modelfs presign` and `modelfs serve`: signed links, and stable links that never expire.
+
+Everything runs as the CLI against a real SeaweedFS, whose remote ("a") is reached through a
+`FaultProxy`: the proxy sees every request that reaches the store, so "nothing reached the
+store" is a count of zero, and signed links point at it (so their GETs are seen too).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from modelfs.pull.partfiles import PULL_DIR
+from support import SECRET_KEY, FaultProxy, SeaweedServer, make_config
+from support.mounting import MODELFS, run_cli
+
+MiB = 1 << 20
+TOKEN = "tok-" + "7" * 40
+
+
+@dataclass
+class Bucket:
+    seaweed: SeaweedServer
+    name: str
+    proxy: FaultProxy
+    config: Path
+    tmp: Path
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.seaweed.client().put_object(Bucket=self.name, Key=key, Body=data)
+        self.files[key] = data
+
+    def cli(self, *args: str | Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return run_cli("--config", self.config, *args, timeout=timeout)
+
+
+@pytest.fixture
+def store(seaweed: SeaweedServer, bucket: str, tmp_path: Path) -> Iterator[Bucket]:
+    with FaultProxy(seaweed.endpoint) as proxy:
+        config = make_config(tmp_path, proxy.endpoint, name="a")
+        found = Bucket(seaweed, bucket, proxy, config, tmp_path)
+        found.put("v23/model.pt", os.urandom(3 * MiB + 7))
+        found.put("v23/cfg/config.yaml", b"model: v23\n")
+        found.put("private/secret.key", b"not for you")
+        yield found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class LinkServer:
+    """`modelfs serve` in a subprocess, stopped (SIGTERM) at the end."""
+
+    def __init__(self, store: Bucket, *options: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.tokens = store.tmp / "tokens"
+        self.access_log = store.tmp / "access.log"
+        command = [*MODELFS, "--config", str(store.config), "serve", f"a:{store.name}"]
+        command += ["--listen", f"127.0.0.1:{self.port}", "--access-log", str(self.access_log)]
+        self.process = subprocess.Popen(
+            [*command, *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited: {self.process.stderr.read()}")  # type: ignore[union-attr]
+            try:
+                if self.request("GET", "/healthz")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError("serve did not answer /healthz")
+
+    def request(
+        self, method: str, path: str, token: str | None = None, **headers: str
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One request with the path sent exactly as given (no client normalisation)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
+            connection.putrequest(method, path, skip_accept_encoding=True)
+            for name, value in headers.items():
+                connection.putheader(name, value)
+            connection.endheaders()
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            connection.close()
+
+    def stop(self) -> str:
+        self.process.send_signal(signal.SIGTERM)
+        _, stderr = self.process.communicate(timeout=20)
+        return stderr
+
+
+@pytest.fixture
+def served(store: Bucket) -> Iterator[LinkServer]:
+    (store.tmp / "tokens").write_text(f"{TOKEN} alice\n# a comment\n")
+    (store.tmp / "tokens").chmod(0o600)
+    server = LinkServer(store, "--prefix", "v23", "--tokens", str(store.tmp / "tokens"))
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+def follow(url: str, token: str | None = TOKEN) -> bytes:
+    request = urllib.request.Request(url)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return bytes(answer.read())
+
+
+def status_of(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+# -- presign ----------------------------------------------------------------------------------
+
+
+def test_a_2s_link_fails_after_3s_and_the_stable_link_still_works(store: Bucket) -> None:
+    signed = store.cli("presign", f"a:{store.name}/v23/model.pt", "--expires", "2s")
+    assert signed.returncode == 0, signed.stderr
+    url = signed.stdout.strip()
+    assert "X-Amz-Expires=2" in url
+    assert SECRET_KEY not in signed.stdout + signed.stderr
+    assert follow(url, token=None) == store.files["v23/model.pt"]
+    server = LinkServer(store, "--prefix", "v23", "--link-ttl", "2s")
+    try:
+        stable = f"{server.url}/v23/model.pt"
+        assert follow(stable, token=None) == store.files["v23/model.pt"]
+        time.sleep(3.2)
+        assert status_of(url) == 403  # SeaweedFS refuses the expired signature
+        assert follow(stable, token=None) == store.files["v23/model.pt"]  # signed anew
+    finally:
+        server.stop()
+
+
+def test_presign_refuses_more_than_7_days_in_one_line(store: Bucket) -> None:
+    refused = store.cli("presign", f"a:{store.name}/v23/model.pt", "--expires", "8d")
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1
+    assert "7 days" in refused.stderr
+    missing = store.cli("presign", f"a:{store.name}/v23/nothing.pt")
+    assert missing.returncode != 0
+    assert missing.stderr.count("\n") == 1
+
+
+def test_presign_manifest_is_pulled_by_a_teammate_without_keys(store: Bucket) -> None:
+    manifest = store.tmp / "v23.json"
+    done = store.cli("presign", f"a:{store.name}/v23", "--expires", "7d", "--manifest", manifest)
+    assert done.returncode == 0, done.stderr
+    assert SECRET_KEY not in done.stdout + done.stderr + manifest.read_text()
+    written = json.loads(manifest.read_text())
+    files = {entry["path"]: entry for entry in written["files"]}
+    assert set(files) == {"model.pt", "cfg/config.yaml"}
+    assert all(entry["urls"][0].startswith(store.proxy.endpoint) for entry in files.values())
+    assert all(
+        entry["expires"].endswith("Z") and len(entry["sha256"]) == 64 for entry in files.values()
+    )
+    dest = store.tmp / "teammate"
+    # no --config: the teammate has no keys and no remote, only the manifest
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["HOME"] = str(store.tmp)
+    pulled = subprocess.run(
+        [*MODELFS, "pull", str(manifest), str(dest)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    for key in ("v23/model.pt", "v23/cfg/config.yaml"):
+        assert (dest / key.removeprefix("v23/")).read_bytes() == store.files[key]
+
+
+# -- the service ------------------------------------------------------------------------------
+
+
+def test_tokens_missing_wrong_or_revoked_get_401_403_and_no_link(
+    store: Bucket, served: LinkServer
+) -> None:
+    status, headers, _ = served.request("GET", "/v23/model.pt")
+    assert status == 401
+    assert "Location" not in headers
+    assert headers.get("www-authenticate") == "Bearer"
+    status, headers, _ = served.request("GET", "/v23/model.pt", token="tok-guess")
+    assert status == 403
+    assert "location" not in {k.lower() for k in headers}
+    status, headers, _ = served.request("GET", "/v23/model.pt", token=TOKEN)
+    assert status == 302
+    assert "X-Amz-Signature" in headers["location"]
+    served.tokens.write_text("tok-bob\n")  # alice revoked, without a restart
+    deadline = time.monotonic() + 5
+    while served.request("GET", "/v23/model.pt", token=TOKEN)[0] != 403:
+        assert time.monotonic() < deadline, "the revoked token still works"
+        time.sleep(0.2)
+    assert served.request("GET", "/v23/model.pt", token="tok-bob")[0] == 302
+    assert served.request("GET", "/healthz")[0] == 200  # probes need no token
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v23/../private/secret.key",
+        "/v23/%2e%2e/private/secret.key",
+        "/v23/%2E%2E/private/secret.key",
+        "/v23/./model.pt",
+        "/v23//model.pt",
+        "/v23/model.pt%00.txt",
+        "/private/secret.key",
+        "/v23",
+        "/v230/model.pt",
+    ],
+)
+def test_escapes_and_keys_outside_the_prefixes_are_404_without_a_store_request(
+    store: Bucket, served: LinkServer, path: str
+) -> None:
+    store.proxy.clear_requests()
+    status, headers, _ = served.request("GET", path, token=TOKEN)
+    assert status == 404
+    assert "location" not in {k.lower() for k in headers}
+    assert store.proxy.requests == []
+
+
+def test_the_service_signs_get_and_head_only(served: LinkServer) -> None:
+    for method in ("PUT", "DELETE", "POST"):
+        assert served.request(method, "/v23/model.pt", token=TOKEN)[0] == 405
+
+
+def test_curl_follows_range_and_head_through_the_redirect(
+    store: Bucket, served: LinkServer
+) -> None:
+    auth = ["-H", f"Authorization: Bearer {TOKEN}"]
+    ranged = subprocess.run(
+        ["curl", "-sfL", *auth, "-r", "0-99", f"{served.url}/v23/model.pt"],
+        capture_output=True,
+        check=True,
+    )
+    assert ranged.stdout == store.files["v23/model.pt"][:100]
+    head = subprocess.run(
+        ["curl", "-sfIL", *auth, f"{served.url}/v23/model.pt"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    answers = [line for line in head.stdout.splitlines() if line.startswith("HTTP/")]
+    assert [answer.split()[1] for answer in answers] == ["302", "200"]
+    assert f"Content-Length: {3 * MiB + 7}".lower() in head.stdout.lower()
+
+
+def test_the_access_log_holds_no_signature_token_or_key(store: Bucket, served: LinkServer) -> None:
+    served.request("GET", "/v23/model.pt", token=TOKEN)
+    served.request("GET", "/v23/model.pt?X-Amz-Signature=abc123", token=TOKEN)
+    served.request("HEAD", "/v23/cfg/config.yaml", token="tok-wrong-guess")
+    served.request("GET", "/v23/manifest.json", token=TOKEN)  # no manifest: 404, logged too
+    served.stop()
+    log = served.access_log.read_text()
+    assert log.count("\n") >= 4
+    assert "/v23/model.pt 302" in log
+    for secret in (TOKEN, "tok-wrong-guess", "X-Amz-Signature", "abc123", "Credential", SECRET_KEY):
+        assert secret not in log
+    assert served.access_log.stat().st_mode & 0o777 == 0o600
+
+
+def test_listening_beyond_loopback_without_tokens_needs_public(store: Bucket) -> None:
+    refused = store.cli("serve", f"a:{store.name}", "--listen", f"0.0.0.0:{free_port()}")
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1
+    assert "--public" in refused.stderr
+
+
+def test_the_manifest_from_the_service_points_back_at_it(store: Bucket, served: LinkServer) -> None:
+    created = store.cli("manifest", "create", f"a:{store.name}/v23", "--upload")
+    assert created.returncode == 0, created.stderr
+    status, _, body = served.request("GET", "/v23/manifest.json", token=TOKEN)
+    assert status == 200
+    manifest = json.loads(body)
+    assert manifest["sources"] == [{"url": f"{served.url}/v23/", "priority": 1}]
+    assert {entry["path"] for entry in manifest["files"]} == {"model.pt", "cfg/config.yaml"}
+    assert all("urls" not in entry for entry in manifest["files"])
+
+
+# -- pulls through links ----------------------------------------------------------------------
+
+
+def _recorded_blocks(dest: Path) -> int:
+    partial = dest / PULL_DIR / "partial"
+    if not partial.is_dir():
+        return 0
+    return sum(log.stat().st_size // 8 for log in partial.glob("*.blocks"))
+
+
+def test_a_pull_through_the_service_resumes_after_every_earlier_link_expired(
+    store: Bucket,
+) -> None:
+    big = os.urandom(32 * MiB)
+    store.put("v23/big.bin", big)
+    assert store.cli("manifest", "create", f"a:{store.name}/v23", "--upload").returncode == 0
+    (store.tmp / "tokens").write_text(f"{TOKEN}\n")
+    (store.tmp / "tokens").chmod(0o600)
+    server = LinkServer(
+        store, "--prefix", "v23", "--tokens", str(store.tmp / "tokens"), "--link-ttl", "2s"
+    )
+    token_file = store.tmp / "my-token"
+    token_file.write_text(TOKEN + "\n")
+    dest = store.tmp / "dest"
+    command = [*MODELFS, "pull", f"{server.url}/v23/manifest.json", str(dest)]
+    command += ["--token-file", str(token_file), "--transfers", "2", "--part-size", "1M"]
+    try:
+        store.proxy.delay_next(0.1, times=None)  # slow enough to kill half way
+        first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _recorded_blocks(dest) < 8:
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        assert 8 <= _recorded_blocks(dest) < 32
+        store.proxy.clear_faults()
+        time.sleep(3)  # every link the first pull was given has expired
+        store.proxy.clear_requests()
+        second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 0, second.stderr
+    finally:
+        server.stop()
+    assert (dest / "big.bin").read_bytes() == big
+    for key in ("v23/model.pt", "v23/cfg/config.yaml"):
+        assert (dest / key.removeprefix("v23/")).read_bytes() == store.files[key]
+    assert [r for r in store.proxy.requests if r.status == 403] == []
+    assert TOKEN not in json.dumps([r.headers for r in store.proxy.requests])  # never to S3
+
+
+def test_expired_links_of_a_manifest_url_are_renewed_by_fetching_it_again(
+    store: Bucket,
+) -> None:
+    from support.statichttp import StaticHttp
+
+    big = os.urandom(24 * MiB)
+    store.put("v23/big.bin", big)
+    site = store.tmp / "site"
+    site.mkdir()
+    spec = f"a:{store.name}/v23"
+    week = store.tmp / "week.json"  # what the nightly job will write while the pull runs
+    assert store.cli("presign", spec, "--expires", "7d", "--manifest", week).returncode == 0
+    short = store.cli("presign", spec, "--expires", "3s", "--manifest", site / "m.json")
+    assert short.returncode == 0
+    dest = store.tmp / "dest"
+    with StaticHttp(site) as static:
+        store.proxy.clear_requests()
+        store.proxy.delay_next(0.5, times=None)  # 24 GETs, 2 at a time: over 3 s
+        pull = subprocess.Popen(
+            [
+                *MODELFS,
+                "pull",
+                f"{static.url}/m.json",
+                str(dest),
+                "--transfers",
+                "2",
+                "--part-size",
+                "1M",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while not any(r.status == 206 for r in store.proxy.requests):
+            assert time.monotonic() < deadline
+            assert pull.poll() is None
+            time.sleep(0.02)
+        os.replace(week, site / "m.json")
+        _, stderr = pull.communicate(timeout=120)
+        assert pull.returncode == 0, stderr
+        assert static.paths.count("/m.json") >= 2
+    assert (dest / "big.bin").read_bytes() == big
+    assert any(r.status == 403 for r in store.proxy.requests)
+
+
+def test_2000_stable_links_from_16_clients(served: LinkServer) -> None:
+    from support.linkload import cpu_seconds, hammer
+
+    before = cpu_seconds(served.process.pid)
+    result = hammer(served.port, "/v23/model.pt", TOKEN, requests=2000, clients=16)
+    cpu = (cpu_seconds(served.process.pid) - before) / result.count * 1000
+    print(f"\nlink service: {result.describe()}, {cpu:.2f} ms of its CPU per request")
+    assert result.errors == []
+    assert result.count == 2000
