@@ -170,6 +170,13 @@ MOUNT_OPTIONS: tuple[MountOption, ...] = (
     ),
     MountOption("allow-non-empty", Kind.FLAG, "mount over a non-empty directory"),
     MountOption("read-only", Kind.FLAG, "refuse every write with EROFS"),
+    _value(
+        "token-file",
+        _path,
+        None,
+        "FILE",
+        "a link service's bearer token, for a mount of a manifest URL (default: $MODELFS_TOKEN)",
+    ),
     MountOption(
         "prefetch-small",
         Kind.SWITCH,

@@ -16,6 +16,9 @@ from modelfs.daemon.settings import MountConfig
 from modelfs.errors import MountError
 from modelfs.host import control, mountinfo
 from modelfs.host.locks import hold_lock
+from modelfs.pull.manifeststore import manifest_store
+from modelfs.pull.plan import SourceSettings, auth_headers
+from modelfs.store.protocol import ObjectStore
 from modelfs.store.s3 import S3Store
 
 
@@ -60,7 +63,12 @@ def check_cache_dir(root: Path) -> None:
         raise MountError(f"cache dir {root} is not writable: {exc.strerror or exc}") from exc
 
 
-def make_store(config: MountConfig) -> S3Store:
+def make_store(config: MountConfig) -> ObjectStore:
+    if config.manifest_url is not None:  # fetched now: a wrong URL or token fails here
+        settings = SourceSettings(
+            transfers=config.read.transfers, headers=auth_headers(config.token_file)
+        )
+        return manifest_store(config.manifest_url, None, settings)
     # Readahead and demand GETs each use up to `transfers` connections; the rest is for
     # listings, uploads and the occasional HEAD.
     return S3Store(
@@ -68,7 +76,7 @@ def make_store(config: MountConfig) -> S3Store:
     )
 
 
-def preflight(config: MountConfig) -> tuple[S3Store, int]:
+def preflight(config: MountConfig) -> tuple[ObjectStore, int]:
     """Every check; returns the store and the fd of the cache root's lock (keep it open)."""
     check_fuse()
     check_mountpoint(config.mountpoint, allow_non_empty=config.allow_non_empty)

@@ -45,11 +45,12 @@ from modelfs.host import control, mountinfo, notify
 from modelfs.memory import MemoryBudget, tune_malloc
 from modelfs.objects import ObjectInfo
 from modelfs.pull.manifest import MANIFEST_NAME, parse_manifest
+from modelfs.pull.manifeststore import ManifestStore
 from modelfs.read.dropbehind import PageCacheTrimmer
 from modelfs.read.fetcher import BlockFetcher
 from modelfs.read.policy import ReadPolicy
 from modelfs.read.verify import Verifications
-from modelfs.store.s3 import S3Store
+from modelfs.store.protocol import ObjectStore
 from modelfs.write.engine import WriteBack
 from modelfs.write.protocol import ReadOnlyWriter, Writer
 from modelfs.write.queue import WriteBackStatistics
@@ -73,7 +74,9 @@ def fuse_options(config: MountConfig) -> set[str]:
 
 
 class Mount:
-    def __init__(self, config: MountConfig, store: S3Store, on_ready: Callable[[], None]) -> None:
+    def __init__(
+        self, config: MountConfig, store: ObjectStore, on_ready: Callable[[], None]
+    ) -> None:
         self.config = config
         self.store = store
         self._on_ready = on_ready
@@ -217,8 +220,10 @@ class Mount:
         }
 
 
-def manifest_expectations(store: S3Store, spec: RemoteSpec) -> dict[str, tuple[int, str]]:
+def manifest_expectations(store: ObjectStore, spec: RemoteSpec) -> dict[str, tuple[int, str]]:
     """The (size, sha256) of every file the prefix's manifest lists, by key (none: {})."""
+    if isinstance(store, ManifestStore):
+        return store.expectations()
     key = spec.prefix + MANIFEST_NAME
     try:
         info = store.head(key)
