@@ -17,7 +17,7 @@ from modelfs.config.files import config_path, load_config
 from modelfs.errors import ConfigError, ModelfsError
 from modelfs.host.mountinfo import read_mountinfo
 from modelfs.run import systemd
-from modelfs.run.plan import plan_from_args, validate_paths
+from modelfs.run.plan import plan_from_args, split_words, validate_paths
 from modelfs.run.supervisor import execute
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -71,14 +71,14 @@ def _register_run(commands: Subparsers) -> None:
 
 
 def handle_run(args: argparse.Namespace) -> int:
-    verbose = getattr(args, "verbose", False)
-    console.setup_logging(verbose=verbose, command="run")
     try:
+        split = split_words(args)  # options after a section name may set -v and --config
+        console.setup_logging(verbose=args.verbose, command="run")
         config = None if args.mount or args.pull else load_config(args.config)
-        plan = plan_from_args(args, config)
+        plan = plan_from_args(args, config, split=split)
         validate_paths(plan, read_mountinfo())
     except ModelfsError as exc:
-        return console.fail(exc, verbose=verbose)
+        return console.fail(exc, verbose=args.verbose)
     return execute(plan)
 
 

@@ -188,14 +188,18 @@ def split_words(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 
 def plan_from_args(
-    args: argparse.Namespace, config: configparser.ConfigParser | None = None
+    args: argparse.Namespace,
+    config: configparser.ConfigParser | None = None,
+    *,
+    split: tuple[str | None, list[str]] | None = None,
 ) -> RunPlan:
     """Resolve `modelfs run` arguments (and a `[run:NAME]` section if named) into a RunPlan.
 
     With `--mount`, the words are the command. Without it, the first word names a run
-    section and the words after `--`, if any, replace its command.
+    section and the words after `--`, if any, replace its command. `split` is
+    `split_words(args)` if the caller has already called it.
     """
-    name, words = split_words(args)
+    name, words = split if split is not None else split_words(args)
     items: dict[str, str] = {}
     given: options.Options = {}
     mount_section = None
