@@ -69,6 +69,12 @@ def test_global_options_after_a_run_section_name() -> None:
     assert (args.config, args.verbose) == ("/etc/m.conf", True)
 
 
+def test_no_section_name_leaves_the_words_to_the_app() -> None:
+    args = build_parser().parse_args(["run", "-v", "--", "python", "webui.py", "--port", "1"])
+    assert split_words(args) == (None, ["python", "webui.py", "--port", "1"])
+    assert args.verbose
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -103,3 +103,19 @@ def test_a_bad_value_is_one_line_naming_the_option() -> None:
         subparser("mount").parse_args(["--transfers", "0", "r:bucket", "/mnt/x"])
     with pytest.raises(ConfigError, match=r"\[mount:x\]: invalid part-size '8Q'"):
         options.from_section("mount:x", {"part-size": "8Q"})
+
+
+def test_section_lines_are_read_back_as_the_same_options() -> None:
+    given: options.Options = {
+        "cache-dir": "/c",
+        "read-only": True,
+        "warm-up": False,
+    }
+    lines = options.section_lines(given)
+    assert lines == [
+        "cache-dir = /c",
+        "read-only = true",
+        "warm-up = false",
+    ]
+    items = dict(line.split(" = ", 1) for line in lines)
+    assert options.from_section("run:x", items) == given

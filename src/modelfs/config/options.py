@@ -4,7 +4,7 @@ A mount option is set in one of five places, and all of them read `MOUNT_OPTIONS
 
     modelfs mount --cache-max-size 50G ...        `add_mount_arguments` (typed, with defaults)
     modelfs run ... --cache-max-size 50G          `add_forwarded_arguments` (checked, passed on)
-    [mount:tts] / [run:x]  cache-max-size = 50G   `from_section`
+    [mount:tts] / [run:x]  cache-max-size = 50G   `from_section` (`section_lines` writes them)
     fstab: -o cache_max_size=50G                  `run.mounthelper` (via `find` and `Kind`)
     systemd drop-in: MODELFS_OPTIONS=...          `option_words` of the section's options
 
@@ -309,3 +309,16 @@ def option_words(options: Mapping[str, str | bool]) -> tuple[str, ...]:
         elif isinstance(value, str):
             words += [f"--{option.name}", value]
     return tuple(words)
+
+
+def section_lines(options: Mapping[str, str | bool]) -> list[str]:
+    """{'cache-dir': '/c', 'read-only': True, 'warm-up': False}
+    -> ['cache-dir = /c', 'read-only = true', 'warm-up = false'] (what `from_section` reads)."""
+    lines: list[str] = []
+    for option in MOUNT_OPTIONS:
+        value = options.get(option.name)
+        if isinstance(value, bool):
+            lines.append(f"{option.name} = {'true' if value else 'false'}")
+        elif value is not None:
+            lines.append(f"{option.name} = {value}")
+    return lines
