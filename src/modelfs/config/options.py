@@ -68,6 +68,30 @@ def _path(text: str) -> str:
     return text
 
 
+LOOPBACK = "127.0.0.1"
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """'127.0.0.1:9464', '[::1]:9464', 'localhost:9464', or a port alone ('9464': loopback)
+    -> (host, port). A host must be named: ':9464' does not mean every interface here."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep:
+        host, port_text = LOOPBACK, text.strip()
+    host = host.removeprefix("[").removesuffix("]")
+    if sep and not host:
+        raise ConfigError(
+            f"invalid address {text!r}: name the host, {LOOPBACK}:{port_text} (this machine "
+            f"only) or 0.0.0.0:{port_text} (every interface)"
+        )
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"invalid address {text!r} (expected HOST:PORT, e.g. {LOOPBACK}:9464)")
+    return host, port
+
+
 def default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "modelfs")
@@ -163,6 +187,14 @@ MOUNT_OPTIONS: tuple[MountOption, ...] = (
         "log here instead of stderr (--daemon default: CACHE_DIR/modelfs.log)",
     ),
     _value("log-level", _level, "INFO", "LEVEL", f"one of {', '.join(LOG_LEVELS)} (default INFO)"),
+    _value(
+        "metrics",
+        parse_listen_address,
+        None,
+        "HOST:PORT",
+        "serve Prometheus metrics at http://HOST:PORT/metrics (default off; a port alone "
+        "listens on 127.0.0.1; another host than loopback must be given, and is logged)",
+    ),
     MountOption(
         "allow-other",
         Kind.FLAG,

@@ -35,6 +35,7 @@ class MountConfig:
     flush_interval: float = 30.0
     allow_other: bool = False
     allow_non_empty: bool = False
+    metrics: tuple[str, int] | None = None  # where /metrics listens; None: off
 
     @property
     def source(self) -> str:
@@ -75,4 +76,5 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         flush_interval=args.flush_interval,
         allow_other=args.allow_other,
         allow_non_empty=args.allow_non_empty,
+        metrics=args.metrics,
     )
