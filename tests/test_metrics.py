@@ -1,5 +1,5 @@
 """`--metrics`: Prometheus metrics of a real mount, scraped over HTTP and parsed with
-prometheus_client's own parser.
+prometheus_client's own parser; and `modelfs status --watch`, which shows the same figures.
 
 The figures are the mount's own statistics (one snapshot, `daemon.figures`), so the scrape is
 checked against the control socket's `status` taken right after it, and against what the test
@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
+import signal
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,7 @@ from modelfs.daemon.metrics import is_loopback
 from modelfs.errors import AccessDenied, StoreUnavailable
 from modelfs.store.s3errors import error_code
 from support import FaultProxy, SeaweedServer, path_contains
-from support.mounting import MountEnv, is_mounted, run_cli
+from support.mounting import MODELFS, MountEnv, is_mounted, run_cli
 
 MiB = 1 << 20
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -224,3 +228,95 @@ def test_a_port_in_use_fails_the_mount_in_one_line(env: MountEnv) -> None:
         f"modelfs: error: cannot serve --metrics on 127.0.0.1:{port}: Address already in use"
     ]
     assert not is_mounted(env.mountpoint)
+
+
+# -- status --watch ----------------------------------------------------------------------------
+
+
+def read_until(stream: Any, marker: str, deadline: float) -> str:
+    seen = ""
+    while marker not in seen:
+        assert time.monotonic() < deadline, f"no {marker!r} in {seen[-2000:]!r}"
+        line = stream.readline()
+        assert line, f"output ended before {marker!r}: {seen[-2000:]!r}"
+        seen += line
+    return seen
+
+
+@pytest.fixture
+def mounted_with_a_file(env: MountEnv) -> Iterator[MountEnv]:
+    env.put("w/file.dat", os.urandom(2 * MiB))
+    with env.mount():
+        yield env
+
+
+@pytest.mark.mount
+def test_status_watch_plain_lines_until_ctrl_c(mounted_with_a_file: MountEnv) -> None:
+    env = mounted_with_a_file
+    with subprocess.Popen(
+        [*MODELFS, "status", str(env.mountpoint), "--watch"], stdout=subprocess.PIPE, text=True
+    ) as watch:
+        try:
+            deadline = time.monotonic() + 30
+            first = read_until(watch.stdout, "upload queue: ", deadline)
+            assert "reads: 0 requests" in first
+            assert "latency: no reads yet" in first
+            assert "s, online)" in first
+            for figure in ("cache: ", "0B pinned", "latency: ", "fetched: ", "errors: none",
+                           "memory: "):  # fmt: skip
+                assert figure in first, figure
+            (env.mountpoint / "w" / "file.dat").read_bytes()
+            later = read_until(watch.stdout, "latest latency: p50 <= ", deadline)
+            assert "fetched: 2.0M in " in later
+            assert "reads/s" in later
+            watch.send_signal(signal.SIGINT)
+            assert watch.wait(timeout=10) == 0
+        finally:
+            watch.kill()
+
+
+@pytest.mark.mount
+def test_status_watch_json_lines(mounted_with_a_file: MountEnv) -> None:
+    env = mounted_with_a_file
+    with subprocess.Popen(
+        [*MODELFS, "status", str(env.mountpoint), "--watch", "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as watch:
+        try:
+            assert watch.stdout is not None
+            answers = [json.loads(watch.stdout.readline()) for _ in range(2)]
+            watch.send_signal(signal.SIGINT)
+            assert watch.wait(timeout=10) == 0
+        finally:
+            watch.kill()
+    assert answers[1]["uptime"] > answers[0]["uptime"]
+    assert answers[0]["offline"] is False
+    assert answers[0]["read_latency"]["count"] == 0
+
+
+@pytest.mark.mount
+def test_status_watch_live_on_a_terminal(mounted_with_a_file: MountEnv) -> None:
+    env = mounted_with_a_file
+    controller, terminal = pty.openpty()
+    watch = subprocess.Popen(
+        [*MODELFS, "status", str(env.mountpoint), "--watch"],
+        stdout=terminal,
+        stderr=terminal,
+        env={**os.environ, "TERM": "xterm", "COLUMNS": "160"},
+    )
+    os.close(terminal)
+    try:
+        shown = b""
+        deadline = time.monotonic() + 30
+        while b"upload queue" not in shown and time.monotonic() < deadline:
+            if select.select([controller], [], [], 1)[0]:
+                shown += os.read(controller, 65536)
+        assert b"upload queue" in shown
+        assert b"\x1b[" in shown  # drawn by rich, not printed as plain lines
+        assert b"--- " not in shown
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(timeout=10) == 0
+    finally:
+        watch.kill()
+        os.close(controller)
