@@ -441,7 +441,7 @@ def test_a_mount_of_the_services_manifest_lists_reads_exactly_and_is_read_only(
             lambda: (mountpoint / "model.pt").unlink(),
             lambda: (mountpoint / "cfg").rename(mountpoint / "cfg2"),
         ):
-            with pytest.raises(OSError) as refused:
+            with pytest.raises(OSError, match="Read-only file system") as refused:
                 attempt()
             assert refused.value.errno == errno.EROFS
         status = mounted.status()

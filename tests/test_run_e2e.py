@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -349,3 +350,27 @@ def test_a_run_section_is_the_same_short_line(setup: Setup) -> None:
     done = modelfs(setup.config, "run", "standin")
     assert done.returncode == 5, done.stderr
     assert "pass 1: verified 3 files" in done.stdout
+
+
+def test_run_as_typed_in_the_apps_directory_after_save(setup: Setup) -> None:
+    """`--save NAME` writes the working command line beside the app; then `modelfs run --
+    COMMAND` typed there (global options after the verb) starts the same run."""
+    first = run(setup, "--no-log", extra=("--save", "standin"))
+    assert first.returncode == 0, first.stderr
+    saved = setup.workdir / "modelfs.conf"
+    assert f"saved [run:standin] in {saved}" in first.stderr
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    text = saved.read_text()
+    assert f"remote = {setup.spec}\n" in text
+    assert "secret" not in text  # keys stay in the config file
+    assert "access_key" not in text
+
+    again = subprocess.run(
+        [sys.executable, "-m", "modelfs", "run", "--config", str(setup.config),
+         "--", sys.executable, STANDIN, "--no-log", "--exit-code", "4"],
+        cwd=setup.workdir, capture_output=True, text=True, timeout=WAIT_SECONDS * 2, check=False,
+    )  # fmt: skip
+    assert again.returncode == 4, again.stderr
+    assert "pass 1: verified 3 files" in again.stdout
+    assert "using [run:standin]: the run section of ./modelfs.conf" in again.stderr
+    assert find_mount(str(setup.mountpoint), read_mountinfo()) is None

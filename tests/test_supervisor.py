@@ -332,7 +332,7 @@ def test_inline_mount_and_durations() -> None:
         (["nope"], r"no \[run:nope\] section"),
         (["typo"], "unknown key 'comand'"),
         (["nocmd"], "no command to run"),
-        ([], "give a run section name or --mount"),
+        ([], r"no run section has workdir .*several \(index-tts, inline, typo"),
         (["--mount", "compshare:bucket", "/mnt/x"], "no command to run"),
         (
             ["--mount", "compshare:bucket", "/mnt/x", "--link", "cache_hub", "--", "x"],

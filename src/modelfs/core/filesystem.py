@@ -10,7 +10,7 @@ delegates, and holds no policy:
 - a file opened for writing, and every change (create, truncate, unlink, rename, mkdir, rmdir),
   goes to the `Writer`; a read-only mount's writer refuses them with EROFS.
 Returns plain values (`Attr`, bytes) and raises `ModelfsError`s; the FUSE adapter
-(`daemon.fuse_ops`) only translates.
+(`daemon.fuse_ops`) only translates. Each `read` is timed into `read_latency`.
 
 The kernel keeps its page cache across opens while the ETag is unchanged (keep_cache).
 """
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from modelfs.core import paths
 from modelfs.core.attributes import Attr, DirEntry, FsOptions, attributes
 from modelfs.core.inodes import ROOT_INODE, InodeTable, Node
+from modelfs.core.latency import LatencyHistogram
 from modelfs.core.namespace import Namespace
 from modelfs.core.overlay import Overlay
 from modelfs.errors import (
@@ -88,6 +89,7 @@ class Filesystem:
         self._next_fh = 1
         self._reads = 0
         self._bytes_read = 0
+        self.read_latency = LatencyHistogram()
         self._mount_time_ns = time.time_ns()
 
     # -- attributes ----------------------------------------------------------------------------
@@ -217,11 +219,15 @@ class Filesystem:
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self._files[fh]
         self._reads += 1
-        if handle.staged is not None:
-            data = self.writer.read(handle.staged, offset, size)
-        else:
-            assert handle.reader is not None
-            data = await handle.reader.read(offset, size)
+        started = time.perf_counter()
+        try:
+            if handle.staged is not None:
+                data = self.writer.read(handle.staged, offset, size)
+            else:
+                assert handle.reader is not None
+                data = await handle.reader.read(offset, size)
+        finally:
+            self.read_latency.observe(time.perf_counter() - started)
         self._bytes_read += len(data)
         return data
 

@@ -2,7 +2,8 @@
 
 `mount` runs in the foreground until unmounted, or with `--daemon` returns once the mount
 answers (see `spawn`). The others talk to a running mount through its control socket
-(`host.control`), or to the kernel (`unmount`). Heavy modules (pyfuse3, boto3) are imported
+(`host.control`), or to the kernel (`unmount`); `status` words its figures, once or live
+(`--watch`), with `statusview`. Heavy modules (pyfuse3, boto3) are imported
 only by `mount`, so `status` and `unmount` start fast.
 """
 
@@ -15,7 +16,6 @@ from typing import Any, TypeAlias
 
 from modelfs import console
 from modelfs.config import options
-from modelfs.config.units import format_size
 from modelfs.errors import ModelfsError, MountError
 from modelfs.host import control, mountinfo
 
@@ -41,7 +41,8 @@ def register(commands: Subparsers) -> None:
 
     status = commands.add_parser("status", help="statistics of a running mount")
     status.add_argument("mountpoint")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="JSON (with --watch: one per line)")
+    status.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
     status.set_defaults(func=cmd_status)
 
     sync = commands.add_parser("sync", help="wait until every written file is in the bucket")
@@ -86,11 +87,17 @@ def _ask(mountpoint: str, message: dict[str, Any], timeout: float | None = 10.0)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from modelfs.daemon import statusview  # rich: only for status
+
+    if args.watch:
+        return statusview.watch(
+            lambda: _ask(args.mountpoint, {"cmd": "status"}), json_lines=args.json
+        )
     answer = _ask(args.mountpoint, {"cmd": "status"})
     if args.json:
         print(json.dumps(answer, indent=2))
     else:
-        print_status(answer)
+        print(*statusview.status_lines(answer), sep="\n")
     return console.EXIT_OK
 
 
@@ -99,39 +106,3 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if not answer.get("ok"):
         raise ModelfsError(f"sync failed: {answer.get('error')}")
     return console.EXIT_OK
-
-
-def print_status(answer: dict[str, Any]) -> None:
-    where = f"{answer.get('source')} on {answer.get('mountpoint')}"
-    print(f"{where} (pid {answer.get('pid')}, up {answer.get('uptime')}s)")
-    cache = answer.get("cache", {})
-    if cache:
-        used, limit = format_size(cache["bytes"]), format_size(cache["max_bytes"])
-        print(
-            f"cache: {used} of {limit} in {cache['blocks']} blocks, {cache['hits']} hits,"
-            f" {cache['misses']} misses, {cache['evictions']} evictions, {cache['corrupt']} corrupt"
-        )
-    fs = answer.get("fs", {})
-    if fs:
-        print(
-            f"reads: {fs['reads']} requests, {format_size(fs['bytes_read'])} served,"
-            f" {fs['open_files']} files open, {format_size(fs['dropped_behind'])} of page cache"
-            " dropped behind readers"
-        )
-    fetcher = answer.get("fetcher", {})
-    if fetcher:
-        print(f"fetched: {format_size(fetcher['bytes_fetched'])} in {fetcher['gets']} GETs")
-    memory = answer.get("memory", {})
-    if memory:
-        print(
-            f"memory: {format_size(memory['in_use'])} in use of {format_size(memory['limit'])},"
-            f" peak {format_size(memory['peak'])}, {memory['waits']} waits for room"
-        )
-    upload = answer.get("writeback")
-    if upload:
-        queued = format_size(int(upload.get("bytes", 0)))
-        print(
-            f"upload queue: {upload.get('files', 0)} files, {queued},"
-            f" oldest {upload.get('oldest_age', 0):.0f}s,"
-            f" last error: {upload.get('last_error') or 'none'}"
-        )

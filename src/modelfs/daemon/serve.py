@@ -5,25 +5,27 @@ Order of a mount:
 2. `Mount` builds store -> cache -> fetcher -> read policy, namespace, writer -> filesystem
    core -> FUSE adapter. The writer is the write-back engine, or on a read-only mount the
    null writer that answers EROFS. Nothing is wired after construction.
-3. `serve` mounts, then runs in one nursery: the read policy (GETs, whole-file fetches), the
-   writer's uploads, the mount-time warm-up, signal handling, and readiness; the FUSE session
-   runs until unmounted.
+3. `serve` starts the `--metrics` server (a thread; failing to listen fails the mount before
+   anything is mounted), mounts, then runs in one nursery: the read policy (GETs, whole-file
+   fetches), the writer's uploads, the mount-time warm-up, signal handling, and readiness;
+   the FUSE session runs until unmounted.
 4. Ready: once a stat of the mountpoint answers (from a worker thread: the stat goes through
    our own loop), the kernel readahead is raised, the control socket opens, READY=1 goes to
    systemd and the `--daemon` parent is told.
 5. SIGINT/SIGTERM (or `modelfs unmount`): STOPPING=1, leave the FUSE loop, upload everything
-   written (`drain`, with a progress line), close the writer, unmount.
+   written (`drain`, with a progress line), close the writer, unmount, stop the metrics server.
+What the mount reports (`status`, `/metrics`) is one `figures()` snapshot (`daemon.figures`).
 This module is the only owner of these lifecycles: nothing else starts, drains or closes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from modelfs.config.units import format_size
 from modelfs.core.filesystem import Filesystem
 from modelfs.core.namespace import Namespace
 from modelfs.daemon import control_server
+from modelfs.daemon.figures import MountFigures
 from modelfs.daemon.fuse_ops import FuseOperations
 from modelfs.daemon.preflight import preflight
 from modelfs.daemon.settings import MountConfig
@@ -129,6 +132,25 @@ class Mount:
         return (await self.namespace.listing(directory)).files.values()
 
     async def serve(self) -> None:
+        with self._metrics():
+            await self._serve_fuse()
+
+    @contextlib.contextmanager
+    def _metrics(self) -> Iterator[None]:
+        """The `--metrics` server, around the whole life of the FUSE session."""
+        if self.config.metrics is None:
+            yield
+            return
+        from modelfs.daemon.metrics import MetricsServer, from_trio  # prometheus_client
+
+        token = trio.lowlevel.current_trio_token()
+        server = MetricsServer.start(self.config.metrics, from_trio(self.figures, token))
+        try:
+            yield
+        finally:
+            server.close()
+
+    async def _serve_fuse(self) -> None:
         mountpoint = str(self.config.mountpoint)
         pyfuse3.init(FuseOperations(self.fs), mountpoint, fuse_options(self.config))
         log.info("mounted %s on %s", self.config.source, mountpoint)
@@ -205,19 +227,24 @@ class Mount:
         return {"ok": False, "error": f"unknown command {command!r}"}
 
     def status(self) -> dict[str, Any]:
-        upload = self.writer.statistics()
-        return {
-            "pid": os.getpid(),
-            "source": self.config.source,
-            "mountpoint": str(self.config.mountpoint),
-            "uptime": round(time.time() - self.started, 1),
-            "cache": asdict(self.cache.statistics()),
-            "fetcher": asdict(self.fetcher.statistics()),
-            "memory": asdict(self.budget.statistics()),
-            "namespace": asdict(self.namespace.statistics()),
-            "fs": asdict(self.fs.statistics()) | asdict(self.reads.statistics()),
-            "writeback": asdict(upload) if upload is not None else None,
-        }
+        return self.figures().as_status()
+
+    def figures(self) -> MountFigures:
+        """Every part's statistics, taken together (trio thread)."""
+        return MountFigures(
+            pid=os.getpid(),
+            source=self.config.source,
+            mountpoint=str(self.config.mountpoint),
+            uptime=time.time() - self.started,
+            cache=self.cache.statistics(),
+            fetcher=self.fetcher.statistics(),
+            memory=self.budget.statistics(),
+            namespace=self.namespace.statistics(),
+            fs=self.fs.statistics(),
+            reads=self.reads.statistics(),
+            read_latency=self.fs.read_latency.statistics(),
+            writeback=self.writer.statistics(),
+        )
 
 
 def manifest_expectations(store: ObjectStore, spec: RemoteSpec) -> dict[str, tuple[int, str]]:

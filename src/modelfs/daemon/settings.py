@@ -43,6 +43,7 @@ class MountConfig:
     allow_non_empty: bool = False
     manifest_url: str | None = None  # SPEC was a manifest URL (read-only)
     token_file: str | None = None  # the link service's token, for `manifest_url`
+    metrics: tuple[str, int] | None = None  # where /metrics listens; None: off
 
     @property
     def source(self) -> str:
@@ -93,6 +94,7 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         allow_non_empty=args.allow_non_empty,
         manifest_url=manifest_url,
         token_file=args.token_file,
+        metrics=args.metrics,
     )
 
 

@@ -11,6 +11,7 @@ the log file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
 import subprocess
@@ -57,6 +58,8 @@ def spawn_daemon(args: argparse.Namespace, cache_dir: Path) -> int:
     if answer == "ok":
         return console.EXIT_OK
     message = answer.removeprefix("error: ")
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=10)  # its exit code says bad input (2) or a runtime failure (1)
     if not message:
         message = f"mount process exited with status {child.poll()}; see {log_file}"
     console.error_line(message)

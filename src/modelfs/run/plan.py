@@ -15,7 +15,8 @@ without a mount.
 Precedence, lowest first: the `[mount:NAME]` section a run section names, the run section, the
 command line. `--link` on the command line replaces the section's links as a whole (switching
 versions is `modelfs run index-tts --link cache_hub=cache_hub_v24`); words after the section name
-replace its command.
+replace its command. With no section name and no `--mount`/`--pull`, `run.sections` chooses
+the section (the app's own `modelfs.conf`, the one whose workdir is here, the only one).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelfs.config import options
+from modelfs.config.files import lay_over
 from modelfs.config.remote import normalize_spec
 from modelfs.config.units import parse_bool, parse_duration
 from modelfs.errors import ConfigError
@@ -36,6 +38,7 @@ from modelfs.host.control import canonical_mountpoint
 from modelfs.host.health import DEFAULT_PROBE_TIMEOUT
 from modelfs.host.mountinfo import find_mount
 from modelfs.run.links import LinkSpec, parse_link
+from modelfs.run.sections import choose_section
 
 _RUN_KEYS = frozenset(
     {"mount", "remote", "mountpoint", "link", "links", "workdir", "command", "pull", "into"}
@@ -77,6 +80,7 @@ class RunPlan:
     watch_interval: float = DEFAULT_WATCH_INTERVAL
     mount_section: str | None = None  # the [mount:NAME] it used, for unit ordering
     pull: PullTarget | None = None
+    chosen: str | None = None  # a section run chose itself: which, and why (for the log)
 
     @property
     def root(self) -> str:
@@ -168,10 +172,7 @@ def split_words(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     if args.mount or args.pull:
         return None, words[1:] if words[:1] == ["--"] else words
     if not words or words[0] == "--":
-        raise ConfigError(
-            "give a run section name or --mount REMOTE:BUCKET MOUNTPOINT "
-            "(or --pull SRC --into DIR)"
-        )
+        return None, words[1:]  # no name: `run.sections` chooses one
     name, rest = words[0], words[1:]
     options, command = (
         (rest[: rest.index("--")], rest[rest.index("--") + 1 :]) if "--" in rest else (rest, [])
@@ -188,14 +189,27 @@ def split_words(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 
 def plan_from_args(
-    args: argparse.Namespace, config: configparser.ConfigParser | None = None
+    args: argparse.Namespace,
+    config: configparser.ConfigParser | None = None,
+    project: configparser.ConfigParser | None = None,
+    *,
+    split: tuple[str | None, list[str]] | None = None,
 ) -> RunPlan:
     """Resolve `modelfs run` arguments (and a `[run:NAME]` section if named) into a RunPlan.
 
     With `--mount`, the words are the command. Without it, the first word names a run
-    section and the words after `--`, if any, replace its command.
+    section and the words after `--`, if any, replace its command; with no name, the section
+    is chosen (`run.sections`). `project` is the app's own `modelfs.conf`, laid over `config`.
+    `split` is `split_words(args)` if the caller has already called it.
     """
-    name, words = split_words(args)
+    name, words = split if split is not None else split_words(args)
+    chosen = None
+    if project is not None:
+        config = config or configparser.ConfigParser(interpolation=None)
+        lay_over(config, project)
+    if name is None and not (args.mount or args.pull):
+        choice = choose_section(config or configparser.ConfigParser(), project, os.getcwd())
+        name, chosen = choice.name, f"using [run:{choice.name}]: {choice.why}"
     items: dict[str, str] = {}
     given: options.Options = {}
     mount_section = None
@@ -250,6 +264,7 @@ def plan_from_args(
         watch_interval=seconds("watch-interval", args.watch_interval, DEFAULT_WATCH_INTERVAL),
         mount_section=mount_section,
         pull=pull,
+        chosen=chosen,
     )
 
 

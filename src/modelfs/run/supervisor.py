@@ -137,8 +137,9 @@ def supervise_app(plan: RunPlan, forwarder: SignalForwarder, keeper: MountKeeper
     return exit_status(returncode)
 
 
-def execute(plan: RunPlan) -> int:
-    """A whole run (steps 1-5 of the module docstring; with `--pull`, step 1 pulls)."""
+def execute(plan: RunPlan, before_app: Callable[[], None] | None = None) -> int:
+    """A whole run (steps 1-5 of the module docstring; with `--pull`, step 1 pulls).
+    `before_app` is called once the mount and the links are in place (`run --save`)."""
     forwarder = SignalForwarder()
     forwarder.install()
     keeper = None
@@ -161,6 +162,8 @@ def execute(plan: RunPlan) -> int:
                 if result.backup:
                     log.warning("moved %s aside to %s", result.path, result.backup)
             forwarder.raise_if_received()
+            if before_app is not None:
+                before_app()
             code = supervise_app(plan, forwarder, keeper)
         except Interrupted as exc:
             log.warning("%s before the app started", exc)

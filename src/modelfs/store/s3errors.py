@@ -7,6 +7,9 @@ into those errors, with a one-line message that names the endpoint, the bucket o
 what to check (credentials, bucket name); the original exception is kept as `__cause__` by
 `S3Errors.errors`, the context manager every S3 request runs in.
 
+`error_code` names a failure for counting (the metrics' errors by code): the S3 code of the
+response behind it, else the domain error's class.
+
 Conditional writes have their own outcomes (`write_condition_failed`,
 `write_conditions_refused`): S3 answers a condition that does not hold with 412, with 409 when
 a concurrent write to the key raced it, and with 404 for If-Match on a key that is gone; a
@@ -98,6 +101,20 @@ def code_and_status(exc: ClientError) -> tuple[str, int]:
     metadata: Any = exc.response.get("ResponseMetadata", {})
     status = int(metadata.get("HTTPStatusCode", 0))
     return str(error.get("Code") or status), status
+
+
+def error_code(exc: BaseException) -> str:
+    """'NoSuchKey', 'SlowDown', '503', ...: the S3 error code (or status) of the response
+    behind `exc`, found along its causes; else its class name ('StoreUnavailable' for a
+    connection that failed, 'StaleObject', ...)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ClientError):
+            return code_and_status(current)[0]
+        current = current.__cause__
+    return type(exc).__name__
 
 
 def write_condition_failed(exc: ClientError, *, if_match: bool) -> bool:

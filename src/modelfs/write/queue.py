@@ -33,6 +33,7 @@ import trio
 from modelfs.errors import ModelfsError
 from modelfs.objects import ObjectInfo
 from modelfs.store.protocol import ObjectStore, PendingUpload
+from modelfs.store.s3errors import error_code
 from modelfs.write.deletes import PendingDeletes, backoff
 from modelfs.write.files import NOTHING_WRITTEN, StagedFile, StagedFiles
 from modelfs.write.threads import ThreadRunner
@@ -62,6 +63,7 @@ class WriteBackStatistics:
     uploaded_bytes: int
     conflicts: int
     retries: int
+    errors: dict[str, int]  # failed upload attempts by error code (`store.s3errors`)
 
 
 @dataclass(eq=False)
@@ -128,6 +130,7 @@ class UploadQueue:
         )
         self._last_error: str | None = None
         self._uploaded_files = self._uploaded_bytes = self._conflicts = self._retries = 0
+        self._errors: dict[str, int] = {}
         files.reschedule = self.reschedule
         files.uploading = self.uploading
 
@@ -284,6 +287,8 @@ class UploadQueue:
         delay = backoff(item.attempts)
         item.not_before = trio.current_time() + delay
         self._last_error = f"{key}: {exc}"
+        code = error_code(exc)
+        self._errors[code] = self._errors.get(code, 0) + 1
         expected = isinstance(exc, ModelfsError | OSError)
         log.log(
             logging.WARNING if expected else logging.ERROR,
@@ -334,6 +339,7 @@ class UploadQueue:
             uploaded_bytes=self._uploaded_bytes,
             conflicts=self._conflicts,
             retries=self._retries,
+            errors=dict(self._errors),
         )
 
 
