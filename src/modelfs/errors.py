@@ -99,6 +99,13 @@ class CrossDevice(ModelfsError):
     errno = _errno.EXDEV
 
 
+class UnsafePath(ModelfsError):
+    """A directory or file other users could change (the control dir, the cache dir)."""
+
+    errno = _errno.EACCES
+    bad_input = True
+
+
 class MountError(ModelfsError):
     """The mountpoint or FUSE itself is not usable."""
 

@@ -1,9 +1,9 @@
 """Every check that can fail before mounting, each failure one line naming what to fix.
 
-In order: FUSE usable; the mountpoint usable (exists, a directory, empty unless allowed, not
-mounted, not a dead mount); the cache dir writable and not used by another mount (its lock is
-then held for the life of the mount); the bucket reachable with these credentials. Nothing is
-mounted before all of them pass.
+In order: FUSE usable; the control directory ours alone (`host.control`); the mountpoint
+usable (exists, a directory, empty unless allowed, not mounted, not a dead mount); the cache
+dir writable and not used by another mount (its lock is then held for the life of the mount);
+the bucket reachable with these credentials. Nothing is mounted before all of them pass.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def make_store(config: MountConfig) -> S3Store:
 def preflight(config: MountConfig) -> tuple[S3Store, int]:
     """Every check; returns the store and the fd of the cache root's lock (keep it open)."""
     check_fuse()
+    control.checked_dir(create=True)
     check_mountpoint(config.mountpoint, allow_non_empty=config.allow_non_empty)
     root = config.cache_root()
     check_cache_dir(root)
