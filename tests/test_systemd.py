@@ -67,6 +67,13 @@ def test_shipped_units_verify(tmp_path: Path, name: str) -> None:
     assert_clean(verify(tmp_path, name, instance))
 
 
+def test_the_mount_units_cache_and_files_are_private() -> None:
+    """systemd's CacheDirectory= is 0755 unless told; everything the mount creates is 0600."""
+    lines = mount_unit().splitlines()
+    assert "CacheDirectoryMode=0700" in lines
+    assert "UMask=0077" in lines
+
+
 def test_verify_does_catch_a_broken_unit(tmp_path: Path) -> None:
     broken = mount_unit(MODELFS).replace("Type=notify", "Type=notifyy\nRestartt=always")
     (tmp_path / "modelfs@.service").write_text(broken)

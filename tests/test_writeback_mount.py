@@ -12,6 +12,7 @@ import os
 import random
 import re
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -254,7 +255,9 @@ def test_conflict_keeps_the_remote_version_and_uploads_ours_aside(env: Env) -> N
 def test_disk_full_in_the_cache_gives_enospc_and_keeps_written_data(env: Env) -> None:
     small = env.cache_dir.parent / "smallcache"
     small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(small)], check=True
+    )
     try:
         env.seaweed.client().put_object(Bucket=env.bucket, Key="read.txt", Body=b"still readable")
         with env.mount("--write-back", "1h", cache_dir=small):
@@ -271,6 +274,36 @@ def test_disk_full_in_the_cache_gives_enospc_and_keeps_written_data(env: Env) ->
         assert env.object("first.bin") == first
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def assert_private(top: Path) -> None:
+    """Every directory under `top` is 0700 and every file 0600: only we can read or plant."""
+    wrong = []
+    for path in [top, *top.rglob("*")]:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if mode != (0o700 if path.is_dir() else 0o600):
+            wrong.append(f"{path.relative_to(top)} {mode:04o}")
+    assert wrong == []
+
+
+def test_cache_blocks_journal_staging_and_log_are_private(env: Env) -> None:
+    env.put("model.bin", random.Random(10).randbytes(3 * MiB))
+    umask = os.umask(0o022)  # what a mount inherits from a shell or a unit without UMask=
+    try:
+        with env.mount("--write-back", "1h"):
+            (env.mountpoint / "model.bin").read_bytes()
+            (env.mountpoint / "out.txt").write_text("staged, journaled, not uploaded")
+            deadline = time.monotonic() + 30
+            while len(list(env.cache_dir.rglob("*.blk"))) < 3:  # written in the background
+                assert time.monotonic() < deadline, "the blocks never reached the cache"
+                time.sleep(0.05)
+            assert list(env.cache_dir.rglob("journal.sqlite3-wal"))
+            assert list(env.cache_dir.rglob("staging/*"))
+            assert (env.cache_dir / "modelfs.log").stat().st_size > 0
+            assert_private(env.cache_dir)
+    finally:
+        os.umask(umask)
+    assert_private(env.cache_dir)
 
 
 def test_refused_operations_return_their_errno(env: Env) -> None:

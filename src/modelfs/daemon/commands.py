@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from typing import Any, TypeAlias
 
 from modelfs import console
@@ -56,6 +57,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     config = mount_config(args)
     if args.daemon:
         return spawn.spawn_daemon(args, config.cache_dir)
+    if args.log_file:
+        os.close(spawn.open_log(args.log_file))  # created private; logging appends to it
     console.setup_logging(level=args.log_level, log_file=args.log_file, verbose=args.verbose)
     ready_fd = spawn.parent_pipe()
 

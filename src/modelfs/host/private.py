@@ -13,7 +13,8 @@ put a symlink where modelfs is about to write. So, one rule each:
 - `open_new(path, flags)`: a new file, 0600, with O_EXCL|O_NOFOLLOW, so a planted file or
   symlink makes the open fail instead of being followed;
 - `replace_file(path, data)`: atomically replace `path` through a new temp file;
-- `open_log(path)`: a log file, 0600, never through a symlink.
+- `open_owned(path, flags)`: a file modelfs keeps (a log, the journal): created 0600, never
+  opened through a symlink, narrowed to 0600 if an older version left it wider (`narrow`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def require_dir(path: Path, what: str, forbidden: int = GROUP_OR_OTHERS_WRITE) -
         st = os.lstat(path)
     except OSError as exc:
         raise UnsafePath(f"{what} {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode):
+        raise UnsafePath(f"{what} {path} is not a directory")
     problem = _problem(st, forbidden)
     if problem is not None:
         raise UnsafePath(f"{what} {path} is not safe to use: {problem}")
@@ -57,8 +60,6 @@ def require_dir(path: Path, what: str, forbidden: int = GROUP_OR_OTHERS_WRITE) -
 def _problem(st: os.stat_result, forbidden: int) -> str | None:
     if stat.S_ISLNK(st.st_mode):
         return "it is a symlink (remove it)"
-    if not stat.S_ISDIR(st.st_mode):
-        return "it is not a directory"
     euid = os.geteuid()
     if st.st_uid != euid:
         return f"it belongs to uid {st.st_uid}, not to uid {euid} (remove it, or use another)"
@@ -72,7 +73,7 @@ def own_dir(path: Path, what: str) -> None:
     """A directory modelfs alone uses: create it (0700), check it is ours, narrow it to 0700."""
     make_dirs(path)
     require_dir(path, what, forbidden=0)
-    if stat.S_IMODE(os.stat(path).st_mode) != DIR_MODE:
+    if stat.S_IMODE(os.stat(path).st_mode) & GROUP_OR_OTHERS_ANY:
         os.chmod(path, DIR_MODE)
 
 
@@ -95,13 +96,31 @@ def replace_file(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-def open_log(path: Path | str) -> int:
-    """A log file to append to: created 0600, never opened through a symlink; one of ours
-    left wider by an older version is narrowed to 0600."""
-    fd = os.open(
-        path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
-    )
-    st = os.fstat(fd)
-    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != FILE_MODE:
-        os.fchmod(fd, FILE_MODE)
+def open_owned(path: Path | str, flags: int) -> int:
+    """Open (creating 0600) a file modelfs keeps; ELOOP if it is a symlink; one of ours left
+    wider by an older version is narrowed to 0600."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    try:
+        _narrow(fd)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
+
+
+def narrow(path: Path | str) -> None:
+    """Make an existing file of ours 0600 (nothing if it is missing, or a symlink)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        _narrow(fd)
+    finally:
+        os.close(fd)
+
+
+def _narrow(fd: int) -> None:
+    st = os.fstat(fd)
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) & GROUP_OR_OTHERS_ANY:
+        os.fchmod(fd, FILE_MODE)

@@ -79,6 +79,8 @@ NotifyAccess=main
 Environment=MODELFS_CONFIG={config}
 Environment=MODELFS_OPTIONS=
 CacheDirectory=modelfs/%i
+CacheDirectoryMode=0700
+UMask=0077
 ExecStartPre=-{FUSERMOUNT} -u -z ${{MODELFS_MOUNTPOINT}}
 ExecStart={modelfs} --config ${{MODELFS_CONFIG}} mount --cache-dir /var/cache/modelfs/%i \
 $MODELFS_OPTIONS ${{MODELFS_SOURCE}} ${{MODELFS_MOUNTPOINT}}

@@ -39,6 +39,7 @@ from typing import TypeVar, TypeVarTuple
 import trio
 
 from modelfs.errors import NotFound, StaleObject
+from modelfs.host import private
 from modelfs.memory import MemoryBudget
 from modelfs.objects import ObjectInfo
 from modelfs.store.protocol import ObjectStore
@@ -101,7 +102,7 @@ class WriteBack:
         self._wall = wall_clock
         self._listener = listener
         self._opening: dict[str, trio.Event] = {}
-        root.mkdir(parents=True, exist_ok=True)
+        private.make_dirs(root)
         area = StagingArea(root)
         try:
             journal = Journal(root, identity=identity)
