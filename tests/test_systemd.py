@@ -116,6 +116,7 @@ CONFIG = textwrap.dedent(
 def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "modelfs.conf"
     path.write_text(CONFIG.format(secret=SECRET_KEY))
+    path.chmod(0o600)
     return path
 
 

@@ -6,18 +6,28 @@ XDG_CONFIG_HOME defaults to `~/.config`. A file named explicitly (argument or en
 does not exist is an error rather than a silent fall-through to another file. The format is
 rclone's INI (see `config.remote`): sections without ':' are remotes, `[run:NAME]` and
 `[mount:NAME]` belong to `modelfs run` (see `run.plan`).
+
+A file that holds keys (`secret_access_key`, `session_token`) and that group or others can read
+gets one warning per process, as ssh warns of a private key others can read (modelfs still
+reads it: refusing would stop mounts that work today).
 """
 
 from __future__ import annotations
 
 import configparser
+import logging
 import os
+import stat
 from pathlib import Path
 
 from modelfs.config.remote import SUPPORTED_TYPE, RemoteConfig, RemoteSpec, parse_spec
 from modelfs.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 CONFIG_ENV = "MODELFS_CONFIG"
+_SECRET_KEYS = ("secret_access_key", "session_token")
+_warned_readable: set[Path] = set()
 # rclone writes this header in front of a config encrypted with `rclone config password`.
 _RCLONE_ENCRYPTED_HEADER = "RCLONE_ENCRYPT_V0:"
 
@@ -70,7 +80,33 @@ def load_config(explicit: str | None) -> configparser.ConfigParser:
     except configparser.Error as exc:
         first_line = str(exc).splitlines()[0]
         raise ConfigError(f"invalid config file {path}: {first_line}") from exc
+    _warn_if_others_can_read_keys(path, parser)
     return parser
+
+
+def _warn_if_others_can_read_keys(path: Path, parser: configparser.ConfigParser) -> None:
+    """One warning per file and process if it holds keys and group or others can read it."""
+    if path in _warned_readable:
+        return
+    holds_keys = any(
+        parser.get(name, key, fallback="").strip()
+        for name in parser.sections()
+        if ":" not in name
+        for key in _SECRET_KEYS
+    )
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return
+    if holds_keys and mode & 0o044:
+        _warned_readable.add(path)
+        log.warning(
+            "config file %s holds secret keys and group or others can read it (mode %04o): "
+            "chmod 600 %s",
+            path,
+            mode,
+            path,
+        )
 
 
 def new_parser() -> configparser.ConfigParser:
