@@ -12,10 +12,11 @@ Client settings, and why:
 TLS trust (`trusted_ca_bundle`): both lanes must trust the same CAs, or the lean lane's
 handshakes fail where botocore's succeed and every request pays a failed handshake before
 botocore sends it again. The bundle is resolved the way botocore resolves `verify`: the
-store's `ca_bundle` argument, else AWS_CA_BUNDLE or the profile's `ca_bundle`, else
-REQUESTS_CA_BUNDLE. The client gets it as `verify` (None when there is none, leaving botocore's
-default, its own bundle, untouched); the lean lane gets `lean_ca_bundle`, which names that
-default bundle explicitly.
+store's `ca_bundle` argument, else the remote's `ca_bundle` (its config section), else
+AWS_CA_BUNDLE or the profile's `ca_bundle`, else REQUESTS_CA_BUNDLE. A bundle named by the
+argument or the remote must exist (ConfigError otherwise, before any request). The client
+gets it as `verify` (None when there is none, leaving botocore's default, its own bundle,
+untouched); the lean lane gets `lean_ca_bundle`, which names that default bundle explicitly.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class S3Session:
         arguments = _session_arguments(config)
         core = botocore.session.get_session()  # what boto3 would create; kept to read settings
         self.boto3 = boto3.session.Session(botocore_session=core, **arguments)
-        self.ca_bundle = trusted_ca_bundle(ca_bundle, core)
+        self.ca_bundle = trusted_ca_bundle(ca_bundle or config.ca_bundle or None, core)
 
     @property
     def lean_ca_bundle(self) -> str:
@@ -77,6 +78,8 @@ class S3Session:
 def trusted_ca_bundle(explicit: str | None, core: botocore.session.Session) -> str | None:
     """The CA bundle botocore would verify HTTPS against, or None for its own default."""
     if explicit:
+        if not os.path.isfile(explicit):
+            raise ConfigError(f"ca_bundle {explicit} does not exist (or is not a file)")
         return explicit
     configured = core.get_config_variable("ca_bundle")  # AWS_CA_BUNDLE, then the profile
     if configured:
