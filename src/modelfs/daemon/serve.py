@@ -164,7 +164,6 @@ class Mount:
         control.write_state(
             self.mount_id,
             {
-                "pid": os.getpid(),
                 "spec": self.config.source,
                 "mountpoint": self.real_mountpoint,
                 "cache_dir": str(self.config.cache_root()),

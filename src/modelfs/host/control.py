@@ -71,7 +71,32 @@ def socket_path(ident: str) -> Path:
     return runtime_dir() / f"{ident}.sock"
 
 
-def _pid_alive(pid: int) -> bool:
+def process_start_time(pid: int) -> int | None:
+    """When process `pid` started (field 22 of /proc/PID/stat, clock ticks since boot); None if
+    there is no such process, or only its zombie. A pid the kernel gave to another process
+    since has another start time, so (pid, start time) names one process for good."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            text = file.read()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold anything, ')' and spaces too.
+    fields = text[text.rfind(b")") + 2 :].split()
+    if len(fields) < 20 or fields[0] == b"Z":  # fields[0] is field 3, the state
+        return None
+    return int(fields[19])
+
+
+def _alive(state: dict[str, Any]) -> bool:
+    """The process a state file names still runs: same pid and same start time."""
+    pid, started = state.get("pid"), state.get("start_time")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    return process_start_time(pid) == started if isinstance(started, int) else _pid_exists(pid)
+
+
+def _pid_exists(pid: int) -> bool:
+    """For a state file written before start times were recorded."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -91,14 +116,14 @@ def read_state(mountpoint: str | os.PathLike[str]) -> dict[str, Any] | None:
             state: dict[str, Any] = json.load(file)
     except (OSError, ValueError):
         return None
-    pid = state.get("pid")
-    if not isinstance(pid, int) or not _pid_alive(pid):
-        return None
-    return state
+    return state if _alive(state) else None
 
 
 def write_state(ident: str, state: dict[str, Any]) -> None:
+    """Record the mount served by this process (`pid` and `start_time` are added)."""
     checked_dir(create=True)
+    pid = os.getpid()
+    state = {**state, "pid": pid, "start_time": process_start_time(pid)}
     private.replace_file(state_path(ident), json.dumps(state).encode())
 
 

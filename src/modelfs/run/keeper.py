@@ -10,7 +10,6 @@ takeover. `Watchdog` checks every `watch_interval` while the app runs and heals 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -89,32 +88,43 @@ def pull_files(plan_config: str | None, src: str, into: str) -> None:
         raise PullFailed(f"pulling {src} into {into} failed (modelfs pull exit {returncode})")
 
 
-def _daemon_pid(mountpoint: str) -> int | None:
-    """The pid in the mount's state file, if the control module knows one."""
-    state = control.read_state(mountpoint)
-    pid = state.get("pid") if state else None
-    return pid if isinstance(pid, int) and pid > 0 else None
-
-
-def _is_modelfs_process(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return b"modelfs" in cmdline.read()
-    except OSError:
-        return False
-
-
 def stop_stale_daemon(mountpoint: str) -> None:
-    """SIGKILL the daemon of a dead/hung mount so its cache and session are released."""
-    pid = _daemon_pid(mountpoint)
-    if pid is None or not _is_modelfs_process(pid):
+    """SIGKILL the daemon of a dead/hung mount so its cache and session are released.
+
+    The state file names the daemon by pid and start time: a pid the kernel has since given
+    to another process is left alone (its start time differs), and so is a daemon whose state
+    file predates start times (the mount is detached all the same)."""
+    state = control.read_state(mountpoint)  # None if that process is gone
+    if state is None:
+        return
+    pid, started = state["pid"], state.get("start_time")
+    if not isinstance(started, int):
+        log.warning("not killing pid %d of %s: its start time is not recorded", pid, mountpoint)
         return
     log.warning("killing stuck modelfs daemon %d of %s", pid, mountpoint)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    if not _kill_if_started_at(pid, started):
+        return
     deadline = time.monotonic() + _STALE_DAEMON_EXIT_WAIT
-    while _is_modelfs_process(pid) and time.monotonic() < deadline:
+    while control.process_start_time(pid) == started and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def _kill_if_started_at(pid: int, started: int) -> bool:
+    """SIGKILL `pid` only if it is the process that started at `started`. The check and the
+    kill go through one pidfd, so the pid cannot be reused between them."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        if control.process_start_time(pid) != started:
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
 
 
 class MountKeeper:
