@@ -23,6 +23,7 @@ from modelfs.core.attributes import FsOptions
 from modelfs.core.filesystem import INTERNAL_FH, Filesystem
 from modelfs.core.inodes import ROOT_INODE
 from modelfs.core.namespace import SUBTREE_PAGES, Namespace
+from modelfs.daemon.fuse_ops import FuseOperations
 from modelfs.daemon.warmup import warm_up as warm_up_mount
 from modelfs.errors import NotFound, ReadOnly, StaleObject
 from modelfs.memory import MemoryBudget
@@ -1084,6 +1085,24 @@ async def test_opening_a_cached_object_to_append_reads_it_from_the_cache(
             engine.close()
         assert store.ops["iter_range"] == gets  # every block came from the cache
         nursery.cancel_scope.cancel()
+
+
+async def test_fsyncdir_reaches_the_writer_through_the_fuse_adapter(
+    store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel takes ENOSYS from fsyncdir for success: `mv tmp final; sync dir` must not
+    be a no-op. The adapter awaits the core, the core the writer (see test_writeback.py for
+    what the writer syncs)."""
+    fs = make_fs(store)
+    synced: list[str] = []
+
+    async def fsync_names() -> None:
+        synced.append("names")
+
+    monkeypatch.setattr(fs.writer, "fsync_names", fsync_names)
+    fh = await fs.opendir(ROOT_INODE)
+    await FuseOperations(fs).fsyncdir(fh, False)
+    assert synced == ["names"]
 
 
 async def test_a_read_only_core_refuses_every_change_with_erofs(store: MemoryStore) -> None:

@@ -837,6 +837,40 @@ async def test_fsynced_data_is_on_disk_and_journaled(
         assert (tmp_path / STAGING_DIR / row.staging).read_bytes() == b"durable"
 
 
+class RecordingRunner(InlineRunner):
+    """Remembers the name of every blocking call it ran."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    async def __call__(
+        self, fn: Callable[..., T], *args: object, limiter: trio.CapacityLimiter | None = None
+    ) -> T:
+        self.calls.append(getattr(fn, "__name__", "?"))
+        return await super().__call__(fn, *args, limiter=limiter)
+
+
+async def test_fsync_of_the_directory_makes_a_rename_durable(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The save pattern: write tmp, fsync it, rename it over the target, fsync the directory.
+    A rename is a journal transaction (the row moves); the directory's fsync syncs the journal
+    and the staging directory."""
+    runner = RecordingRunner()
+    store = make_store()
+    async with running(make_engine(store, tmp_path, runner, upload_delay=60.0)) as wb:
+        handle = await wb.open("model.json.tmp", None, truncate=True)
+        wb.write(handle, 0, b"{}")
+        await wb.fsync(handle)
+        wb.release(handle)
+        await wb.rename("model.json.tmp", "model.json")
+        runner.calls.clear()
+        await wb.fsync_names()
+        assert runner.calls == ["fsync_dir", "sync"]
+        assert [row.key for row in journal_rows(tmp_path)] == ["model.json"]
+
+
 def test_a_second_engine_on_the_same_root_is_refused(tmp_path: Path) -> None:
     first = WriteBack(make_store(), tmp_path)
     try:

@@ -217,6 +217,27 @@ def test_fsync_then_kill_9_is_recovered(env: Env) -> None:
         env.wait_for_object("fsynced.txt", b"durable after fsync")
 
 
+def test_the_save_pattern_with_a_directory_fsync_survives_kill_9(env: Env) -> None:
+    """write tmp, fsync, rename over the target, fsync the directory: what careful apps do."""
+    mounted = env.mount("--write-back", "1h")
+    with mounted:
+        fd = os.open(env.mountpoint / "state.json.tmp", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b'{"step": 2}')
+        os.fsync(fd)
+        os.close(fd)
+        os.rename(env.mountpoint / "state.json.tmp", env.mountpoint / "state.json")
+        directory = os.open(env.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        mounted.kill()
+        run_cli("unmount", env.mountpoint)
+    with env.mount():
+        env.wait_for_object("state.json", b'{"step": 2}')
+    assert env.bucket_keys() == ["state.json"]
+
+
 def test_kill_9_during_a_multipart_upload_leaves_nothing_billing(env: Env) -> None:
     data = random.Random(7).randbytes(80 * MiB)  # 5 parts of 16 MiB
     # Slow down part uploads so the kill lands in the middle of the multipart upload.

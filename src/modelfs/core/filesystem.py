@@ -302,6 +302,10 @@ class Filesystem:
         if handle is not None and handle.staged is not None:
             await self.writer.fsync(handle.staged)
 
+    async def fsyncdir(self, fh: int) -> None:
+        """fsync of a directory: the names changed so far (a rename the app made) are durable."""
+        await self.writer.fsync_names()
+
     async def unlink(self, parent_ino: int, name: str) -> None:
         parent = self.inodes.get(parent_ino)
         path = paths.join(parent.path, name)

@@ -5,6 +5,7 @@ FUSE-shaped calls here (this package never imports pyfuse3):
 
     core: lookup/getattr -> staged(key)     readdir -> staged_under(prefix)
           open for write -> open(key, base)  write/read/truncate/fsync/release -> same names
+          fsyncdir -> fsync_names
           unlink/rename of files -> unlink/rename (staged or not; the bucket side included)
           mkdir/rmdir -> make_directory/remove_directory (marker objects)
     daemon: run() for the life of the mount; drain() on unmount/SIGTERM/`modelfs sync`;
@@ -24,7 +25,8 @@ unlinked file or land under an old name.
 
 Durability promise (docs/writeback.md): a write() returns once its bytes are in the staging
 file and the file's journal row exists, so kill -9 loses nothing; fsync() returns once both
-are on disk, so a power loss after fsync loses nothing; nothing is dropped after failures.
+are on disk, so a power loss after fsync loses nothing; fsync of a directory (fsync_names)
+makes the renames and unlinks before it durable; nothing is dropped after failures.
 """
 
 from __future__ import annotations
@@ -213,6 +215,13 @@ class WriteBack:
             file.dir_synced = True
         if file.journaled:
             await self._run_sync(self._files.journal.sync)
+
+    async def fsync_names(self) -> None:
+        """Return once every create, rename and unlink so far survives a power loss: names
+        are journal rows (a rename moves a row, and queues the old key's delete, in one
+        transaction), and staging files are entries of the staging directory."""
+        await self._run_sync(self._files.area.fsync_dir)
+        await self._run_sync(self._files.journal.sync)
 
     def release(self, handle: WriteHandle) -> None:
         """Close a handle (never raises). A dirty file is due `upload_delay` later."""
