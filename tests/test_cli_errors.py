@@ -129,6 +129,14 @@ def test_mountpoint_not_empty(config: Path, workdir: Path, bucket: str) -> None:
     assert "not empty" in refused(*mount_args(config, workdir, f"test:{bucket}"))
 
 
+def test_bad_input_found_by_the_daemon_child_still_exits_2(
+    config: Path, workdir: Path, bucket: str
+) -> None:
+    """`--daemon` relays the child's one line and its exit code, not a generic 1."""
+    (workdir / "mnt" / "something").write_text("x")
+    assert run_cli(*mount_args(config, workdir, f"test:{bucket}")).returncode == 2
+
+
 def test_mountpoint_already_mounted(config: Path, workdir: Path, bucket: str) -> None:
     with Mounted(config, f"test:{bucket}", workdir / "mnt", workdir / "cache"):
         line = refused(*mount_args(config, workdir, f"test:{bucket}", "--cache-dir", "/tmp/x"))

@@ -11,6 +11,7 @@ the log file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
 import subprocess
@@ -53,6 +54,8 @@ def spawn_daemon(args: argparse.Namespace, cache_dir: Path) -> int:
     os.close(read_end)
     if answer == "ok":
         return console.EXIT_OK
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=10)  # it exits right after saying why: its code (2: bad input)
     message = answer.removeprefix("error: ")
     if not message:
         message = f"mount process exited with status {child.poll()}; see {log_file}"
