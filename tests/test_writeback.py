@@ -881,10 +881,29 @@ def test_a_second_engine_on_the_same_root_is_refused(tmp_path: Path) -> None:
     WriteBack(make_store(), tmp_path).close()  # free again after close (and after kill -9)
 
 
-def test_a_root_of_another_remote_is_refused(tmp_path: Path) -> None:
-    WriteBack(make_store(), tmp_path, identity="a:bucket").close()
-    with pytest.raises(ConfigError, match="a:bucket"):
-        WriteBack(make_store(), tmp_path, identity="b:bucket")
+def test_a_root_of_another_bucket_is_refused(tmp_path: Path) -> None:
+    WriteBack(make_store(), tmp_path, identity="https://s3.example|bucket").close()
+    with pytest.raises(ConfigError, match=r"belongs to 'https://s3.example\|bucket'"):
+        WriteBack(make_store(), tmp_path, identity="https://s3.example|other")
+
+
+@pytest.mark.parametrize("legacy", ["test:bucket", "test:bucket/a", "renamed:bucket/x/y"])
+def test_a_journal_of_the_same_bucket_from_before_is_taken_over(
+    tmp_path: Path, legacy: str
+) -> None:
+    """Journals used to name the remote and the prefix; any prefix of the bucket is the
+    same root now (it was already chosen by endpoint and bucket)."""
+    WriteBack(make_store(), tmp_path, identity=legacy).close()
+    WriteBack(make_store(), tmp_path, identity="http://127.0.0.1:1|bucket").close()
+    WriteBack(make_store(), tmp_path, identity="http://127.0.0.1:1|bucket").close()
+    with pytest.raises(ConfigError, match="belongs to"):
+        WriteBack(make_store(), tmp_path, identity="http://127.0.0.1:1|other")
+
+
+def test_a_journal_of_another_bucket_from_before_is_refused(tmp_path: Path) -> None:
+    WriteBack(make_store(), tmp_path, identity="test:other/a").close()
+    with pytest.raises(ConfigError, match="belongs to 'test:other/a'"):
+        WriteBack(make_store(), tmp_path, identity="http://127.0.0.1:1|bucket")
 
 
 # -- unlink and rename --------------------------------------------------------------------------

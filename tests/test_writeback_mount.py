@@ -238,6 +238,31 @@ def test_the_save_pattern_with_a_directory_fsync_survives_kill_9(env: Env) -> No
     assert env.bucket_keys() == ["state.json"]
 
 
+def test_two_prefixes_of_one_bucket_one_after_the_other_on_one_cache_dir(env: Env) -> None:
+    """Both prefixes use the bucket's cache root and its journal; what one left pending, the
+    other uploads. At the same time, the second mount is refused by the root's lock."""
+    first = env.mount("--write-back", "1h", prefix="a")
+    with first:
+        (env.mountpoint / "pending.txt").write_text("written under a/")
+        first.kill()  # kill -9: its journal row stays
+        run_cli("unmount", env.mountpoint)
+    with env.mount("--write-back", "0s", prefix="b"):
+        (env.mountpoint / "own.txt").write_text("written under b/")
+        env.wait_for_object("a/pending.txt", b"written under a/")
+        env.wait_for_object("b/own.txt", b"written under b/")
+        assert sorted(os.listdir(env.mountpoint)) == ["own.txt"]
+        other = env.mountpoint.parent / "mnt-a"
+        other.mkdir()
+        refused = run_cli(
+            "--config", env.config, "mount", "--daemon", "--cache-dir", env.cache_dir,
+            f"test:{env.bucket}/a", other,
+        )  # fmt: skip
+        assert refused.returncode == 2, refused.stderr
+        assert "is in use by another modelfs process" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    assert env.bucket_keys() == ["a/pending.txt", "b/own.txt"]
+
+
 def test_kill_9_during_a_multipart_upload_leaves_nothing_billing(env: Env) -> None:
     data = random.Random(7).randbytes(80 * MiB)  # 5 parts of 16 MiB
     # Slow down part uploads so the kill lands in the middle of the multipart upload.

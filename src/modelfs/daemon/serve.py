@@ -116,7 +116,7 @@ class Mount:
                 flush_interval=config.flush_interval,
                 listener=self.namespace,
                 source=self.fetcher.chunks,  # a file opened to append reads through the cache
-                identity=config.source,
+                identity=config.cache_identity,  # the root's: any prefix of the bucket
                 budget=self.budget,  # upload bodies count against --max-memory too
             )
         self.fs = Filesystem(self.namespace, self.reads, self.writer, config.fs)

@@ -40,10 +40,15 @@ class MountConfig:
     def source(self) -> str:
         return self.spec.source
 
+    @property
+    def cache_identity(self) -> str:
+        """What one cache root (blocks and write-back journal) belongs to: endpoint and bucket,
+        so mounts of different prefixes share blocks and each other's pending uploads."""
+        return f"{self.remote.endpoint or 'aws'}|{self.spec.bucket}"
+
     def cache_root(self) -> Path:
-        """One cache per (endpoint, bucket): mounts of different prefixes share blocks."""
-        ident = f"{self.remote.endpoint or 'aws'}|{self.spec.bucket}"
-        digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+        """One cache per (endpoint, bucket), named after `cache_identity`."""
+        digest = hashlib.sha256(self.cache_identity.encode()).hexdigest()[:16]
         return self.cache_dir / f"{self.spec.bucket[:32]}-{digest}"
 
 
