@@ -24,7 +24,7 @@ import pytest
 from modelfs.host import control
 from modelfs.host.health import MountStatus, check_mount
 from modelfs.host.mountinfo import find_mount, read_mountinfo
-from support import SeaweedServer
+from support import FaultProxy, SeaweedServer, method_is
 
 pytestmark = pytest.mark.mount
 
@@ -334,6 +334,32 @@ def test_keep_mounted_and_ready_under_systemd(setup: Setup, tmp_path: Path) -> N
     assert "READY=1" in messages[0].split("\n")
     assert "STOPPING=1" in messages[1].split("\n")
     assert setup.status() is MountStatus.HEALTHY  # --keep-mounted
+
+
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [("403", "access denied"), ("slow", "not done within 3s: 1 file(s)")],
+)
+def test_the_final_drain_is_bounded_reports_and_exits_1(
+    setup: Setup, proxy: FaultProxy, make_config: Callable[..., Path], fault: str, said: str
+) -> None:
+    """The app wrote its log, the bucket refuses it for good (or takes forever): `run` says
+    why, leaves the mount (the log stays staged) and exits 1, instead of hanging."""
+    if fault == "403":
+        proxy.fail_next(403, times=None, match=method_is("PUT"))
+    else:
+        proxy.delay_next(30.0, times=None, match=method_is("PUT"))
+    setup.config = make_config(setup.config.parent, proxy.endpoint, filename="proxy.conf")
+    setup.config.write_text(setup.config.read_text().replace("[test]", "[e2e]"))
+    started = time.monotonic()
+    done = run(setup, extra=("--drain-timeout", "3s", "--write-back", "0s"))
+    assert time.monotonic() - started < WAIT_SECONDS
+    assert done.returncode == 1, done.stderr
+    assert "log written" in done.stdout
+    assert said in done.stderr
+    assert "did not drain; leaving it mounted" in done.stderr
+    assert setup.status() is MountStatus.HEALTHY
+    proxy.clear_faults()
 
 
 def test_a_run_section_is_the_same_short_line(setup: Setup) -> None:

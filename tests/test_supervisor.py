@@ -284,6 +284,7 @@ CONFIG = textwrap.dedent(
     command = ./start.sh
     keep-mounted = true
     watch-interval = 2s
+    drain-timeout = 90s
 
     [run:typo]
     mount = compshare:bucket /mnt/models
@@ -402,6 +403,9 @@ def test_inline_mount_and_durations() -> None:
     assert result.target.spec == "compshare:bucket/models"
     assert result.keep_mounted
     assert result.watch_interval == 2.0
+    assert result.drain_timeout == 90.0
+    assert plan("inline", "--drain-timeout", "1h").drain_timeout == 3600.0
+    assert plan("index-tts").drain_timeout == 600.0  # the units' TimeoutStopSec
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from modelfs.errors import (
     NoSpace,
     NotFound,
     StoreUnavailable,
+    UploadFailed,
 )
 from modelfs.memory import MemoryBudget
 from modelfs.objects import ObjectInfo
@@ -611,23 +612,70 @@ async def test_unavailable_store_is_retried_with_backoff(
     assert stats.files == 0
 
 
-async def test_a_permanent_error_is_kept_and_never_drops_the_data(
+async def test_a_permanent_error_is_final_and_never_drops_the_data(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
+    """403: retrying cannot help until someone changes the policy. One attempt, then the file
+    waits, staged, with the error in the statistics; a drain (`modelfs sync`) tries it once
+    more and says why it failed, instead of waiting forever."""
     store = make_store()
     store.delay = denied = Outage("put_bytes", AccessDenied("AccessDenied: PutObject"))
     async with running(make_engine(store, tmp_path, upload_delay=0.0)) as wb:
         await write_file(wb, "a", b"data")
         await trio.sleep(3600)
         stats = wb.statistics()
+        assert denied.calls == 1  # not ~65 times an hour
         assert stats.files == 1
-        assert "AccessDenied" in (stats.last_error or "")
-        # 1+2+...+32 s, then once a minute: about 65 attempts in an hour, not thousands
-        assert 60 <= denied.calls <= 70
+        assert stats.failed == 1
+        assert stats.failures == ("a: AccessDenied: PutObject",)
         assert wb.staged("a") is not None
+        assert [row.key for row in journal_rows(tmp_path)] == ["a"]
+        with trio.fail_after(60), pytest.raises(UploadFailed, match="a: AccessDenied"):
+            await wb.drain()  # one more try, then the verdict
+        assert denied.calls == 2
         denied.error = None  # the policy is fixed
         await wb.drain()
+        assert wb.statistics().failures == ()
     assert store.data_of("a") == b"data"
+
+
+async def test_a_drain_waits_for_transient_failures_but_not_for_permanent_ones(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    store = make_store()
+    store.fail_next("put_bytes", StoreUnavailable("503 SlowDown"), times=2)
+    async with running(make_engine(store, tmp_path, upload_delay=60.0)) as wb:
+        await write_file(wb, "slow", b"1")
+        await wb.drain()  # waits out the 503s
+        assert store.data_of("slow") == b"1"
+        store.delay = Outage("put_bytes", AccessDenied("AccessDenied"))
+        await write_file(wb, "denied", b"2")
+        await write_file(wb, "also-denied", b"3")
+        with pytest.raises(UploadFailed, match=r"2 written file\(s\) or delete\(s\)"):
+            await wb.drain()
+        assert sorted(wb.statistics().failures) == [
+            "also-denied: AccessDenied",
+            "denied: AccessDenied",
+        ]
+
+
+async def test_a_delete_denied_for_good_does_not_hold_a_drain_forever(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    store = make_store()
+    async with running(make_engine(store, tmp_path, upload_delay=0.0)) as wb:
+        await write_file(wb, "old", b"x")
+        await wb.drain()
+        store.delay = denied = Outage("delete", AccessDenied("AccessDenied: DeleteObject"))
+        await wb.rename("old", "new")
+        with trio.fail_after(600), pytest.raises(UploadFailed, match="delete old"):
+            await wb.drain()
+        calls = denied.calls
+        await trio.sleep(3600)
+        assert denied.calls == calls  # not retried on its own
+        denied.error = None
+        await wb.drain()
+    assert store.keys() == ["new"]
 
 
 async def test_a_failed_multipart_is_aborted(

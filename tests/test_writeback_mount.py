@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support import FaultProxy, SeaweedServer
+from support import FaultProxy, SeaweedServer, method_is
 from support.mounting import MountEnv, run_cli
 
 pytestmark = pytest.mark.mount
@@ -350,6 +350,69 @@ def test_cache_blocks_journal_staging_and_log_are_private(env: Env) -> None:
     finally:
         os.umask(umask)
     assert_private(env.cache_dir)
+
+
+def test_a_permanent_403_holds_the_file_and_sync_says_so(env: Env) -> None:
+    """Uploads refused for good (403) are not retried on their own: the file stays staged,
+    `status` shows why, `sync` tries once more and fails in one line; once the policy is
+    fixed, `sync` uploads it."""
+    denied = env.proxy.fail_next(403, times=None, match=method_is("PUT"))
+    with env.mount("--write-back", "0s") as mounted:
+        (env.mountpoint / "report.json").write_text('{"ok": true}')
+        deadline = time.monotonic() + 30
+        while not mounted.status()["writeback"]["failures"]:
+            assert time.monotonic() < deadline, "the upload never failed"
+            time.sleep(0.1)
+        puts = env.proxy.count(method="PUT")
+        time.sleep(3)  # a retried upload would have been sent again by now (backoff 1 s, 2 s)
+        assert env.proxy.count(method="PUT") == puts
+        shown = run_cli("status", env.mountpoint)
+        assert "not uploaded, held until `modelfs sync` or the next mount: report.json:" in (
+            shown.stdout
+        )
+        synced = run_cli("sync", "--timeout", "60s", env.mountpoint)
+        assert synced.returncode == 1
+        assert synced.stderr.startswith(f"modelfs: error: sync of {env.mountpoint} failed: 1 ")
+        assert "report.json: access denied" in synced.stderr
+        assert len(synced.stderr.strip().splitlines()) == 1
+        env.proxy.remove_fault(denied)
+        assert run_cli("sync", env.mountpoint).returncode == 0
+        assert env.object("report.json") == b'{"ok": true}'
+
+
+def test_sync_timeout_gives_up_in_one_line(env: Env) -> None:
+    with env.mount("--write-back", "0s"):
+        env.proxy.delay_next(8.0, match=method_is("PUT"))  # a store far too slow for 2 s
+        (env.mountpoint / "stuck.txt").write_text("the store never answers")
+        started = time.monotonic()
+        synced = run_cli("sync", "--timeout", "2s", env.mountpoint)
+        assert time.monotonic() - started < 20
+        assert synced.returncode == 1
+        assert synced.stderr.strip() == (
+            f"modelfs: error: sync of {env.mountpoint} failed: not done within 2s: 1 file(s), "
+            "23B still to upload"
+        )
+    assert env.object("stuck.txt") == b"the store never answers"  # unmount waited for it
+
+
+def test_a_key_longer_than_s3_allows_is_refused_at_create_and_rename(env: Env) -> None:
+    with env.mount():
+        deep = env.mountpoint
+        for letter in "abcd":
+            deep = deep / (letter * 250)
+            deep.mkdir()  # markers of 251 bytes each: 1004 bytes of key so far
+        with pytest.raises(OSError, match="File name too long") as created:
+            (deep / ("x" * 30)).write_text("never")
+        assert created.value.errno == errno.ENAMETOOLONG
+        (deep / "ok").write_text("short enough")
+        with pytest.raises(OSError, match="File name too long") as renamed:
+            os.rename(deep / "ok", deep / ("y" * 30))
+        assert renamed.value.errno == errno.ENAMETOOLONG
+        with pytest.raises(OSError, match="File name too long") as made:
+            os.mkdir(deep / ("z" * 20))
+        assert made.value.errno == errno.ENAMETOOLONG
+        assert run_cli("sync", env.mountpoint).returncode == 0
+    assert env.bucket_keys()[-1] == f"{'a' * 250}/{'b' * 250}/{'c' * 250}/{'d' * 250}/ok"
 
 
 def test_refused_operations_return_their_errno(env: Env) -> None:

@@ -16,6 +16,9 @@ class ModelfsError(Exception):
 
     errno: int = _errno.EIO
     bad_input: bool = False  # the user must change something: exit code 2, not 1 (see console)
+    # The same request cannot succeed until something outside changes (a policy, the key, the
+    # bucket): an upload that failed so is not retried on its own (see write.queue).
+    permanent: bool = False
 
 
 class ConfigError(ModelfsError):
@@ -38,6 +41,7 @@ class NotFound(ModelfsError):
 
 class AccessDenied(ModelfsError):
     errno = _errno.EACCES
+    permanent = True
 
 
 class StaleObject(ModelfsError):
@@ -60,6 +64,7 @@ class Corrupt(ModelfsError):
 
 class BucketNotFound(ModelfsError):
     errno = _errno.ENOENT
+    permanent = True
 
 
 class ReadOnly(ModelfsError):
@@ -89,6 +94,20 @@ class AlreadyExists(ModelfsError):
 
 class InvalidArgument(ModelfsError):
     errno = _errno.EINVAL
+    permanent = True
+
+
+class NameTooLong(ModelfsError):
+    """A key longer than S3 allows (1024 bytes of UTF-8)."""
+
+    errno = _errno.ENAMETOOLONG
+    permanent = True
+
+
+class UploadFailed(ModelfsError):
+    """Written files that could not reach the bucket (they stay staged and journaled)."""
+
+    errno = _errno.EIO
 
 
 class NotSupported(ModelfsError):

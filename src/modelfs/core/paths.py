@@ -3,15 +3,20 @@
 A key maps to a path only if every '/'-separated segment is a usable file name: not empty, not
 '.' or '..', no NUL byte, at most 255 bytes in UTF-8 (NAME_MAX). Anything else is skipped with
 one warning per key, so a hostile or odd bucket can never make a name that escapes the mount.
+A name the mount is asked to make must be such a segment, and its key at most 1024 bytes
+(S3's limit): else EINVAL or ENAMETOOLONG at once, not an upload that fails later.
 """
 
 from __future__ import annotations
 
 import logging
 
+from modelfs.errors import NameTooLong
+
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255  # bytes per path segment, as Linux enforces for every name
+KEY_MAX = 1024  # bytes of UTF-8 per S3 key: a longer one is refused by S3 (KeyTooLongError)
 _warned: set[str] = set()
 
 
@@ -23,6 +28,14 @@ def valid_segment(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return len(encoded) <= NAME_MAX
+
+
+def check_key_length(key: str) -> None:
+    """NameTooLong (ENAMETOOLONG) for a key S3 would refuse: caught when the name is made, not
+    by an upload that could never succeed."""
+    length = len(key.encode("utf-8", "surrogateescape"))
+    if length > KEY_MAX:
+        raise NameTooLong(f"{key[:40]}...: its key is {length} bytes; S3 allows {KEY_MAX}")
 
 
 def warn_skipped(key: str) -> None:

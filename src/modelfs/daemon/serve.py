@@ -19,6 +19,7 @@ This module is the only owner of these lifecycles: nothing else starts, drains o
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import time
@@ -40,7 +41,7 @@ from modelfs.daemon.fuse_ops import FuseOperations
 from modelfs.daemon.preflight import preflight
 from modelfs.daemon.settings import MountConfig
 from modelfs.daemon.warmup import warm_up
-from modelfs.errors import ModelfsError, NotFound
+from modelfs.errors import ModelfsError, NotFound, UploadFailed
 from modelfs.host import control, mountinfo, notify
 from modelfs.memory import MemoryBudget, tune_malloc
 from modelfs.objects import ObjectInfo
@@ -187,7 +188,11 @@ class Mount:
                 f" (last error: {stats.last_error})" if stats.last_error else "",
             )
 
-        await self.writer.drain(progress, interval=2.0)
+        try:
+            await self.writer.drain(progress, interval=2.0)
+        except UploadFailed as exc:
+            log.error("%s in %s; the next mount uploads them", exc, self.config.cache_root())
+            return
         if pending.files or pending.deletes:
             log.info("all written files are in the bucket")
 
@@ -196,9 +201,23 @@ class Mount:
         if command == "status":
             return {"ok": True, **self.status()}
         if command == "sync":
-            await self.writer.drain()
-            return {"ok": True}
+            return await self._sync(request.get("timeout"))
         return {"ok": False, "error": f"unknown command {command!r}"}
+
+    async def _sync(self, within: object) -> dict[str, Any]:
+        """`modelfs sync [--timeout SECONDS]`: everything written so far in the bucket."""
+        limit = float(within) if isinstance(within, int | float) else math.inf
+        try:
+            with trio.move_on_after(limit) as waited:
+                await self.writer.drain()
+        except UploadFailed as exc:
+            return {"ok": False, "error": str(exc)}
+        if not waited.cancelled_caught:
+            return {"ok": True}
+        stats = self.writer.statistics()
+        left = f"{stats.files} file(s), {format_size(stats.bytes)}" if stats else "uploads"
+        error = f"; last error: {stats.last_error}" if stats and stats.last_error else ""
+        return {"ok": False, "error": f"not done within {limit:g}s: {left} still to upload{error}"}
 
     def status(self) -> dict[str, Any]:
         upload = self.writer.statistics()

@@ -65,6 +65,12 @@ def _register_run(commands: Subparsers) -> None:
     )
     parser.add_argument("--probe-timeout", metavar="DUR", default=None)
     parser.add_argument("--watch-interval", metavar="DUR", default=None)
+    parser.add_argument(
+        "--drain-timeout",
+        metavar="DUR",
+        default=None,
+        help="how long uploads may take after the app exits (default 10m); then exit 1",
+    )
     options.add_forwarded_arguments(parser)
     parser.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [-- COMMAND ...]")
     parser.set_defaults(func=handle_run, run_parser=parser)

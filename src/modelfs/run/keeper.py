@@ -11,6 +11,7 @@ takeover. `Watchdog` checks every `watch_interval` while the app runs and heals 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -130,10 +131,17 @@ def _kill_if_started_at(pid: int, started: int) -> bool:
 class MountKeeper:
     """Mounts `target` (once or again) and knows whether this run mounted it."""
 
-    def __init__(self, target: MountTarget, config: str | None, probe_timeout: float) -> None:
+    def __init__(
+        self,
+        target: MountTarget,
+        config: str | None,
+        probe_timeout: float,
+        drain_timeout: float = math.inf,
+    ) -> None:
         self.target = target
         self.config = config
         self.probe_timeout = probe_timeout
+        self.drain_timeout = drain_timeout
         self.mounted_here = False
         self.heals = 0
 
@@ -178,9 +186,11 @@ class MountKeeper:
         )
 
     def drain_and_unmount(self) -> bool:
-        """Wait for write-back, then unmount. False (and left mounted) if either fails."""
+        """Wait for write-back (at most `drain_timeout`), then unmount. False (and left
+        mounted, its files staged) if either fails; `modelfs sync` said why."""
         mountpoint = self.target.mountpoint
-        if run_modelfs(self.config, ["sync", mountpoint]) != 0:
+        limit = [] if math.isinf(self.drain_timeout) else ["--timeout", f"{self.drain_timeout}s"]
+        if run_modelfs(self.config, ["sync", *limit, mountpoint]) != 0:
             log.error("write-back of %s did not drain; leaving it mounted", mountpoint)
             return False
         if run_modelfs(self.config, ["unmount", mountpoint]) != 0:

@@ -39,12 +39,15 @@ from modelfs.run.links import LinkSpec, parse_link
 
 _RUN_KEYS = frozenset(
     {"mount", "remote", "mountpoint", "link", "links", "workdir", "command", "pull", "into"}
-    | {"move-aside", "keep-mounted", "probe-timeout", "watch-interval"}
+    | {"move-aside", "keep-mounted", "probe-timeout", "watch-interval", "drain-timeout"}
 )
 _MOUNT_KEYS = frozenset({"remote", "mountpoint"})
 # How often the watchdog stats the mount while the app runs: a dead mount is noticed within
 # this, and one stat every few seconds costs nothing measurable.
 DEFAULT_WATCH_INTERVAL = 5.0
+# How long the final drain (`modelfs sync` after the app exits) may take before the run gives
+# up, reports what is left and exits 1 (the files stay staged): the units' TimeoutStopSec.
+DEFAULT_DRAIN_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,7 @@ class RunPlan:
     keep_mounted: bool = False
     probe_timeout: float = DEFAULT_PROBE_TIMEOUT
     watch_interval: float = DEFAULT_WATCH_INTERVAL
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     mount_section: str | None = None  # the [mount:NAME] it used, for unit ordering
     pull: PullTarget | None = None
 
@@ -248,6 +252,7 @@ def plan_from_args(
         keep_mounted=flag("keep-mounted", args.keep_mounted),
         probe_timeout=seconds("probe-timeout", args.probe_timeout, DEFAULT_PROBE_TIMEOUT),
         watch_interval=seconds("watch-interval", args.watch_interval, DEFAULT_WATCH_INTERVAL),
+        drain_timeout=seconds("drain-timeout", args.drain_timeout, DEFAULT_DRAIN_TIMEOUT),
         mount_section=mount_section,
         pull=pull,
     )

@@ -143,7 +143,7 @@ def execute(plan: RunPlan) -> int:
     forwarder.install()
     keeper = None
     if plan.target is not None:
-        keeper = MountKeeper(plan.target, plan.config, plan.probe_timeout)
+        keeper = MountKeeper(plan.target, plan.config, plan.probe_timeout, plan.drain_timeout)
     try:
         try:
             if keeper is not None:

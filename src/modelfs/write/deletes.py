@@ -2,7 +2,9 @@
 
 A rename of a file the bucket has uploads it under its new key and must delete the old one.
 The delete is queued in the journal in the same transaction as the rename (so a crash cannot
-forget it), tried at once, and retried in the background with backoff until it succeeds. A key
+forget it), tried at once, and retried in the background with backoff until it succeeds, or
+until it fails for good (`ModelfsError.permanent`, e.g. access denied): then it stays
+journaled, in `failed`, until a drain (`retry_failed`) or the next mount tries it again. A key
 that is staged again meanwhile needs no delete: its upload replaces the object.
 """
 
@@ -13,6 +15,7 @@ from collections.abc import Callable
 
 import trio
 
+from modelfs.errors import ModelfsError
 from modelfs.store.protocol import ObjectStore
 from modelfs.write.files import StagedFiles
 from modelfs.write.threads import ThreadRunner
@@ -46,6 +49,7 @@ class PendingDeletes:
         self._limiter = limiter
         self._on_progress = on_progress
         self.pending: set[str] = set(files.journal.deletes())
+        self.failed: dict[str, str] = {}  # pending keys whose delete failed for good: why
         self.last_error: str | None = None
         self._queued = trio.Event()
 
@@ -60,14 +64,25 @@ class PendingDeletes:
             )
             self._queued.set()
 
+    @property
+    def waiting(self) -> set[str]:
+        """Pending deletes that will be tried again on their own."""
+        return self.pending - self.failed.keys()
+
+    def retry_failed(self) -> None:
+        """Try the deletes that failed for good once more (a drain)."""
+        if self.failed:
+            self.failed.clear()
+            self._queued.set()
+
     async def run(self) -> None:
         attempts = 0
         while True:
-            if not self.pending:
+            if not self.waiting:
                 self._queued = trio.Event()
                 await self._queued.wait()
             failed = False
-            for key in sorted(self.pending):
+            for key in sorted(self.waiting):
                 failed = not await self._try(key) or failed
             attempts = attempts + 1 if failed else 0
             if failed:
@@ -88,6 +103,9 @@ class PendingDeletes:
                 await self._run_sync(self._store.delete, key, limiter=self._limiter)
             except Exception as exc:
                 self.last_error = f"delete {key}: {exc}"
+                if isinstance(exc, ModelfsError) and exc.permanent:
+                    self.failed[key] = self.last_error
+                    self._on_progress()
                 return False
         self.last_error = None
         self._forget(key)
@@ -95,5 +113,6 @@ class PendingDeletes:
 
     def _forget(self, key: str) -> None:
         self.pending.discard(key)
+        self.failed.pop(key, None)
         self._files.journal.forget_delete(key)
         self._on_progress()

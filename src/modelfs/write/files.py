@@ -37,6 +37,7 @@ from modelfs.store.protocol import PendingUpload
 from modelfs.write import staging
 from modelfs.write.journal import Journal, JournalRow
 from modelfs.write.staging import StagingArea
+from modelfs.write.threads import ThreadRunner
 
 log = logging.getLogger(__name__)
 
@@ -277,3 +278,28 @@ class StagedFiles:
         self.by_key.clear()
         self.detached.clear()
         self.journal.close()
+
+
+@dataclass(eq=False)
+class UploadHooksOf:
+    """What one upload attempt of `file` may ask about it (`uploader.UploadHooks`): whether
+    its snapshot of `size` bytes is intact, and the journal bookkeeping of the attempt."""
+
+    files: StagedFiles
+    file: StagedFile
+    size: int
+    run_sync: ThreadRunner
+
+    def intact(self) -> bool:
+        return self.file.low_water >= self.size
+
+    def record_upload(self, upload: PendingUpload | None) -> None:
+        self.file.leftover_upload = upload
+        if self.file.journaled:
+            self.files.journal.set_upload(self.file.staging, upload)
+
+    def expect_ours(self, etag: str) -> None:
+        self.files.expect_ours(self.file, etag)
+
+    async def sync_journal(self) -> None:
+        await self.run_sync(self.files.journal.sync)
