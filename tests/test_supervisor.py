@@ -101,7 +101,7 @@ def test_verdicts() -> None:
     dead = verdict("/mnt/tts", "compshare:index-tts-data", Health.DEAD)
     assert dead.status is MountStatus.DEAD
     hung = verdict("/mnt/tts", "compshare:index-tts-data", Health.HUNG)
-    assert hung.status is MountStatus.DEAD
+    assert hung.status is MountStatus.HUNG
     failed = verdict("/mnt/tts", "compshare:index-tts-data", Health.FAILED)
     assert failed.status is MountStatus.UNUSABLE
 
@@ -242,6 +242,17 @@ def test_watchdog_heals_dead_and_missing_mounts_only() -> None:
     for _ in range(4):
         watchdog.tick()
     assert healed == [MountStatus.DEAD, MountStatus.NOT_MOUNTED]
+
+
+def test_watchdog_replaces_a_hung_mount_only_after_three_hung_probes_in_a_row() -> None:
+    hung, healthy = MountCheck(MountStatus.HUNG, "no answer"), MountCheck(MountStatus.HEALTHY, "")
+    states = iter([hung, hung, healthy, hung, hung, hung, healthy, hung])
+    healed: list[int] = []
+    tick = [0]
+    watchdog = Watchdog(lambda: next(states), lambda _: healed.append(tick[0]), interval=60)
+    for tick[0] in range(1, 9):
+        watchdog.tick()
+    assert healed == [6]  # one slow stat on a loaded machine never kills a live mount
 
 
 def test_watchdog_survives_a_failed_heal() -> None:

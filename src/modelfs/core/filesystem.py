@@ -123,7 +123,7 @@ class Filesystem:
 
     async def getattr(self, ino: int) -> Attr:
         node = self.inodes.get(ino)
-        if node.ino != ROOT_INODE:
+        if node.ino != ROOT_INODE:  # the root from memory: health probes stat it, store or not
             await self._refresh(node)
         return self.attr_of(node)
 

@@ -5,7 +5,8 @@ sync | unmount`), so the supervisor never holds a FUSE session, and a crash of t
 cannot take the supervisor down with it. `MountKeeper` decides from `host.health.check_mount`:
 a healthy mount of this spec is used as it is; a dead or hung one has its stuck daemon killed,
 is detached and mounted again; a missing one is mounted; anything else is an error, never a
-takeover. `Watchdog` checks every `watch_interval` while the app runs and heals a dead mount.
+takeover. `Watchdog` checks every `watch_interval` while the app runs and heals a dead mount
+at once, a hung one after a few hung probes in a row.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ from modelfs.run.plan import MountTarget
 
 log = logging.getLogger("modelfs.run")
 
+# A dead mount (its daemon gone) or a hung one (alive, but no answer within the probe timeout).
+_STUCK = (MountStatus.DEAD, MountStatus.HUNG)
+# A hung probe can be a loaded machine: the watchdog replaces a live mount only after this many
+# probes in a row did not answer (a dead one, or a missing one, at once).
+HUNG_PROBES_BEFORE_HEAL = 3
 # How long a SIGKILLed stuck mount daemon gets to disappear before we detach anyway; the kernel
 # reaps a killed FUSE daemon in milliseconds once its pending requests are aborted.
 _STALE_DAEMON_EXIT_WAIT = 5.0
@@ -156,7 +162,7 @@ class MountKeeper:
             return
         if state.status in (MountStatus.FOREIGN, MountStatus.UNUSABLE):
             raise MountInUse(f"{state.detail}; not taking it over")
-        if state.status is MountStatus.DEAD:
+        if state.status in _STUCK:
             log.warning(
                 "stale mount on %s (%s): detaching it", self.target.mountpoint, state.detail
             )
@@ -172,7 +178,7 @@ class MountKeeper:
         It does not make the mount this run's: a mount that was there before the run stays
         after it, even if its daemon had to be replaced.
         """
-        if state.status is MountStatus.DEAD:
+        if state.status in _STUCK:
             self._detach()
         self._mount()
         self._check_answers()
@@ -222,17 +228,22 @@ class MountKeeper:
 
 
 class Watchdog:
-    """Calls `check` every `interval` seconds in a thread and `heal` when the mount is gone."""
+    """Calls `check` every `interval` seconds in a thread, and `heal` when the mount is gone:
+    at once when it is dead or not mounted, after `hung_probes` hung probes in a row when it
+    does not answer (one slow stat on a loaded machine must not kill a live mount)."""
 
     def __init__(
         self,
         check: Callable[[], MountCheck],
         heal: Callable[[MountCheck], None],
         interval: float,
+        hung_probes: int = HUNG_PROBES_BEFORE_HEAL,
     ) -> None:
         self._check = check
         self._heal = heal
         self._interval = interval
+        self._hung_probes = hung_probes
+        self._misses = 0  # hung probes in a row
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="modelfs watchdog", daemon=True)
         self._reported: MountStatus | None = None
@@ -246,9 +257,18 @@ class Watchdog:
 
     def tick(self) -> None:
         state = self._check()
-        if state.status in (MountStatus.DEAD, MountStatus.NOT_MOUNTED):
+        self._misses = self._misses + 1 if state.status is MountStatus.HUNG else 0
+        if state.status is MountStatus.HUNG and self._misses < self._hung_probes:
+            log.warning(
+                "mount did not answer (%d of %d probes in a row): %s",
+                self._misses,
+                self._hung_probes,
+                state.detail,
+            )
+        elif state.status in (*_STUCK, MountStatus.NOT_MOUNTED):
             try:
                 self._heal(state)
+                self._misses = 0
             except (ModelfsError, OSError) as exc:
                 log.error("cannot heal the mount (will retry): %s", exc)
         elif state.status is not MountStatus.HEALTHY and state.status is not self._reported:
