@@ -419,6 +419,18 @@ def test_inline_mount_and_durations() -> None:
     assert plan("index-tts").drain_timeout == 600.0  # the units' TimeoutStopSec
 
 
+def test_the_app_user_and_an_external_mount() -> None:
+    argv = ("--mount", "r:bucket", "/m", "--allow-other", "--user", "nobody", "--", "x")
+    assert plan(*argv).user == "nobody"
+    assert plan(*argv).external_mount is False
+    assert plan("--external-mount", *argv).external_mount is True
+    assert plan("--mount", "r:bucket", "/m", "--user", "root", "--", "x").user == "root"
+    with pytest.raises(ConfigError, match="needs allow-other = true for the mount of r:bucket"):
+        plan("--mount", "r:bucket", "/m", "--user", "nobody", "--", "x")
+    with pytest.raises(ConfigError, match="user 'no-such-user' does not exist"):
+        plan("--mount", "r:bucket", "/m", "--allow-other", "--user", "no-such-user", "--", "x")
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

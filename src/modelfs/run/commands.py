@@ -63,6 +63,15 @@ def _register_run(commands: Subparsers) -> None:
     parser.add_argument(
         "--keep-mounted", action="store_true", help="leave a mount this run made mounted"
     )
+    parser.add_argument(
+        "--user", metavar="NAME", default=None, help="run the app as NAME (run itself is root)"
+    )
+    parser.add_argument(
+        "--external-mount",
+        action="store_true",
+        help="the mount has another owner (its systemd unit): use it, never mount, heal or "
+        "unmount it",
+    )
     parser.add_argument("--probe-timeout", metavar="DUR", default=None)
     parser.add_argument("--watch-interval", metavar="DUR", default=None)
     parser.add_argument(

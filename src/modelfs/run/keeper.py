@@ -143,11 +143,14 @@ class MountKeeper:
         config: str | None,
         probe_timeout: float,
         drain_timeout: float = math.inf,
+        *,
+        external: bool = False,
     ) -> None:
         self.target = target
         self.config = config
         self.probe_timeout = probe_timeout
         self.drain_timeout = drain_timeout
+        self.external = external  # another owner mounts and heals it: only use it
         self.mounted_here = False
         self.heals = 0
 
@@ -155,13 +158,19 @@ class MountKeeper:
         return check_mount(self.target.mountpoint, self.target.spec, timeout=self.probe_timeout)
 
     def ensure(self) -> None:
-        """Step 1 of a run: leave a healthy mount alone, heal a dead one, mount a missing one."""
+        """Step 1 of a run: leave a healthy mount alone, heal a dead one, mount a missing one;
+        with `external`, only use a healthy one (its owner, e.g. its unit, does the rest)."""
         state = self.check()
         if state.status is MountStatus.HEALTHY:
             log.info("%s is already mounted on %s", self.target.spec, self.target.mountpoint)
             return
         if state.status in (MountStatus.FOREIGN, MountStatus.UNUSABLE):
             raise MountInUse(f"{state.detail}; not taking it over")
+        if self.external:
+            raise MountFailed(
+                f"{self.target.mountpoint} is {state.status.value} ({state.detail}) and its "
+                "owner (--external-mount: the mount's own unit) mounts it, not this run"
+            )
         if state.status in _STUCK:
             log.warning(
                 "stale mount on %s (%s): detaching it", self.target.mountpoint, state.detail
