@@ -415,6 +415,24 @@ def test_a_key_longer_than_s3_allows_is_refused_at_create_and_rename(env: Env) -
     assert env.bucket_keys()[-1] == f"{'a' * 250}/{'b' * 250}/{'c' * 250}/{'d' * 250}/ok"
 
 
+def test_a_name_that_is_not_utf8_is_einval_not_eio_with_a_traceback(env: Env) -> None:
+    env.put("ok.txt", b"x")
+    with env.mount("--write-back", "0s"):
+        mp = os.fsencode(env.mountpoint)
+        bad = mp + b"/\xffname"
+        for action in (
+            lambda: os.close(os.open(bad, os.O_WRONLY | os.O_CREAT, 0o644)),
+            lambda: os.mkdir(bad),
+            lambda: os.rename(mp + b"/ok.txt", bad),
+        ):
+            with pytest.raises(OSError, match="Invalid argument"):
+                action()
+        assert run_cli("sync", "--timeout", "30s", env.mountpoint).returncode == 0
+    log = (env.cache_dir / "modelfs.log").read_text()
+    assert "Traceback" not in log
+    assert env.bucket_keys() == ["ok.txt"]
+
+
 def test_refused_operations_return_their_errno(env: Env) -> None:
     client = env.seaweed.client()
     client.put_object(Bucket=env.bucket, Key="dir/file.txt", Body=b"x")

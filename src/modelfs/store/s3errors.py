@@ -84,8 +84,9 @@ CREDENTIAL_CODES = frozenset(
 )
 # Failures of the connection itself, while sending or while reading a body.
 TRANSPORT_ERRORS = (BotoCoreError, urllib3.exceptions.HTTPError, OSError)
-# Everything a boto3 call raises that `S3Errors.translate` knows how to explain.
-S3_FAILURES = (ClientError, *TRANSPORT_ERRORS)
+# Everything a boto3 call raises that `S3Errors.translate` knows how to explain (botocore
+# raises UnicodeEncodeError for a key that is not UTF-8, before sending anything).
+S3_FAILURES = (ClientError, UnicodeEncodeError, *TRANSPORT_ERRORS)
 
 # A conditional write's condition did not hold (S3: 412; 409 when a concurrent write to the
 # key raced it; 404 for If-Match on a key that no longer exists).
@@ -152,6 +153,8 @@ class S3Errors:
                 f"no credentials found for remote {self.remote!r}: set access_key_id and "
                 f"secret_access_key in its config section, or AWS credentials in the environment"
             )
+        if isinstance(exc, UnicodeEncodeError):
+            return InvalidArgument(f"{operation} {self.where(key)!r}: the key is not UTF-8")
         if isinstance(exc, ParamValidationError):
             detail = one_line(str(exc))
             return InvalidArgument(f"invalid S3 request {operation} {self.where(key)}: {detail}")
