@@ -44,6 +44,13 @@ class AccessDenied(ModelfsError):
     permanent = True
 
 
+class ClockSkew(AccessDenied):
+    """The store refused a request as signed too far from its own time (RequestTimeTooSkewed):
+    not permanent, since the clock gets set right (NTP) and then the same request works."""
+
+    permanent = False
+
+
 class StaleObject(ModelfsError):
     """The object changed in the bucket while a handle still refers to its old version."""
 

@@ -7,6 +7,9 @@ into those errors, with a one-line message that names the endpoint, the bucket o
 what to check (credentials, bucket name); the original exception is kept as `__cause__` by
 `S3Errors.errors`, the context manager every S3 request runs in.
 
+RequestTimeTooSkewed is `ClockSkew`, which says "clock skew" and by how much when the answer
+carries RequestTime and ServerTime, instead of "access denied".
+
 Conditional writes have their own outcomes (`write_condition_failed`,
 `write_conditions_refused`): S3 answers a condition that does not hold with 412, with 409 when
 a concurrent write to the key raced it, and with 404 for If-Match on a key that is gone; a
@@ -18,6 +21,7 @@ Stateless apart from the names it quotes; thread safe.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -34,9 +38,11 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from modelfs.config.units import format_duration
 from modelfs.errors import (
     AccessDenied,
     BucketNotFound,
+    ClockSkew,
     InvalidArgument,
     ModelfsError,
     NameTooLong,
@@ -59,7 +65,7 @@ ERROR_FOR_CODE: dict[str, type[ModelfsError]] = {
     "ExpiredToken": AccessDenied,
     "InvalidToken": AccessDenied,
     "TokenRefreshRequired": AccessDenied,
-    "RequestTimeTooSkewed": AccessDenied,
+    "RequestTimeTooSkewed": ClockSkew,
     "403": AccessDenied,
     "PreconditionFailed": StaleObject,
     "412": StaleObject,
@@ -173,7 +179,20 @@ class S3Errors:
             kind = StoreUnavailable if status >= 500 else ModelfsError
         if kind is NotFound:
             kind = missing
+        if kind is ClockSkew:
+            return ClockSkew(self._skew_message(error))
         return kind(self._response_message(kind, code, operation, key, error.get("Message")))
+
+    def _skew_message(self, error: Any) -> str:
+        """How far this machine's clock is from the store's, when the store says."""
+        allowed = f"{self.endpoint} refuses requests signed more than 15 minutes off its time"
+        skew = clock_skew(error.get("RequestTime"), error.get("ServerTime"))
+        if skew is None:
+            mine = "this machine's clock is too far from the store's"
+        else:
+            side = "ahead of" if skew > 0 else "behind"
+            mine = f"this machine's clock is {format_duration(skew)} {side} {self.endpoint}"
+        return f"clock skew: {mine} ({allowed}); set the time (NTP) (RequestTimeTooSkewed)"
 
     def _response_message(
         self,
@@ -213,6 +232,27 @@ class S3Errors:
             f"connection to S3 endpoint {self.endpoint} failed during "
             f"{operation} {self.where(key)}: {one_line(str(exc))}"
         )
+
+
+_TIME_FORMATS = ("%Y%m%dT%H%M%SZ", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def clock_skew(request_time: object, server_time: object) -> float | None:
+    """Seconds our request's time was ahead of the server's (negative: behind), from the
+    RequestTime and ServerTime of a RequestTimeTooSkewed answer; None if either is missing."""
+    times = [_parse_time(value) for value in (request_time, server_time)]
+    if times[0] is None or times[1] is None:
+        return None
+    return (times[0] - times[1]).total_seconds()
+
+
+def _parse_time(value: object) -> datetime.datetime | None:
+    for layout in _TIME_FORMATS:
+        try:
+            return datetime.datetime.strptime(str(value), layout)
+        except ValueError:
+            continue
+    return None
 
 
 def one_line(text: str) -> str:
