@@ -12,6 +12,7 @@ when everything waits on time: due times and backoffs are asserted exactly.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from modelfs.errors import (
 from modelfs.memory import MemoryBudget
 from modelfs.objects import ObjectInfo
 from modelfs.store.protocol import PendingUpload
+from modelfs.write import queue as queue_module
+from modelfs.write.deletes import backoff
 from modelfs.write.engine import WriteBack, WriteBackStatistics, WriteHandle
 from modelfs.write.journal import Journal, JournalRow
 from modelfs.write.staging import STAGING_DIR
@@ -592,9 +595,20 @@ async def test_without_conditional_writes_such_a_change_is_overwritten(
 # -- failures and retries -----------------------------------------------------------------------
 
 
+def test_backoff_doubles_up_to_a_minute_with_jitter() -> None:
+    assert [backoff(n, jitter=lambda: 1.0) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert [backoff(n, jitter=lambda: 0.0) for n in range(1, 9)] == [
+        0.5, 1, 2, 4, 8, 16, 30, 30,
+    ]  # fmt: skip
+    spread = {backoff(3) for _ in range(100)}
+    assert len(spread) > 50  # two files failing together do not retry together
+    assert all(2.0 <= delay <= 4.0 for delay in spread)
+
+
 async def test_unavailable_store_is_retried_with_backoff(
-    tmp_path: Path, autojump_clock: trio.testing.MockClock
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(queue_module, "backoff", functools.partial(backoff, jitter=lambda: 1.0))
     store = make_store()
     store.fail_next("put_bytes", StoreUnavailable("503 SlowDown"), times=3)
     async with running(make_engine(store, tmp_path, upload_delay=0.0)) as wb:

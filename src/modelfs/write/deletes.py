@@ -1,4 +1,4 @@
-"""The deletes a rename still owes the bucket, and the retry backoff of write-back.
+"""The deletes a rename still owes the bucket, and the retry backoff (with jitter) of write-back.
 
 A rename of a file the bucket has uploads it under its new key and must delete the old one.
 The delete is queued in the journal in the same transaction as the rename (so a crash cannot
@@ -11,6 +11,7 @@ that is staged again meanwhile needs no delete: its upload replaces the object.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 
 import trio
@@ -27,10 +28,13 @@ BACKOFF_MAX = 60.0  # a bucket down for an hour is retried every minute, not ham
 _BACKOFF_DOUBLINGS = 6  # 2**6 s > BACKOFF_MAX: no need for bigger powers
 
 
-def backoff(attempts: int) -> float:
-    """Seconds to wait after the `attempts`-th failure in a row: 1, 2, 4, ... capped."""
+def backoff(attempts: int, jitter: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after the `attempts`-th failure in a row: 1, 2, 4, ... capped at 60,
+    each scaled at random into [1/2, 1] of itself ("equal jitter"): files that failed together
+    (a store that went down under many uploads, or many mounts) do not retry in lockstep."""
     doublings = min(max(attempts - 1, 0), _BACKOFF_DOUBLINGS)
-    return min(BACKOFF_FIRST * (1 << doublings), BACKOFF_MAX)
+    delay = min(BACKOFF_FIRST * (1 << doublings), BACKOFF_MAX)
+    return delay * (0.5 + 0.5 * jitter())
 
 
 class PendingDeletes:
