@@ -6,6 +6,9 @@ Client settings, and why:
 - path-style addressing whenever an endpoint is configured: S3-compatible servers rarely
   resolve bucket.host names;
 - botocore's "standard" retries (5xx, throttling, broken connections), `max_attempts` in all;
+- TCP keepalive on its pooled connections (`tcp_keepalive`). botocore has no idle limit for
+  its pool (the lean lane's has one, see `http`); urllib3 checks that a pooled connection is
+  still open before it reuses it, and a request on one dropped silently is retried;
 - no per-request checksums: they cost CPU on every byte and break on S3-compatible servers that
   do not know them; a ranged GET carries If-Match, so the bytes are of the version asked for.
 
