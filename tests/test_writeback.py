@@ -27,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fakes.memstore import MemoryStore, md5_etag, multipart_etag
+from modelfs.cache.disk import DiskBlockCache
 from modelfs.errors import (
     AccessDenied,
     ConfigError,
@@ -37,7 +38,7 @@ from modelfs.errors import (
     UploadFailed,
 )
 from modelfs.memory import MemoryBudget
-from modelfs.objects import ObjectInfo
+from modelfs.objects import ObjectId, ObjectInfo
 from modelfs.store.protocol import PendingUpload
 from modelfs.write import queue as queue_module
 from modelfs.write.deletes import backoff
@@ -1243,6 +1244,54 @@ async def test_fetching_an_object_bigger_than_the_free_space_fails_cleanly(
         await write_file(wb, "small", b"still works once space is back")
         await wb.drain()
     assert store.data_of("small") == b"still works once space is back"
+
+
+def fill_with_blocks(cache: DiskBlockCache) -> int:
+    """Put blocks until the disk is full; how many made it."""
+    for index in range(10_000):
+        cache.put(ObjectId("model.bin", '"v1"'), index, os.urandom(32 << 10))
+        if cache.statistics().write_errors:
+            return cache.statistics().blocks
+    raise AssertionError("the disk never filled up")
+
+
+@pytest.mark.parametrize("room", [True, False])
+async def test_the_block_cache_gives_room_back_to_write_back_on_a_full_disk(
+    tiny_disk: Path, autojump_clock: trio.testing.MockClock, room: bool
+) -> None:
+    """Written data matters more than cached blocks, which can be fetched again: a staging
+    write (or a copy into staging) that finds the disk full makes the cache give back blocks
+    and is tried once more. (The mount passes the cache's `give_back`: write/ never imports
+    cache/.)"""
+    store = make_store()
+    base = store.put_bytes("log.txt", os.urandom(96 << 10))
+    cache = DiskBlockCache(tiny_disk / "blocks", 32 << 10, 64 << 20)
+    make_room = cache.give_back if room else None
+    data = os.urandom(160 << 10)
+    try:
+        async with running(
+            make_engine(store, tiny_disk / "writeback", make_room=make_room, upload_delay=60.0)
+        ) as wb:
+            blocks = fill_with_blocks(cache)
+            handle = await wb.open("out.bin", None)
+            if not room:  # as before: ENOSPC, or a short write of what fit
+                try:
+                    written = wb.write(handle, 0, data)
+                except NoSpace:
+                    written = 0
+                assert written < len(data)
+                return
+            assert wb.write(handle, 0, data) == len(data)
+            appended = await wb.open("log.txt", base, append=True)  # a copy into staging
+            assert wb.read(appended, 0, base.size) == store.data_of("log.txt")
+            for opened in (handle, appended):
+                wb.release(opened)
+            await wb.drain()
+    finally:
+        cache.close()
+    assert store.data_of("out.bin") == data
+    assert cache.statistics().blocks < blocks
+    assert cache.statistics().evictions > 0
 
 
 async def test_a_new_file_over_a_name_whose_delete_is_pending_replaces_it(

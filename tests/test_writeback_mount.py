@@ -332,6 +332,33 @@ def assert_private(top: Path) -> None:
     assert wrong == []
 
 
+def test_a_full_cache_disk_gives_blocks_back_to_written_files(env: Env) -> None:
+    """Blocks can be fetched again, written bytes cannot: on a full cache disk a write makes
+    the block cache give room back instead of failing with ENOSPC."""
+    small = env.cache_dir.parent / "smallcache"
+    small.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m,mode=0700", "tmpfs", str(small)], check=True
+    )
+    try:
+        model = random.Random(11).randbytes(7 * MiB)
+        env.put("model.bin", model)
+        with env.mount("--write-back", "1h", "--cache-max-size", "1G", cache_dir=small):
+            assert (env.mountpoint / "model.bin").read_bytes() == model
+            deadline = time.monotonic() + 30
+            while len(list(small.rglob("*.blk"))) < 7:
+                assert time.monotonic() < deadline, "the blocks never reached the cache"
+                time.sleep(0.05)
+            out = random.Random(12).randbytes(8 * MiB)  # more than is left on the disk
+            (env.mountpoint / "out.bin").write_bytes(out)
+            assert run_cli("sync", env.mountpoint).returncode == 0
+            assert len(list(small.rglob("*.blk"))) < 7
+        assert env.object("out.bin") == out
+        assert "evicted" in (small / "modelfs.log").read_text()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
 def test_cache_blocks_journal_staging_and_log_are_private(env: Env) -> None:
     env.put("model.bin", random.Random(10).randbytes(3 * MiB))
     umask = os.umask(0o022)  # what a mount inherits from a shell or a unit without UMask=

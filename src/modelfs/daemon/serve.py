@@ -2,6 +2,8 @@
 
 Order of a mount:
 1. `preflight` (see there): every check that can fail, before anything is mounted.
+   (Wiring that crosses layers is done here: on a full cache disk the writer asks for room,
+   and the block cache gives blocks back; write/ never imports cache/.)
 2. `Mount` builds store -> cache -> fetcher -> read policy, namespace, writer -> filesystem
    core -> FUSE adapter. The writer is the write-back engine, or on a read-only mount the
    null writer that answers EROFS. Nothing is wired after construction.
@@ -61,6 +63,7 @@ BLOCK_SIZE = 1 << 20  # the largest FUSE read (256 pages) is 1 MiB: one request,
 _READAHEAD_KB = 1024  # raise the kernel's 128 KiB default so requests arrive as 1 MiB reads
 _READY_TIMEOUT = 30.0
 _LISTING_THREADS = 16  # LIST requests at once: `ls -lR` of a wide tree lists in parallel
+_ROOM_STEP = 64 << 20  # what a full cache disk gives back to write-back at a time
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -119,9 +122,17 @@ class Mount:
                 source=self.fetcher.chunks,  # a file opened to append reads through the cache
                 identity=config.cache_identity,  # the root's: any prefix of the bucket
                 budget=self.budget,  # upload bodies count against --max-memory too
+                make_room=self._room_for_write_back,
             )
         self.fs = Filesystem(self.namespace, self.reads, self.writer, config.fs)
         self.started = time.time()
+
+    def _room_for_write_back(self, needed: int) -> int:
+        """The cache disk is full: written data matters more than cached blocks, which can be
+        fetched again. Give back at least `_ROOM_STEP` so the next writes find room too."""
+        freed = self.cache.give_back(max(needed, _ROOM_STEP))
+        log.warning("cache disk full: evicted %s of blocks for write-back", format_size(freed))
+        return freed
 
     async def _files_in(self, directory: str) -> Iterable[ObjectInfo]:
         return (await self.namespace.listing(directory)).files.values()

@@ -40,7 +40,7 @@ from typing import TypeVar, TypeVarTuple
 
 import trio
 
-from modelfs.errors import NotFound, StaleObject
+from modelfs.errors import NoSpace, NotFound, StaleObject
 from modelfs.host import private
 from modelfs.memory import MemoryBudget
 from modelfs.objects import ObjectInfo
@@ -96,7 +96,11 @@ class WriteBack:
         wall_clock: Callable[[], float] = time.time,
         run_sync: ThreadRunner = to_thread,
         budget: MemoryBudget | None = None,
+        make_room: Callable[[int], int] | None = None,
     ) -> None:
+        """`make_room(n)`: on a full cache disk, free at least n bytes (a mount passes its
+        block cache's `give_back`) and return how many; a staging write that failed with
+        ENOSPC is then tried once more."""
         self._store = store
         self._limiter = limiter or trio.CapacityLimiter(transfers)
         self._run_sync = run_sync
@@ -112,6 +116,7 @@ class WriteBack:
             area.close()
             raise
         self._files = StagedFiles(area, journal, wall_clock)
+        self._files.make_room = make_room
         self._uploader = uploader = Uploader(
             store,
             self._limiter,
@@ -301,8 +306,14 @@ class WriteBack:
             opened.set()
 
     async def _fetch_fresh(self, base: ObjectInfo, fd: int) -> ObjectInfo:
-        """Copy `base` into `fd`; if it changed since the caller looked, copy the new version."""
+        """Copy `base` into `fd`; if it changed since the caller looked, copy the new version;
+        on a full disk, once more after the block cache gave room back."""
         try:
+            await self._copy(base, fd)
+        except NoSpace:
+            if not self._files.room_made(base.size):
+                raise
+            staging.resize(fd, 0)
             await self._copy(base, fd)
         except StaleObject:
             base = await self._store_call(self._store.head, base.key)
