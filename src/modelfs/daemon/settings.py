@@ -51,13 +51,19 @@ class MountConfig:
             return url_name(self.manifest_url)
         return self.spec.source
 
-    def cache_root(self) -> Path:
-        """One cache per (endpoint, bucket): mounts of different prefixes share blocks."""
-        ident = f"{self.remote.endpoint or 'aws'}|{self.spec.bucket}"
+    @property
+    def cache_identity(self) -> str:
+        """What one cache root (blocks and write-back journal) belongs to: endpoint and bucket,
+        so mounts of different prefixes share blocks and each other's pending uploads; a
+        manifest URL's mount, its URL without the query."""
         if self.manifest_url is not None:
-            ident = f"url|{self.source}"
-        digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
-        return self.cache_dir / f"{self.spec.bucket[:32]}-{digest}"
+            return f"url|{self.source}"
+        return f"{self.remote.endpoint or 'aws'}|{self.spec.bucket}"
+
+    def cache_root(self) -> Path:
+        """One cache per (endpoint, bucket), named after `cache_identity`."""
+        digest = hashlib.sha256(self.cache_identity.encode()).hexdigest()[:16]
+        return self.cache_dir / f"{(self.spec.bucket or URL_REMOTE)[:32]}-{digest}"
 
 
 def mount_config(args: argparse.Namespace) -> MountConfig:
