@@ -56,7 +56,7 @@ import trio
 T = TypeVar("T")
 
 POWER_OFF_SIGNALS = {"zeros": signal.SIGUSR1, "torn": signal.SIGUSR2}
-_TIMEOUT = 0.0  # no kernel caching of entries or attributes: sizes change under held writes
+_TIMEOUT = 10.0  # kernel caching of entries and attributes: every change comes through it
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,11 @@ token):
 - after a failure: not before the backoff (1 s doubling to 60 s), forever: data is never
   dropped, and the error shows in `statistics().last_error` until an upload succeeds.
 At most `transfers` files upload at once; the limiter bounds the threads (and parts) of all.
+
+Durability (see `durable`): an attempt commits nothing the cache disk does not hold with its
+synced state journaled (`_Hooks.make_durable`, called by the uploader). A retry first does the
+same and syncs the journal, whatever the store answers: a file whose uploads kept failing until
+a power cut (a store down at the time) is then trusted after the reboot, not set aside.
 """
 
 from __future__ import annotations
@@ -237,6 +242,8 @@ class UploadQueue:
         snapshot = Snapshot(key, file.fd, size, file.base_etag, file.leftover_upload, file.ours)
         started = trio.current_time()
         try:
+            if item.attempts:
+                await self._make_durable_for_retry(file)
             outcome = await self._uploader.upload_once(snapshot, _Hooks(self, file, size))
             if not self._files.is_live(file):
                 return  # unlinked or renamed meanwhile: they clean up the bucket
@@ -252,6 +259,10 @@ class UploadQueue:
             item.not_before, item.attempts = -math.inf, 0
         except Exception as exc:  # the loop must outlive any one file; nothing is dropped
             self._failed(item, key, exc)
+
+    async def _make_durable_for_retry(self, file: StagedFile) -> None:
+        await self._files.make_durable(file, self._run_sync)
+        await self._run_sync(self._files.journal.sync)
 
     def _uploaded(
         self, file: StagedFile, key: str, generation: int, started: float, info: ObjectInfo
@@ -355,6 +366,9 @@ class _Hooks:
 
     def expect_ours(self, etag: str) -> None:
         self.queue._files.expect_ours(self.file, etag)
+
+    async def make_durable(self) -> bool:
+        return await self.queue._files.make_durable(self.file, self.queue._run_sync)
 
     async def sync_journal(self) -> None:
         await self.queue._run_sync(self.queue._files.journal.sync)
