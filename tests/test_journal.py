@@ -28,7 +28,7 @@ from modelfs.write.staging import (
     read_at,
     write_at,
 )
-from support.lazyfs import LazyDisk
+from support.lazydisk import LazyDisk
 
 MIB = 1 << 20
 

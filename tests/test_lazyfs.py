@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from support.lazyfs import LazyDisk
+from support.lazydisk import LazyDisk
 
 pytestmark = pytest.mark.mount
 

@@ -19,7 +19,7 @@ import pytest
 
 from modelfs.write.durable import BOOT_ID_ENV
 from support import FaultProxy, SeaweedServer
-from support.lazyfs import LazyDisk
+from support.lazydisk import LazyDisk
 from support.mounting import Mounted, MountEnv, run_cli
 
 pytestmark = pytest.mark.mount

@@ -1,21 +1,22 @@
 """A power-loss simulator: a FUSE passthrough that holds every write until it is fsynced.
 
-The approach of the research tool LazyFS (Ramos et al., VLDB 2024), in ~300 lines of pyfuse3.
-`LazyDisk(backing, mountpoint)` mounts `backing` at `mountpoint` in a child process. Whatever a
+The approach of the research tool LazyFS (github.com/dsrhaslab/lazyfs), in pyfuse3. Run as
+`python lazyfs.py BACKING MOUNTPOINT`; tests drive it through `lazydisk.LazyDisk`. Whatever a
 program writes there (write, truncate, O_TRUNC) stays in that process's memory, applied on top
 of the backing file for every read and getattr, so programs see their writes as usual. An
 `fsync` of a file (through any handle) applies its held writes to the backing file, in order,
 and fsyncs it: the backing directory is "the disk", and holds exactly what was made durable.
 
-`power_off(mode)` ends the child abruptly, after it has put on the disk what that mode says
-survives of the writes not synced yet:
+A power-off ends the process abruptly, after it has put on the disk what the mode (its signal,
+`POWER_OFF_SIGNALS`) says survives of the writes not synced yet:
 - "drop":  nothing (SIGKILL; LazyFS's clear-cache fault);
 - "zeros": their sizes but none of their bytes: files are extended with zeros where unsynced
            writes went past the end, as a file system journaling metadata but not data leaves
            them (ext4 data=writeback, the NUL bytes at the end of a log after a crash);
 - "torn":  a prefix of each file's unsynced writes, in order, cut in the middle of one write:
            the first half of its unsynced bytes (LazyFS's torn-op fault).
-`power_on()` mounts the backing directory again, as a restarted machine would see it.
+SIGTERM is a clean shutdown: every held write reaches the disk. Mounting the backing directory
+again shows it as a restarted machine would.
 
 What it does not simulate, so cannot catch:
 - metadata: create, unlink, rename, mkdir, chmod and times go to the backing directory at once,
@@ -25,8 +26,8 @@ What it does not simulate, so cannot catch:
   an unsynced write unless the mode says so; a device that reorders within a flush, or writes
   part of a sector, is not modelled beyond the modes above;
 - `sync_file_range`, `O_SYNC`/`O_DSYNC` opens and `msync` are not treated as syncs (a program
-  relying on them would see its data dropped: a false alarm, never a missed loss); `syncfs`
-  and `sync` never reach a FUSE file system, so they sync nothing here either;
+  relying on them would see its data dropped: a false alarm, never a missed loss), and `sync`
+  and `syncfs` sync nothing here either (this FUSE file system gets no request for them);
 - SQLite's own guarantees beyond fsync (its WAL checksums and salts after a torn WAL write):
   SQLite handles those itself; this only decides which of its writes reach the disk;
 - the kernel's page cache above this file system: reads after a remount come from here.
@@ -38,13 +39,10 @@ and to a power-off.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,10 +270,6 @@ class LazyFS(pyfuse3.Operations):
         path = self._path(inode)
         if fields.update_mode:
             os.chmod(path, attr.st_mode)
-        if fields.update_uid or fields.update_gid:
-            uid = attr.st_uid if fields.update_uid else -1
-            gid = attr.st_gid if fields.update_gid else -1
-            os.chown(path, uid, gid)
         if fields.update_atime or fields.update_mtime:
             stat = os.lstat(path)
             atime = attr.st_atime_ns if fields.update_atime else stat.st_atime_ns
@@ -454,69 +448,6 @@ def main(argv: list[str]) -> None:
         trio.run(_serve, fs)
     finally:
         pyfuse3.close(unmount=True)
-
-
-# -- the test side -------------------------------------------------------------------------------
-
-
-def _is_mounted(path: Path) -> bool:
-    target = os.path.abspath(path)
-    with open("/proc/self/mountinfo") as mountinfo:
-        return any(line.split(" ")[4] == target for line in mountinfo)
-
-
-class LazyDisk:
-    """The simulator as a context manager: mounted on entry, cleanly unmounted (held writes
-    synced) on exit unless the power is off."""
-
-    def __init__(self, backing: Path, mountpoint: Path) -> None:
-        self.backing = backing
-        self.mountpoint = mountpoint
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> LazyDisk:
-        self.backing.mkdir(parents=True, exist_ok=True)
-        self.mountpoint.mkdir(parents=True, exist_ok=True)
-        self.power_on()
-        return self
-
-    def power_on(self) -> None:
-        assert self._process is None, "already on"
-        self._process = subprocess.Popen(
-            [sys.executable, __file__, str(self.backing), str(self.mountpoint)]
-        )
-        deadline = time.monotonic() + 30
-        while not _is_mounted(self.mountpoint):
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self._stop(signal.SIGKILL)
-                raise AssertionError("the power-loss simulator did not mount")
-            time.sleep(0.02)
-
-    def power_off(self, mode: str = "drop") -> None:
-        """Cut the power: what was not fsynced is lost, but for what `mode` keeps."""
-        self._stop(POWER_OFF_SIGNALS.get(mode, signal.SIGKILL))
-
-    def _stop(self, number: int) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(number)
-        try:
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            if _is_mounted(self.mountpoint):
-                subprocess.run(
-                    ["fusermount3", "-u", "-z", str(self.mountpoint)],
-                    capture_output=True,
-                    check=False,
-                )
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop(signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,7 @@ class WriteBack:
             wall_clock=wall_clock,
         )
         self._names = NameChanges(self._files, self._queue, store, self._store_call, listener)
+        area.fsync_tree()
         recovered = recover(self._files, current_boot(), wall_clock)
         for file in recovered:
             self._queue.expedite(file)
