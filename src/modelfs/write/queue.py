@@ -22,6 +22,11 @@ token):
   once more, or the next mount does. `drain` ends with `UploadFailed` once only such files
   (and deletes that failed so) are left, instead of waiting forever.
 At most `transfers` files upload at once; the limiter bounds the threads (and parts) of all.
+
+Durability (see `durable`): an attempt commits nothing the cache disk does not hold with its
+synced state journaled (`UploadHooksOf.make_durable`, called by the uploader). A retry first
+does the same and syncs the journal, whatever the store answers: a file whose uploads kept
+failing until a power cut (a store down at the time) is then trusted after the reboot.
 """
 
 from __future__ import annotations
@@ -253,6 +258,9 @@ class UploadQueue:
         started = trio.current_time()
         try:
             hooks = UploadHooksOf(self._files, file, size, self._run_sync)
+            if item.attempts:  # a retry: durable first, whatever the store answers
+                await hooks.make_durable()
+                await hooks.sync_journal()
             outcome = await self._uploader.upload_once(snapshot, hooks)
             if not self._files.is_live(file):
                 return  # unlinked or renamed meanwhile: they clean up the bucket
