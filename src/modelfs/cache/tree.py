@@ -9,7 +9,9 @@ removed, and what is found at startup.
         │   └── .tmp-<pid>-<n>                        a block being written; deleted at startup
         └── …
 
-Directories are made 0700 and block files 0600: only the owner may read or plant a block.
+Directories are made 0700 and block files 0600: only the owner may read or plant a block; a
+block file another user owns (planted while the directory was open to others) is removed at
+startup, never served.
 keyhash, etaghash: the `BlockName` digests (`cache.blockfile`) as 32 hex digits. A different
 block size gets a different tree (the same index names other bytes), and stale trees are
 deleted at startup. 256 fan-out dirs keep each directory small.
@@ -161,8 +163,10 @@ class BlockTree:
             logger.warning("block cache: cannot create %s: %s", self.path, exc)
 
     def scan(self) -> Scan:
-        """Every block file, oldest mtime first; temp, junk and too-short files are removed."""
+        """Every block file, oldest mtime first; temp, junk, too-short files and files of another
+        owner (a block planted while the dir was not ours alone) are removed."""
         scan = Scan()
+        euid = os.geteuid()
         interned: dict[str, bytes] = {}  # one digest object per object version, not per block
 
         def intern(digest_hex: str) -> bytes:
@@ -181,6 +185,11 @@ class BlockTree:
             try:
                 stat = entry.stat(follow_symlinks=False)
             except OSError:
+                continue
+            if stat.st_uid != euid:  # not written by us: planted before the dir was ours alone
+                logger.warning("block cache: removing %s, owned by uid %d", entry.path, stat.st_uid)
+                scan.corrupt += 1
+                unlink_quietly(entry.path)
                 continue
             if stat.st_size < HEADER_SIZE:
                 scan.corrupt += 1
