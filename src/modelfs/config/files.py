@@ -53,10 +53,13 @@ def _explicitly_named(explicit: str | None) -> tuple[Path, str] | None:
 
 def load_config(explicit: str | None) -> configparser.ConfigParser:
     """The whole config file (remotes and other commands' sections); empty if none exists."""
-    parser = new_parser()
     path = config_path(explicit)
-    if path is None:
-        return parser
+    return new_parser() if path is None else read_config(path)
+
+
+def read_config(path: Path) -> configparser.ConfigParser:
+    """The config file at `path`; ConfigError if it cannot be read or parsed."""
+    parser = new_parser()
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -80,9 +83,16 @@ def new_parser() -> configparser.ConfigParser:
 
 def load_remotes(explicit: str | None) -> dict[str, RemoteConfig]:
     """Every remote section (name without ':') of the config, whatever its type."""
-    parser = load_config(explicit)
+    path = config_path(explicit)
+    return {} if path is None else remotes_in(path)
+
+
+def remotes_in(path: Path) -> dict[str, RemoteConfig]:
+    """Every remote section of the config file at `path`, each knowing its file."""
+    parser = read_config(path)
+    where = os.path.abspath(path)  # not resolved: a symlink swapped to new keys is followed
     return {
-        name: RemoteConfig.from_section(name, parser[name])
+        name: RemoteConfig.from_section(name, parser[name], config_file=where)
         for name in parser.sections()
         if ":" not in name
     }

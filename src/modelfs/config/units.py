@@ -51,3 +51,14 @@ def format_size(size: int) -> str:
         if size >= _SIZE_UNITS[unit]:
             return f"{size / _SIZE_UNITS[unit]:.1f}{unit}"
     return f"{size}B"
+
+
+def format_duration(seconds: float) -> str:
+    """42.3 -> '42s', 300 -> '5m', 5400 -> '1h30m': whole units, as `parse_duration` reads them."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m"
+    hours, minutes = divmod(whole // 60, 60)
+    return f"{hours}h{minutes}m" if minutes else f"{hours}h"

@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from typing import Any, TypeAlias
 
 from modelfs import console
 from modelfs.config import options
-from modelfs.config.units import format_size
+from modelfs.config.units import format_duration, format_size
 from modelfs.errors import ModelfsError, MountError
 from modelfs.host import control, mountinfo
 
@@ -59,9 +60,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     console.setup_logging(level=args.log_level, log_file=args.log_file, verbose=args.verbose)
     ready_fd = spawn.parent_pipe()
 
-    def on_ready() -> None:
+    def on_ready(warning: str | None) -> None:
         log.info("ready: %s on %s", config.source, config.mountpoint)
-        spawn.tell_parent(ready_fd, "ok")
+        spawn.tell_parent(ready_fd, f"ok: {warning}" if warning else "ok")
 
     try:
         serve.run(config, on_ready)
@@ -101,9 +102,25 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return console.EXIT_OK
 
 
+def describe_store(store: dict[str, Any]) -> str:
+    """'online', or 'offline since 2025-01-02 10:00:00 (5m ago): REASON' (also for refused
+    credentials), with ', read-only until it answers' for a mount that started offline."""
+    text = str(store.get("state", "unknown"))
+    since = store.get("since")
+    if isinstance(since, int | float):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+        text += f" since {when} ({format_duration(time.time() - since)} ago)"
+    if store.get("reason"):
+        text += f": {store['reason']}"
+    return text
+
+
 def print_status(answer: dict[str, Any]) -> None:
     where = f"{answer.get('source')} on {answer.get('mountpoint')}"
     print(f"{where} (pid {answer.get('pid')}, up {answer.get('uptime')}s)")
+    store = answer.get("store")
+    if store:
+        print(f"store: {describe_store(store)}")
     cache = answer.get("cache", {})
     if cache:
         used, limit = format_size(cache["bytes"]), format_size(cache["max_bytes"])

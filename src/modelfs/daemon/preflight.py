@@ -3,7 +3,9 @@
 In order: FUSE usable; the mountpoint usable (exists, a directory, empty unless allowed, not
 mounted, not a dead mount); the cache dir writable and not used by another mount (its lock is
 then held for the life of the mount); the bucket reachable with these credentials. Nothing is
-mounted before all of them pass.
+mounted before all of them pass, with one exception: a store that cannot be reached
+(`StoreUnavailable`) while the cache holds a metadata snapshot of this prefix lets the mount
+start offline from it (see `daemon.storewatch`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import stat
 from pathlib import Path
 
 from modelfs.daemon.settings import MountConfig
-from modelfs.errors import MountError
+from modelfs.errors import MountError, StoreUnavailable
 from modelfs.host import control, mountinfo
 from modelfs.host.locks import hold_lock
 from modelfs.store.s3 import S3Store
@@ -68,17 +70,24 @@ def make_store(config: MountConfig) -> S3Store:
     )
 
 
-def preflight(config: MountConfig) -> tuple[S3Store, int]:
-    """Every check; returns the store and the fd of the cache root's lock (keep it open)."""
+def preflight(config: MountConfig) -> tuple[S3Store, int, StoreUnavailable | None]:
+    """Every check; returns the store, the fd of the cache root's lock (keep it open), and the
+    reason the store cannot be reached if the mount is to start offline from its snapshot."""
     check_fuse()
     check_mountpoint(config.mountpoint, allow_non_empty=config.allow_non_empty)
     root = config.cache_root()
     check_cache_dir(root)
     lock_fd = hold_lock(root, "cache dir")
+    offline = None
     try:
         store = make_store(config)
-        store.check_bucket()
+        try:
+            store.check_bucket()
+        except StoreUnavailable as exc:
+            if not config.snapshot_file().exists():
+                raise
+            offline = exc
     except BaseException:
         os.close(lock_fd)
         raise
-    return store, lock_fd
+    return store, lock_fd, offline

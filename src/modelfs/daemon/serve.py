@@ -2,17 +2,21 @@
 
 Order of a mount:
 1. `preflight` (see there): every check that can fail, before anything is mounted.
-2. `Mount` builds store -> cache -> fetcher -> read policy, namespace, writer -> filesystem
-   core -> FUSE adapter. The writer is the write-back engine, or on a read-only mount the
-   null writer that answers EROFS. Nothing is wired after construction.
+2. `Mount` builds store (guarded: its health is known, see `store.health`) -> cache ->
+   fetcher -> read policy, namespace, writer -> filesystem core -> FUSE adapter. The writer is
+   the write-back engine, or on a read-only mount the null writer that answers EROFS. A mount
+   whose store cannot be reached at mount time starts offline: its namespace holds the
+   metadata snapshot of its prefix, and its write-back engine is gated read-only until the
+   store answers. Nothing is wired after construction.
 3. `serve` mounts, then runs in one nursery: the read policy (GETs, whole-file fetches), the
-   writer's uploads, the mount-time warm-up, signal handling, and readiness; the FUSE session
-   runs until unmounted.
+   writer's uploads, the store watch (probes, snapshots), the mount-time warm-up, signal
+   handling, and readiness; the FUSE session runs until unmounted.
 4. Ready: once a stat of the mountpoint answers (from a worker thread: the stat goes through
    our own loop), the kernel readahead is raised, the control socket opens, READY=1 goes to
    systemd and the `--daemon` parent is told.
-5. SIGINT/SIGTERM (or `modelfs unmount`): STOPPING=1, leave the FUSE loop, upload everything
-   written (`drain`, with a progress line), close the writer, unmount.
+5. SIGINT/SIGTERM (or `modelfs unmount`): STOPPING=1, leave the FUSE loop, save the metadata
+   snapshot, upload everything written (`drain`, with a progress line), close the writer,
+   unmount.
 This module is the only owner of these lifecycles: nothing else starts, drains or closes them.
 """
 
@@ -39,8 +43,10 @@ from modelfs.daemon import control_server
 from modelfs.daemon.fuse_ops import FuseOperations
 from modelfs.daemon.preflight import preflight
 from modelfs.daemon.settings import MountConfig
+from modelfs.daemon.snapshot import SnapshotFile
+from modelfs.daemon.storewatch import StoreWatch
 from modelfs.daemon.warmup import warm_up
-from modelfs.errors import ModelfsError, NotFound
+from modelfs.errors import ModelfsError, NotFound, StoreUnavailable
 from modelfs.host import control, mountinfo, notify
 from modelfs.memory import MemoryBudget, tune_malloc
 from modelfs.objects import ObjectInfo
@@ -49,8 +55,12 @@ from modelfs.read.dropbehind import PageCacheTrimmer
 from modelfs.read.fetcher import BlockFetcher
 from modelfs.read.policy import ReadPolicy
 from modelfs.read.verify import Verifications
+from modelfs.store.guarded import GuardedStore
+from modelfs.store.health import StoreHealth
+from modelfs.store.protocol import ObjectStore
 from modelfs.store.s3 import S3Store
 from modelfs.write.engine import WriteBack
+from modelfs.write.gate import GatedWriter
 from modelfs.write.protocol import ReadOnlyWriter, Writer
 from modelfs.write.queue import WriteBackStatistics
 
@@ -72,11 +82,23 @@ def fuse_options(config: MountConfig) -> set[str]:
     return options
 
 
+Ready = Callable[[str | None], None]
+"""Called once the mount answers, with a warning for the user (it started offline) or None."""
+
+
 class Mount:
-    def __init__(self, config: MountConfig, store: S3Store, on_ready: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: MountConfig,
+        s3: S3Store,
+        on_ready: Ready,
+        offline: StoreUnavailable | None = None,
+    ) -> None:
         self.config = config
-        self.store = store
+        self.health = StoreHealth(offline=offline)
+        self.store = store = GuardedStore(s3, self.health)
         self._on_ready = on_ready
+        self.warning: str | None = None
         self.real_mountpoint = control.canonical_mountpoint(config.mountpoint)
         self.mount_id = control.mount_id(self.real_mountpoint)
         transfers = config.read.transfers
@@ -97,6 +119,9 @@ class Mount:
             ttl=config.fs.dir_cache_time,
             limiter=trio.CapacityLimiter(_LISTING_THREADS),
         )
+        snapshot = config.snapshot_file()
+        if offline is not None:
+            self.warning = self._start_offline(offline, snapshot)
         trimmer = None
         if config.read.drop_behind_min:
             trimmer = PageCacheTrimmer(self.real_mountpoint)
@@ -119,8 +144,35 @@ class Mount:
                 identity=config.source,
                 budget=self.budget,  # upload bodies count against --max-memory too
             )
+        self._gate: GatedWriter | None = None
+        if offline is not None and not config.read_only:
+            self.writer = self._gate = GatedWriter(self.writer)
         self.fs = Filesystem(self.namespace, self.reads, self.writer, config.fs)
+        self.watch = StoreWatch(
+            store, self.namespace, snapshot, on_online=self._online if offline else None
+        )
         self.started = time.time()
+
+    def _start_offline(self, offline: StoreUnavailable, snapshot: SnapshotFile) -> str:
+        """Take the snapshot's listings; the warning to show (ModelfsError: no snapshot)."""
+        loaded = snapshot.load(self.namespace.dir_prefix)
+        if loaded is None:
+            raise offline
+        self.namespace.restore(loaded.listings)
+        written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(loaded.written))
+        then = "" if self.config.read_only else "; read-write once the store answers"
+        warning = (
+            f"{offline}: serving {self.config.source} read-only from its metadata snapshot of"
+            f" {written}, data from the cache only{then}"
+        )
+        log.warning("%s", warning)
+        return warning
+
+    def _online(self) -> None:
+        """The store answers (the mount started offline): writes as asked for."""
+        if self._gate is not None:
+            self._gate.open_for_writes()
+            log.warning("store answers: %s is read-write now", self.config.source)
 
     async def _files_in(self, directory: str) -> Iterable[ObjectInfo]:
         return (await self.namespace.listing(directory)).files.values()
@@ -133,11 +185,13 @@ class Mount:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.reads.run)
                 nursery.start_soon(self.writer.run)
+                nursery.start_soon(self.watch.run)
                 if self.config.warm_up:
                     nursery.start_soon(warm_up, self.namespace, self.fetcher)
                 nursery.start_soon(self._handle_signals)
                 nursery.start_soon(self._become_ready, nursery)
                 await pyfuse3.main()
+                self.watch.save_now()
                 await self._drain_before_exit()
                 nursery.cancel_scope.cancel()
         finally:
@@ -172,7 +226,7 @@ class Mount:
             },
         )
         notify.notify("READY=1", f"STATUS=serving {self.config.source} on {mountpoint}")
-        self._on_ready()
+        self._on_ready(self.warning)
 
     async def _drain_before_exit(self) -> None:
         """Upload everything written before exiting, with a progress line while it takes."""
@@ -208,6 +262,7 @@ class Mount:
             "source": self.config.source,
             "mountpoint": str(self.config.mountpoint),
             "uptime": round(time.time() - self.started, 1),
+            "store": self.health.status() | {"read_only": self.writer.read_only},
             "cache": asdict(self.cache.statistics()),
             "fetcher": asdict(self.fetcher.statistics()),
             "memory": asdict(self.budget.statistics()),
@@ -217,7 +272,7 @@ class Mount:
         }
 
 
-def manifest_expectations(store: S3Store, spec: RemoteSpec) -> dict[str, tuple[int, str]]:
+def manifest_expectations(store: ObjectStore, spec: RemoteSpec) -> dict[str, tuple[int, str]]:
     """The (size, sha256) of every file the prefix's manifest lists, by key (none: {})."""
     key = spec.prefix + MANIFEST_NAME
     try:
@@ -245,12 +300,12 @@ def raise_kernel_readahead(real_mountpoint: str) -> None:
         log.info("could not raise readahead via %s: %s (reads stay 128 KiB)", path, exc)
 
 
-def run(config: MountConfig, on_ready: Callable[[], None]) -> None:
+def run(config: MountConfig, on_ready: Ready) -> None:
     """Mount and serve until unmounted or signalled. Raises ModelfsError before mounting."""
     tune_malloc(config.max_memory)
-    store, lock_fd = preflight(config)
+    store, lock_fd, offline = preflight(config)
     try:
-        mount = Mount(config, store, on_ready)
+        mount = Mount(config, store, on_ready, offline)
         trio.run(mount.serve)
     finally:
         os.close(lock_fd)

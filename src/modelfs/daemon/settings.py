@@ -16,6 +16,7 @@ from pathlib import Path
 from modelfs.config.files import resolve
 from modelfs.config.remote import RemoteConfig, RemoteSpec
 from modelfs.core.attributes import FsOptions
+from modelfs.daemon.snapshot import SnapshotFile
 from modelfs.read.policy import ReadOptions
 
 
@@ -45,6 +46,10 @@ class MountConfig:
         ident = f"{self.remote.endpoint or 'aws'}|{self.spec.bucket}"
         digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
         return self.cache_dir / f"{self.spec.bucket[:32]}-{digest}"
+
+    def snapshot_file(self) -> SnapshotFile:
+        """The metadata snapshot of this mount's prefix (see `daemon.snapshot`)."""
+        return SnapshotFile(self.cache_root(), self.source, self.spec.prefix)
 
 
 def mount_config(args: argparse.Namespace) -> MountConfig:

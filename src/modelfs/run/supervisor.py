@@ -11,7 +11,8 @@ A run, step by step:
 2. install the links (`links.install_link`).
 3. start the app in WORKDIR with our stdin/stdout/stderr; send READY=1 if under systemd.
 4. while it runs, a watchdog thread checks the mount every `watch_interval` and mounts it
-   again (same options, so the same cache) when its daemon died.
+   again (same options, so the same cache) when its daemon died; it also reads a sample
+   through the mount and reports reads that fail while the mount answers (see `keeper`).
 5. when the app exits: if step 1 mounted, `modelfs sync` then `modelfs unmount` (unless
    `--keep-mounted`); exit with the app's status, 128+N if a signal N ended it.
 
@@ -125,7 +126,9 @@ def supervise_app(plan: RunPlan, forwarder: SignalForwarder, keeper: MountKeeper
         return EXIT_NOT_EXECUTABLE
     forwarder.attach(app.pid)
     notify("READY=1", f"STATUS=running {plan.command[0]} (pid {app.pid})")
-    watchdog = Watchdog(keeper.check, keeper.heal, plan.watch_interval) if keeper else None
+    watchdog = None
+    if keeper is not None:
+        watchdog = Watchdog(keeper.check, keeper.heal, plan.watch_interval, keeper.check_reads)
     if watchdog:
         watchdog.start()
     try:
