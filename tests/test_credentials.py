@@ -24,6 +24,7 @@ from modelfs.objects import ObjectId
 from modelfs.store.s3 import S3Store
 from support import FaultProxy, ProxyRequest, SeaweedServer, make_config, unique_bucket_name
 from support.lanes import lane_of
+from support.metrics import free_port, gauge
 from support.mounting import MODELFS, Mounted, force_unmount, run_cli
 
 FIRST = ("modelfs-key-one", "secret-one")
@@ -117,6 +118,57 @@ def test_both_lanes_sign_with_keys_rotated_in_the_config_file(env: KeyEnv) -> No
     assert env.signed_with(after) == {SECOND[0]}
 
 
+def test_temporary_keys_of_the_default_chain_are_renewed_in_both_lanes(
+    env: KeyEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys that expire (STS and the like), found by boto3's default chain: here a profile's
+    `credential_process` whose keys expire in 5 minutes, so botocore renews them before each
+    request. Both lanes sign with the renewed keys; the lean lane keeps none of its own."""
+    env.put("a.bin", b"a" * 1000)
+    current = env.tmp_path / "current-keys"
+    current.write_text(" ".join(FIRST))
+    process = env.tmp_path / "issue-keys.py"
+    process.write_text(
+        "import datetime, json, sys\n"
+        f"key, secret = open({str(current)!r}).read().split()\n"
+        "expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=5)\n"
+        "json.dump({'Version': 1, 'AccessKeyId': key, 'SecretAccessKey': secret,"
+        " 'Expiration': expires.isoformat()}, sys.stdout)\n"
+    )
+    aws_config = env.tmp_path / "aws-config"
+    aws_config.write_text(f"[profile issued]\ncredential_process = {sys.executable} {process}\n")
+    config = make_config(
+        env.tmp_path, env.proxy.endpoint, access_key_id="", secret_access_key="", filename="chain"
+    )  # no keys: the default chain
+    remote, _ = resolve(f"test:{env.bucket}", str(config))
+    # The chain is read from the environment when a store first asks for keys; the test's own
+    # clients (set_keys) must not see it after.
+    with monkeypatch.context() as patched:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            patched.delenv(name, raising=False)
+        patched.setenv("AWS_CONFIG_FILE", str(aws_config))
+        patched.setenv("AWS_SHARED_CREDENTIALS_FILE", str(env.tmp_path / "none"))
+        patched.setenv("AWS_PROFILE", "issued")
+        store = S3Store(remote, env.bucket)
+        info = store.head("a.bin")
+        assert store.get_range(info.id, 0, 10) == b"a" * 10  # botocore: the lean lane's URL
+        assert store.get_range(info.id, 0, 10) == b"a" * 10
+    assert {lane_of(r) for r in data_gets(env)} == {"botocore", "lean"}
+    assert env.signed_with(env.proxy.requests) == {FIRST[0]}
+    env.server.set_keys(FIRST, SECOND)
+    current.write_text(" ".join(SECOND))
+    env.server.set_keys(SECOND)  # the first key is revoked
+    seen = len(env.proxy.requests)
+    assert store.get_range(info.id, 0, 10) == b"a" * 10
+    assert store.head("a.bin").etag == info.etag
+    after = env.proxy.requests[seen:]
+    assert [(lane_of(r), r.method, r.status) for r in after] == [
+        ("lean", "GET", 206),
+        ("botocore", "HEAD", 200),
+    ]
+    assert env.signed_with(after) == {SECOND[0]}
+
+
 def test_reads_go_on_while_the_server_and_the_config_file_rotate_keys(env: KeyEnv) -> None:
     files = {f"f{index:03}.json": os.urandom(16 << 10) for index in range(60)}
     for key, data in files.items():
@@ -161,8 +213,10 @@ def test_reads_go_on_while_the_server_and_the_config_file_rotate_keys(env: KeyEn
 def test_revoked_keys_are_detected_shown_and_healed_by_the_config_file(env: KeyEnv) -> None:
     env.put("cached.txt", b"read before")
     env.put("later.txt", b"read after")
-    with env.mount("--no-prefetch-small") as mounted:
+    port = free_port()
+    with env.mount("--no-prefetch-small", "--metrics", f"127.0.0.1:{port}") as mounted:
         assert (mounted.mountpoint / "cached.txt").read_bytes() == b"read before"
+        assert gauge(port, "modelfs_credentials_refused") == 0
         env.server.set_keys(SECOND)  # revoked; the config file still has the first key
         os.stat(mounted.mountpoint)  # the mount still answers
         with pytest.raises(PermissionError):
@@ -171,10 +225,12 @@ def test_revoked_keys_are_detected_shown_and_healed_by_the_config_file(env: KeyE
         shown = run_cli("status", mounted.mountpoint, check=True).stdout
         assert "store: credentials refused since " in shown
         assert "InvalidAccessKeyId" in shown
+        assert gauge(port, "modelfs_credentials_refused") == 1
         assert (mounted.mountpoint / "cached.txt").read_bytes() == b"read before"
         env.write_config(SECOND)
         wait_for(lambda: mounted.status()["store"]["state"] == "online", "the new key to work")
         assert (mounted.mountpoint / "later.txt").read_bytes() == b"read after"
+        assert gauge(port, "modelfs_credentials_refused") == 0
     log = (env.tmp_path / "cache" / "modelfs.log").read_text()
     assert log.count("credentials refused: ") == 1
     assert log.count("credentials accepted again") == 1
@@ -182,6 +238,32 @@ def test_revoked_keys_are_detected_shown_and_healed_by_the_config_file(env: KeyE
     assert "Traceback" not in log
     assert SECOND[1] not in log
     assert FIRST[1] not in log
+
+
+def test_uploads_refused_with_revoked_keys_go_out_once_the_config_file_has_new_ones(
+    env: KeyEnv,
+) -> None:
+    """A 403 is final for an upload (docs/writeback.md), but not once the keys changed: the
+    mount tries it again on its own, with no `sync`."""
+    with env.mount("--write-back", "1h", "--flush-interval", "1h") as mounted:
+        (mounted.mountpoint / "out.txt").write_text("written before the rotation")
+        env.server.set_keys(SECOND)  # revoked before the upload
+        synced = run_cli("sync", mounted.mountpoint)
+        assert synced.returncode == 1
+        assert "out.txt: " in synced.stderr
+        wait_for(lambda: mounted.status()["store"]["state"] == "credentials refused", "refusal")
+        env.write_config(SECOND)
+
+        def uploaded() -> bool:
+            listed = env.server.client().list_objects_v2(Bucket=env.bucket)
+            return [o["Key"] for o in listed.get("Contents", [])] == ["out.txt"]
+
+        wait_for(uploaded, "the held upload to go out with the new keys")
+        assert mounted.status()["writeback"]["failures"] == []
+    body = env.server.client().get_object(Bucket=env.bucket, Key="out.txt")["Body"].read()
+    assert body == b"written before the rotation"
+    log = (env.tmp_path / "cache" / "modelfs.log").read_text()
+    assert log.count("credentials renewed: trying the 1 upload(s)") == 1
 
 
 def test_run_reports_reads_that_fail_while_the_mount_answers(env: KeyEnv) -> None:

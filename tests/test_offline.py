@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from support import FaultProxy, SeaweedServer
+from support.metrics import free_port, gauge
 from support.mounting import Mounted, MountEnv, drop_page_cache, run_cli
 
 pytestmark = pytest.mark.mount
@@ -68,9 +69,11 @@ def log_lines(env: MountEnv, text: str) -> list[str]:
 
 
 def test_a_read_tree_is_served_while_the_store_is_down_past_the_ttl(env: MountEnv) -> None:
-    with env.mount("--dir-cache-time", TTL) as mounted:
+    port = free_port()
+    with env.mount("--dir-cache-time", TTL, "--metrics", f"127.0.0.1:{port}") as mounted:
         read_everything(env.mountpoint)
         assert store_of(mounted)["state"] == "online"
+        assert gauge(port, "modelfs_offline") == 0
         env.proxy.fail_next(503, times=None)  # every request: 5xx after retries
         time.sleep(1.5)  # listings and the kernel's entries are out of date now
         drop_page_cache()
@@ -87,8 +90,12 @@ def test_a_read_tree_is_served_while_the_store_is_down_past_the_ttl(env: MountEn
         read_everything(env.mountpoint)  # past the TTL again, and offline for sure
         shown = run_cli("status", env.mountpoint, check=True).stdout
         assert "store: offline since " in shown
+        assert "s, offline)" in shown.splitlines()[0]
+        assert mounted.status()["offline"] is True
+        assert gauge(port, "modelfs_offline") == 1
         env.proxy.clear_faults()
         wait_for(lambda: store_of(mounted)["state"] == "online", "the store to be back")
+        assert gauge(port, "modelfs_offline") == 0
         assert len((env.mountpoint / NOT_READ).read_bytes()) == 2 * MiB
         # 403 means the store answers: nothing old is served in its place
         env.proxy.fail_next(403, times=None)

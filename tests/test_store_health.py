@@ -22,7 +22,7 @@ from modelfs.daemon import snapshot as snapshot_module
 from modelfs.daemon.snapshot import SnapshotFile
 from modelfs.errors import AccessDenied, NotFound, StoreOffline, StoreUnavailable
 from modelfs.store.guarded import GuardedStore
-from modelfs.store.health import StoreHealth, StoreState
+from modelfs.store.health import StoreHealth, StoreState, StoreStatistics
 
 
 class Clock:
@@ -33,9 +33,12 @@ class Clock:
         return self.now
 
 
-def health_and_clock(**options: float) -> tuple[StoreHealth, Clock]:
+def health_and_clock(
+    *, probe_interval: float = 2.0, stall_after: float = 15.0
+) -> tuple[StoreHealth, Clock]:
     clock = Clock()
-    return StoreHealth(clock=clock, **options), clock
+    health = StoreHealth(clock=clock, probe_interval=probe_interval, stall_after=stall_after)
+    return health, clock
 
 
 # -- the store's health --------------------------------------------------------------------
@@ -80,11 +83,12 @@ def test_refused_keys_need_a_refusing_bucket_and_end_with_any_answer() -> None:
     health.failed(AccessDenied("InvalidAccessKeyId"))
     health.probed(AccessDenied("InvalidAccessKeyId"))
     assert health.state is StoreState.REFUSED
-    assert health.status()["reason"] == "InvalidAccessKeyId"
+    assert health.statistics().reason == "InvalidAccessKeyId"
     health.gate()  # requests still go out: new keys may work
     health.failed(NotFound("no such key"))  # an answer
     assert health.state is StoreState.ONLINE
-    assert health.status() == {"state": "online", "since": None, "reason": None}
+    assert health.statistics() == StoreStatistics("online", None, None)
+    assert health.renewals == 1  # the daemon tries the uploads refused before once more
 
 
 def test_a_request_without_an_answer_for_long_asks_for_a_probe() -> None:
@@ -107,7 +111,7 @@ def test_a_mount_started_offline_is_offline_without_a_log_line(
 ) -> None:
     health = StoreHealth(offline=StoreUnavailable("cannot reach it"))
     assert health.state is StoreState.OFFLINE
-    assert health.status()["reason"] == "cannot reach it"
+    assert health.statistics().reason == "cannot reach it"
     assert caplog.records == []
 
 
@@ -221,6 +225,7 @@ def write_keys(path: Path, key: str, secret: str) -> None:
     staged.write_text(
         f"[r]\ntype = s3\naccess_key_id = {key}\nsecret_access_key = {secret}\nendpoint = http://x\n"
     )
+    staged.chmod(0o600)  # as keys should be: else a warning (tests/test_private.py)
     os.replace(staged, path)
 
 

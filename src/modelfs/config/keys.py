@@ -6,7 +6,8 @@ it now: it looks at the file (inode, size, mtime: one `stat`) at most once per `
 re-reads it only when one of them changed, and returns the last good remote otherwise. A file
 that is gone, cannot be parsed, or no longer has the remote's keys keeps the last good keys,
 with one warning until it is readable again. A symlink is followed at every look, so a
-swapped link (as Kubernetes updates a mounted secret) counts as a change.
+swapped link (as Kubernetes updates a mounted secret) counts as a change. `generation`
+counts the changes of keys read so far (a watcher compares it to see new keys arrived).
 
 Thread safe: `_lock` guards which thread looks next and the swap of the result, never the
 file I/O. The returned `RemoteConfig` is immutable; secrets never reach a log line.
@@ -50,6 +51,7 @@ class KeyFile:
         self._next_look = clock() + interval
         self._stamp: _Stamp | None = None  # the first look reads the file: it may have changed
         self._warned = False
+        self.generation = 0
 
     def current(self) -> RemoteConfig:
         """The remote with its keys as the file holds them now (see the module docstring)."""
@@ -76,6 +78,7 @@ class KeyFile:
             self._remote = remote
             self._warned = False
         if _keys(remote) != _keys(old):
+            self.generation += 1
             log.info(
                 "remote %r: new keys from %s (access_key_id %s)",
                 remote.name,

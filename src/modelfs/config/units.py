@@ -54,11 +54,11 @@ def format_size(size: int) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """42.3 -> '42s', 300 -> '5m', 5400 -> '1h30m': whole units, as `parse_duration` reads them."""
-    whole = max(0, int(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m"
-    hours, minutes = divmod(whole // 60, 60)
-    return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    """1203 -> '20m 3s', 7500 -> '2h 5m', 42 -> '42s': the two largest units, for people."""
+    left = round(abs(seconds))
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size or (unit == "s" and not parts):
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return " ".join(parts[:2])

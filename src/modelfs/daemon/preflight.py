@@ -1,11 +1,13 @@
 """Every check that can fail before mounting, each failure one line naming what to fix.
 
-In order: FUSE usable; the mountpoint usable (exists, a directory, empty unless allowed, not
-mounted, not a dead mount); the cache dir writable and not used by another mount (its lock is
-then held for the life of the mount); the bucket reachable with these credentials. Nothing is
-mounted before all of them pass, with one exception: a store that cannot be reached
-(`StoreUnavailable`) while the cache holds a metadata snapshot of this prefix lets the mount
-start offline from it (see `daemon.storewatch`).
+In order: FUSE usable; the control directory ours alone (`host.control`); the mountpoint
+usable (exists, a directory, empty unless allowed, not mounted, not a dead mount); the cache
+dir ours, writable by no other user (a block planted there would be served to the app) and
+writable by us; the cache root of this bucket ours alone (0700) and not used by another mount
+(its lock is then held for the life of the mount); the bucket reachable with these
+credentials. Nothing is mounted before all of them pass, with one exception: a store that
+cannot be reached (`StoreUnavailable`) while the cache holds a metadata snapshot of this
+prefix lets the mount start offline from it (see `daemon.storewatch`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ from pathlib import Path
 
 from modelfs.daemon.settings import MountConfig
 from modelfs.errors import MountError, StoreUnavailable
-from modelfs.host import control, mountinfo
+from modelfs.host import control, mountinfo, private
 from modelfs.host.locks import hold_lock
+from modelfs.pull.manifeststore import manifest_store
+from modelfs.pull.plan import SourceSettings, auth_headers
+from modelfs.store.protocol import ObjectStore
 from modelfs.store.s3 import S3Store
 
 
@@ -52,17 +57,27 @@ def check_mountpoint(mountpoint: Path, *, allow_non_empty: bool) -> None:
         raise MountError(f"mountpoint {path} is not empty (use --allow-non-empty to mount over it)")
 
 
-def check_cache_dir(root: Path) -> None:
+def check_cache_dir(cache_dir: Path) -> None:
+    """The cache dir exists (made 0700), is ours, no other user can write it, and we can."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".probe-{os.getpid()}"
-        probe.write_bytes(b"x")
+        private.make_dirs(cache_dir)
+    except OSError as exc:
+        raise MountError(f"cache dir {cache_dir} is not writable: {exc.strerror or exc}") from exc
+    private.require_dir(cache_dir, "cache dir")
+    try:
+        probe = cache_dir / f".probe-{os.getpid()}"
+        os.close(private.open_new(probe))
         probe.unlink()
     except OSError as exc:
-        raise MountError(f"cache dir {root} is not writable: {exc.strerror or exc}") from exc
+        raise MountError(f"cache dir {cache_dir} is not writable: {exc.strerror or exc}") from exc
 
 
-def make_store(config: MountConfig) -> S3Store:
+def make_store(config: MountConfig) -> ObjectStore:
+    if config.manifest_url is not None:  # fetched now: a wrong URL or token fails here
+        settings = SourceSettings(
+            transfers=config.read.transfers, headers=auth_headers(config.token_file)
+        )
+        return manifest_store(config.manifest_url, None, settings)
     # Readahead and demand GETs each use up to `transfers` connections; the rest is for
     # listings, uploads and the occasional HEAD.
     return S3Store(
@@ -70,13 +85,15 @@ def make_store(config: MountConfig) -> S3Store:
     )
 
 
-def preflight(config: MountConfig) -> tuple[S3Store, int, StoreUnavailable | None]:
+def preflight(config: MountConfig) -> tuple[ObjectStore, int, StoreUnavailable | None]:
     """Every check; returns the store, the fd of the cache root's lock (keep it open), and the
     reason the store cannot be reached if the mount is to start offline from its snapshot."""
     check_fuse()
+    control.checked_dir(create=True)
     check_mountpoint(config.mountpoint, allow_non_empty=config.allow_non_empty)
+    check_cache_dir(config.cache_dir)
     root = config.cache_root()
-    check_cache_dir(root)
+    private.own_dir(root, "cache dir")
     lock_fd = hold_lock(root, "cache dir")
     offline = None
     try:

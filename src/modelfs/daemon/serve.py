@@ -2,32 +2,38 @@
 
 Order of a mount:
 1. `preflight` (see there): every check that can fail, before anything is mounted.
+   (Wiring that crosses layers is done here: on a full cache disk the writer asks for room,
+   and the block cache gives blocks back; write/ never imports cache/.)
 2. `Mount` builds store (guarded: its health is known, see `store.health`) -> cache ->
    fetcher -> read policy, namespace, writer -> filesystem core -> FUSE adapter. The writer is
    the write-back engine, or on a read-only mount the null writer that answers EROFS. A mount
    whose store cannot be reached at mount time starts offline: its namespace holds the
    metadata snapshot of its prefix, and its write-back engine is gated read-only until the
-   store answers. Nothing is wired after construction.
-3. `serve` mounts, then runs in one nursery: the read policy (GETs, whole-file fetches), the
-   writer's uploads, the store watch (probes, snapshots), the mount-time warm-up, signal
-   handling, and readiness; the FUSE session runs until unmounted.
+   store answers (`daemon.storewatch`). Nothing is wired after construction.
+3. `serve` starts the `--metrics` server (a thread; failing to listen fails the mount before
+   anything is mounted), mounts, then runs in one nursery: the read policy (GETs, whole-file
+   fetches), the writer's uploads, the store watch (probes, snapshots, uploads refused before
+   new keys), the mount-time warm-up, signal handling, and readiness; the FUSE session runs
+   until unmounted.
 4. Ready: once a stat of the mountpoint answers (from a worker thread: the stat goes through
    our own loop), the kernel readahead is raised, the control socket opens, READY=1 goes to
    systemd and the `--daemon` parent is told.
 5. SIGINT/SIGTERM (or `modelfs unmount`): STOPPING=1, leave the FUSE loop, save the metadata
    snapshot, upload everything written (`drain`, with a progress line), close the writer,
-   unmount.
+   unmount, stop the metrics server.
+What the mount reports (`status`, `/metrics`) is one `figures()` snapshot (`daemon.figures`).
 This module is the only owner of these lifecycles: nothing else starts, drains or closes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +46,18 @@ from modelfs.config.units import format_size
 from modelfs.core.filesystem import Filesystem
 from modelfs.core.namespace import Namespace
 from modelfs.daemon import control_server
+from modelfs.daemon.figures import MountFigures
 from modelfs.daemon.fuse_ops import FuseOperations
 from modelfs.daemon.preflight import preflight
 from modelfs.daemon.settings import MountConfig
-from modelfs.daemon.snapshot import SnapshotFile
-from modelfs.daemon.storewatch import StoreWatch
+from modelfs.daemon.storewatch import StoreWatch, start_offline
 from modelfs.daemon.warmup import warm_up
-from modelfs.errors import ModelfsError, NotFound, StoreUnavailable
+from modelfs.errors import ModelfsError, NotFound, StoreUnavailable, UploadFailed
 from modelfs.host import control, mountinfo, notify
 from modelfs.memory import MemoryBudget, tune_malloc
 from modelfs.objects import ObjectInfo
 from modelfs.pull.manifest import MANIFEST_NAME, parse_manifest
+from modelfs.pull.manifeststore import ManifestStore
 from modelfs.read.dropbehind import PageCacheTrimmer
 from modelfs.read.fetcher import BlockFetcher
 from modelfs.read.policy import ReadPolicy
@@ -70,6 +77,7 @@ BLOCK_SIZE = 1 << 20  # the largest FUSE read (256 pages) is 1 MiB: one request,
 _READAHEAD_KB = 1024  # raise the kernel's 128 KiB default so requests arrive as 1 MiB reads
 _READY_TIMEOUT = 30.0
 _LISTING_THREADS = 16  # LIST requests at once: `ls -lR` of a wide tree lists in parallel
+_ROOM_STEP = 64 << 20  # what a full cache disk gives back to write-back at a time
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -90,13 +98,13 @@ class Mount:
     def __init__(
         self,
         config: MountConfig,
-        s3: S3Store,
+        unguarded: ObjectStore,
         on_ready: Ready,
         offline: StoreUnavailable | None = None,
     ) -> None:
         self.config = config
         self.health = StoreHealth(offline=offline)
-        self.store = store = GuardedStore(s3, self.health)
+        self.store = store = GuardedStore(unguarded, self.health)
         self._on_ready = on_ready
         self.warning: str | None = None
         self.real_mountpoint = control.canonical_mountpoint(config.mountpoint)
@@ -121,7 +129,9 @@ class Mount:
         )
         snapshot = config.snapshot_file()
         if offline is not None:
-            self.warning = self._start_offline(offline, snapshot)
+            self.warning = start_offline(
+                self.namespace, snapshot, offline, config.source, read_only=config.read_only
+            )
         trimmer = None
         if config.read.drop_behind_min:
             trimmer = PageCacheTrimmer(self.real_mountpoint)
@@ -130,7 +140,10 @@ class Mount:
             config.read,
             siblings=self._files_in,
             trimmer=trimmer,
-            verifications=Verifications(manifest_expectations(store, config.spec)),
+            # Offline: the guard refuses at once, and nothing is verified (logged).
+            verifications=Verifications(
+                manifest_expectations(unguarded if offline is None else store, config.spec)
+            ),
         )
         self.writer: Writer = ReadOnlyWriter()
         if not config.read_only:
@@ -141,43 +154,50 @@ class Mount:
                 flush_interval=config.flush_interval,
                 listener=self.namespace,
                 source=self.fetcher.chunks,  # a file opened to append reads through the cache
-                identity=config.source,
+                identity=config.cache_identity,  # the root's: any prefix of the bucket
                 budget=self.budget,  # upload bodies count against --max-memory too
+                make_room=self._room_for_write_back,
             )
-        self._gate: GatedWriter | None = None
+        gate = None
         if offline is not None and not config.read_only:
-            self.writer = self._gate = GatedWriter(self.writer)
+            self.writer = gate = GatedWriter(self.writer)
         self.fs = Filesystem(self.namespace, self.reads, self.writer, config.fs)
+        keys = unguarded.session.keys_changes if isinstance(unguarded, S3Store) else None
         self.watch = StoreWatch(
-            store, self.namespace, snapshot, on_online=self._online if offline else None
+            store, self.namespace, snapshot, self.writer, gate=gate, keys_changes=keys
         )
         self.started = time.time()
 
-    def _start_offline(self, offline: StoreUnavailable, snapshot: SnapshotFile) -> str:
-        """Take the snapshot's listings; the warning to show (ModelfsError: no snapshot)."""
-        loaded = snapshot.load(self.namespace.dir_prefix)
-        if loaded is None:
-            raise offline
-        self.namespace.restore(loaded.listings)
-        written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(loaded.written))
-        then = "" if self.config.read_only else "; read-write once the store answers"
-        warning = (
-            f"{offline}: serving {self.config.source} read-only from its metadata snapshot of"
-            f" {written}, data from the cache only{then}"
-        )
-        log.warning("%s", warning)
-        return warning
-
-    def _online(self) -> None:
-        """The store answers (the mount started offline): writes as asked for."""
-        if self._gate is not None:
-            self._gate.open_for_writes()
-            log.warning("store answers: %s is read-write now", self.config.source)
+    def _room_for_write_back(self, needed: int) -> int:
+        """The cache disk is full: written data matters more than cached blocks, which can be
+        fetched again. Give back at least `_ROOM_STEP` so the next writes find room too."""
+        freed = self.cache.give_back(max(needed, _ROOM_STEP))
+        log.warning("cache disk full: evicted %s of blocks for write-back", format_size(freed))
+        return freed
 
     async def _files_in(self, directory: str) -> Iterable[ObjectInfo]:
         return (await self.namespace.listing(directory)).files.values()
 
     async def serve(self) -> None:
+        with self._metrics():
+            await self._serve_fuse()
+
+    @contextlib.contextmanager
+    def _metrics(self) -> Iterator[None]:
+        """The `--metrics` server, around the whole life of the FUSE session."""
+        if self.config.metrics is None:
+            yield
+            return
+        from modelfs.daemon.metrics import MetricsServer, from_trio  # prometheus_client
+
+        token = trio.lowlevel.current_trio_token()
+        server = MetricsServer.start(self.config.metrics, from_trio(self.figures, token))
+        try:
+            yield
+        finally:
+            server.close()
+
+    async def _serve_fuse(self) -> None:
         mountpoint = str(self.config.mountpoint)
         pyfuse3.init(FuseOperations(self.fs), mountpoint, fuse_options(self.config))
         log.info("mounted %s on %s", self.config.source, mountpoint)
@@ -191,7 +211,7 @@ class Mount:
                 nursery.start_soon(self._handle_signals)
                 nursery.start_soon(self._become_ready, nursery)
                 await pyfuse3.main()
-                self.watch.save_now()
+                await self.watch.save_now()
                 await self._drain_before_exit()
                 nursery.cancel_scope.cancel()
         finally:
@@ -218,7 +238,6 @@ class Mount:
         control.write_state(
             self.mount_id,
             {
-                "pid": os.getpid(),
                 "spec": self.config.source,
                 "mountpoint": self.real_mountpoint,
                 "cache_dir": str(self.config.cache_root()),
@@ -242,7 +261,11 @@ class Mount:
                 f" (last error: {stats.last_error})" if stats.last_error else "",
             )
 
-        await self.writer.drain(progress, interval=2.0)
+        try:
+            await self.writer.drain(progress, interval=2.0)
+        except UploadFailed as exc:
+            log.error("%s in %s; the next mount uploads them", exc, self.config.cache_root())
+            return
         if pending.files or pending.deletes:
             log.info("all written files are in the bucket")
 
@@ -251,29 +274,51 @@ class Mount:
         if command == "status":
             return {"ok": True, **self.status()}
         if command == "sync":
-            await self.writer.drain()
-            return {"ok": True}
+            return await self._sync(request.get("timeout"))
         return {"ok": False, "error": f"unknown command {command!r}"}
 
+    async def _sync(self, within: object) -> dict[str, Any]:
+        """`modelfs sync [--timeout SECONDS]`: everything written so far in the bucket."""
+        limit = float(within) if isinstance(within, int | float) else math.inf
+        try:
+            with trio.move_on_after(limit) as waited:
+                await self.writer.drain()
+        except UploadFailed as exc:
+            return {"ok": False, "error": str(exc)}
+        if not waited.cancelled_caught:
+            return {"ok": True}
+        stats = self.writer.statistics()
+        left = f"{stats.files} file(s), {format_size(stats.bytes)}" if stats else "uploads"
+        error = f"; last error: {stats.last_error}" if stats and stats.last_error else ""
+        return {"ok": False, "error": f"not done within {limit:g}s: {left} still to upload{error}"}
+
     def status(self) -> dict[str, Any]:
-        upload = self.writer.statistics()
-        return {
-            "pid": os.getpid(),
-            "source": self.config.source,
-            "mountpoint": str(self.config.mountpoint),
-            "uptime": round(time.time() - self.started, 1),
-            "store": self.health.status() | {"read_only": self.writer.read_only},
-            "cache": asdict(self.cache.statistics()),
-            "fetcher": asdict(self.fetcher.statistics()),
-            "memory": asdict(self.budget.statistics()),
-            "namespace": asdict(self.namespace.statistics()),
-            "fs": asdict(self.fs.statistics()) | asdict(self.reads.statistics()),
-            "writeback": asdict(upload) if upload is not None else None,
-        }
+        return self.figures().as_status()
+
+    def figures(self) -> MountFigures:
+        """Every part's statistics, taken together (trio thread)."""
+        return MountFigures(
+            pid=os.getpid(),
+            source=self.config.source,
+            mountpoint=str(self.config.mountpoint),
+            uptime=time.time() - self.started,
+            cache=self.cache.statistics(),
+            fetcher=self.fetcher.statistics(),
+            memory=self.budget.statistics(),
+            namespace=self.namespace.statistics(),
+            fs=self.fs.statistics(),
+            reads=self.reads.statistics(),
+            read_latency=self.fs.read_latency.statistics(),
+            writeback=self.writer.statistics(),
+            store=self.health.statistics(),
+            read_only=self.writer.read_only,
+        )
 
 
 def manifest_expectations(store: ObjectStore, spec: RemoteSpec) -> dict[str, tuple[int, str]]:
     """The (size, sha256) of every file the prefix's manifest lists, by key (none: {})."""
+    if isinstance(store, ManifestStore):
+        return store.expectations()
     key = spec.prefix + MANIFEST_NAME
     try:
         info = store.head(key)

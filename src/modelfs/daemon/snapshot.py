@@ -8,9 +8,8 @@ unmount; a mount that starts while its store is unreachable loads it and serves 
 
 Invariants:
 - private: the directory is 0700 and the file 0600, whatever the umask;
-- atomic: written to a temporary file of its own (named after the process and thread, opened
-  with O_EXCL and O_NOFOLLOW), synced, then renamed over the old one, so a reader sees a whole
-  snapshot or the previous one, never a torn file;
+- atomic: written to a temporary file of its own and synced, then renamed over the old one
+  (`host.private.replace_file`), so a reader sees a whole snapshot or the previous one;
 - bounded: at most `MAX_NAMES` names (files and directories); past that, the directories
   listed longest ago are left out (a directory left out fails as the store does, EIO);
 - a file that cannot be read or parsed, or that names another source, is no snapshot.
@@ -22,12 +21,9 @@ key is its directory's prefix plus its name, rebuilt on load.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,14 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from modelfs.core.namespace import DirListing
+from modelfs.host import private
 from modelfs.objects import ObjectInfo
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 MAX_NAMES = 200_000  # ~20 MB of JSON; a large model tree has a few thousand
-_DIR_MODE = 0o700
-_FILE_MODE = 0o600
 
 Listings = list[tuple[str, DirListing]]
 
@@ -86,7 +81,9 @@ class SnapshotFile:
             "written": time.time(),
             "dirs": kept,
         }
-        _write_private(self.path, json.dumps(document, separators=(",", ":")).encode())
+        private.own_dir(self.path.parent, "snapshot dir")
+        data = json.dumps(document, separators=(",", ":")).encode()
+        private.replace_file(self.path, data, durable=True)
         return len(kept)
 
     def load(self, dir_prefix: Callable[[str], str]) -> Snapshot | None:
@@ -110,25 +107,3 @@ class SnapshotFile:
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             log.warning("ignoring the metadata snapshot %s: %s", self.path, exc)
             return None
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically, 0600 in a 0700 directory (see the docstring)."""
-    path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-    os.chmod(path.parent, _DIR_MODE)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        temporary.unlink()  # left by a process of this pid that died writing it
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(temporary, flags, _FILE_MODE)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        temporary.unlink()
-        raise
-    os.close(fd)
-    os.replace(temporary, path)

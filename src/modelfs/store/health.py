@@ -10,7 +10,8 @@ change of state:
   answers ends the outage.
 - REFUSED: the store answers 403 to the bucket itself (keys expired, revoked or rotated away).
   Requests still go out, since new keys may arrive at any moment (the config file is re-read,
-  the credential chain refreshes); the first one that succeeds ends it.
+  the credential chain refreshes); the first one that succeeds ends it, and counts as a
+  renewal (`renewals`: the daemon then tries the uploads refused before once more).
 
 A failed request only makes the state suspect; a probe (`GuardedStore.check_bucket`: a HEAD of
 the bucket with short timeouts and no retries) decides. So a 5xx storm on one key, or one key
@@ -31,7 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 from modelfs.errors import AccessDenied, ModelfsError, StoreOffline, StoreUnavailable
 
@@ -45,6 +46,13 @@ class StoreState(enum.Enum):
     ONLINE = "online"
     OFFLINE = "offline"
     REFUSED = "credentials refused"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatistics:
+    state: str  # a `StoreState` value
+    since: float | None  # epoch seconds the store went offline or refused; None: online
+    reason: str | None  # the error that made it so
 
 
 class StoreHealth:
@@ -72,7 +80,7 @@ class StoreHealth:
         self._last_probe = -float("inf")
         self._inflight = 0
         self._last_answer = clock()
-        self.changes = 0  # transitions so far: a watcher compares it to see one happened
+        self.renewals = 0  # times refused credentials were accepted again
         if offline is not None:
             self._state, self._reason = StoreState.OFFLINE, str(offline)
             self._last_probe = clock()
@@ -146,17 +154,16 @@ class StoreHealth:
             if before is state:
                 return
             self._state, self._since, self._reason = state, self._wall(), reason
-            self.changes += 1
+            if before is StoreState.REFUSED and state is StoreState.ONLINE:
+                self.renewals += 1
         _log_change(before, state, reason, self._wall() - since)
 
-    def status(self) -> dict[str, Any]:
-        """For `modelfs status`: the state, since when (epoch seconds) and why."""
-        online = self._state is StoreState.ONLINE
-        return {
-            "state": self._state.value,
-            "since": None if online else self._since,
-            "reason": None if online else self._reason,
-        }
+    def statistics(self) -> StoreStatistics:
+        """For `modelfs status` and `/metrics`: the state, since when and why."""
+        with self._lock:
+            state, since, reason = self._state, self._since, self._reason
+        online = state is StoreState.ONLINE
+        return StoreStatistics(state.value, None if online else since, None if online else reason)
 
 
 def _log_change(before: StoreState, after: StoreState, reason: str, lasted: float) -> None:

@@ -47,6 +47,9 @@ class GatedWriter:
     async def fsync(self, handle: WriteHandle) -> None:
         await self._writer.fsync(handle)
 
+    async def fsync_names(self) -> None:
+        await self._writer.fsync_names()
+
     def release(self, handle: WriteHandle) -> None:
         self._writer.release(handle)
 
@@ -97,6 +100,9 @@ class GatedWriter:
         interval: float = 1.0,
     ) -> None:
         await self._writer.drain(progress, interval)
+
+    def retry_failed(self) -> None:
+        self._writer.retry_failed()
 
     def statistics(self) -> WriteBackStatistics | None:
         return self._writer.statistics()

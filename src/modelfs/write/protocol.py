@@ -41,6 +41,9 @@ class Writer(Protocol):
 
     async def fsync(self, handle: WriteHandle) -> None: ...
 
+    async def fsync_names(self) -> None:
+        """Make every create, rename and unlink so far survive a power loss (fsyncdir)."""
+
     def release(self, handle: WriteHandle) -> None: ...
 
     async def unlink(self, key: str) -> None: ...
@@ -59,6 +62,9 @@ class Writer(Protocol):
         progress: Callable[[WriteBackStatistics], None] | None = None,
         interval: float = 1.0,
     ) -> None: ...
+
+    def retry_failed(self) -> None:
+        """Try once more, in the background, what failed for good (new credentials)."""
 
     def statistics(self) -> WriteBackStatistics | None: ...
 
@@ -95,6 +101,9 @@ class ReadOnlyWriter:
     async def fsync(self, handle: WriteHandle) -> None:
         return None
 
+    async def fsync_names(self) -> None:
+        return None
+
     def release(self, handle: WriteHandle) -> None:
         return None
 
@@ -118,6 +127,9 @@ class ReadOnlyWriter:
         progress: Callable[[WriteBackStatistics], None] | None = None,
         interval: float = 1.0,
     ) -> None:
+        return None
+
+    def retry_failed(self) -> None:
         return None
 
     def statistics(self) -> WriteBackStatistics | None:
