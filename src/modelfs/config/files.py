@@ -222,9 +222,16 @@ def new_parser() -> configparser.ConfigParser:
 
 def load_remotes(explicit: str | None) -> dict[str, RemoteConfig]:
     """Every remote section (name without ':') of the config, whatever its type."""
-    parser = load_config(explicit)
+    path = config_path(explicit)
+    return {} if path is None else remotes_in(path)
+
+
+def remotes_in(path: Path) -> dict[str, RemoteConfig]:
+    """Every remote section of the config file at `path`, each knowing its file."""
+    parser = read_file(path)
+    where = os.path.abspath(path)  # not resolved: a symlink swapped to new keys is followed
     return {
-        name: RemoteConfig.from_section(name, parser[name])
+        name: RemoteConfig.from_section(name, parser[name], config_file=where)
         for name in parser.sections()
         if ":" not in name
     }
