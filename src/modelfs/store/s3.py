@@ -382,12 +382,8 @@ class S3Store:
 
 
 def _object_info(item: ObjectTypeDef) -> ObjectInfo:
-    return ObjectInfo(
-        key=item["Key"],
-        size=item["Size"],
-        etag=etag.unquote(item["ETag"]),
-        mtime=item["LastModified"].timestamp(),
-    )
+    mtime = item["LastModified"].timestamp()
+    return ObjectInfo(item["Key"], item["Size"], etag.unquote(item["ETag"]), mtime)
 
 
 def _server_time(response: Any) -> float:
