@@ -31,6 +31,7 @@ from modelfs.daemon.metrics import is_loopback
 from modelfs.errors import AccessDenied, StoreUnavailable
 from modelfs.store.s3errors import error_code
 from support import FaultProxy, SeaweedServer, path_contains
+from support.metrics import free_port
 from support.mounting import MODELFS, MountEnv, is_mounted, run_cli
 
 MiB = 1 << 20
@@ -88,13 +89,6 @@ def env(
     make_config: Callable[..., Path],
 ) -> MountEnv:
     return MountEnv.create(seaweed, proxy, bucket, tmp_path, make_config)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def scrape(port: int) -> tuple[str, Samples]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from modelfs.store.health import PROBE_INTERVAL
 from modelfs.store.s3 import PROBE_TIMEOUT
 from support import SeaweedServer, make_config, unique_bucket_name
 from support.drills import Drill
@@ -35,6 +36,9 @@ SLACK = 5.0  # a loaded 2-core machine
 MOUNT_REFUSED_LIMIT = PROBE_TIMEOUT + 2 * SLACK
 # A refused connection fails at once; botocore tries 3 times, backing off at most 1 s + 2 s.
 REFUSED_READ_LIMIT = 3.0 + SLACK
+# Known offline, a read that needs the store fails at once; the mount probes the store every
+# PROBE_INTERVAL (for at most STORE_TIMEOUT) and serves again once it answers.
+BACK_LIMIT = PROBE_INTERVAL + STORE_TIMEOUT + SLACK
 
 
 @pytest.fixture
@@ -87,7 +91,9 @@ def mount_while_down(drill: Drill, env: MountEnv) -> str:
     return lines[0]
 
 
-@pytest.mark.drill("store down at mount time (refused, then blackholed)", limit=MOUNT_REFUSED_LIMIT)
+@pytest.mark.drill(
+    "store down at mount time, no snapshot (refused, then blackholed)", limit=MOUNT_REFUSED_LIMIT
+)
 def test_the_store_down_at_mount_time(drill: Drill, env: MountEnv, outage: Outage) -> None:
     """No snapshot of the prefix in the cache: a clear one-line error, quickly, for a store that
     refuses connections and for one that accepts them and never answers."""
@@ -111,11 +117,38 @@ def read_held(drill: Drill, fd: int, data: bytes) -> None:
     assert offset == len(data)
 
 
-@pytest.mark.xfail(
-    reason="offline serving (#17 item 11) is not on main yet: after the TTL, getattr asks "
-    "the store and a read of cached bytes fails with EIO",
-    strict=True,
+@pytest.mark.drill(
+    "store down at mount time, with a snapshot (starts offline)", limit=MOUNT_REFUSED_LIMIT
 )
+def test_the_store_down_at_mount_time_with_a_snapshot(
+    drill: Drill, env: MountEnv, outage: Outage
+) -> None:
+    """A mount of this prefix ran before and left its metadata snapshot: with the store down,
+    the mount comes up read-only from it and serves what the cache holds exactly; writes are
+    refused (EROFS); once the store answers it turns normal and reads the rest."""
+    read, unread = payload("outage/read.bin", 2 * MiB), payload("outage/unread.bin", 2 * MiB)
+    env.put("read.bin", read)
+    env.put("unread.bin", unread)
+    with env.mount(*OPTIONS):
+        assert drill.read_whole(env.mountpoint / "read.bin", read) is None
+    outage.down()
+    mounted = env.mount(*OPTIONS)
+    drill.call(mounted.__enter__)
+    try:
+        assert "read-only from its metadata snapshot" in mounted.stderr
+        assert drill.read_whole(env.mountpoint / "read.bin", read) is None
+        with pytest.raises(OSError, match="Read-only file system"):
+            drill.call(lambda: (env.mountpoint / "new.txt").write_bytes(b"x"))
+        outage.up()
+        with drill.timed():  # from the store's return until the mount is normal again
+            while mounted.status()["store"]["state"] != "online":
+                time.sleep(0.1)
+        assert drill.read_whole(env.mountpoint / "unread.bin", unread) is None
+    finally:
+        mounted.__exit__(None, None, None)
+    drill.finish()
+
+
 @pytest.mark.drill("store down longer than the TTL during reads", limit=REFUSED_READ_LIMIT)
 def test_the_store_down_longer_than_the_ttl(drill: Drill, served: Served) -> None:
     """A file read once is in the block cache: with the store gone for several TTLs, an app
@@ -135,10 +168,11 @@ def test_the_store_down_longer_than_the_ttl(drill: Drill, served: Served) -> Non
     drill.finish()
 
 
-@pytest.mark.drill("store coming back", limit=REFUSED_READ_LIMIT)
+@pytest.mark.drill("store coming back", limit=BACK_LIMIT)
 def test_the_store_coming_back(drill: Drill, served: Served) -> None:
-    """A file never read fails (EIO) while the store is down, within the limit; once the store
-    listens again, the same mount reads it exactly, without a remount."""
+    """A file never read fails (EIO) while the store is down, without waiting long; once the
+    store listens again, the same mount reads it exactly (an app retrying its read waits for
+    the mount's next probe), without a remount."""
     data, path = served.files["later.bin"], served.path("later.bin")
     served.outage.down()
     try:
@@ -147,5 +181,5 @@ def test_the_store_coming_back(drill: Drill, served: Served) -> None:
         assert failed.errno == errno.EIO
     finally:
         served.outage.up()
-    assert drill.read_whole(path, data) is None
+    drill.read_until_exact(path, data, give_up=60)
     drill.finish()

@@ -52,14 +52,6 @@ def app(tmp_path: Path, seaweed: SeaweedServer, bucket: str) -> Iterator[Setup]:
         yield made
 
 
-def read_through(drill: Drill, path: Path, data: bytes, limit: float) -> None:
-    """Read `path` as the app would, again after each error, until it comes back exact."""
-    deadline = time.monotonic() + limit
-    while (failed := drill.read_whole(path, data)) is not None:
-        assert time.monotonic() < deadline, f"{path}: still {failed}"
-        time.sleep(0.05)
-
-
 @pytest.mark.drill("hung mount under modelfs run", limit=HEAL_LIMIT)
 def test_a_hung_mount_under_run(drill: Drill, app: Setup) -> None:
     """The mount daemon stops answering (SIGSTOP) while the app runs: a read through the app's
@@ -75,9 +67,8 @@ def test_a_hung_mount_under_run(drill: Drill, app: Setup) -> None:
             read_line_with(process, "pass 1: verified 3 files")
             stuck = daemon_pid(app.mountpoint)
             os.kill(stuck, signal.SIGSTOP)
-            with drill.timed():  # from the hang until the app has its bytes again
-                for name, data in MODELS.items():
-                    read_through(drill, app.workdir / "cache_hub" / name, data, HEAL_LIMIT * 2)
+            for name, data in MODELS.items():  # the first waits until the mount is replaced
+                drill.read_until_exact(app.workdir / "cache_hub" / name, data, HEAL_LIMIT * 2)
             assert daemon_pid(app.mountpoint) != stuck
             go_on.touch()
             out, err = process.communicate(timeout=120)

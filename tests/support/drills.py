@@ -4,6 +4,7 @@ A drill (`tests/drills/`) puts a real mount through one fault and keeps its numb
 `Drill`, handed out by the `drill` fixture:
 
     drill.read_whole(path, original)      read, every byte compared with the original
+    drill.read_until_exact(path, ...)     the same, again after each error (timed as a whole)
     drill.compare(got, original)          bytes the drill read some other way
     drill.write_file(path, key, data)     a write the app sees acknowledged, by key and offset
     drill.ack(key, offset, data)          one the drill made itself (e.g. fsync, then kill -9)
@@ -132,6 +133,16 @@ class Drill:
             self.row.checked += len(original) - offset
             self.row.wrong += len(original) - offset
         return None
+
+    def read_until_exact(self, path: Path, original: bytes, give_up: float) -> None:
+        """Read `path` whole as an app that retries would, again after each error, until it
+        comes back complete; the whole wait counts as one stall (AssertionError after
+        `give_up` seconds)."""
+        deadline = time.monotonic() + give_up
+        with self.timed():
+            while (failed := self.read_whole(path, original)) is not None:
+                assert time.monotonic() < deadline, f"{path}: still {failed}"
+                time.sleep(0.05)
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -92,6 +92,7 @@ class Mounted:
         self.cache_dir = cache_dir
         self.options = options
         self.pid: int | None = None
+        self.stderr = ""  # what `mount --daemon` printed (a warning, when it mounts offline)
 
     def command(self) -> list[str | os.PathLike[str]]:
         """The `modelfs` arguments that mount it in the background."""
@@ -105,6 +106,7 @@ class Mounted:
         result = run_cli(*self.command())
         if result.returncode != 0:
             raise AssertionError(f"mount failed ({result.returncode}): {result.stderr.strip()}")
+        self.stderr = result.stderr
         self.pid = int(self.status()["pid"])
         return self
 

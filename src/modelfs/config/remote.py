@@ -79,6 +79,9 @@ class RemoteConfig:
     region: str = ""
     env_auth: bool = False
     ca_bundle: str = ""  # a PEM file of the CAs HTTPS trusts; "": AWS_CA_BUNDLE, ..., botocore's
+    # The file the section was read from ("" if none): its keys are re-read from there when
+    # it changes (see `config.keys`). Not part of what a remote is.
+    config_file: str = field(default="", compare=False)
 
     @property
     def uses_default_credentials(self) -> bool:
@@ -86,7 +89,9 @@ class RemoteConfig:
         return self.env_auth or not self.access_key_id
 
     @classmethod
-    def from_section(cls, name: str, section: configparser.SectionProxy) -> RemoteConfig:
+    def from_section(
+        cls, name: str, section: configparser.SectionProxy, *, config_file: str = ""
+    ) -> RemoteConfig:
         endpoint = section.get("endpoint", "").strip()
         if endpoint and "://" not in endpoint:
             endpoint = f"https://{endpoint}"  # rclone accepts a bare host and means https
@@ -101,6 +106,7 @@ class RemoteConfig:
             region=section.get("region", "").strip(),
             ca_bundle=os.path.expanduser(section.get("ca_bundle", "").strip()),
             env_auth=parse_bool(section.get("env_auth", ""), f"[{name}] env_auth"),
+            config_file=config_file,
         )
 
     def describe(self) -> str:

@@ -5,7 +5,9 @@ usable (exists, a directory, empty unless allowed, not mounted, not a dead mount
 dir ours, writable by no other user (a block planted there would be served to the app) and
 writable by us; the cache root of this bucket ours alone (0700) and not used by another mount
 (its lock is then held for the life of the mount); the bucket reachable with these
-credentials. Nothing is mounted before all of them pass.
+credentials. Nothing is mounted before all of them pass, with one exception: a store that
+cannot be reached (`StoreUnavailable`) while the cache holds a metadata snapshot of this
+prefix lets the mount start offline from it (see `daemon.storewatch`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import stat
 from pathlib import Path
 
 from modelfs.daemon.settings import MountConfig
-from modelfs.errors import MountError
+from modelfs.errors import MountError, StoreUnavailable
 from modelfs.host import control, mountinfo, private
 from modelfs.host.locks import hold_lock
 from modelfs.pull.manifeststore import manifest_store
@@ -89,8 +91,9 @@ def make_store(config: MountConfig) -> ObjectStore:
     )
 
 
-def preflight(config: MountConfig) -> tuple[ObjectStore, int]:
-    """Every check; returns the store and the fd of the cache root's lock (keep it open)."""
+def preflight(config: MountConfig) -> tuple[ObjectStore, int, StoreUnavailable | None]:
+    """Every check; returns the store, the fd of the cache root's lock (keep it open), and the
+    reason the store cannot be reached if the mount is to start offline from its snapshot."""
     check_fuse()
     control.checked_dir(create=True)
     check_mountpoint(config.mountpoint, allow_non_empty=config.allow_non_empty)
@@ -98,10 +101,16 @@ def preflight(config: MountConfig) -> tuple[ObjectStore, int]:
     root = config.cache_root()
     private.own_dir(root, "cache dir")
     lock_fd = hold_lock(root, "cache dir")
+    offline = None
     try:
         store = make_store(config)
-        store.check_bucket()
+        try:
+            store.check_bucket()
+        except StoreUnavailable as exc:
+            if not config.snapshot_file().exists():
+                raise
+            offline = exc
     except BaseException:
         os.close(lock_fd)
         raise
-    return store, lock_fd
+    return store, lock_fd, offline

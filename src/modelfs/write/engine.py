@@ -278,6 +278,11 @@ class WriteBack:
         `run()` running; cancel it to give up: what is pending stays journaled for next time."""
         await self._queue.drain(progress, interval)
 
+    def retry_failed(self) -> None:
+        """Try every upload and delete that failed for good once more, now, without waiting
+        (the store takes our credentials again). What fails again stays failed."""
+        self._queue.retry_failed()
+
     def statistics(self) -> WriteBackStatistics:
         return self._queue.statistics()
 

@@ -18,9 +18,9 @@ token):
   until an upload succeeds;
 - after a permanent failure (`ModelfsError.permanent`: access denied, key too long, bucket
   gone): never on its own. The file stays staged and journaled (data is never dropped) and
-  the error shows in `statistics().failures` until `drain` (`modelfs sync`, unmount) tries it
-  once more, or the next mount does. `drain` ends with `UploadFailed` once only such files
-  (and deletes that failed so) are left, instead of waiting forever.
+  the error shows in `statistics().failures` until `drain` (`modelfs sync`, unmount) or
+  `retry_failed` (new keys) tries it once more, or the next mount does. `drain` ends with
+  `UploadFailed` once only such files (and deletes that failed so) are left, not waiting.
 At most `transfers` files upload at once; the limiter bounds the threads (and parts) of all.
 
 Durability (see `durable`): an attempt commits nothing the cache disk does not hold with its
@@ -48,14 +48,7 @@ from modelfs.store.s3errors import error_code
 from modelfs.write.deletes import PendingDeletes, backoff
 from modelfs.write.files import NOTHING_WRITTEN, StagedFile, StagedFiles, UploadHooksOf
 from modelfs.write.threads import ThreadRunner
-from modelfs.write.uploader import (
-    Conflicted,
-    Raced,
-    Snapshot,
-    Torn,
-    Uploaded,
-    Uploader,
-)
+from modelfs.write.uploader import Conflicted, Raced, Snapshot, Torn, Uploaded, Uploader
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +350,12 @@ class UploadQueue:
                 await self._progress.wait()
             if waited.cancelled_caught and progress is not None:
                 progress(self.statistics())
+
+    def retry_failed(self) -> None:
+        """Make the files and deletes that failed for good due now, once more."""
+        for file in [file for file, item in self._items.items() if item.failure is not None]:
+            self.expedite(file)
+        self.deletes.retry_failed()
 
     def _failure_message(self) -> str:
         failures = self._failures()
