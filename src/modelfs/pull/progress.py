@@ -6,12 +6,14 @@
 - `--json`: one JSON object per line: `plan`, `file` (started, done, skipped, failed),
   `progress` every `interval` seconds, and `summary`.
 
-All three are `PullEvents`; `written` is called from the fetcher's writer threads, the rest on
-the trio thread, and one lock guards the counters.
+All three are `PullEvents`, called from any of the pull's threads (the fetcher's writer
+threads, the small-file lane's workers, the trio thread): one lock guards the counters, and
+another each output stream, so lines never interleave.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import threading
@@ -49,6 +51,11 @@ class Counters:
             self.current.pop(file.path, None)
             self.done_files += 1
 
+    def current_paths(self, count: int) -> list[str]:
+        """Up to `count` of the files in flight."""
+        with self._lock:
+            return list(itertools.islice(self.current, count))
+
     def rate(self) -> float:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         return self.done_bytes / elapsed
@@ -74,6 +81,13 @@ class PlainEvents:
         self._out = out
         self._interval = interval
         self._last = time.monotonic()
+        self._output = threading.Lock()
+
+    def say(self, line: str) -> None:
+        """One whole line on the output, whatever thread calls."""
+        with self._output:
+            self._out.write(line + "\n")
+            self._out.flush()
 
     def file_started(self, file: PullFile, present: int) -> None:
         self.counters.start(file, present)
@@ -86,16 +100,16 @@ class PlainEvents:
 
     def file_failed(self, file: PullFile, error: str) -> None:
         self.counters.finish(file)
-        print(f"pull: failed: {error}", file=self._out, flush=True)
+        self.say(f"pull: failed: {error}")
 
     def tick(self) -> None:
         now = time.monotonic()
         if now - self._last >= self._interval:
             self._last = now
-            print(self.counters.line(), file=self._out, flush=True)
+            self.say(self.counters.line())
 
     def close(self) -> None:
-        print(self.counters.line(), file=self._out, flush=True)
+        self.say(self.counters.line())
 
 
 class BarEvents(PlainEvents):
@@ -129,7 +143,7 @@ class BarEvents(PlainEvents):
 
     def tick(self) -> None:
         counters = self.counters
-        current = ", ".join(list(counters.current)[:2]) or "pull"
+        current = ", ".join(counters.current_paths(2)) or "pull"
         self._progress.update(
             self._task, completed=counters.done_bytes, description=_shorten(current, 40)
         )
@@ -147,7 +161,7 @@ class JsonEvents(PlainEvents):
         self.emit("plan", files=counters.total_files, bytes=counters.total_bytes)
 
     def emit(self, event: str, **fields: Any) -> None:
-        print(json.dumps({"event": event, **fields}), file=self._out, flush=True)
+        self.say(json.dumps({"event": event, **fields}))
 
     def file_started(self, file: PullFile, present: int) -> None:
         super().file_started(file, present)
