@@ -1,9 +1,9 @@
 """Every check that can fail before mounting, each failure one line naming what to fix.
 
 In order: FUSE usable; the mountpoint usable (exists, a directory, empty unless allowed, not
-mounted, not a dead mount); the cache dir writable and not used by another mount (its lock is
-then held for the life of the mount); the bucket reachable with these credentials. Nothing is
-mounted before all of them pass.
+mounted, not a dead mount); the cache dir writable (other mounts may use it too: the block
+cache is shared, and each mount's write-back root, locked by the mount, is its own); the bucket
+reachable with these credentials. Nothing is mounted before all of them pass.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 from modelfs.daemon.settings import MountConfig
 from modelfs.errors import MountError
 from modelfs.host import control, mountinfo
-from modelfs.host.locks import hold_lock
 from modelfs.pull.manifeststore import manifest_store
 from modelfs.pull.plan import SourceSettings, auth_headers
 from modelfs.store.protocol import ObjectStore
@@ -76,17 +75,11 @@ def make_store(config: MountConfig) -> ObjectStore:
     )
 
 
-def preflight(config: MountConfig) -> tuple[ObjectStore, int]:
-    """Every check; returns the store and the fd of the cache root's lock (keep it open)."""
+def preflight(config: MountConfig) -> ObjectStore:
+    """Every check; returns the store."""
     check_fuse()
     check_mountpoint(config.mountpoint, allow_non_empty=config.allow_non_empty)
-    root = config.cache_root()
-    check_cache_dir(root)
-    lock_fd = hold_lock(root, "cache dir")
-    try:
-        store = make_store(config)
-        store.check_bucket()
-    except BaseException:
-        os.close(lock_fd)
-        raise
-    return store, lock_fd
+    check_cache_dir(config.cache_root())
+    store = make_store(config)
+    store.check_bucket()
+    return store

@@ -8,6 +8,7 @@ Order of a mount:
 3. `serve` starts the `--metrics` server (a thread; failing to listen fails the mount before
    anything is mounted), mounts, then runs in one nursery: the read policy (GETs, whole-file
    fetches), the writer's uploads, the mount-time warm-up, signal handling, and readiness;
+   the control socket answers `status`, `sync` and `warm` (`daemon.warm`);
    the FUSE session runs until unmounted.
 4. Ready: once a stat of the mountpoint answers (from a worker thread: the stat goes through
    our own loop), the kernel readahead is raised, the control socket opens, READY=1 goes to
@@ -42,6 +43,7 @@ from modelfs.daemon.figures import MountFigures
 from modelfs.daemon.fuse_ops import FuseOperations
 from modelfs.daemon.preflight import preflight
 from modelfs.daemon.settings import MountConfig
+from modelfs.daemon.warm import Warmer
 from modelfs.daemon.warmup import warm_up
 from modelfs.errors import ModelfsError, NotFound
 from modelfs.host import control, mountinfo, notify
@@ -57,6 +59,7 @@ from modelfs.store.protocol import ObjectStore
 from modelfs.write.engine import WriteBack
 from modelfs.write.protocol import ReadOnlyWriter, Writer
 from modelfs.write.queue import WriteBackStatistics
+from modelfs.write.staging import take_over
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +116,19 @@ class Mount:
             trimmer=trimmer,
             verifications=Verifications(manifest_expectations(store, config.spec)),
         )
+        self.warmer = Warmer(self.namespace, self.reads, self.cache)
         self.writer: Writer = ReadOnlyWriter()
         if not config.read_only:
+            if take_over(config.cache_root() / "writeback", config.writeback_root()):
+                log.info("write-back: took over %s", config.cache_root() / "writeback")
             self.writer = WriteBack(
                 store,
-                config.cache_root() / "writeback",
+                config.writeback_root(),  # this mount's alone; the block cache is shared
                 upload_delay=config.write_back_delay,
                 flush_interval=config.flush_interval,
                 listener=self.namespace,
                 source=self.fetcher.chunks,  # a file opened to append reads through the cache
-                identity=config.source,
+                identity=config.cache_identity,  # the root's: any prefix of the bucket
                 budget=self.budget,  # upload bodies count against --max-memory too
             )
         self.fs = Filesystem(self.namespace, self.reads, self.writer, config.fs)
@@ -217,8 +223,10 @@ class Mount:
         if pending.files or pending.deletes:
             log.info("all written files are in the bucket")
 
-    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _control(self, request: dict[str, Any], send: control_server.Send) -> dict[str, Any]:
         command = request.get("cmd")
+        if command == "warm":
+            return await self.warmer.handle(request, send)
         if command == "status":
             return {"ok": True, **self.status()}
         if command == "sync":
@@ -280,9 +288,5 @@ def raise_kernel_readahead(real_mountpoint: str) -> None:
 def run(config: MountConfig, on_ready: Callable[[], None]) -> None:
     """Mount and serve until unmounted or signalled. Raises ModelfsError before mounting."""
     tune_malloc(config.max_memory)
-    store, lock_fd = preflight(config)
-    try:
-        mount = Mount(config, store, on_ready)
-        trio.run(mount.serve)
-    finally:
-        os.close(lock_fd)
+    mount = Mount(config, preflight(config), on_ready)
+    trio.run(mount.serve)

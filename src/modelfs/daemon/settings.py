@@ -8,6 +8,10 @@ SPEC is `REMOTE:BUCKET[/PREFIX]`, or the URL of a manifest (`manifest_url`): a r
 the manifest's files, read from its sources (`pull.manifeststore`). Such a mount is named by the
 URL without its query (a signed manifest URL's signature never reaches mountinfo or a log), and
 its cache root is that name's, so every renewal of a signed URL finds the same cache.
+
+Several mounts may use one cache root at once (two prefixes of a bucket, two mountpoints of
+one): they share its block cache, and each has a write-back root of its own in it, by
+mountpoint (`writeback_root`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from modelfs.config.files import resolve
 from modelfs.config.remote import RemoteConfig, RemoteSpec
 from modelfs.core.attributes import FsOptions
+from modelfs.host.control import mount_id
 from modelfs.read.policy import ReadOptions
 
 
@@ -51,13 +56,24 @@ class MountConfig:
             return url_name(self.manifest_url)
         return self.spec.source
 
-    def cache_root(self) -> Path:
-        """One cache per (endpoint, bucket): mounts of different prefixes share blocks."""
-        ident = f"{self.remote.endpoint or 'aws'}|{self.spec.bucket}"
+    @property
+    def cache_identity(self) -> str:
+        """What one cache root (blocks, write-back journals) belongs to: endpoint and bucket,
+        so mounts of different prefixes, or on different mountpoints, share blocks."""
         if self.manifest_url is not None:
-            ident = f"url|{self.source}"
-        digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
+            return f"url|{self.source}"
+        return f"{self.remote.endpoint or 'aws'}|{self.spec.bucket}"
+
+    def cache_root(self) -> Path:
+        """One cache per (endpoint, bucket), named after `cache_identity`."""
+        digest = hashlib.sha256(self.cache_identity.encode()).hexdigest()[:16]
         return self.cache_dir / f"{self.spec.bucket[:32]}-{digest}"
+
+    def writeback_root(self) -> Path:
+        """This mount's write-back root, by mountpoint: mounts that share a cache root never
+        share staging files or a journal, and a mount again on the same mountpoint finds what
+        the last one left to upload."""
+        return self.cache_root() / f"writeback-{mount_id(self.mountpoint)}"
 
 
 def mount_config(args: argparse.Namespace) -> MountConfig:

@@ -4,9 +4,13 @@ Layout (runtime dir: /run/modelfs as root, else $XDG_RUNTIME_DIR/modelfs or /tmp
 
     <runtime>/
       <id>.json   {"pid", "spec", "mountpoint", "cache_dir", "started"}  written once mounted
-      <id>.sock   JSON-lines: {"cmd": "status"} -> statistics, {"cmd": "sync"} -> waits
+      <id>.sock   JSON-lines: {"cmd": "status"} -> statistics, {"cmd": "sync"} -> waits,
+                  {"cmd": "warm", "paths": [...], "pin"|"unpin": bool} -> progress, then done
 where <id> = sha256(realpath(mountpoint))[:16]. Both are removed on a clean exit; a state file
 whose pid is dead is stale and ignored.
+
+One request per connection; the answer is one JSON line. A long request may send progress
+lines first, `{"progress": {...}}`, which `request` hands to `on_progress`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,20 +89,34 @@ def remove_state(ident: str) -> None:
 
 
 def request(
-    mountpoint: str | os.PathLike[str], message: dict[str, Any], timeout: float | None = 10.0
+    mountpoint: str | os.PathLike[str],
+    message: dict[str, Any],
+    timeout: float | None = 10.0,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Send one request to the mount's control socket and return its answer.
+    """Send one request to the mount's control socket and return its answer; progress lines
+    before it go to `on_progress`. `timeout` bounds each wait for a line.
 
-    Raises OSError (e.g. FileNotFoundError, ConnectionRefusedError) if no mount answers."""
+    Raises OSError (e.g. FileNotFoundError, ConnectionRefusedError, TimeoutError) if no mount
+    answers."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(socket_path(mount_id(mountpoint))))
         sock.sendall(json.dumps(message).encode() + b"\n")
         buffer = b""
-        while not buffer.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            buffer += chunk
-    answer: dict[str, Any] = json.loads(buffer or b"{}")
-    return answer
+        while True:
+            line, newline, rest = buffer.partition(b"\n")
+            if not newline:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+                continue
+            buffer = rest
+            answer: dict[str, Any] = json.loads(line)
+            if "progress" not in answer:
+                return answer
+            if on_progress is not None:
+                on_progress(answer["progress"])
+    ended: dict[str, Any] = json.loads(buffer or b"{}")
+    return ended

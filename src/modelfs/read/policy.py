@@ -9,6 +9,7 @@ back on release (`closed`); every decision about fetching lives here:
   it is cached already; it waits while a reader of that version streams through it;
 - the first open of a small file within `burst_ttl` fetches its directory's other small files
   in one burst (listing order, starting after the opened file; at most `small_burst_max_files`);
+- `modelfs warm` fetches files whole on request (`fetch_whole`), sharing a running fetch;
 - a huge file (`drop_behind_min`) read by its only reader has the page cache behind that reader
   dropped (see `dropbehind`); the trimmer's own opens get no handle (`is_internal`);
 - a file the mount's manifest lists is verified against its sha256 on open, as it is fetched
@@ -176,6 +177,33 @@ class ReadPolicy:
         )
         self._whole[info.id] = fetch
         self._background().start_soon(fetch.run)
+
+    async def fetch_whole(
+        self, info: ObjectInfo, started: Callable[[WholeObjectFetch], None] = lambda _: None
+    ) -> WholeObjectFetch:
+        """All of version `info` into the cache, now (`modelfs warm`), in the caller's task (so
+        cancelling it stops the fetch): the whole-object fetch running for it already, or a new
+        one, handed to `started` first. Returns it once every block fetched was offered to the
+        cache (and is no longer held in RAM for a reader)."""
+        fetch = self._whole.get(info.id)
+        if fetch is None or fetch.done.is_set():
+            fetch = WholeObjectFetch(
+                self.fetcher,
+                info,
+                part_size=self.options.part_size,
+                parallel=self.options.transfers,
+                reader_streaming=lambda: self._streaming_reader(info.id),
+            )
+            self._whole[info.id] = fetch
+            started(fetch)
+            await fetch.run()
+        else:
+            started(fetch)
+            await fetch.done.wait()
+        await self.fetcher.settle(info.id)
+        for index in range(self.fetcher.block_count(info)):  # on disk: no RAM kept for them
+            self.fetcher.done_with(info.id, index)
+        return fetch
 
     def readers_of(self, obj: ObjectId) -> list[ObjectReader]:
         """The open readers of version `obj`."""

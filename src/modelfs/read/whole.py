@@ -5,6 +5,8 @@ with the whole file in the cache, those faults hit local blocks. Up to `parallel
 flight at once. It pauses while a reader streams through the object sequentially (that reader's
 readahead then fetches, at the pace it reads), and fills in the rest when the reader stops or
 seeks. Block 0 goes first: an app's first read is almost always there (a safetensors header).
+`fetched` counts the bytes of blocks found present and of parts completed (`modelfs warm`'s
+progress).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class WholeObjectFetch:
         self._parallel = max(1, parallel)
         self.done = trio.Event()
         self.error: BaseException | None = None
+        self.fetched = 0  # bytes of blocks present or fetched so far
 
     async def run(self) -> None:
         try:
@@ -58,6 +61,7 @@ class WholeObjectFetch:
         async with trio.open_nursery() as nursery:
             while index < total and self.error is None:
                 if fetcher.is_present(info.id, index):
+                    self.fetched += self._bytes_of(index, 1)
                     index += 1
                     continue
                 if index > 0:
@@ -75,6 +79,10 @@ class WholeObjectFetch:
                 nursery.start_soon(self._await_part, ticket, slots)
                 index += ticket.count
 
+    def _bytes_of(self, first: int, count: int) -> int:
+        size = self._fetcher.block_size
+        return max(0, min(self._info.size, (first + count) * size) - first * size)
+
     async def _yield_to_streaming_reader(self) -> None:
         """Start no part while a reader streams through the object: its readahead fetches as
         many parts at once, at the pace it reads. Run ahead of it, the parts outgrow the RAM
@@ -89,7 +97,9 @@ class WholeObjectFetch:
         try:
             # The last block of a part is published last: once it is done, the part is.
             error = await self._fetcher.wait_for(ticket.obj, ticket.first + ticket.count - 1)
-            if error is not None and self.error is None:
+            if error is None:
+                self.fetched += self._bytes_of(ticket.first, ticket.count)
+            elif self.error is None:
                 self.error = error
         finally:
             slots.release()

@@ -80,6 +80,21 @@ def _register_run(commands: Subparsers) -> None:
         "WORKDIR/modelfs.conf, so that `modelfs run` there starts it next time",
     )
     parser.add_argument("--watch-interval", metavar="DUR", default=None)
+    parser.add_argument(
+        "--warm",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="fetch the files matching GLOB (relative to the mountpoint) into the cache "
+        "before the app starts (repeatable)",
+    )
+    parser.add_argument(
+        "--warm-async",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="the same, while the app starts (repeatable)",
+    )
     options.add_forwarded_arguments(parser)
     parser.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [-- COMMAND ...]")
     parser.set_defaults(func=handle_run, run_parser=parser)

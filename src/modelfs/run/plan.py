@@ -14,9 +14,10 @@ without a mount.
 
 Precedence, lowest first: the `[mount:NAME]` section a run section names, the run section, the
 command line. `--link` on the command line replaces the section's links as a whole (switching
-versions is `modelfs run index-tts --link cache_hub=cache_hub_v24`); words after the section name
-replace its command. With no section name and no `--mount`/`--pull`, `run.sections` chooses
-the section (the app's own `modelfs.conf`, the one whose workdir is here, the only one).
+versions is `modelfs run index-tts --link cache_hub=cache_hub_v24`), `--warm` and `--warm-async`
+its `warm` and `warm-async` globs likewise; words after the section name replace its command.
+With no section name and no `--mount`/`--pull`, `run.sections` chooses the section (the app's
+own `modelfs.conf`, the one whose workdir is here, the only one).
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ from modelfs.host.health import DEFAULT_PROBE_TIMEOUT
 from modelfs.host.mountinfo import find_mount
 from modelfs.run.links import LinkSpec, parse_link
 from modelfs.run.sections import choose_section
+from modelfs.run.warm import parse_glob
 
 _RUN_KEYS = frozenset(
     {"mount", "remote", "mountpoint", "link", "links", "workdir", "command", "pull", "into"}
-    | {"move-aside", "keep-mounted", "probe-timeout", "watch-interval"}
+    | {"move-aside", "keep-mounted", "probe-timeout", "watch-interval", "warm", "warm-async"}
 )
 _MOUNT_KEYS = frozenset({"remote", "mountpoint"})
 # How often the watchdog stats the mount while the app runs: a dead mount is noticed within
@@ -81,6 +83,8 @@ class RunPlan:
     mount_section: str | None = None  # the [mount:NAME] it used, for unit ordering
     pull: PullTarget | None = None
     chosen: str | None = None  # a section run chose itself: which, and why (for the log)
+    warm: tuple[str, ...] = ()  # globs under the mountpoint, warmed before the app starts
+    warm_async: tuple[str, ...] = ()  # ... and while it starts
 
     @property
     def root(self) -> str:
@@ -252,6 +256,13 @@ def plan_from_args(
         text = cli_value or items.get(key)
         return default if text is None else parse_duration(text)
 
+    def globs(key: str, cli_values: list[str] | None) -> tuple[str, ...]:
+        """`--warm GLOB` (repeated) replaces the section's `warm = GLOB ...` as a whole."""
+        texts = cli_values or items.get(key, "").split()
+        if texts and pull is not None:
+            raise ConfigError(f"--{key} needs a mount, not --pull")
+        return tuple(parse_glob(text) for text in texts)
+
     return RunPlan(
         target=target,
         links=_links(link_texts if isinstance(link_texts, list) else link_texts.split()),
@@ -265,6 +276,8 @@ def plan_from_args(
         mount_section=mount_section,
         pull=pull,
         chosen=chosen,
+        warm=globs("warm", getattr(args, "warm", None)),
+        warm_async=globs("warm-async", getattr(args, "warm_async", None)),
     )
 
 

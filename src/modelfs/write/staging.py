@@ -1,6 +1,7 @@
 """The staging area: one local file per file being written, holding its full content.
 
-On-disk layout under the write-back root (one root per remote, chosen by the caller):
+On-disk layout under the write-back root (one root per mount, chosen by the caller; an
+earlier version kept one per remote, which `take_over` moves to a mount's):
 
     ROOT/
     ├── lock                      flock()ed by the live WriteBack; freed by the kernel on kill -9
@@ -32,7 +33,7 @@ from typing import NoReturn
 
 import trio
 
-from modelfs.errors import NoSpace, StaleObject
+from modelfs.errors import MountError, NoSpace, StaleObject
 from modelfs.host.locks import hold_lock
 from modelfs.objects import ObjectInfo
 from modelfs.store.etag import md5_etag, multipart_etag
@@ -97,6 +98,25 @@ class StagingArea:
 
     def close(self) -> None:
         os.close(self._lock_fd)
+
+
+def take_over(old: Path, root: Path) -> bool:
+    """Move the write-back root `old` (where an earlier version kept one per cache root) to
+    `root`, whole, with one rename, if `root` does not exist yet and no process holds `old`'s
+    lock: its pending files then are this root's to upload. True if it was moved."""
+    if root.exists() or not old.is_dir():
+        return False
+    try:
+        fd = hold_lock(old, "write-back root")
+    except (MountError, OSError):  # in use by an older modelfs, or taken over just now
+        return False
+    try:
+        os.rename(old, root)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def write_at(fd: int, offset: int, data: bytes) -> int:
