@@ -91,14 +91,21 @@ class Warmer:
 
     async def _warm(self, wanted: list[str], *, pin: bool, send: Send) -> dict[str, Any]:
         progress = _Progress()
+        failed: ModelfsError | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_report, progress, send)
-            files = await self._resolve(wanted)
-            progress.files, progress.total = len(files), sum(info.size for info in files)
-            if pin:
-                await self._pin(files)
-            errors = await self._fetch(files, progress)
-            nursery.cancel_scope.cancel()
+            try:
+                files = await self._resolve(wanted)
+                if pin:
+                    await self._pin(files)
+                progress.files, progress.total = len(files), sum(info.size for info in files)
+                errors = await self._fetch(files, progress)
+            except ModelfsError as exc:  # one line for the command, not a nursery's group
+                failed = exc
+            finally:
+                nursery.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
         await send(progress.line())  # the last one: all done
         cached = sum(self._cached_bytes(info) for info in files)
         log.info(
