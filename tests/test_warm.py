@@ -8,18 +8,20 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import stat
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from support import FaultProxy, SeaweedServer
-from support.mounting import MountEnv, drop_page_cache, run_cli
+from support import FaultProxy, SeaweedServer, path_contains
+from support.mounting import MODELFS, MountEnv, drop_page_cache, run_cli
 from test_metrics import free_port, scrape, value
 from test_run_e2e import Setup
 from test_run_e2e import setup as setup  # the fixture
@@ -53,6 +55,13 @@ def data(size: int, seed: int) -> bytes:
 def cache_of(env: Env) -> dict[str, Any]:
     answer: dict[str, Any] = json.loads(run_cli("status", "--json", env.mountpoint).stdout)
     return dict(answer["cache"])
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def file_bytes(size: int) -> int:
@@ -153,6 +162,26 @@ def test_paths_globs_and_mistakes(env: Env, tmp_path: Path) -> None:
             (line,) = refused.stderr.strip().splitlines()
             assert line.startswith("modelfs: error: ")
             assert message in line
+
+
+def test_ctrl_c_stops_the_warm_in_the_mount(env: Env) -> None:
+    """Once the command is gone, the mount starts no further GET for it."""
+    env.put("models/slow.bin", data(24 * MiB, 6))
+    env.proxy.delay_next(8, times=None, match=path_contains("models/slow.bin"))
+    with env.mount("--part-size", "1M"):
+        command = subprocess.Popen(
+            [*MODELFS, "warm", str(env.mountpoint / "models")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: env.gets("models/slow.bin") >= 1, "the warm's first GET")
+        command.send_signal(signal.SIGINT)
+        assert command.wait(timeout=60) == 130
+        log = env.cache_dir / "modelfs.log"
+        wait_until(lambda: "warm: stopped, the command went away" in log.read_text(), "the stop")
+        # The first part (block 0) goes alone: nothing else had started, nothing starts now.
+        assert env.gets("models/slow.bin") == 1
+        assert cache_of(env)["blocks"] <= 1
 
 
 # -- modelfs run --warm ---------------------------------------------------------------------------

@@ -25,28 +25,26 @@ Invariants
 - `put` never raises: write errors (ENOSPC, EROFS, ENOTDIR, ...) are counted in `write_errors`
   and logged at WARNING at most once per `_WRITE_ERROR_LOG_INTERVAL`, else DEBUG.
 
-Index: each process keeps an in-memory OrderedDict (LRU first) of the blocks it knows, built at
-startup from the tree's scan (ordered by file mtime; the scan stats files but never opens
-them). A block another process stored is found on disk the first time this one asks for it (a
-stat) and joins the index. Recency is shared through file mtimes: a hit sets the file's mtime
-with `os.utime`, at most once per block per `touch_interval` seconds. Eviction takes the index's
-least recently used block; if its file's mtime is newer than this process's last use of it,
-another process used it since, and it gets a second chance instead. When other processes have
-stored a lot since this one last looked (an eighth of the cache), or its index has nothing
-left to evict, it rescans the tree under the ledger, which also sets the ledger right.
-`diskcache` (SQLite) was rejected: a second source of truth to keep consistent with the files,
-and a transaction per hit on the hot read path. All times come from the injected `clock`.
+Index: each process keeps the blocks it knows, least recently used first (`cache.index`),
+built at startup from the tree's scan (by file mtime; the scan stats files, never opens them);
+a block another process stored joins it when first asked for (a stat). Recency is shared
+through file mtimes: a hit sets the file's mtime, at most once per block per `touch_interval`
+seconds. Eviction and its rescans: `cache.evict`. `diskcache` (SQLite) was rejected: a second
+source of truth to keep consistent with the files, and a transaction per hit on the hot read
+path. All times come from the injected `clock`.
 
 Locks, in the order they are taken:
 1. the root's `lock` file, flock shared, held by each process for the cache's life (the first
    process, alone, holds it exclusively while it cleans up after a crash: `host.locks`);
 2. the ledger (`Ledger.held`: a threading.Lock, then flock(LOCK_EX) on `<root>/ledger`), by
    whichever thread of whichever process renames a block file into place or unlinks one, and
-   for pin changes: held for renames, unlinks, stats and dictionary work, never for data I/O;
+   for pin changes: held for renames, unlinks, stats, dictionary work and the occasional
+   rescan, never for a block's data I/O;
 3. the index's lock (`BlockIndex.lock`), this process's index and counters: held only for
    dictionary work.
-`put` runs on fetcher worker threads; `get`, `contains` and `statistics` on the trio thread;
-`evict_object`, `clear`, `pin` and `unpin` on either.
+`put` runs on fetcher worker threads; `get`, `contains` and `statistics` on the trio thread
+(which takes the ledger only to remove a corrupt block); `pin` and `unpin` on a worker thread
+(they wait for the ledger); `evict_object` and `clear` on either.
 """
 
 from __future__ import annotations

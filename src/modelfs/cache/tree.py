@@ -8,7 +8,7 @@ removed, and what is found at startup.
     └── v3-b<block_size>/             format 3, this block size (index i = bytes [i*B, (i+1)*B))
         ├── 00/ … ff/                 256 fan-out dirs: first two hex digits of the key hash
         │   ├── <keyhash>-<etaghash>-<index>.blk      one block: 4 KiB header + payload
-        │   └── .tmp-<pid>-<n>                        a block being written
+        │   └── .tmp-<pid>-<tag>-<n>                  a block being written
         └── …
 
 keyhash, etaghash: the `BlockName` digests (`cache.blockfile`) as 32 hex digits. A different
@@ -20,11 +20,11 @@ Invariants
   index needs (key hash, ETag hash, index; its size gives the payload length), so `scan` stats
   files but never opens them: a restart over a full cache stays quick.
 - A block file appears only complete, and is never changed once in place: `write_temp` writes
-  it to `.tmp-<pid>-<n>` in its fan-out dir, `publish` renames it into place (the caller holds
-  the ledger). A reader that opened a block keeps reading it after another process unlinked it.
+  it to a temp file in its fan-out dir, `publish` renames it into place (the caller holds the
+  ledger). A reader that opened a block keeps reading it after another process unlinked it.
   No fsync: after a power loss a torn block fails its checksum and is refetched; an fsync
-  would make every put wait for the disk. Temp names are unique per process (pid + a per-tree
-  counter); a temp file is removed by its writer, or, after a crash, by the next process that
+  would make every put wait for the disk. Temp names are unique per process (pid, a random
+  tag, a counter); a temp file is removed by its writer, or, after a crash, by the next process that
   uses the root alone (`scan(temps=True)`): another process's temp file may be in use.
 - Recency survives restarts, and is seen by other processes, as file mtimes: `set_mtime`
   records a use and `scan` returns blocks oldest mtime first.
@@ -115,6 +115,8 @@ class BlockTree:
         self.path = root / f"v{FORMAT}-b{block_size}"
         self.writer = BlockWriter(block_size)
         self._temp_numbers = itertools.count()  # next() is atomic under the GIL
+        # Processes in other pid namespaces (containers sharing a cache dir) may share a pid.
+        self._temp_tag = f"{os.getpid()}-{os.urandom(4).hex()}"
 
     def block_path(self, name: BlockName) -> str:
         key_hex = name.key.hex()
@@ -145,10 +147,10 @@ class BlockTree:
         return True
 
     def _temp_path(self, block_path: str) -> str:
-        # Unique among live processes (pid + counter); leftovers of a crash are removed by the
-        # next process alone. No random name: a syscall less per block.
+        # Unique among live processes (pid, a random tag per process, a counter); leftovers of
+        # a crash are removed by the next process alone. No random name per block: a syscall.
         directory = os.path.dirname(block_path)
-        return f"{directory}/{_TMP_PREFIX}{os.getpid()}-{next(self._temp_numbers)}"
+        return f"{directory}/{_TMP_PREFIX}{self._temp_tag}-{next(self._temp_numbers)}"
 
     # -- startup ------------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ class _Progress:
     done_files: int = 0
     finished: int = 0  # bytes of files done
     running: list[WholeObjectFetch] = field(default_factory=list)
+    gone: bool = False  # the command went away: the warm stops
 
     def line(self) -> dict[str, Any]:
         done = self.finished + sum(fetch.fetched for fetch in self.running)
@@ -93,7 +94,7 @@ class Warmer:
         progress = _Progress()
         failed: ModelfsError | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_report, progress, send)
+            nursery.start_soon(_report, progress, send, nursery.cancel_scope)
             try:
                 files = await self._resolve(wanted)
                 if pin:
@@ -104,6 +105,9 @@ class Warmer:
                 failed = exc
             finally:
                 nursery.cancel_scope.cancel()
+        if progress.gone:
+            log.info("warm: stopped, the command went away (%s)", _paths(wanted))
+            raise trio.BrokenResourceError("the command went away")
         if failed is not None:
             raise failed
         await send(progress.line())  # the last one: all done
@@ -185,10 +189,16 @@ class Warmer:
         )
 
 
-async def _report(progress: _Progress, send: Send) -> None:
-    """A progress line every interval, until cancelled (BrokenResourceError: nobody listens)."""
+async def _report(progress: _Progress, send: Send, warm: trio.CancelScope) -> None:
+    """A progress line every interval, until cancelled; if nobody listens any more (Ctrl-C),
+    the warm is cancelled."""
     while True:
-        await send(progress.line())
+        try:
+            await send(progress.line())
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            progress.gone = True
+            warm.cancel()
+            return
         await trio.sleep(PROGRESS_INTERVAL)
 
 
