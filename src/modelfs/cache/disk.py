@@ -44,7 +44,8 @@ Locks, in the order they are taken:
    dictionary work.
 `put` runs on fetcher worker threads; `get`, `contains` and `statistics` on the trio thread
 (which takes the ledger only to remove a corrupt block); `pin` and `unpin` on a worker thread
-(they wait for the ledger); `evict_object` and `clear` on either.
+(they wait for the ledger); `evict_object` and `clear` on either; `give_back` on the trio
+thread, when write-back finds the disk full (rare, and worth a wait for the ledger).
 """
 
 from __future__ import annotations
@@ -308,6 +309,14 @@ class DiskBlockCache:
         digest = key_digest(key)
         return self._drop_where(lambda name: name.key == digest)
 
+    def give_back(self, nbytes: int) -> int:
+        """Evict least recently used blocks of at least `nbytes` in all, now: the disk is full
+        and write-back needs the room (`max_bytes` stays). Returns the bytes freed."""
+        with self._ledger.held() as usage:
+            before = usage.bytes
+            self._evictor.fit(usage, max(0, before - nbytes))
+            return before - usage.bytes
+
     def clear(self) -> None:
         """Drop every block this process knows (not counted as evictions)."""
         self._drop_where(lambda name: True)
@@ -385,11 +394,5 @@ class DiskBlockCache:
             if loud:
                 self._last_write_error_log = now
         level = logging.WARNING if loud else logging.DEBUG
-        logger.log(
-            level,
-            "block cache: cannot store %s block %d under %s: %s",
-            obj.key,
-            index,
-            self.root,
-            exc,
-        )
+        message = "block cache: cannot store %s block %d under %s: %s"
+        logger.log(level, message, obj.key, index, self.root, exc)

@@ -46,7 +46,11 @@ class Evictor:
     def make_room(self, usage: Usage, size: int) -> bool:
         """Evict until the root's bytes + `size` fit max_bytes; False if what is left is pinned.
         Others' blocks count as well: they came from processes this one may know nothing of."""
-        if usage.bytes + size <= self.max_bytes:
+        return self.fit(usage, self.max_bytes - size)
+
+    def fit(self, usage: Usage, limit: int) -> bool:
+        """Evict until the root's bytes are at most `limit`; False if what is left is pinned."""
+        if usage.bytes <= limit:
             return True
         self._pins.refresh()
         if (usage.bytes, usage.links, self._pins.bytes) == self._no_room:
@@ -55,7 +59,7 @@ class Evictor:
         if unseen > self.max_bytes // _RESCAN_FRACTION:
             self.rescan(usage)
         rescanned = False
-        while usage.bytes + size > self.max_bytes:
+        while usage.bytes > limit:
             if self._evict_one(usage):
                 continue
             if rescanned:

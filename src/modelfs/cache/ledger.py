@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from modelfs.host import private
 from modelfs.host.locks import exclusive
 
 logger = logging.getLogger("modelfs.cache.disk")
@@ -54,7 +55,7 @@ class Ledger:
         self._memory = Usage()
         self.fd: int | None = None
         try:
-            self.fd = os.open(root / LEDGER_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self.fd = private.open_owned(root / LEDGER_NAME, os.O_RDWR)
         except OSError as exc:
             logger.info("block cache: no shared ledger in %s (%s): this process alone", root, exc)
 

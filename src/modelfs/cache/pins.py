@@ -21,7 +21,6 @@ Invariants
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from modelfs.cache.blockfile import HEADER_SIZE, BlockName, Stamp, block_name, file_stamp
 from modelfs.errors import UsageError
+from modelfs.host import private
 from modelfs.objects import ObjectId
 
 logger = logging.getLogger("modelfs.cache.disk")
@@ -148,20 +148,5 @@ class PinTable:
     def _save(self, pins: dict[str, Pin]) -> None:
         document = {"version": _VERSION, "pins": [asdict(pins[key]) for key in sorted(pins)]}
         data = json.dumps(document, indent=1).encode()
-        temporary = self.path.with_name(f".{PINS_NAME}.{os.getpid()}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                os.fchmod(fd, 0o600)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
-            raise
+        private.replace_file(self.path, data, durable=True)
         self._table = self._build(file_stamp(os.stat(self.path)), pins)

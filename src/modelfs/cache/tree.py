@@ -11,6 +11,7 @@ removed, and what is found at startup.
         │   └── .tmp-<pid>-<tag>-<n>                  a block being written
         └── …
 
+Directories are made 0700 and block files 0600: only the owner may read or plant a block.
 keyhash, etaghash: the `BlockName` digests (`cache.blockfile`) as 32 hex digits. A different
 block size gets a different tree (the same index names other bytes), and stale trees are
 deleted by a process that uses the root alone. 256 fan-out dirs keep each directory small.
@@ -24,8 +25,9 @@ Invariants
   ledger). A reader that opened a block keeps reading it after another process unlinked it.
   No fsync: after a power loss a torn block fails its checksum and is refetched; an fsync
   would make every put wait for the disk. Temp names are unique per process (pid, a random
-  tag, a counter); a temp file is removed by its writer, or, after a crash, by the next process that
-  uses the root alone (`scan(temps=True)`): another process's temp file may be in use.
+  tag, a counter); a temp file is removed by its writer, or, after a crash, by the next
+  process that uses the root alone (`scan(temps=True)`): another process's temp file may be
+  in use.
 - Recency survives restarts, and is seen by other processes, as file mtimes: `set_mtime`
   records a use and `scan` returns blocks oldest mtime first.
 
@@ -56,6 +58,7 @@ from modelfs.cache.blockfile import (
     unlink_quietly,
 )
 from modelfs.errors import ConfigError
+from modelfs.host import private
 from modelfs.host.locks import join_lock
 
 # The block cache logs under one name, its public module's, as it did before the split.
@@ -88,7 +91,7 @@ def open_root(root: Path) -> tuple[int | None, bool]:
     root, and this one holds the lock exclusively until it `share`s it. ConfigError if root is
     unusable, MountError if a process keeps it to itself."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        private.make_dirs(root)
     except OSError as exc:
         raise ConfigError(f"cannot create cache directory {root}: {exc}") from exc
     if not root.is_dir():
@@ -167,7 +170,7 @@ class BlockTree:
     def make_fanout_dirs(self) -> None:
         try:
             for fanout in _fanout_names():
-                (self.path / fanout).mkdir(parents=True, exist_ok=True)
+                private.make_dirs(self.path / fanout)
         except OSError as exc:  # read-only or full: serve what is there, puts will count errors
             logger.warning("block cache: cannot create %s: %s", self.path, exc)
 

@@ -11,21 +11,31 @@ An app's own `modelfs.conf`, beside its start script, is read by `run` too (`pro
 it holds run and mount sections only, never a remote (keys stay in the config file), and its
 sections are laid over the config file's (`lay_over`). `write_section` adds or replaces one
 section of a file (`run --save`), written whole and renamed into place, mode 0600.
+
+A file that holds keys (`secret_access_key`, `session_token`) and that group or others can read
+gets one warning per process, as ssh warns of a private key others can read (modelfs still
+reads it: refusing would stop mounts that work today).
 """
 
 from __future__ import annotations
 
 import configparser
+import logging
 import os
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 from modelfs.config.remote import SUPPORTED_TYPE, RemoteConfig, RemoteSpec, parse_spec
 from modelfs.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 CONFIG_ENV = "MODELFS_CONFIG"
 PROJECT_FILE = "modelfs.conf"  # an app's own file of run sections, in its directory
+_SECRET_KEYS = ("secret_access_key", "session_token")
+_warned_readable: set[Path] = set()
 # rclone writes this header in front of a config encrypted with `rclone config password`.
 _RCLONE_ENCRYPTED_HEADER = "RCLONE_ENCRYPT_V0:"
 
@@ -81,6 +91,7 @@ def read_file(path: Path) -> configparser.ConfigParser:
     except configparser.Error as exc:
         first_line = str(exc).splitlines()[0]
         raise ConfigError(f"invalid config file {path}: {first_line}") from exc
+    _warn_if_others_can_read_keys(path, parser)
     return parser
 
 
@@ -157,6 +168,31 @@ def _without_section(text: str, section: str) -> tuple[str, bool]:
         if not inside:
             kept.append(line)
     return "".join(kept), replaced
+
+
+def _warn_if_others_can_read_keys(path: Path, parser: configparser.ConfigParser) -> None:
+    """One warning per file and process if it holds keys and group or others can read it."""
+    if path in _warned_readable:
+        return
+    holds_keys = any(
+        parser.get(name, key, fallback="").strip()
+        for name in parser.sections()
+        if ":" not in name
+        for key in _SECRET_KEYS
+    )
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return
+    if holds_keys and mode & 0o044:
+        _warned_readable.add(path)
+        log.warning(
+            "config file %s holds secret keys and group or others can read it (mode %04o): "
+            "chmod 600 %s",
+            path,
+            mode,
+            path,
+        )
 
 
 def new_parser() -> configparser.ConfigParser:

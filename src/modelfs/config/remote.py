@@ -10,6 +10,7 @@ The config file is rclone's INI format, so an existing `rclone.conf` works uncha
     session_token = ...            instance role)
     endpoint = https://s3.example.com     <- empty means AWS
     region = cn-wlcb
+    ca_bundle = /etc/ssl/private-ca.pem   <- optional: the CAs HTTPS trusts, in every lane
 
     [run:indextts]              <- sections with ':' belong to other modelfs commands
     [mount:models]
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -76,6 +78,7 @@ class RemoteConfig:
     endpoint: str = ""
     region: str = ""
     env_auth: bool = False
+    ca_bundle: str = ""  # a PEM file of the CAs HTTPS trusts; "": AWS_CA_BUNDLE, ..., botocore's
 
     @property
     def uses_default_credentials(self) -> bool:
@@ -96,6 +99,7 @@ class RemoteConfig:
             session_token=section.get("session_token", "").strip(),
             endpoint=endpoint.rstrip("/"),
             region=section.get("region", "").strip(),
+            ca_bundle=os.path.expanduser(section.get("ca_bundle", "").strip()),
             env_auth=parse_bool(section.get("env_auth", ""), f"[{name}] env_auth"),
         )
 
@@ -108,6 +112,7 @@ class RemoteConfig:
             ("provider", self.provider),
             ("endpoint", self.endpoint or "(AWS)"),
             ("region", self.region),
+            ("ca_bundle", self.ca_bundle),
         ):
             if value:
                 parts.append(f"{label}={value}")

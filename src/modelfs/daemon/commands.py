@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from modelfs import console
 from modelfs.config import options
-from modelfs.config.units import format_size
+from modelfs.config.units import format_size, parse_duration
 from modelfs.errors import ModelfsError, MountError, UsageError
 from modelfs.host import control, mountinfo
 
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("modelfs")
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+_SYNC_ANSWER_GRACE = 10.0  # seconds past --timeout for the mount's own "not done" answer
 
 
 def register(commands: Subparsers) -> None:
@@ -58,6 +60,13 @@ def register(commands: Subparsers) -> None:
 
     sync = commands.add_parser("sync", help="wait until every written file is in the bucket")
     sync.add_argument("mountpoint")
+    sync.add_argument(
+        "--timeout",
+        type=parse_duration,
+        default=None,
+        metavar="DUR",
+        help="give up after DUR (exit 1, saying what is left); default: wait until done",
+    )
     sync.set_defaults(func=cmd_sync)
 
     warm = commands.add_parser(
@@ -81,6 +90,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     config = mount_config(args)
     if args.daemon:
         return spawn.spawn_daemon(args, config.cache_dir)
+    if args.log_file:
+        os.close(spawn.open_log(args.log_file))  # created private; logging appends to it
     console.setup_logging(level=args.log_level, log_file=args.log_file, verbose=args.verbose)
     ready_fd = spawn.parent_pipe()
 
@@ -131,9 +142,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    answer = _ask(args.mountpoint, {"cmd": "sync"}, timeout=None)
+    message: dict[str, Any] = {"cmd": "sync"}
+    socket_timeout = None
+    if args.timeout is not None:
+        message["timeout"] = args.timeout
+        socket_timeout = args.timeout + _SYNC_ANSWER_GRACE  # the mount answers at its deadline
+    try:
+        answer = _ask(args.mountpoint, message, timeout=socket_timeout)
+    except MountError as exc:
+        if not isinstance(exc.__cause__, TimeoutError):
+            raise
+        late = f"sync of {args.mountpoint}: no answer within {args.timeout:g}s"
+        raise ModelfsError(late) from exc
     if not answer.get("ok"):
-        raise ModelfsError(f"sync failed: {answer.get('error')}")
+        raise ModelfsError(f"sync of {args.mountpoint} failed: {answer.get('error')}")
     return console.EXIT_OK
 
 

@@ -1,9 +1,11 @@
 """Every check that can fail before mounting, each failure one line naming what to fix.
 
-In order: FUSE usable; the mountpoint usable (exists, a directory, empty unless allowed, not
-mounted, not a dead mount); the cache dir writable (other mounts may use it too: the block
-cache is shared, and each mount's write-back root, locked by the mount, is its own); the bucket
-reachable with these credentials. Nothing is mounted before all of them pass.
+In order: FUSE usable; the control directory ours alone (`host.control`); the mountpoint
+usable (exists, a directory, empty unless allowed, not mounted, not a dead mount); the cache
+dir ours, writable by no other user (a block planted there would be served to the app) and
+writable by us; the cache root of this bucket ours alone (0700; other mounts may use it too:
+the block cache is shared, and each mount's write-back root, locked by the mount, is its own);
+the bucket reachable with these credentials. Nothing is mounted before all of them pass.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from modelfs.daemon.settings import MountConfig
 from modelfs.errors import MountError
-from modelfs.host import control, mountinfo
+from modelfs.host import control, mountinfo, private
 from modelfs.pull.manifeststore import manifest_store
 from modelfs.pull.plan import SourceSettings, auth_headers
 from modelfs.store.protocol import ObjectStore
@@ -52,14 +54,19 @@ def check_mountpoint(mountpoint: Path, *, allow_non_empty: bool) -> None:
         raise MountError(f"mountpoint {path} is not empty (use --allow-non-empty to mount over it)")
 
 
-def check_cache_dir(root: Path) -> None:
+def check_cache_dir(cache_dir: Path) -> None:
+    """The cache dir exists (made 0700), is ours, no other user can write it, and we can."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".probe-{os.getpid()}"
-        probe.write_bytes(b"x")
+        private.make_dirs(cache_dir)
+    except OSError as exc:
+        raise MountError(f"cache dir {cache_dir} is not writable: {exc.strerror or exc}") from exc
+    private.require_dir(cache_dir, "cache dir")
+    try:
+        probe = cache_dir / f".probe-{os.getpid()}"
+        os.close(private.open_new(probe))
         probe.unlink()
     except OSError as exc:
-        raise MountError(f"cache dir {root} is not writable: {exc.strerror or exc}") from exc
+        raise MountError(f"cache dir {cache_dir} is not writable: {exc.strerror or exc}") from exc
 
 
 def make_store(config: MountConfig) -> ObjectStore:
@@ -78,8 +85,10 @@ def make_store(config: MountConfig) -> ObjectStore:
 def preflight(config: MountConfig) -> ObjectStore:
     """Every check; returns the store."""
     check_fuse()
+    control.checked_dir(create=True)
     check_mountpoint(config.mountpoint, allow_non_empty=config.allow_non_empty)
-    check_cache_dir(config.cache_root())
+    check_cache_dir(config.cache_dir)
+    private.own_dir(config.cache_root(), "cache dir")
     store = make_store(config)
     store.check_bucket()
     return store

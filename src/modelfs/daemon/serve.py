@@ -2,6 +2,8 @@
 
 Order of a mount:
 1. `preflight` (see there): every check that can fail, before anything is mounted.
+   (Wiring that crosses layers is done here: on a full cache disk the writer asks for room,
+   and the block cache gives blocks back; write/ never imports cache/.)
 2. `Mount` builds store -> cache -> fetcher -> read policy, namespace, writer -> filesystem
    core -> FUSE adapter. The writer is the write-back engine, or on a read-only mount the
    null writer that answers EROFS. Nothing is wired after construction.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
@@ -45,7 +48,7 @@ from modelfs.daemon.preflight import preflight
 from modelfs.daemon.settings import MountConfig
 from modelfs.daemon.warm import Warmer
 from modelfs.daemon.warmup import warm_up
-from modelfs.errors import ModelfsError, NotFound
+from modelfs.errors import ModelfsError, NotFound, UploadFailed
 from modelfs.host import control, mountinfo, notify
 from modelfs.memory import MemoryBudget, tune_malloc
 from modelfs.objects import ObjectInfo
@@ -67,6 +70,7 @@ BLOCK_SIZE = 1 << 20  # the largest FUSE read (256 pages) is 1 MiB: one request,
 _READAHEAD_KB = 1024  # raise the kernel's 128 KiB default so requests arrive as 1 MiB reads
 _READY_TIMEOUT = 30.0
 _LISTING_THREADS = 16  # LIST requests at once: `ls -lR` of a wide tree lists in parallel
+_ROOM_STEP = 64 << 20  # what a full cache disk gives back to write-back at a time
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -130,9 +134,17 @@ class Mount:
                 source=self.fetcher.chunks,  # a file opened to append reads through the cache
                 identity=config.cache_identity,  # the root's: any prefix of the bucket
                 budget=self.budget,  # upload bodies count against --max-memory too
+                make_room=self._room_for_write_back,
             )
         self.fs = Filesystem(self.namespace, self.reads, self.writer, config.fs)
         self.started = time.time()
+
+    def _room_for_write_back(self, needed: int) -> int:
+        """The cache disk is full: written data matters more than cached blocks, which can be
+        fetched again. Give back at least `_ROOM_STEP` so the next writes find room too."""
+        freed = self.cache.give_back(max(needed, _ROOM_STEP))
+        log.warning("cache disk full: evicted %s of blocks for write-back", format_size(freed))
+        return freed
 
     async def _files_in(self, directory: str) -> Iterable[ObjectInfo]:
         return (await self.namespace.listing(directory)).files.values()
@@ -195,7 +207,6 @@ class Mount:
         control.write_state(
             self.mount_id,
             {
-                "pid": os.getpid(),
                 "spec": self.config.source,
                 "mountpoint": self.real_mountpoint,
                 "cache_dir": str(self.config.cache_root()),
@@ -219,7 +230,11 @@ class Mount:
                 f" (last error: {stats.last_error})" if stats.last_error else "",
             )
 
-        await self.writer.drain(progress, interval=2.0)
+        try:
+            await self.writer.drain(progress, interval=2.0)
+        except UploadFailed as exc:
+            log.error("%s in %s; the next mount uploads them", exc, self.config.cache_root())
+            return
         if pending.files or pending.deletes:
             log.info("all written files are in the bucket")
 
@@ -230,9 +245,23 @@ class Mount:
         if command == "status":
             return {"ok": True, **self.status()}
         if command == "sync":
-            await self.writer.drain()
-            return {"ok": True}
+            return await self._sync(request.get("timeout"))
         return {"ok": False, "error": f"unknown command {command!r}"}
+
+    async def _sync(self, within: object) -> dict[str, Any]:
+        """`modelfs sync [--timeout SECONDS]`: everything written so far in the bucket."""
+        limit = float(within) if isinstance(within, int | float) else math.inf
+        try:
+            with trio.move_on_after(limit) as waited:
+                await self.writer.drain()
+        except UploadFailed as exc:
+            return {"ok": False, "error": str(exc)}
+        if not waited.cancelled_caught:
+            return {"ok": True}
+        stats = self.writer.statistics()
+        left = f"{stats.files} file(s), {format_size(stats.bytes)}" if stats else "uploads"
+        error = f"; last error: {stats.last_error}" if stats and stats.last_error else ""
+        return {"ok": False, "error": f"not done within {limit:g}s: {left} still to upload{error}"}
 
     def status(self) -> dict[str, Any]:
         return self.figures().as_status()

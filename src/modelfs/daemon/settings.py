@@ -59,7 +59,8 @@ class MountConfig:
     @property
     def cache_identity(self) -> str:
         """What one cache root (blocks, write-back journals) belongs to: endpoint and bucket,
-        so mounts of different prefixes, or on different mountpoints, share blocks."""
+        so mounts of different prefixes, or on different mountpoints, share blocks; a manifest
+        URL's mount, its URL without the query."""
         if self.manifest_url is not None:
             return f"url|{self.source}"
         return f"{self.remote.endpoint or 'aws'}|{self.spec.bucket}"
@@ -67,7 +68,7 @@ class MountConfig:
     def cache_root(self) -> Path:
         """One cache per (endpoint, bucket), named after `cache_identity`."""
         digest = hashlib.sha256(self.cache_identity.encode()).hexdigest()[:16]
-        return self.cache_dir / f"{self.spec.bucket[:32]}-{digest}"
+        return self.cache_dir / f"{(self.spec.bucket or URL_REMOTE)[:32]}-{digest}"
 
     def writeback_root(self) -> Path:
         """This mount's write-back root, by mountpoint: mounts that share a cache root never

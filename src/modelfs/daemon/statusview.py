@@ -104,6 +104,8 @@ def status_lines(answer: Answer) -> list[str]:
             f" last error: {upload.get('last_error') or 'none'}"
             + (f", errors: {_errors(upload['errors'])}" if upload.get("errors") else "")
         )
+        for failure in upload.get("failures") or ():
+            lines.append(f"not uploaded, held until `modelfs sync` or the next mount: {failure}")
     return lines
 
 

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from modelfs.errors import MountError
+from modelfs.host import private
 
 LOCK_NAME = "lock"
 # How long `join_lock` waits for a process that holds the lock exclusively: the first user's
@@ -35,7 +36,7 @@ _JOIN_POLL = 0.05
 
 
 def _open(directory: Path) -> int:
-    return os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    return private.open_owned(directory / LOCK_NAME, os.O_RDWR)
 
 
 def _in_use(fd: int, what: str, directory: Path) -> MountError:

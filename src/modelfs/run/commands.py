@@ -71,6 +71,15 @@ def _register_run(commands: Subparsers) -> None:
     parser.add_argument(
         "--keep-mounted", action="store_true", help="leave a mount this run made mounted"
     )
+    parser.add_argument(
+        "--user", metavar="NAME", default=None, help="run the app as NAME (run itself is root)"
+    )
+    parser.add_argument(
+        "--external-mount",
+        action="store_true",
+        help="the mount has another owner (its systemd unit): use it, never mount, heal or "
+        "unmount it",
+    )
     parser.add_argument("--probe-timeout", metavar="DUR", default=None)
     parser.add_argument(
         "--save",
@@ -94,6 +103,12 @@ def _register_run(commands: Subparsers) -> None:
         default=[],
         metavar="GLOB",
         help="the same, while the app starts (repeatable)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        metavar="DUR",
+        default=None,
+        help="how long uploads may take after the app exits (default 10m); then exit 1",
     )
     options.add_forwarded_arguments(parser)
     parser.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [-- COMMAND ...]")

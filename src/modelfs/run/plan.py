@@ -11,6 +11,8 @@ without a mount.
     cache-max-size = 50G                         logs=logs
     allow-other = true                    workdir = /srv/index-tts
                                           command = python webui.py --listen --port 7860
+                                          user = tts       (optional: the app's user; the
+                                                            mount then needs allow-other)
 
 Precedence, lowest first: the `[mount:NAME]` section a run section names, the run section, the
 command line. `--link` on the command line replaces the section's links as a whole (switching
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import os
+import pwd
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -44,12 +47,16 @@ from modelfs.run.warm import parse_glob
 
 _RUN_KEYS = frozenset(
     {"mount", "remote", "mountpoint", "link", "links", "workdir", "command", "pull", "into"}
-    | {"move-aside", "keep-mounted", "probe-timeout", "watch-interval", "warm", "warm-async"}
+    | {"move-aside", "keep-mounted", "probe-timeout", "watch-interval", "drain-timeout", "user"}
+    | {"warm", "warm-async"}
 )
 _MOUNT_KEYS = frozenset({"remote", "mountpoint"})
 # How often the watchdog stats the mount while the app runs: a dead mount is noticed within
 # this, and one stat every few seconds costs nothing measurable.
 DEFAULT_WATCH_INTERVAL = 5.0
+# How long the final drain (`modelfs sync` after the app exits) may take before the run gives
+# up, reports what is left and exits 1 (the files stay staged): the units' TimeoutStopSec.
+DEFAULT_DRAIN_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +87,14 @@ class RunPlan:
     keep_mounted: bool = False
     probe_timeout: float = DEFAULT_PROBE_TIMEOUT
     watch_interval: float = DEFAULT_WATCH_INTERVAL
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     mount_section: str | None = None  # the [mount:NAME] it used, for unit ordering
     pull: PullTarget | None = None
     chosen: str | None = None  # a section run chose itself: which, and why (for the log)
     warm: tuple[str, ...] = ()  # globs under the mountpoint, warmed before the app starts
     warm_async: tuple[str, ...] = ()  # ... and while it starts
+    user: str | None = None  # the app runs as this user (`modelfs run` itself stays root)
+    external_mount: bool = False  # another owner (the mount's unit) mounts and heals it
 
     @property
     def root(self) -> str:
@@ -273,12 +283,36 @@ def plan_from_args(
         keep_mounted=flag("keep-mounted", args.keep_mounted),
         probe_timeout=seconds("probe-timeout", args.probe_timeout, DEFAULT_PROBE_TIMEOUT),
         watch_interval=seconds("watch-interval", args.watch_interval, DEFAULT_WATCH_INTERVAL),
+        drain_timeout=seconds("drain-timeout", args.drain_timeout, DEFAULT_DRAIN_TIMEOUT),
         mount_section=mount_section,
         pull=pull,
         chosen=chosen,
         warm=globs("warm", getattr(args, "warm", None)),
         warm_async=globs("warm-async", getattr(args, "warm_async", None)),
+        user=_app_user(args.user or items.get("user", "").strip() or None, target),
+        external_mount=args.external_mount,
     )
+
+
+def _app_user(user: str | None, target: MountTarget | None) -> str | None:
+    """The user the app runs as, checked: it exists, `run` can switch to it, and it can
+    reach a mount made by root (FUSE lets only the mounting user in without allow_other)."""
+    if user is None:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"user {user!r} does not exist") from None
+    if entry.pw_uid == os.geteuid():
+        return user
+    if os.geteuid() != 0:
+        raise ConfigError(f"user = {user} needs modelfs run to start as root")
+    if target is not None and "--allow-other" not in target.options:
+        raise ConfigError(
+            f"user = {user} needs allow-other = true for the mount of {target.spec} "
+            "(else only the user who mounted it can open it)"
+        )
+    return user
 
 
 def validate_paths(plan: RunPlan, mountinfo: str) -> None:

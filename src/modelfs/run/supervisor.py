@@ -13,7 +13,10 @@ A run, step by step:
 3. start the app in WORKDIR with our stdin/stdout/stderr; send READY=1 if under systemd;
    with `--warm-async GLOB`, warm beside it (stopped when the app exits).
 4. while it runs, a watchdog thread checks the mount every `watch_interval` and mounts it
-   again (same options, so the same cache) when its daemon died.
+   again (same options, so the same cache) when its daemon died. With `--external-mount` (the
+   run unit of a section whose mount has its own unit) the mount is its owner's: step 1 only
+   uses a healthy one, and there is no watchdog and no unmount (the mount unit restarts it).
+   The app runs as `user` if one is given: `run` itself stays root.
 5. when the app exits: if step 1 mounted, `modelfs sync` then `modelfs unmount` (unless
    `--keep-mounted`); exit with the app's status, 128+N if a signal N ended it.
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import signal
 import subprocess
 from collections.abc import Callable
@@ -112,8 +116,20 @@ class SignalForwarder:
 
 
 def start_app(plan: RunPlan) -> subprocess.Popen[bytes]:
-    """Start the command in WORKDIR; OSError if it cannot be executed."""
-    return subprocess.Popen(plan.command, cwd=plan.workdir, env=child_environment())
+    """Start the command in WORKDIR (as `plan.user` if given); OSError if it cannot be run."""
+    env = child_environment()
+    if plan.user is None:
+        return subprocess.Popen(plan.command, cwd=plan.workdir, env=env)
+    entry = pwd.getpwnam(plan.user)
+    env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+    return subprocess.Popen(
+        plan.command,
+        cwd=plan.workdir,
+        env=env,
+        user=entry.pw_uid,
+        group=entry.pw_gid,
+        extra_groups=os.getgrouplist(entry.pw_name, entry.pw_gid),
+    )
 
 
 def supervise_app(plan: RunPlan, forwarder: SignalForwarder, keeper: MountKeeper | None) -> int:
@@ -128,7 +144,9 @@ def supervise_app(plan: RunPlan, forwarder: SignalForwarder, keeper: MountKeeper
         return EXIT_NOT_EXECUTABLE
     forwarder.attach(app.pid)
     notify("READY=1", f"STATUS=running {plan.command[0]} (pid {app.pid})")
-    watchdog = Watchdog(keeper.check, keeper.heal, plan.watch_interval) if keeper else None
+    watchdog = None
+    if keeper is not None and not keeper.external:  # an external mount's owner heals it
+        watchdog = Watchdog(keeper.check, keeper.heal, plan.watch_interval)
     if watchdog:
         watchdog.start()
     try:
@@ -147,7 +165,13 @@ def execute(plan: RunPlan, before_app: Callable[[], None] | None = None) -> int:
     forwarder.install()
     keeper = None
     if plan.target is not None:
-        keeper = MountKeeper(plan.target, plan.config, plan.probe_timeout)
+        keeper = MountKeeper(
+            plan.target,
+            plan.config,
+            plan.probe_timeout,
+            plan.drain_timeout,
+            external=plan.external_mount,
+        )
     try:
         try:
             if keeper is not None:

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelfs.errors import ConfigError, NoSpace
+from modelfs.host import private
 from modelfs.store.protocol import PendingUpload
 
 log = logging.getLogger(__name__)
@@ -112,12 +113,21 @@ def _legacy_of_same_bucket(found: str, identity: str) -> bool:
     return found.partition(":")[2].partition("/")[0] == identity.rpartition("|")[2]
 
 
+def _make_private(path: Path) -> None:
+    """The database 0600 before SQLite opens it: SQLite creates its -wal and -shm files with
+    the database's mode. Those an older version left wider are narrowed too."""
+    os.close(private.open_owned(path, os.O_RDWR))
+    for suffix in ("-wal", "-shm"):
+        private.narrow(path.with_name(path.name + suffix))
+
+
 class Journal:
     """The dirty-key table. Methods other than `sync` run on one thread (the trio thread)."""
 
     def __init__(self, root: Path, *, identity: str | None = None) -> None:
         self._path = root / JOURNAL_NAME
         self._reserve = root / RESERVE_NAME
+        _make_private(self._path)
         self._db = sqlite3.connect(self._path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

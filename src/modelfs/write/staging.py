@@ -1,7 +1,8 @@
 """The staging area: one local file per file being written, holding its full content.
 
 On-disk layout under the write-back root (one root per mount, chosen by the caller; an
-earlier version kept one per remote, which `take_over` moves to a mount's):
+earlier version kept one per remote, which `take_over` moves to a mount's), every directory
+0700 and every file 0600 (`host.private`):
 
     ROOT/
     ├── lock                      flock()ed by the live WriteBack; freed by the kernel on kill -9
@@ -34,6 +35,7 @@ from typing import NoReturn
 import trio
 
 from modelfs.errors import MountError, NoSpace, StaleObject
+from modelfs.host import private
 from modelfs.host.locks import hold_lock
 from modelfs.objects import ObjectInfo
 from modelfs.store.etag import md5_etag, multipart_etag
@@ -53,7 +55,7 @@ class StagingArea:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.dir = root / STAGING_DIR
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private.make_dirs(self.dir)
         self._lock_fd = hold_lock(root, "write-back root")
 
     def create(self) -> tuple[str, int]:
