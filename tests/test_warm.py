@@ -111,7 +111,7 @@ def test_pins_outlive_eviction_and_a_restart_and_unpin_releases_them(env: Env) -
         _, samples = scrape(port)
         assert value(samples, "modelfs_cache_pinned_bytes") == file_bytes(len(pinned))
         lines = run_cli("status", env.mountpoint).stdout
-        assert "6.0M pinned" in lines
+        assert "6.0M pinned (1 file(s))" in lines
     (root,) = env.cache_dir.glob("*/blocks")
     assert stat.S_IMODE((root / "pins.json").stat().st_mode) == 0o600
     with env.mount("--cache-max-size", "16M"):  # pins are kept across a restart

@@ -275,6 +275,7 @@ class DiskBlockCache:
                 corrupt=self._corrupt + self._evictor.corrupt,
                 write_errors=self._write_errors,
                 pinned_bytes=self._pins.bytes,
+                pinned_files=self._pins.count,
             )
 
     # -- pins ---------------------------------------------------------------------------------

@@ -83,6 +83,11 @@ class PinTable:
     def bytes(self) -> int:
         return self._table.bytes
 
+    @property
+    def count(self) -> int:
+        """Files (object versions) pinned."""
+        return len(self._table.pins)
+
     def pins(self) -> list[Pin]:
         return sorted(self._table.pins.values(), key=lambda pin: pin.key)
 
