@@ -248,3 +248,24 @@ def test_warm_globs_that_cannot_work(tmp_path: Path, argv: list[str], message: s
     os.chdir(tmp_path)
     with pytest.raises(ConfigError, match=message):
         plan_from_args(args_of(*argv))
+
+
+# -- start profiles ------------------------------------------------------------------------------
+
+
+def test_the_start_profile_is_the_sections_name_unless_told(tmp_path: Path) -> None:
+    config = section("app", str(tmp_path))
+    assert plan_here(tmp_path, config, None, "app").profile == "app"
+    assert plan_here(tmp_path, config, None, "app", "--profile", "other").profile == "other"
+    assert plan_here(tmp_path, config, None, "app", "--no-profile").profile is None
+    tuned = config + "profile = off\nprofile-quiet = 3s\nprofile-max-size = 1G\n"
+    off = plan_here(tmp_path, tuned, None, "app")
+    assert (off.profile, off.profile_quiet, off.profile_max) == (None, 3.0, 1 << 30)
+    assert plan_from_args(args_of("--mount", "r:bucket", "/m", "--", "x")).profile is None
+    pulled = plan_from_args(args_of("--pull", "r:b", "--into", "/d", "--profile", "p", "--", "x"))
+    assert pulled.profile is None  # a pull has no mount to replay through
+    argv = ("--mount", "r:bucket", "/m", "--profile", "p", "--profile-quiet", "3s")
+    args = args_of(*argv, "--save", "s", "--", "x")
+    saving_for(args, plan_from_args(args)).write()
+    again = plan_from_args(args_of(), parse(REMOTE), project_config(tmp_path, None))
+    assert (again.profile, again.profile_quiet) == ("p", 3.0)

@@ -222,7 +222,7 @@ def test_run_warm_fetches_before_the_app_starts(setup: Setup) -> None:
     assert without.returncode == 5, without.stderr
     assert "blocks cached: 0" in without.stdout
     done = run_app(setup, "--warm", "cache_hub_v23/models/*")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
     assert "blocks cached: 4" in done.stdout
     assert "warmed 2 file(s)" in done.stderr
 

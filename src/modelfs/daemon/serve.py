@@ -10,13 +10,15 @@ Order of a mount:
 3. `serve` starts the `--metrics` server (a thread; failing to listen fails the mount before
    anything is mounted), mounts, then runs in one nursery: the read policy (GETs, whole-file
    fetches), the writer's uploads, the mount-time warm-up, signal handling, and readiness;
-   the control socket answers `status`, `sync` and `warm` (`daemon.warm`);
+   the control socket answers `status`, `sync`, `warm` (`daemon.warm`) and `replay`
+   (`daemon.replay`: a start profile fetched ahead of `modelfs run`'s app, the start recorded);
    the FUSE session runs until unmounted.
 4. Ready: once a stat of the mountpoint answers (from a worker thread: the stat goes through
    our own loop), the kernel readahead is raised, the control socket opens, READY=1 goes to
    systemd and the `--daemon` parent is told.
-5. SIGINT/SIGTERM (or `modelfs unmount`): STOPPING=1, leave the FUSE loop, upload everything
-   written (`drain`, with a progress line), close the writer, unmount, stop the metrics server.
+5. SIGINT/SIGTERM (or `modelfs unmount`): STOPPING=1, leave the FUSE loop, save a start
+   profile being recorded, upload everything written (`drain`, with a progress line), close
+   the writer, unmount, stop the metrics server.
 What the mount reports (`status`, `/metrics`) is one `figures()` snapshot (`daemon.figures`).
 This module is the only owner of these lifecycles: nothing else starts, drains or closes them.
 """
@@ -45,6 +47,7 @@ from modelfs.daemon import control_server
 from modelfs.daemon.figures import MountFigures
 from modelfs.daemon.fuse_ops import FuseOperations
 from modelfs.daemon.preflight import preflight
+from modelfs.daemon.replay import Replays
 from modelfs.daemon.settings import MountConfig
 from modelfs.daemon.warm import Warmer
 from modelfs.daemon.warmup import warm_up
@@ -121,6 +124,13 @@ class Mount:
             verifications=Verifications(manifest_expectations(store, config.spec)),
         )
         self.warmer = Warmer(self.namespace, self.reads, self.cache)
+        self.replays = Replays(
+            store,
+            self.namespace,
+            self.reads,
+            read_only=config.read_only,
+            max_bytes=config.cache_max_size // 2,  # a replay never churns the whole cache
+        )
         self.writer: Writer = ReadOnlyWriter()
         if not config.read_only:
             if take_over(config.cache_root() / "writeback", config.writeback_root()):
@@ -175,6 +185,7 @@ class Mount:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.reads.run)
+                await nursery.start(self.replays.run)
                 nursery.start_soon(self.writer.run)
                 if self.config.warm_up:
                     nursery.start_soon(warm_up, self.namespace, self.fetcher)
@@ -186,7 +197,7 @@ class Mount:
         finally:
             self.writer.close()
             notify.notify("STOPPING=1")
-            control.remove_state(self.mount_id)
+            control.remove_state(self.mount_id, pid=os.getpid())
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)
 
@@ -217,7 +228,9 @@ class Mount:
         self._on_ready()
 
     async def _drain_before_exit(self) -> None:
-        """Upload everything written before exiting, with a progress line while it takes."""
+        """Save a start being recorded, and upload everything written before exiting, with a
+        progress line while it takes."""
+        await self.replays.finish()
         pending = self.writer.statistics()
         if pending is None:
             return
@@ -242,6 +255,8 @@ class Mount:
         command = request.get("cmd")
         if command == "warm":
             return await self.warmer.handle(request, send)
+        if command == "replay":
+            return await self.replays.handle(request, send)
         if command == "status":
             return {"ok": True, **self.status()}
         if command == "sync":

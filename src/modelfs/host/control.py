@@ -7,8 +7,10 @@ ${TMPDIR:-/tmp}/modelfs-EUID):
       <id>.json   {"pid", "start_time", "spec", "mountpoint", "cache_dir", "started"}, 0600,
                   written once mounted (through a new temp file: O_EXCL|O_NOFOLLOW)
       <id>.sock   JSON-lines: {"cmd": "status"} -> statistics, {"cmd": "sync"} -> waits,
-                  {"cmd": "warm", "paths": [...], "pin"|"unpin": bool} -> progress, then done
-where <id> = sha256(realpath(mountpoint))[:16]. Both are removed on a clean exit; a state file
+                  {"cmd": "warm", "paths": [...], "pin"|"unpin": bool} -> progress, then done,
+                  {"cmd": "replay", "name", "quiet", "max_bytes"} -> at once (`daemon.replay`)
+where <id> = sha256(realpath(mountpoint))[:16]. Both are removed on a clean exit (by the mount
+that wrote them: one that exits late leaves the next mount's alone); a state file
 whose process is gone (dead, or its pid reused: `start_time` differs) is stale and ignored.
 
 One request per connection; the answer is one JSON line. A long request may send progress
@@ -132,7 +134,16 @@ def write_state(ident: str, state: dict[str, Any]) -> None:
     private.replace_file(state_path(ident), json.dumps(state).encode())
 
 
-def remove_state(ident: str) -> None:
+def remove_state(ident: str, *, pid: int | None = None) -> None:
+    """Remove the state file and socket of `ident`; with `pid`, only if that process wrote
+    them: a mount still exiting must not remove those of the next mount on its mountpoint."""
+    if pid is not None:
+        try:
+            owner = json.loads(state_path(ident).read_bytes()).get("pid")
+        except (OSError, ValueError, AttributeError):
+            owner = None
+        if owner != pid:
+            return
     for path in (state_path(ident), socket_path(ident)):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

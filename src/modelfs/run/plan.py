@@ -18,6 +18,8 @@ Precedence, lowest first: the `[mount:NAME]` section a run section names, the ru
 command line. `--link` on the command line replaces the section's links as a whole (switching
 versions is `modelfs run index-tts --link cache_hub=cache_hub_v24`), `--warm` and `--warm-async`
 its `warm` and `warm-async` globs likewise; words after the section name replace its command.
+A run of a section replays and records the start profile of the section's name (`run.replay`)
+unless told otherwise (`profile = NAME | off`).
 With no section name and no `--mount`/`--pull`, `run.sections` chooses the section (the app's
 own `modelfs.conf`, the one whose workdir is here, the only one).
 """
@@ -36,7 +38,7 @@ from pathlib import Path
 from modelfs.config import options
 from modelfs.config.files import lay_over
 from modelfs.config.remote import normalize_spec
-from modelfs.config.units import parse_bool, parse_duration
+from modelfs.config.units import parse_bool, parse_duration, parse_size
 from modelfs.errors import ConfigError
 from modelfs.host.control import canonical_mountpoint
 from modelfs.host.health import DEFAULT_PROBE_TIMEOUT
@@ -48,7 +50,7 @@ from modelfs.run.warm import parse_glob
 _RUN_KEYS = frozenset(
     {"mount", "remote", "mountpoint", "link", "links", "workdir", "command", "pull", "into"}
     | {"move-aside", "keep-mounted", "probe-timeout", "watch-interval", "drain-timeout", "user"}
-    | {"warm", "warm-async"}
+    | {"warm", "warm-async", "profile", "profile-quiet", "profile-max-size"}
 )
 _MOUNT_KEYS = frozenset({"remote", "mountpoint"})
 # How often the watchdog stats the mount while the app runs: a dead mount is noticed within
@@ -57,6 +59,10 @@ DEFAULT_WATCH_INTERVAL = 5.0
 # How long the final drain (`modelfs sync` after the app exits) may take before the run gives
 # up, reports what is left and exits 1 (the files stay staged): the units' TimeoutStopSec.
 DEFAULT_DRAIN_TIMEOUT = 600.0
+# A start profile (`run.replay`): recorded until this long without a new read, or this much.
+DEFAULT_PROFILE_QUIET = 10.0
+DEFAULT_PROFILE_MAX = 8 << 30
+PROFILE_OFF = "off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +101,9 @@ class RunPlan:
     warm_async: tuple[str, ...] = ()  # ... and while it starts
     user: str | None = None  # the app runs as this user (`modelfs run` itself stays root)
     external_mount: bool = False  # another owner (the mount's unit) mounts and heals it
+    profile: str | None = None  # the start profile replayed and recorded (None: none)
+    profile_quiet: float = DEFAULT_PROFILE_QUIET
+    profile_max: int = DEFAULT_PROFILE_MAX
 
     @property
     def root(self) -> str:
@@ -291,7 +300,24 @@ def plan_from_args(
         warm_async=globs("warm-async", getattr(args, "warm_async", None)),
         user=_app_user(args.user or items.get("user", "").strip() or None, target),
         external_mount=args.external_mount,
+        profile=_profile(args, items, name, target),
+        profile_quiet=seconds("profile-quiet", args.profile_quiet, DEFAULT_PROFILE_QUIET),
+        profile_max=parse_size(args.profile_max_size or items.get("profile-max-size", "8G")),
     )
+
+
+def _profile(
+    args: argparse.Namespace,
+    items: Mapping[str, str],
+    name: str | None,
+    target: MountTarget | None,
+) -> str | None:
+    """The start profile's name: `--profile NAME` or `profile = NAME`, else the run section's
+    name; none with `--no-profile`, `profile = off`, or without a mount."""
+    chosen = args.profile or items.get("profile", "").strip() or name
+    if args.no_profile or target is None or chosen == PROFILE_OFF:
+        return None
+    return chosen
 
 
 def _app_user(user: str | None, target: MountTarget | None) -> str | None:

@@ -98,8 +98,16 @@ def _lines(args: argparse.Namespace, plan: RunPlan) -> list[str]:
     for key, given in (("keep-mounted", args.keep_mounted), ("move-aside", args.move_aside)):
         if given:
             lines.append(f"{key} = true")
-    durations = (("probe-timeout", args.probe_timeout), ("watch-interval", args.watch_interval))
-    for key, text in durations:
+    if args.no_profile:
+        lines.append("profile = off")
+    texts = (
+        ("profile", args.profile),
+        ("profile-quiet", args.profile_quiet),
+        ("profile-max-size", args.profile_max_size),
+        ("probe-timeout", args.probe_timeout),
+        ("watch-interval", args.watch_interval),
+    )
+    for key, text in texts:
         if text is not None:
             lines.append(f"{key} = {text}")
     return lines

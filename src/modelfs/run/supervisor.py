@@ -10,8 +10,9 @@ A run, step by step:
    mounted -> mount; anything else mounted there -> error, never a takeover.
 2. install the links (`links.install_link`); with `--warm GLOB`, fetch the files into the
    mount's cache and wait (`warm`).
-3. start the app in WORKDIR with our stdin/stdout/stderr; send READY=1 if under systemd;
-   with `--warm-async GLOB`, warm beside it (stopped when the app exits).
+3. ask the mount to fetch the app's start profile ahead of it and to record this start
+   (`replay`); start the app in WORKDIR with our stdin/stdout/stderr; send READY=1 if under
+   systemd; with `--warm-async GLOB`, warm beside it (stopped when the app exits).
 4. while it runs, a watchdog thread checks the mount every `watch_interval` and mounts it
    again (same options, so the same cache) when its daemon died. With `--external-mount` (the
    run unit of a section whose mount has its own unit) the mount is its owner's: step 1 only
@@ -44,6 +45,7 @@ from modelfs.host.notify import child_environment, notify
 from modelfs.run.keeper import MountKeeper, Watchdog, pull_files
 from modelfs.run.links import install_link
 from modelfs.run.plan import RunPlan
+from modelfs.run.replay import ask_replay
 from modelfs.run.warm import WarmBeside, warm_now
 
 log = logging.getLogger("modelfs.run")
@@ -194,6 +196,7 @@ def execute(plan: RunPlan, before_app: Callable[[], None] | None = None) -> int:
                 forwarder.raise_if_received()
             if before_app is not None:
                 before_app()
+            ask_replay(plan)
             beside = (
                 WarmBeside(plan.config, plan.root, plan.warm_async) if plan.warm_async else None
             )
