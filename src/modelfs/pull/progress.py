@@ -28,7 +28,8 @@ from modelfs.pull.engine import PullFile
 class Counters:
     """Bytes and files of a pull so far (thread safe)."""
 
-    def __init__(self, total_bytes: int, total_files: int) -> None:
+    def __init__(self, total_bytes: int, total_files: int, label: str = "pull") -> None:
+        self.label = label  # what the lines and the bar say they show (`pull`, `warm`)
         self.total_bytes = total_bytes
         self.total_files = total_files
         self.done_bytes = 0
@@ -68,7 +69,7 @@ class Counters:
         rate = self.rate()
         eta = (total - done) / rate if rate > 0 else 0.0
         return (
-            f"pull: {format_size(done)} of {format_size(total)} ({percent:.0f}%), "
+            f"{self.label}: {format_size(done)} of {format_size(total)} ({percent:.0f}%), "
             f"{rate / 1e6:.1f} MB/s, {eta:.0f}s left, {files}"
         )
 
@@ -134,7 +135,7 @@ class BarEvents(PlainEvents):
             TimeRemainingColumn(),
             transient=False,
         )
-        self._task = self._progress.add_task("pull", total=counters.total_bytes)
+        self._task = self._progress.add_task(counters.label, total=counters.total_bytes)
         self._progress.start()
 
     def file_failed(self, file: PullFile, error: str) -> None:
@@ -143,13 +144,14 @@ class BarEvents(PlainEvents):
 
     def tick(self) -> None:
         counters = self.counters
-        current = ", ".join(counters.current_paths(2)) or "pull"
+        current = ", ".join(counters.current_paths(2)) or counters.label
         self._progress.update(
             self._task, completed=counters.done_bytes, description=_shorten(current, 40)
         )
 
     def close(self) -> None:
-        self._progress.update(self._task, completed=self.counters.done_bytes, description="pull")
+        counters = self.counters
+        self._progress.update(self._task, completed=counters.done_bytes, description=counters.label)
         self._progress.stop()
 
 
