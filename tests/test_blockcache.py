@@ -437,6 +437,20 @@ def test_startup_removes_temp_and_unknown_files(cache: DiskBlockCache, clock: Fa
     restarted.close()
 
 
+def test_startup_removes_a_block_another_user_planted(
+    cache: DiskBlockCache, clock: FakeClock
+) -> None:
+    """xxh3 is not a MAC: a block with a valid header and checksum, owned by another user, was
+    planted while the directory was open to others. It is never served."""
+    cache.put(A, 0, payload(A, 0))
+    os.chown(only_file(cache), 65534, 65534)
+    restarted = reopen(cache, clock)
+    assert restarted.get(A, 0) is None
+    assert block_files(restarted.root) == []
+    assert restarted.statistics().corrupt == 1
+    restarted.close()
+
+
 def test_startup_scan_of_10k_blocks_is_fast(cache: DiskBlockCache, clock: FakeClock) -> None:
     cache.put(A, 0, b"x")
     template = only_file(cache)

@@ -126,6 +126,25 @@ def test_the_state_file_is_never_written_through_a_planted_symlink(
     assert not (runtime / "abc.json").is_symlink()
 
 
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702])
+def test_a_cache_root_others_could_write_is_refused_not_narrowed(tmp_path: Path, mode: int) -> None:
+    """Narrowing it would keep trusting what another user planted while it was open."""
+    root = tmp_path / "root"
+    root.mkdir()
+    os.chmod(root, mode)
+    with pytest.raises(UnsafePath, match=f"mode {mode:04o} lets other users in"):
+        private.own_dir(root, "cache dir")
+    assert stat.S_IMODE(root.stat().st_mode) == mode
+
+
+def test_a_cache_root_others_could_only_read_is_narrowed(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    os.chmod(root, 0o755)  # what older versions made under umask 022
+    private.own_dir(root, "cache dir")
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+
+
 def test_new_private_files_refuse_anything_in_their_place(tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to(tmp_path / "nowhere")
     with pytest.raises(FileExistsError):

@@ -11,7 +11,9 @@ removed, and what is found at startup.
         │   └── .tmp-<pid>-<tag>-<n>                  a block being written
         └── …
 
-Directories are made 0700 and block files 0600: only the owner may read or plant a block.
+Directories are made 0700 and block files 0600: only the owner may read or plant a block; a
+block file another user owns (planted while the directory was open to others) is removed at
+startup, never served.
 keyhash, etaghash: the `BlockName` digests (`cache.blockfile`) as 32 hex digits. A different
 block size gets a different tree (the same index names other bytes), and stale trees are
 deleted by a process that uses the root alone. 256 fan-out dirs keep each directory small.
@@ -175,9 +177,11 @@ class BlockTree:
             logger.warning("block cache: cannot create %s: %s", self.path, exc)
 
     def scan(self, *, temps: bool) -> Scan:
-        """Every block file, oldest mtime first; junk and too-short files are removed, and temp
-        files too if `temps` (no other process is using the tree)."""
+        """Every block file, oldest mtime first; junk and too-short files and files of another
+        owner (a block planted while the dir was not ours alone) are removed, and temp files too
+        if `temps` (no other process is using the tree)."""
         scan = Scan()
+        euid = os.geteuid()
         interned: dict[str, bytes] = {}  # one digest object per object version, not per block
 
         def intern(digest_hex: str) -> bytes:
@@ -199,6 +203,11 @@ class BlockTree:
             try:
                 stat = entry.stat(follow_symlinks=False)
             except OSError:
+                continue
+            if stat.st_uid != euid:  # not written by us: planted before the dir was ours alone
+                logger.warning("block cache: removing %s, owned by uid %d", entry.path, stat.st_uid)
+                scan.corrupt += 1
+                unlink_quietly(entry.path)
                 continue
             if stat.st_size < HEADER_SIZE:
                 scan.corrupt += 1

@@ -180,6 +180,14 @@ MOUNT_OPTIONS: tuple[MountOption, ...] = (
         "upload files held open at least this often (default 30s)",
     ),
     _value(
+        "store-timeout",
+        parse_duration,
+        "60s",
+        "DUR",
+        "how long a request to the store may wait for an answer or its next bytes before it "
+        "is retried; a store that never answers fails a read after a few of these (default 60s)",
+    ),
+    _value(
         "log-file",
         _path,
         None,

@@ -25,6 +25,8 @@ from modelfs.pull.plan import SourceSettings, auth_headers
 from modelfs.store.protocol import ObjectStore
 from modelfs.store.s3 import S3Store
 
+CONNECT_TIMEOUT = 5.0  # seconds; less if --store-timeout is shorter
+
 
 def check_fuse() -> None:
     if not os.path.exists("/dev/fuse"):
@@ -81,7 +83,11 @@ def make_store(config: MountConfig) -> ObjectStore:
     # Readahead and demand GETs each use up to `transfers` connections; the rest is for
     # listings, uploads and the occasional HEAD.
     return S3Store(
-        config.remote, config.spec.bucket, max_connections=2 * config.read.transfers + 16
+        config.remote,
+        config.spec.bucket,
+        max_connections=2 * config.read.transfers + 16,
+        connect_timeout=min(CONNECT_TIMEOUT, config.store_timeout),
+        read_timeout=config.store_timeout,
     )
 
 

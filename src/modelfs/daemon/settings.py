@@ -50,6 +50,7 @@ class MountConfig:
     manifest_url: str | None = None  # SPEC was a manifest URL (read-only)
     token_file: str | None = None  # the link service's token, for `manifest_url`
     metrics: tuple[str, int] | None = None  # where /metrics listens; None: off
+    store_timeout: float = 60.0  # seconds a store request may wait for its next bytes
 
     @property
     def source(self) -> str:
@@ -117,6 +118,7 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         manifest_url=manifest_url,
         token_file=args.token_file,
         metrics=args.metrics,
+        store_timeout=args.store_timeout,
     )
 
 
