@@ -50,6 +50,15 @@ def test_the_control_dir_is_made_0700_and_the_state_file_0600(runtime: Path) -> 
     assert sorted(p.name for p in runtime.iterdir()) == ["abc.json"]  # no temp file left
 
 
+def test_a_mount_exiting_late_leaves_the_next_mounts_state_alone(runtime: Path) -> None:
+    control.write_state("abc", {"spec": "next"})  # the next mount on the mountpoint: us
+    (runtime / "abc.sock").touch()
+    control.remove_state("abc", pid=os.getpid() + 1)  # the one before, exiting late
+    assert sorted(p.name for p in runtime.iterdir()) == ["abc.json", "abc.sock"]
+    control.remove_state("abc", pid=os.getpid())
+    assert list(runtime.iterdir()) == []
+
+
 def _owned_by_someone_else(path: Path) -> None:
     path.mkdir(mode=0o700)
     os.chown(path, OTHER_UID, OTHER_UID)

@@ -204,8 +204,9 @@ def test_the_save_pattern_with_a_directory_fsync_survives_kill_9(env: Env) -> No
 
 
 def test_two_prefixes_of_one_bucket_one_after_the_other_on_one_cache_dir(env: Env) -> None:
-    """Both prefixes use the bucket's cache root and its journal; what one left pending, the
-    other uploads. At the same time, the second mount is refused by the root's lock."""
+    """Both prefixes use the bucket's cache root, and on one mountpoint its write-back root:
+    what one left pending, the other uploads. At the same time, a mount of the bucket on
+    another mountpoint works beside it (the block cache is shared, its write-back its own)."""
     first = env.mount("--write-back", "1h", prefix="a")
     with first:
         (env.mountpoint / "pending.txt").write_text("written under a/")
@@ -218,14 +219,18 @@ def test_two_prefixes_of_one_bucket_one_after_the_other_on_one_cache_dir(env: En
         assert sorted(os.listdir(env.mountpoint)) == ["own.txt"]
         other = env.mountpoint.parent / "mnt-a"
         other.mkdir()
-        refused = run_cli(
+        beside = run_cli(
             "--config", env.config, "mount", "--daemon", "--cache-dir", env.cache_dir,
-            f"test:{env.bucket}/a", other,
+            "--write-back", "0s", f"test:{env.bucket}/a", other,
         )  # fmt: skip
-        assert refused.returncode == 2, refused.stderr
-        assert "is in use by another modelfs process" in refused.stderr
-        assert len(refused.stderr.strip().splitlines()) == 1
-    assert env.bucket_keys() == ["a/pending.txt", "b/own.txt"]
+        assert beside.returncode == 0, beside.stderr
+        try:
+            assert (other / "pending.txt").read_text() == "written under a/"
+            (other / "beside.txt").write_text("written beside")
+            env.wait_for_object("a/beside.txt", b"written beside")
+        finally:
+            assert run_cli("unmount", other).returncode == 0
+    assert env.bucket_keys() == ["a/beside.txt", "a/pending.txt", "b/own.txt"]
 
 
 def test_kill_9_during_a_multipart_upload_leaves_nothing_billing(env: Env) -> None:

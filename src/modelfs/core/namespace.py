@@ -110,6 +110,10 @@ class Namespace:
     def key_of(self, path: str) -> str:
         return self._prefix + path
 
+    def path_of(self, key: str) -> str | None:
+        """The path of `key` in the mount, or None if it is not under the mount's prefix."""
+        return key[len(self._prefix) :] if key.startswith(self._prefix) else None
+
     def dir_prefix(self, path: str) -> str:
         return self._prefix + path + "/" if path else self._prefix
 
@@ -261,9 +265,9 @@ class Namespace:
         self._invalidate_key(conflict_key)
 
     def _invalidate_key(self, key: str) -> None:
-        prefix = self._prefix
-        if key.startswith(prefix):
-            self.invalidate(paths.parent_of(key[len(prefix) :]))
+        path = self.path_of(key)
+        if path is not None:
+            self.invalidate(paths.parent_of(path))
 
     def statistics(self) -> NamespaceStatistics:
         return NamespaceStatistics(

@@ -3,11 +3,12 @@
 In order: FUSE usable; the control directory ours alone (`host.control`); the mountpoint
 usable (exists, a directory, empty unless allowed, not mounted, not a dead mount); the cache
 dir ours, writable by no other user (a block planted there would be served to the app) and
-writable by us; the cache root of this bucket ours alone (0700) and not used by another mount
-(its lock is then held for the life of the mount); the bucket reachable with these
-credentials. Nothing is mounted before all of them pass, with one exception: a store that
-cannot be reached (`StoreUnavailable`) while the cache holds a metadata snapshot of this
-prefix lets the mount start offline from it (see `daemon.storewatch`).
+writable by us; the cache root of this bucket ours alone (0700; other mounts may use it too:
+the block cache is shared, and each mount's write-back root, locked by the mount, is its own);
+the bucket reachable with these credentials. Nothing is mounted before all of them pass, with
+one exception: a store that cannot be reached (`StoreUnavailable`) while the cache holds a
+metadata snapshot of this prefix lets the mount start offline from it (see
+`daemon.storewatch`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 from modelfs.daemon.settings import MountConfig
 from modelfs.errors import MountError, StoreUnavailable
 from modelfs.host import control, mountinfo, private
-from modelfs.host.locks import hold_lock
 from modelfs.pull.manifeststore import manifest_store
 from modelfs.pull.plan import SourceSettings, auth_headers
 from modelfs.store.protocol import ObjectStore
@@ -91,26 +91,19 @@ def make_store(config: MountConfig) -> ObjectStore:
     )
 
 
-def preflight(config: MountConfig) -> tuple[ObjectStore, int, StoreUnavailable | None]:
-    """Every check; returns the store, the fd of the cache root's lock (keep it open), and the
-    reason the store cannot be reached if the mount is to start offline from its snapshot."""
+def preflight(config: MountConfig) -> tuple[ObjectStore, StoreUnavailable | None]:
+    """Every check; returns the store, and the reason the store cannot be reached if the
+    mount is to start offline from its snapshot."""
     check_fuse()
     control.checked_dir(create=True)
     check_mountpoint(config.mountpoint, allow_non_empty=config.allow_non_empty)
     check_cache_dir(config.cache_dir)
-    root = config.cache_root()
-    private.own_dir(root, "cache dir")
-    lock_fd = hold_lock(root, "cache dir")
-    offline = None
+    private.own_dir(config.cache_root(), "cache dir")
+    store = make_store(config)
     try:
-        store = make_store(config)
-        try:
-            store.check_bucket()
-        except StoreUnavailable as exc:
-            if not config.snapshot_file().exists():
-                raise
-            offline = exc
-    except BaseException:
-        os.close(lock_fd)
-        raise
-    return store, lock_fd, offline
+        store.check_bucket()
+    except StoreUnavailable as exc:
+        if not config.snapshot_file().exists():
+            raise
+        return store, exc
+    return store, None

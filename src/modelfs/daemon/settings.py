@@ -8,6 +8,10 @@ SPEC is `REMOTE:BUCKET[/PREFIX]`, or the URL of a manifest (`manifest_url`): a r
 the manifest's files, read from its sources (`pull.manifeststore`). Such a mount is named by the
 URL without its query (a signed manifest URL's signature never reaches mountinfo or a log), and
 its cache root is that name's, so every renewal of a signed URL finds the same cache.
+
+Several mounts may use one cache root at once (two prefixes of a bucket, two mountpoints of
+one): they share its block cache, and each has a write-back root of its own in it, by
+mountpoint (`writeback_root`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from modelfs.config.files import resolve
 from modelfs.config.remote import RemoteConfig, RemoteSpec
 from modelfs.core.attributes import FsOptions
 from modelfs.daemon.snapshot import SnapshotFile
+from modelfs.host.control import mount_id
 from modelfs.read.policy import ReadOptions
 
 
@@ -55,9 +60,9 @@ class MountConfig:
 
     @property
     def cache_identity(self) -> str:
-        """What one cache root (blocks and write-back journal) belongs to: endpoint and bucket,
-        so mounts of different prefixes share blocks and each other's pending uploads; a
-        manifest URL's mount, its URL without the query."""
+        """What one cache root (blocks, write-back journals) belongs to: endpoint and bucket,
+        so mounts of different prefixes, or on different mountpoints, share blocks; a manifest
+        URL's mount, its URL without the query."""
         if self.manifest_url is not None:
             return f"url|{self.source}"
         return f"{self.remote.endpoint or 'aws'}|{self.spec.bucket}"
@@ -70,6 +75,12 @@ class MountConfig:
     def snapshot_file(self) -> SnapshotFile:
         """The metadata snapshot of this mount's prefix (see `daemon.snapshot`)."""
         return SnapshotFile(self.cache_root(), self.source, self.spec.prefix)
+
+    def writeback_root(self) -> Path:
+        """This mount's write-back root, by mountpoint: mounts that share a cache root never
+        share staging files or a journal, and a mount again on the same mountpoint finds what
+        the last one left to upload."""
+        return self.cache_root() / f"writeback-{mount_id(self.mountpoint)}"
 
 
 def mount_config(args: argparse.Namespace) -> MountConfig:

@@ -9,6 +9,9 @@ back on release (`closed`); every decision about fetching lives here:
   it is cached already; it waits while a reader of that version streams through it;
 - the first open of a small file within `burst_ttl` fetches its directory's other small files
   in one burst (listing order, starting after the opened file; at most `small_burst_max_files`);
+- `modelfs warm` fetches files whole on request (`fetch_whole`), sharing a running fetch;
+- while a `recorder` is set (`modelfs run` recording an app's start, `daemon.replay`), every
+  read that reaches a reader is noted in it (`read.profile`);
 - a huge file (`drop_behind_min`) read by its only reader has the page cache behind that reader
   dropped (see `dropbehind`); the trimmer's own opens get no handle (`is_internal`);
 - a file the mount's manifest lists is verified against its sha256 on open, as it is fetched
@@ -33,6 +36,7 @@ from cachetools import TTLCache
 from modelfs.objects import ObjectId, ObjectInfo
 from modelfs.read.dropbehind import DropBehind, PageCacheTrimmer
 from modelfs.read.fetcher import BlockFetcher
+from modelfs.read.profile import Recorder
 from modelfs.read.readahead import HandlePrefetcher, ReadaheadPolicy
 from modelfs.read.reader import ObjectReader
 from modelfs.read.verify import Verifications
@@ -104,6 +108,7 @@ class ReadPolicy:
             maxsize=4096, ttl=max(options.burst_ttl, 1e-9), timer=clock
         )
         self._nursery: trio.Nursery | None = None
+        self.recorder: Recorder | None = None  # the start being recorded, if any
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the fetcher and the background fetches until cancelled."""
@@ -136,11 +141,16 @@ class ReadPolicy:
             drop=DropBehind() if huge else None,
             request_drop=self._request_drop,
             verification=self.verifications.of(info.id),
+            observe=self._observe,
         )
         self._readers[reader] = file
         if options.prefetch_small and info.size <= options.small_file_max:
             await self._burst_small_siblings(directory, info)
         return reader
+
+    def _observe(self, info: ObjectInfo, offset: int, end: int) -> None:
+        if self.recorder is not None:
+            self.recorder.note(info, offset, end)
 
     def closed(self, reader: ObjectReader) -> None:
         reader.close()
@@ -176,6 +186,33 @@ class ReadPolicy:
         )
         self._whole[info.id] = fetch
         self._background().start_soon(fetch.run)
+
+    async def fetch_whole(
+        self, info: ObjectInfo, started: Callable[[WholeObjectFetch], None] = lambda _: None
+    ) -> WholeObjectFetch:
+        """All of version `info` into the cache, now (`modelfs warm`), in the caller's task (so
+        cancelling it stops the fetch): the whole-object fetch running for it already, or a new
+        one, handed to `started` first. Returns it once every block fetched was offered to the
+        cache (and is no longer held in RAM for a reader)."""
+        fetch = self._whole.get(info.id)
+        if fetch is None or fetch.done.is_set():
+            fetch = WholeObjectFetch(
+                self.fetcher,
+                info,
+                part_size=self.options.part_size,
+                parallel=self.options.transfers,
+                reader_streaming=lambda: self._streaming_reader(info.id),
+            )
+            self._whole[info.id] = fetch
+            started(fetch)
+            await fetch.run()
+        else:
+            started(fetch)
+            await fetch.done.wait()
+        await self.fetcher.settle(info.id)
+        for index in range(self.fetcher.block_count(info)):  # on disk: no RAM kept for them
+            self.fetcher.done_with(info.id, index)
+        return fetch
 
     def readers_of(self, obj: ObjectId) -> list[ObjectReader]:
         """The open readers of version `obj`."""
