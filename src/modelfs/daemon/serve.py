@@ -48,6 +48,7 @@ from modelfs.daemon.settings import MountConfig
 from modelfs.daemon.warmup import warm_up
 from modelfs.errors import ModelfsError, NotFound, UploadFailed
 from modelfs.host import control, mountinfo, notify
+from modelfs.host.meminfo import available_memory
 from modelfs.memory import MemoryBudget, tune_malloc
 from modelfs.objects import ObjectInfo
 from modelfs.pull.manifest import MANIFEST_NAME, parse_manifest
@@ -108,13 +109,14 @@ class Mount:
             limiter=trio.CapacityLimiter(_LISTING_THREADS),
         )
         trimmer = None
-        if config.read.drop_behind_min:
+        if config.read.drop_behind_auto or config.read.drop_behind_min:
             trimmer = PageCacheTrimmer(self.real_mountpoint)
         self.reads = ReadPolicy(
             self.fetcher,
             config.read,
             siblings=self._files_in,
             trimmer=trimmer,
+            memory=available_memory,
             verifications=Verifications(manifest_expectations(store, config.spec)),
         )
         self.writer: Writer = ReadOnlyWriter()
