@@ -34,7 +34,7 @@ from modelfs.objects import ListPage, ObjectId, ObjectInfo
 from modelfs.read import dropbehind as pagecache
 from modelfs.read.dropbehind import DropBehind, PageCacheTrimmer
 from modelfs.read.fetcher import BlockFetcher
-from modelfs.read.policy import ReadOptions, ReadPolicy
+from modelfs.read.policy import MEMORY_TTL, MemoryProbe, ReadOptions, ReadPolicy
 from modelfs.read.readahead import ReadaheadPolicy
 from modelfs.write.engine import WriteBack
 from modelfs.write.protocol import ReadOnlyWriter
@@ -77,6 +77,7 @@ def make_fs(
     cache: MemoryDataCache | None = None,
     budget: int = 16 * BLOCK,
     slots: int = 4,
+    memory: MemoryProbe = lambda pid: None,
     **options: object,
 ) -> Filesystem:
     """A read-only filesystem core over `store`; `options` go to FsOptions or ReadOptions."""
@@ -92,7 +93,11 @@ def make_fs(
         return list((await namespace.listing(directory)).files.values())
 
     reads = ReadPolicy(
-        fetcher, ReadOptions(**read), siblings=files_in, clock=clock  # type: ignore[arg-type]
+        fetcher,
+        ReadOptions(**read),  # type: ignore[arg-type]
+        siblings=files_in,
+        memory=memory,
+        clock=clock,
     )
     return Filesystem(namespace, reads, ReadOnlyWriter(), FsOptions(**fs_options))  # type: ignore[arg-type]
 
@@ -1013,6 +1018,46 @@ async def test_no_drop_behind_for_random_reads_or_a_second_reader(store: MemoryS
         await read_all(fs, first, len(data), BLOCK)
         await fs.flush(first)
         assert trimmer_of(fs).calls
+        nursery.cancel_scope.cancel()
+
+
+def test_a_file_keeps_its_page_cache_while_four_times_its_size_is_available() -> None:
+    assert pagecache.keeps_page_cache(4 << 30, 1 << 30)
+    assert not pagecache.keeps_page_cache((4 << 30) - 1, 1 << 30)
+    assert pagecache.keeps_page_cache(None, 1 << 40)  # unknown: the kernel decides, as for any file
+
+
+@pytest.mark.usefixtures("small_drop_steps")
+async def test_drop_behind_auto_asks_the_memory_of_the_reader_at_each_step(
+    store: MemoryStore,
+) -> None:
+    """With the memory rule, nothing is dropped while 4x the file is available to its reader;
+    once that runs short, the next step drops all the reader has passed, from its start."""
+    data = os.urandom(BLOCK * 32)
+    store.put_bytes("big.bin", data)
+    asked: list[int] = []
+    available = [4 * len(data)]
+
+    def memory(pid: int) -> int | None:
+        asked.append(pid)
+        return available[0]
+
+    clock = FakeClock()
+    async with trio.open_nursery() as nursery:
+        fs = await start_fs(nursery, store, clock=clock, memory=memory)
+        fs.reads.trimmer = trimmer = RecordingTrimmer()
+        ino = (await fs.lookup(ROOT_INODE, "big.bin")).ino
+        fh, _ = await fs.open(ino, os.O_RDONLY, 4242)
+        for offset in range(0, 16 * BLOCK, BLOCK):
+            assert await fs.read(fh, offset, BLOCK) == data[offset : offset + BLOCK]
+        assert trimmer.calls == []
+        assert asked == [4242]  # the opener's memory, asked once per MEMORY_TTL
+        available[0] -= 1
+        clock.now += MEMORY_TTL
+        assert await fs.read(fh, 16 * BLOCK, BLOCK) == data[16 * BLOCK : 17 * BLOCK]
+        await fs.flush(fh)
+        assert trimmer.calls == [("big.bin", 0, 12 * BLOCK)]  # 4 blocks behind, from the start
+        assert asked == [4242, 4242]
         nursery.cancel_scope.cancel()
 
 

@@ -58,6 +58,7 @@ from modelfs.daemon.warm import Warmer
 from modelfs.daemon.warmup import warm_up
 from modelfs.errors import ModelfsError, NotFound, StoreUnavailable, UploadFailed
 from modelfs.host import control, mountinfo, notify
+from modelfs.host.meminfo import available_memory
 from modelfs.memory import MemoryBudget, tune_malloc
 from modelfs.objects import ObjectInfo
 from modelfs.pull.manifest import MANIFEST_NAME, parse_manifest
@@ -138,13 +139,14 @@ class Mount:
                 self.namespace, snapshot, offline, config.source, read_only=config.read_only
             )
         trimmer = None
-        if config.read.drop_behind_min:
+        if config.read.drop_behind_auto or config.read.drop_behind_min:
             trimmer = PageCacheTrimmer(self.real_mountpoint)
         self.reads = ReadPolicy(
             self.fetcher,
             config.read,
             siblings=self._files_in,
             trimmer=trimmer,
+            memory=available_memory,
             # Offline: the guard refuses at once, and nothing is verified (logged).
             verifications=Verifications(
                 manifest_expectations(unguarded if offline is None else store, config.spec)

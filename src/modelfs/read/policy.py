@@ -12,8 +12,9 @@ back on release (`closed`); every decision about fetching lives here:
 - `modelfs warm` fetches files whole on request (`fetch_whole`), sharing a running fetch;
 - while a `recorder` is set (`modelfs run` recording an app's start, `daemon.replay`), every
   read that reaches a reader is noted in it (`read.profile`);
-- a huge file (`drop_behind_min`) read by its only reader has the page cache behind that reader
-  dropped (see `dropbehind`); the trimmer's own opens get no handle (`is_internal`);
+- a large file read by its only reader has the page cache behind that reader dropped while
+  memory is short for it (`drop_behind_auto`), or always for files of `drop_behind_min` or
+  more (see `dropbehind`); the trimmer's own opens get no handle (`is_internal`);
 - a file the mount's manifest lists is verified against its sha256 on open, as it is fetched
   (whole, for a model file; reading it all for a small one), and its readers wait for, and
   obey, the verdict (`verify`).
@@ -34,6 +35,7 @@ import trio
 from cachetools import TTLCache
 
 from modelfs.objects import ObjectId, ObjectInfo
+from modelfs.read import dropbehind
 from modelfs.read.dropbehind import DropBehind, PageCacheTrimmer
 from modelfs.read.fetcher import BlockFetcher
 from modelfs.read.profile import Recorder
@@ -59,7 +61,8 @@ class ReadOptions:
     small_file_max: int = 1 << 20  # tokenizer, config and prompt files are well below this
     small_burst_max_files: int = 256  # cap one burst, so a huge directory costs no surprise bill
     burst_ttl: float = 60.0  # a directory's burst is not repeated within this (the listing TTL)
-    drop_behind_min: int = 2 << 30  # files this large keep no page cache behind a reader; 0: off
+    drop_behind_auto: bool = True  # drop behind a reader while memory is short for its file
+    drop_behind_min: int = 0  # > 0: files this large always drop behind (a fixed rule instead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,11 @@ class OpenFile(Protocol):
 Siblings = Callable[[str], Awaitable[Iterable[ObjectInfo]]]
 """The files directly in a directory (a path relative to the mount root)."""
 
+MemoryProbe = Callable[[int], int | None]
+"""Bytes of memory a process (by pid) may still fill with page cache; None: unknown."""
+
+MEMORY_TTL = 1.0  # seconds a process's memory figure is reused (asked at most per drop step)
+
 
 class ReadPolicy:
     def __init__(
@@ -94,6 +102,7 @@ class ReadPolicy:
         siblings: Siblings,
         trimmer: PageCacheTrimmer | None = None,
         verifications: Verifications | None = None,
+        memory: MemoryProbe = lambda pid: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fetcher = fetcher
@@ -101,6 +110,10 @@ class ReadPolicy:
         self.options = options
         self.trimmer = trimmer
         self._siblings = siblings
+        self._memory = memory
+        self._memory_of: TTLCache[int, int | None] = TTLCache(
+            maxsize=256, ttl=MEMORY_TTL, timer=clock
+        )
         self._readers: dict[ObjectReader, OpenFile] = {}
         self._whole: dict[ObjectId, WholeObjectFetch] = {}
         # Directories whose small files were fetched in one burst, forgotten with the listing.
@@ -122,8 +135,11 @@ class ReadPolicy:
         """An open by drop-behind's own thread: it gets no handle and keeps the page cache."""
         return self.trimmer is not None and self.trimmer.is_own(pid)
 
-    async def open(self, info: ObjectInfo, file: OpenFile, directory: str) -> ObjectReader:
-        """A reader of version `info` of `file` (in `directory`), and the fetches it warrants."""
+    async def open(
+        self, info: ObjectInfo, file: OpenFile, directory: str, pid: int = 0
+    ) -> ObjectReader:
+        """A reader of version `info` of `file` (in `directory`), opened by process `pid`, and
+        the fetches it warrants."""
         options = self.options
         policy = ReadaheadPolicy(
             options.part_size, options.readahead_max, tolerance=options.part_size
@@ -131,14 +147,13 @@ class ReadPolicy:
         prefetcher = HandlePrefetcher(
             self.fetcher, info, policy, options.part_size, options.transfers
         )
-        huge = self.trimmer is not None and 0 < options.drop_behind_min <= info.size
         self._maybe_fetch_whole(info)
         reader = ObjectReader(
             self.fetcher,
             info,
             prefetcher,
             part_size=options.part_size,
-            drop=DropBehind() if huge else None,
+            drop=self._drop_behind_for(info, pid),
             request_drop=self._request_drop,
             verification=self.verifications.of(info.id),
             observe=self._observe,
@@ -257,11 +272,25 @@ class ReadPolicy:
 
     # -- drop-behind -----------------------------------------------------------------------------
 
+    def _drop_behind_for(self, info: ObjectInfo, pid: int) -> DropBehind | None:
+        options = self.options
+        if self.trimmer is None:
+            return None
+        if options.drop_behind_min > 0:
+            return DropBehind(pid) if info.size >= options.drop_behind_min else None
+        if options.drop_behind_auto and info.size > dropbehind.DROP_LAG:
+            return DropBehind(pid, by_memory=True)
+        return None
+
     def _request_drop(self, reader: ObjectReader, start: int, stop: int) -> None:
         drop, file = reader.drop, self._readers.get(reader)
         # Only for the file's one reader: another one may still need the pages behind this one.
         if drop is None or file is None or file.opens != 1 or self.trimmer is None:
             return
+        if drop.by_memory and dropbehind.keeps_page_cache(
+            self._memory_for(drop.pid), reader.info.size
+        ):
+            return  # asked again at the next read: memory may run short meanwhile
         drop.pending = trio.Event()
         self._background().start_soon(self._drop_behind, self.trimmer, file, drop, start, stop)
 
@@ -272,6 +301,11 @@ class ReadPolicy:
             await trimmer.drop(file.path, start, stop)
         finally:
             drop.finished(start, stop)
+
+    def _memory_for(self, pid: int) -> int | None:
+        if pid not in self._memory_of:
+            self._memory_of[pid] = self._memory(pid)
+        return self._memory_of[pid]
 
     def _background(self) -> trio.Nursery:
         assert self._nursery is not None, "ReadPolicy.run() is not running"
