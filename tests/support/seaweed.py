@@ -64,6 +64,27 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 _LIVE_SERVERS: weakref.WeakSet[SeaweedServer] = weakref.WeakSet()
 
+# A site cache (docs/fleet.md): without these a SeaweedFS refuses an origin on a loopback or
+# private address ("reject remote endpoint").
+SITE_ARGS = (
+    "-filer.allowUntrustedRemoteEndpoints",
+    "-s3.allowUntrustedRemoteEndpoints",
+    "-volume.allowUntrustedRemoteEndpoints",
+)
+
+
+def remote_mount_commands(
+    origin_endpoint: str, bucket: str, access_key: str, secret_key: str, name: str = "origin"
+) -> list[str]:
+    """The `weed shell` commands that make a site's bucket `bucket` a read-through cache of the
+    origin's bucket of that name (the recipe of docs/fleet.md)."""
+    return [
+        f"remote.configure -name={name} -type=s3 -s3.access_key={access_key}"
+        f" -s3.secret_key={secret_key} -s3.endpoint={origin_endpoint}"
+        f" -s3.region={REGION} -s3.force_path_style=true",
+        f"remote.mount -dir=/buckets/{bucket} -remote={name}/{bucket}",
+    ]
+
 
 class SeaweedError(RuntimeError):
     """The server could not be started (binary missing, ports, startup timeout)."""
@@ -255,6 +276,28 @@ class SeaweedServer:
             self._admin = self.client()  # creating a boto3 client costs ~0.1-0.3 s
         self._admin.create_bucket(Bucket=name)
         return name
+
+    def shell(self, *commands: str, timeout: float = 120.0) -> str:
+        """Run `weed shell` commands against this server; their output (raises on failure)."""
+        weed = self._weed or find_weed()
+        script = "\n".join([*commands, "exit"]) + "\n"
+        result = subprocess.run(
+            [
+                weed,
+                "shell",
+                f"-master=127.0.0.1:{self.ports.master}",
+                f"-filer=127.0.0.1:{self.ports.filer}",
+            ],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        output = result.stdout + result.stderr
+        if result.returncode != 0 or "error" in output.lower():
+            raise SeaweedError(f"weed shell {commands}: {output.strip()[-_LOG_TAIL_CHARS:]}")
+        return output
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:

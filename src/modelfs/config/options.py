@@ -146,6 +146,22 @@ MOUNT_OPTIONS: tuple[MountOption, ...] = (
         "come from the block cache. 0 turns it off (default 2G)",
     ),
     _value(
+        "stall-timeout",
+        parse_duration,
+        "60s",
+        "DUR",
+        "a read that gets no byte this long fails: with several sources, the next one takes "
+        "over (default 60s)",
+    ),
+    _value(
+        "min-rate",
+        parse_size,
+        "0",
+        "SIZE",
+        "with several sources, bytes/s below which a read (over 10 s) moves to the next "
+        "source (default 0: no floor)",
+    ),
+    _value(
         "write-back", parse_duration, "5s", "DUR", "delay between close and upload (default 5s)"
     ),
     _value(

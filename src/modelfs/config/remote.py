@@ -10,6 +10,8 @@ The config file is rclone's INI format, so an existing `rclone.conf` works uncha
     session_token = ...            instance role)
     endpoint = https://s3.example.com     <- empty means AWS
     region = cn-wlcb
+    sources = site:models, compshare:models   <- optional, for mounts: read from these first
+                                                 (`config.sourcelist`; rclone ignores it)
 
     [run:indextts]              <- sections with ':' belong to other modelfs commands
     [mount:models]
@@ -76,6 +78,7 @@ class RemoteConfig:
     endpoint: str = ""
     region: str = ""
     env_auth: bool = False
+    sources: tuple[str, ...] = ()  # the `sources` key, as written (see `config.sourcelist`)
 
     @property
     def uses_default_credentials(self) -> bool:
@@ -97,6 +100,9 @@ class RemoteConfig:
             endpoint=endpoint.rstrip("/"),
             region=section.get("region", "").strip(),
             env_auth=parse_bool(section.get("env_auth", ""), f"[{name}] env_auth"),
+            sources=tuple(
+                word.strip() for word in section.get("sources", "").split(",") if word.strip()
+            ),
         )
 
     def describe(self) -> str:
@@ -108,6 +114,7 @@ class RemoteConfig:
             ("provider", self.provider),
             ("endpoint", self.endpoint or "(AWS)"),
             ("region", self.region),
+            ("sources", ",".join(self.sources)),
         ):
             if value:
                 parts.append(f"{label}={value}")

@@ -22,6 +22,12 @@ from modelfs.host import control, mountinfo
 log = logging.getLogger("modelfs")
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+_SOURCE_EVENTS = (
+    ("failures", "failed"),
+    ("slow", "below the floor"),
+    ("missing", "missing"),
+    ("other_version", "other versions"),
+)
 
 
 def register(commands: Subparsers) -> None:
@@ -30,6 +36,14 @@ def register(commands: Subparsers) -> None:
     mount.add_argument("mountpoint")
     mount.add_argument(
         "--daemon", action="store_true", help="return once mounted, serve in the background"
+    )
+    mount.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="REMOTE:BUCKET[/PREFIX]",
+        help="read from here first, falling back in order, the mounted remote last unless "
+        "named (repeatable; replaces the remote's `sources`, see docs/fleet.md)",
     )
     options.add_mount_arguments(mount)
     mount.set_defaults(func=cmd_mount)
@@ -127,6 +141,16 @@ def print_status(answer: dict[str, Any]) -> None:
             f"memory: {format_size(memory['in_use'])} in use of {format_size(memory['limit'])},"
             f" peak {format_size(memory['peak'])}, {memory['waits']} waits for room"
         )
+    sources = answer.get("sources")
+    if sources:
+        parts = [
+            f"{name} {format_size(counts['bytes'])}"
+            + "".join(
+                f", {counts[what]} {label}" for what, label in _SOURCE_EVENTS if counts.get(what)
+            )
+            for name, counts in sources["by_source"].items()
+        ]
+        print(f"sources: {'; '.join(parts)}; {sources['fallbacks']} reads moved on")
     upload = answer.get("writeback")
     if upload:
         queued = format_size(int(upload.get("bytes", 0)))

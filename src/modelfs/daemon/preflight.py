@@ -1,9 +1,12 @@
-"""Every check that can fail before mounting, each failure one line naming what to fix.
+"""Every check that can fail before mounting, each failure one line naming what to fix, and
+the stores the checks pass on to the mount.
 
 In order: FUSE usable; the mountpoint usable (exists, a directory, empty unless allowed, not
 mounted, not a dead mount); the cache dir writable and not used by another mount (its lock is
-then held for the life of the mount); the bucket reachable with these credentials. Nothing is
-mounted before all of them pass.
+then held for the life of the mount); the primary's bucket reachable with these credentials.
+Nothing is mounted before all of them pass. The other sources of a mount (`make_sources`) are
+not checked: a site cache that is down when the mount starts is only left for the primary,
+read after read, as it would be later.
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ from modelfs.errors import MountError
 from modelfs.host import control, mountinfo
 from modelfs.host.locks import hold_lock
 from modelfs.store.s3 import S3Store
+from modelfs.store.sources import Source, SourceList
+from modelfs.store.sourcespec import SourceSettings, remote_source
+
+# A source that failed (down, slow, missing an object, another version) is tried again after
+# this long: a site cache that comes back, or syncs, is used again.
+SOURCE_RETRY_AFTER = 30.0
 
 
 def check_fuse() -> None:
@@ -64,7 +73,36 @@ def make_store(config: MountConfig) -> S3Store:
     # Readahead and demand GETs each use up to `transfers` connections; the rest is for
     # listings, uploads and the occasional HEAD.
     return S3Store(
-        config.remote, config.spec.bucket, max_connections=2 * config.read.transfers + 16
+        config.remote,
+        config.spec.bucket,
+        max_connections=2 * config.read.transfers + 16,
+        read_timeout=config.stall_timeout,
+    )
+
+
+def make_sources(config: MountConfig, store: S3Store) -> SourceList | None:
+    """The mount's reads with fallback, source after source (None: the primary alone). Keys
+    are the primary's; another source's key has its own prefix for the mount's."""
+    if len(config.sources) <= 1:
+        return None
+    settings = SourceSettings(
+        transfers=config.read.transfers,
+        stall_timeout=config.stall_timeout,
+        min_rate=config.min_rate,
+    )
+    sources = [
+        Source(spec.source, store, lambda key: key)
+        if spec == config.spec
+        else remote_source(
+            str(spec), config.config_path, settings, lookup=True, strip=config.spec.prefix
+        )
+        for spec in config.sources
+    ]
+    return SourceList(
+        sources,
+        min_rate=config.min_rate,
+        primary=config.spec.source,
+        retry_after=SOURCE_RETRY_AFTER,
     )
 
 

@@ -37,7 +37,7 @@ from modelfs.core.filesystem import Filesystem
 from modelfs.core.namespace import Namespace
 from modelfs.daemon import control_server
 from modelfs.daemon.fuse_ops import FuseOperations
-from modelfs.daemon.preflight import preflight
+from modelfs.daemon.preflight import make_sources, preflight
 from modelfs.daemon.settings import MountConfig
 from modelfs.daemon.warmup import warm_up
 from modelfs.errors import ModelfsError, NotFound
@@ -84,8 +84,16 @@ class Mount:
             config.cache_root() / "blocks", BLOCK_SIZE, config.cache_max_size
         )
         self.budget = MemoryBudget(config.max_memory)
+        # Reads from the sources in order (the primary alone by default); listings, the
+        # manifest and writes from the primary only.
+        self.sources = make_sources(config, store)
+        expectations = manifest_expectations(store, config.spec)
+        if self.sources is not None:
+            log.info("reading from %s", ", then ".join(s.name for s in self.sources.sources))
+            for key, (size, _) in expectations.items():
+                self.sources.verified(key, size)
         self.fetcher = BlockFetcher(
-            store,
+            self.sources or store,
             self.cache,
             demand_limiter=trio.CapacityLimiter(transfers),
             prefetch_limiter=trio.CapacityLimiter(transfers),
@@ -105,7 +113,7 @@ class Mount:
             config.read,
             siblings=self._files_in,
             trimmer=trimmer,
-            verifications=Verifications(manifest_expectations(store, config.spec)),
+            verifications=Verifications(expectations),
         )
         self.writer: Writer = ReadOnlyWriter()
         if not config.read_only:
@@ -214,6 +222,20 @@ class Mount:
             "namespace": asdict(self.namespace.statistics()),
             "fs": asdict(self.fs.statistics()) | asdict(self.reads.statistics()),
             "writeback": asdict(upload) if upload is not None else None,
+            "sources": self._source_status(),
+        }
+
+    def _source_status(self) -> dict[str, Any] | None:
+        """Per source: bytes read, reads moved on (failures, below the floor) and objects
+        skipped (missing, another version); None for a mount of its primary alone."""
+        if self.sources is None:
+            return None
+        statistics = self.sources.statistics()
+        return {
+            "order": [source.name for source in self.sources.sources],
+            "primary": self.sources.primary,
+            "fallbacks": statistics.fallbacks,
+            "by_source": statistics.by_source,
         }
 
 

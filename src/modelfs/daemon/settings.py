@@ -15,6 +15,7 @@ from pathlib import Path
 
 from modelfs.config.files import resolve
 from modelfs.config.remote import RemoteConfig, RemoteSpec
+from modelfs.config.sourcelist import mount_sources
 from modelfs.core.attributes import FsOptions
 from modelfs.read.policy import ReadOptions
 
@@ -35,6 +36,11 @@ class MountConfig:
     flush_interval: float = 30.0
     allow_other: bool = False
     allow_non_empty: bool = False
+    # Where reads come from, first to last, the primary (`spec`) among them (one: just it).
+    sources: tuple[RemoteSpec, ...] = ()
+    config_path: str | None = None  # where the sources' remotes are found
+    stall_timeout: float = 60.0
+    min_rate: float = 0.0
 
     @property
     def source(self) -> str:
@@ -50,6 +56,10 @@ class MountConfig:
 def mount_config(args: argparse.Namespace) -> MountConfig:
     """The settings of `modelfs mount`, from its parsed arguments (see `config.options`)."""
     remote, spec = resolve(args.spec, args.config)
+    sources = mount_sources(spec, getattr(args, "source", None) or (), remote.sources)
+    for other in sources:
+        if other != spec:
+            resolve(str(other), args.config)  # an unknown remote fails here, before mounting
     return MountConfig(
         spec=spec,
         remote=remote,
@@ -75,4 +85,8 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         flush_interval=args.flush_interval,
         allow_other=args.allow_other,
         allow_non_empty=args.allow_non_empty,
+        sources=tuple(sources),
+        config_path=args.config,
+        stall_timeout=args.stall_timeout,
+        min_rate=args.min_rate,
     )

@@ -24,9 +24,10 @@ from collections.abc import Iterator, Sequence
 from modelfs.errors import InvalidArgument, NotFound, ReadOnly
 from modelfs.objects import ListPage, ObjectId, ObjectInfo
 from modelfs.pull.manifest import Manifest
-from modelfs.pull.plan import SourceSettings, make_plan
+from modelfs.pull.plan import make_plan
 from modelfs.store.protocol import Expect, PendingUpload, UploadedPart
 from modelfs.store.sources import SourceList
+from modelfs.store.sourcespec import SourceSettings
 
 
 class ManifestStore:

@@ -169,8 +169,7 @@ def split_words(args: argparse.Namespace) -> tuple[str | None, list[str]]:
         return None, words[1:] if words[:1] == ["--"] else words
     if not words or words[0] == "--":
         raise ConfigError(
-            "give a run section name or --mount REMOTE:BUCKET MOUNTPOINT "
-            "(or --pull SRC --into DIR)"
+            "give a run section name or --mount REMOTE:BUCKET MOUNTPOINT (or --pull SRC --into DIR)"
         )
     name, rest = words[0], words[1:]
     options, command = (
