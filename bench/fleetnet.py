@@ -1,0 +1,143 @@
+"""The fleet simulation's network: one namespace per machine, all on one bridge.
+
+    root namespace (the driver)                 namespace <run>-hub: bridge br0
+    mf<pid>b0  10.214.K.254 ─────────veth──────── port
+    namespace <run>-origin  eth0 10.214.K.2 ─────── port    weed mini :8334, wanproxy :8333
+    namespace <run>-site    eth0 10.214.K.3 ─────── port    weed mini :8333 (remote mount)
+    namespace <run>-n01     eth0 10.214.K.11 ────── port    modelfs mount + loader
+    ...
+    namespace <run>-nNN     eth0 10.214.K.(10+N) ── port
+
+The /24 exists only on these veths; nothing else is routed. Names carry the driver's pid, so
+two simulations never share one, and leftovers of a run whose driver died (SIGKILL: no cleanup
+ran) are removed at the next start. `destroy` kills what runs in the namespaces (every process
+there was started by this run) and deletes them; deleting the hub takes every veth with it.
+Processes in a namespace are started with `ip netns exec`, which also gives each its own mount
+namespace: a node's FUSE mount is seen by that node's processes only, and goes away with them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+from sysutil import log, pid_alive, run
+
+NS_PREFIX = "mfleet"
+_SECOND_OCTET = 214  # 10.214.K.0/24: private, checked unused in the root namespace
+_KILL_GRACE_S = 8.0
+
+
+def ns_exec(namespace: str, *cmd: str) -> list[str]:
+    return ["ip", "netns", "exec", namespace, *cmd]
+
+
+def remove_stale() -> None:
+    """Namespaces of earlier runs whose driver is gone."""
+    listing = run(["ip", "netns", "list"], check=False).stdout
+    dead: set[str] = set()
+    for name, pid in re.findall(rf"^({NS_PREFIX}(\d+)-\S+)", listing, re.MULTILINE):
+        if not pid_alive(int(pid)):
+            dead.add(name)
+    for name in sorted(dead, key=lambda n: n.endswith("-hub")):  # the hub last
+        log(f"removing namespace {name} of a fleet simulation that died")
+        _kill_all(name)
+        run(["ip", "netns", "del", name], check=False)
+
+
+def _free_third_octet() -> int:
+    used = run(["ip", "-4", "-o", "addr"], check=False).stdout
+    for third in range(1, 255):
+        if f" 10.{_SECOND_OCTET}.{third}." not in used:
+            return third
+    raise RuntimeError(f"no free 10.{_SECOND_OCTET}.K.0/24 subnet")
+
+
+def _kill_all(namespace: str, grace: float = _KILL_GRACE_S) -> None:
+    """SIGTERM every process in `namespace` (mounts unmount on it), SIGKILL what is left."""
+    pids = [int(p) for p in run(["ip", "netns", "pids", namespace], check=False).stdout.split()]
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        if pid_alive(pid):
+            _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+class FleetNet:
+    def __init__(self, nodes: int) -> None:
+        self.run = f"{NS_PREFIX}{os.getpid()}"
+        self.nodes = nodes
+        self.hub = f"{self.run}-hub"
+        self.origin = f"{self.run}-origin"
+        self.site = f"{self.run}-site"
+        self.subnet = ""
+        self._created: list[str] = []
+
+    def node(self, index: int) -> str:
+        return f"{self.run}-n{index:02d}"
+
+    def ip(self, namespace: str) -> str:
+        if namespace == self.origin:
+            return f"{self.subnet}.2"
+        if namespace == self.site:
+            return f"{self.subnet}.3"
+        return f"{self.subnet}.{10 + int(namespace.rsplit('-n', 1)[1])}"
+
+    def create(self) -> None:
+        remove_stale()
+        self.subnet = f"10.{_SECOND_OCTET}.{_free_third_octet()}"
+        self._add_namespace(self.hub)
+        run(ns_exec(self.hub, "ip", "link", "add", "br0", "type", "bridge"))
+        run(ns_exec(self.hub, "ip", "link", "set", "br0", "up"))
+        self._attach(0, None, f"{self.subnet}.254")  # the driver's own port
+        members = [self.origin, self.site] + [self.node(i) for i in range(1, self.nodes + 1)]
+        for index, namespace in enumerate(members, start=1):
+            self._add_namespace(namespace)
+            self._attach(index, namespace, self.ip(namespace))
+        log(f"network: {len(members)} namespaces on a bridge, {self.subnet}.0/24")
+
+    def _add_namespace(self, namespace: str) -> None:
+        run(["ip", "netns", "add", namespace])
+        self._created.append(namespace)
+        run(ns_exec(namespace, "ip", "link", "set", "lo", "up"))
+
+    def _attach(self, index: int, namespace: str | None, address: str) -> None:
+        pid = self.run.removeprefix(NS_PREFIX)
+        port, end = f"mf{pid}a{index}", f"mf{pid}b{index}"
+        run(["ip", "link", "add", port, "type", "veth", "peer", "name", end])
+        run(["ip", "link", "set", port, "netns", self.hub])
+        run(ns_exec(self.hub, "ip", "link", "set", port, "master", "br0", "up"))
+        if namespace is None:
+            run(["ip", "addr", "add", f"{address}/24", "dev", end])
+            run(["ip", "link", "set", end, "up"])
+            return
+        run(["ip", "link", "set", end, "netns", namespace])
+        run(ns_exec(namespace, "ip", "link", "set", end, "name", "eth0"))
+        run(ns_exec(namespace, "ip", "addr", "add", f"{address}/24", "dev", "eth0"))
+        run(ns_exec(namespace, "ip", "link", "set", "eth0", "up"))
+
+    def stop_processes(self, namespace: str) -> None:
+        _kill_all(namespace)
+
+    def destroy(self) -> None:
+        """Stop every process in the namespaces, then delete them (nodes first, hub last)."""
+        members = [n for n in self._created if n != self.hub]
+        for namespace in members:
+            _kill_all(namespace)
+        for namespace in [*members, self.hub]:
+            if namespace in self._created:
+                subprocess.run(["ip", "netns", "del", namespace], check=False, capture_output=True)
+        self._created.clear()
