@@ -7,12 +7,17 @@ Shows each command as it runs, like a terminal session. Everything lives under -
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import secrets
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +92,38 @@ def timed_read(path: Path) -> float:
     return size / (time.monotonic() - started) / 1e6
 
 
+def share_through_service(modelfs: list[str], base: Path) -> None:
+    """`modelfs serve` with a token file; a stable link with curl, and a pull through it."""
+    tokens = base / "tokens"
+    token = secrets.token_hex(16)
+    tokens.write_text(f"{token} teammate\n")
+    tokens.chmod(0o600)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    command = [*modelfs, "serve", f"compshare:{BUCKET}", "--prefix", "cache_hub_v23"]
+    command += ["--listen", f"127.0.0.1:{port}", "--tokens", str(tokens)]
+    print(f"\n$ {shlex.join(command)} &", flush=True)
+    service = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"{url}/healthz", timeout=1).close()
+                break
+            time.sleep(0.1)
+        auth = f"Authorization: Bearer {token}"
+        show("curl", "-sSL", "-H", auth, f"{url}/cache_hub_v23/models/config.yaml")
+        env = {**os.environ, "MODELFS_TOKEN": token}
+        words = [*modelfs, "pull", f"{url}/cache_hub_v23/manifest.json", str(base / "teammate")]
+        print(f"\n$ MODELFS_TOKEN=... {shlex.join(words)}", flush=True)
+        result = subprocess.run(words, capture_output=True, text=True, env=env, check=True)
+        print((result.stdout + result.stderr).rstrip(), flush=True)
+    finally:
+        service.terminate()
+        service.wait(timeout=20)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/modelfs-demo"))
@@ -129,6 +166,11 @@ def main() -> int:
         pulled = base / "pulled"
         show(*modelfs, "pull", f"compshare:{BUCKET}/cache_hub_v23", pulled)
         show(*modelfs, "verify", pulled)
+
+        print("\ndemo: share without keys: a signed link, then a link service with a token")
+        one = f"compshare:{BUCKET}/cache_hub_v23/models/config.yaml"
+        show(*modelfs, "presign", one, "--expires", "1h")
+        share_through_service(modelfs, base)
     print("\ndemo: done (SeaweedFS stopped, nothing left mounted)")
     return 0
 

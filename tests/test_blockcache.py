@@ -734,3 +734,20 @@ def test_full_disk_with_o_direct_counts_write_errors_and_leaves_no_temp_files(
         assert not list(disk.rglob(".tmp-*"))
         stored = [i for i in range(12) if cache.contains(A, i)]
         assert [cache.get(A, i) for i in stored] == [payload(A, i, big) for i in stored]
+
+
+def test_give_back_evicts_the_least_recently_used_blocks_now(tmp_path: Path) -> None:
+    """What a full disk asks of the cache for write-back; the size limit stays."""
+    block = 64 << 10
+    with DiskBlockCache(tmp_path, block, 100 * block) as cache:
+        obj = ObjectId("k", '"e"')
+        for index in range(5):
+            cache.put(obj, index, bytes(block))
+        cache.get(obj, 0)  # block 0 becomes the most recently used
+        freed = cache.give_back(2 * block)
+        assert freed >= 2 * block
+        assert [cache.contains(obj, index) for index in range(5)] == [
+            True, False, False, True, True,
+        ]  # fmt: skip
+        assert cache.max_bytes == 100 * block
+        assert cache.give_back(0) == 0

@@ -129,6 +129,14 @@ def test_mountpoint_not_empty(config: Path, workdir: Path, bucket: str) -> None:
     assert "not empty" in refused(*mount_args(config, workdir, f"test:{bucket}"))
 
 
+def test_bad_input_found_by_the_daemon_child_still_exits_2(
+    config: Path, workdir: Path, bucket: str
+) -> None:
+    """`--daemon` relays the child's one line and its exit code, not a generic 1."""
+    (workdir / "mnt" / "something").write_text("x")
+    assert run_cli(*mount_args(config, workdir, f"test:{bucket}")).returncode == 2
+
+
 def test_mountpoint_already_mounted(config: Path, workdir: Path, bucket: str) -> None:
     with Mounted(config, f"test:{bucket}", workdir / "mnt", workdir / "cache"):
         line = refused(*mount_args(config, workdir, f"test:{bucket}", "--cache-dir", "/tmp/x"))
@@ -140,6 +148,31 @@ def test_cache_dir_not_writable(config: Path, workdir: Path, bucket: str) -> Non
     args = mount_args(config, workdir, f"test:{bucket}")
     args[args.index("--cache-dir") + 1] = str(workdir / "cachefile")
     assert "cache dir" in refused(*args)
+
+
+@pytest.mark.parametrize(
+    ("make_unsafe", "problem"),
+    [
+        (lambda path: os.chmod(path, 0o777), "mode 0777 lets other users in (chmod 0755 it)"),
+        (lambda path: os.chmod(path, 0o770), "mode 0770 lets other users in (chmod 0750 it)"),
+        (lambda path: os.chown(path, 65534, 65534), "it belongs to uid 65534, not to uid 0"),
+    ],
+)
+def test_a_cache_dir_other_users_could_plant_blocks_in_is_refused(
+    config: Path, workdir: Path, bucket: str, make_unsafe: Callable[[Path], None], problem: str
+) -> None:
+    cache = workdir / "cache"
+    cache.mkdir()
+    make_unsafe(cache)
+    for args in (
+        mount_args(config, workdir, f"test:{bucket}"),
+        [a for a in mount_args(config, workdir, f"test:{bucket}") if a != "--daemon"],
+    ):
+        line = refused(*args)
+        assert line.startswith(f"modelfs: error: cache dir {cache} is not safe to use: "), line
+        assert problem in line
+        assert run_cli(*args).returncode == 2
+    assert not (workdir / "mnt").is_mount()
 
 
 def test_fuse_unavailable(config: Path, workdir: Path, bucket: str) -> None:

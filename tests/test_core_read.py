@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import os
 import random
 import threading
@@ -19,12 +20,14 @@ from cachetools import TTLCache
 from fakes.memcache import MemoryDataCache
 from fakes.memstore import MemoryStore
 from modelfs.core import namespace as namespace_module
+from modelfs.core import paths
 from modelfs.core.attributes import FsOptions
 from modelfs.core.filesystem import INTERNAL_FH, Filesystem
 from modelfs.core.inodes import ROOT_INODE
 from modelfs.core.namespace import SUBTREE_PAGES, Namespace
+from modelfs.daemon.fuse_ops import FuseOperations
 from modelfs.daemon.warmup import warm_up as warm_up_mount
-from modelfs.errors import NotFound, ReadOnly, StaleObject
+from modelfs.errors import InvalidArgument, NotFound, ReadOnly, StaleObject
 from modelfs.memory import MemoryBudget
 from modelfs.objects import ObjectId, ObjectInfo
 from modelfs.read import dropbehind as pagecache
@@ -1084,6 +1087,58 @@ async def test_opening_a_cached_object_to_append_reads_it_from_the_cache(
             engine.close()
         assert store.ops["iter_range"] == gets  # every block came from the cache
         nursery.cancel_scope.cancel()
+
+
+async def test_names_that_are_not_utf8_are_refused_with_einval(store: MemoryStore) -> None:
+    """The adapter decodes names with surrogateescape; such a name cannot be an S3 key."""
+    store.put_bytes("d/f.txt", b"x")
+    async with trio.open_nursery() as nursery:
+        fs = await start_fs(nursery, store)
+        d = await fs.lookup(ROOT_INODE, "d")
+        bad = os.fsdecode(b"\xffname")
+        for change in (
+            lambda: fs.create(d.ino, bad, os.O_WRONLY),
+            lambda: fs.mkdir(d.ino, bad),
+            lambda: fs.rename(d.ino, "f.txt", d.ino, bad, 0),
+        ):
+            with pytest.raises(InvalidArgument):
+                await change()
+        with pytest.raises(NotFound):
+            await fs.lookup(d.ino, bad)
+        nursery.cancel_scope.cancel()
+
+
+def test_the_warned_keys_are_bounded(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(paths, "_warned", set())
+    monkeypatch.setattr(paths, "WARNED_KEYS_MAX", 3)
+    with caplog.at_level(logging.WARNING, logger="modelfs.core.paths"):
+        for _ in range(2):
+            for number in range(1000):
+                paths.warn_skipped(f"bad//{number}")
+    assert len(paths._warned) == 4  # three by name, and the one that said "more"
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 4
+    assert lines[-1] == "more keys cannot be paths; skipping them without a warning each"
+
+
+async def test_fsyncdir_reaches_the_writer_through_the_fuse_adapter(
+    store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel takes ENOSYS from fsyncdir for success: `mv tmp final; sync dir` must not
+    be a no-op. The adapter awaits the core, the core the writer (see test_writeback.py for
+    what the writer syncs)."""
+    fs = make_fs(store)
+    synced: list[str] = []
+
+    async def fsync_names() -> None:
+        synced.append("names")
+
+    monkeypatch.setattr(fs.writer, "fsync_names", fsync_names)
+    fh = await fs.opendir(ROOT_INODE)
+    await FuseOperations(fs).fsyncdir(fh, False)
+    assert synced == ["names"]
 
 
 async def test_a_read_only_core_refuses_every_change_with_erofs(store: MemoryStore) -> None:

@@ -7,6 +7,7 @@ store" is a count of zero, and signed links point at it (so their GETs are seen 
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import os
@@ -408,3 +409,60 @@ def test_2000_stable_links_from_16_clients(served: LinkServer) -> None:
     print(f"\nlink service: {result.describe()}, {cpu:.2f} ms of its CPU per request")
     assert result.errors == []
     assert result.count == 2000
+
+
+# -- a mount of a manifest URL ----------------------------------------------------------------
+
+
+@pytest.mark.mount
+def test_a_mount_of_the_services_manifest_lists_reads_exactly_and_is_read_only(
+    store: Bucket, served: LinkServer
+) -> None:
+    from support.mounting import Mounted
+
+    assert store.cli("manifest", "create", f"a:{store.name}/v23", "--upload").returncode == 0
+    token_file = store.tmp / "my-token"
+    token_file.write_text(TOKEN + "\n")
+    mountpoint = store.tmp / "mnt"
+    url = f"{served.url}/v23/manifest.json"
+    with Mounted(
+        store.config, url, mountpoint, store.tmp / "cache", "--token-file", str(token_file)
+    ) as mounted:
+        assert sorted(os.listdir(mountpoint)) == ["cfg", "model.pt"]
+        assert os.listdir(mountpoint / "cfg") == ["config.yaml"]
+        assert (mountpoint / "model.pt").stat().st_size == len(store.files["v23/model.pt"])
+        with (mountpoint / "model.pt").open("rb") as file:
+            file.seek(1_000_000)
+            assert file.read(5000) == store.files["v23/model.pt"][1_000_000:1_005_000]
+        assert (mountpoint / "model.pt").read_bytes() == store.files["v23/model.pt"]
+        assert (mountpoint / "cfg/config.yaml").read_bytes() == b"model: v23\n"
+        for attempt in (
+            lambda: (mountpoint / "new.txt").write_bytes(b"x"),
+            lambda: (mountpoint / "model.pt").unlink(),
+            lambda: (mountpoint / "cfg").rename(mountpoint / "cfg2"),
+        ):
+            with pytest.raises(OSError, match="Read-only file system") as refused:
+                attempt()
+            assert refused.value.errno == errno.EROFS
+        status = mounted.status()
+        assert status["source"] == url
+        assert status["fs"]["verified"] >= 1
+    log = served.access_log.read_text()
+    assert "/v23/model.pt 302" in log
+
+
+@pytest.mark.mount
+def test_a_mount_of_a_manifest_url_with_a_wrong_token_is_one_line(
+    store: Bucket, served: LinkServer
+) -> None:
+    token_file = store.tmp / "bad-token"
+    token_file.write_text("tok-not-this-one\n")
+    mountpoint = store.tmp / "mnt"
+    mountpoint.mkdir()
+    refused = store.cli(
+        "mount", "--token-file", token_file, f"{served.url}/v23/manifest.json", mountpoint
+    )
+    assert refused.returncode != 0
+    assert refused.stderr.count("\n") == 1
+    assert "403" in refused.stderr
+    assert "tok-not-this-one" not in refused.stderr

@@ -180,3 +180,37 @@ def test_origin_host_header_drops_default_ports_and_brackets_ipv6() -> None:
     assert Origin("http://h:1/b/").path_of("http://h:10/b/key") is None
     with pytest.raises(ValueError, match="not an http"):
         Origin("ftp://example.com/")
+
+
+def test_a_connection_idle_too_long_is_not_reused(serve: Callable[..., ScriptedServer]) -> None:
+    """A server, NAT or firewall may drop an idle connection without a word; a request sent
+    on it would wait out the read timeout. Older than the idle limit, it is closed instead."""
+    server = serve(lambda n: (ok(b"answer %d" % n), False))
+    now = [1000.0]
+    pool = ConnectionPool(
+        Origin(server.url), max_idle=4, connect_timeout=2, read_timeout=2,
+        idle_limit=20.0, clock=lambda: now[0],
+    )  # fmt: skip
+    assert pool.get("/bucket/a", {}).read_all() == b"answer 0"
+    now[0] += 19.0
+    assert pool.get("/bucket/b", {}).read_all() == b"answer 1"
+    assert server.connections == 1  # idle 19 s: reused
+    now[0] += 21.0
+    assert pool.get("/bucket/c", {}).read_all() == b"answer 2"
+    assert server.connections == 2  # idle 21 s: a new one
+    pool.close()
+
+
+def test_pooled_connections_have_tcp_keepalive(serve: Callable[..., ScriptedServer]) -> None:
+    server = serve(lambda n: (ok(b"x"), False))
+    pool = pool_for(server)
+    pool.get("/bucket/a", {}).read_all()
+    connection = pool._take_idle()
+    assert connection is not None
+    sock = connection.sock
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 15
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 5
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+    connection.close()
+    pool.close()

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from support import FaultProxy, SeaweedServer
+from modelfs.host.health import Health, probe
+from support import FaultProxy, SeaweedServer, method_is
 from support.mounting import MODELFS, MountEnv, drop_page_cache, is_mounted, run_cli
 from support.pagecache import resident_pages
 
@@ -284,6 +285,25 @@ def test_status_says_what_the_mount_read_fetched_and_holds(env: Env) -> None:
     assert lines["memory"].startswith("memory: ")
     assert "in use of 64.0M, peak " in lines["memory"]
     assert lines["cache"].startswith("cache: ")
+
+
+def test_the_health_probe_never_waits_on_the_store(env: Env, blob64: bytes) -> None:
+    """What `modelfs run`'s watchdog asks (stat + statfs of the root) is answered while the
+    store keeps a read waiting: a slow store never makes a live mount look hung."""
+    env.put("cold.bin", blob64)
+    with env.mount("--no-warm-up"):
+        env.proxy.delay_next(10.0, times=None, match=method_is("GET"))
+        reader = threading.Thread(target=(env.mountpoint / "cold.bin").read_bytes)
+        reader.start()
+        try:
+            time.sleep(1.0)  # the read is waiting on its GET now
+            assert reader.is_alive()
+            started = time.monotonic()
+            assert probe(str(env.mountpoint), 5).health is Health.HEALTHY
+            assert time.monotonic() - started < 1.0
+        finally:
+            env.proxy.clear_faults()
+            reader.join(60)
 
 
 def test_foreground_mount_unmounts_cleanly_on_sigterm_and_sigint(env: Env) -> None:

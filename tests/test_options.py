@@ -20,6 +20,12 @@ from modelfs.errors import ConfigError
 from modelfs.run.mounthelper import modelfs_argv, parse_argv
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+# A valid value for each VALUE option without a default.
+SAMPLES = {"log-file": "/tmp/x.log", "metrics": "127.0.0.1:9464", "token-file": "/tmp/token"}
+
+
+def sample(option: options.MountOption) -> str:
+    return option.default_text() or SAMPLES[option.name]
 
 
 def subparser(name: str) -> argparse.ArgumentParser:
@@ -37,7 +43,7 @@ def flags_of(parser: argparse.ArgumentParser) -> set[str]:
 def words_for(option: options.MountOption) -> list[str]:
     """How a user gives `option` on a command line, with a valid value."""
     if option.kind is Kind.VALUE:
-        return [f"--{option.name}", option.default_text() or "/tmp/x.log"]
+        return [f"--{option.name}", sample(option)]
     return [f"--{option.name}"]
 
 
@@ -63,7 +69,7 @@ def test_mount_parses_what_run_forwards_to_the_same_values() -> None:
 
 def test_every_option_is_accepted_in_a_config_section_and_nothing_else() -> None:
     items = {
-        option.name: (option.default_text() or "/x") if option.kind is Kind.VALUE else "true"
+        option.name: sample(option) if option.kind is Kind.VALUE else "true"
         for option in MOUNT_OPTIONS
     }
     found = options.from_section("mount:x", items)
@@ -76,10 +82,7 @@ def test_every_option_is_accepted_in_a_config_section_and_nothing_else() -> None
 def test_every_option_is_accepted_by_the_fstab_helper() -> None:
     for option in MOUNT_OPTIONS:
         name = option.name.replace("-", "_")
-        if option.kind is Kind.VALUE:
-            text = f"{name}={option.default_text() or '/tmp/x.log'}"
-        else:
-            text = name
+        text = f"{name}={sample(option)}" if option.kind is Kind.VALUE else name
         argv = modelfs_argv(parse_argv(["r:bucket", "/mnt/m", "-o", text]))
         assert f"--{option.name}" in argv, option.name
 
@@ -103,3 +106,49 @@ def test_a_bad_value_is_one_line_naming_the_option() -> None:
         subparser("mount").parse_args(["--transfers", "0", "r:bucket", "/mnt/x"])
     with pytest.raises(ConfigError, match=r"\[mount:x\]: invalid part-size '8Q'"):
         options.from_section("mount:x", {"part-size": "8Q"})
+
+
+def test_section_lines_are_read_back_as_the_same_options() -> None:
+    given: options.Options = {
+        "cache-dir": "/c",
+        "read-only": True,
+        "warm-up": False,
+        "metrics": "127.0.0.1:9464",
+    }
+    lines = options.section_lines(given)
+    assert lines == [
+        "cache-dir = /c",
+        "metrics = 127.0.0.1:9464",
+        "read-only = true",
+        "warm-up = false",
+    ]
+    items = dict(line.split(" = ", 1) for line in lines)
+    assert options.from_section("run:x", items) == given
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("9464", ("127.0.0.1", 9464)),
+        ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+        ("0.0.0.0:80", ("0.0.0.0", 80)),
+        ("localhost:9464", ("localhost", 9464)),
+        ("[::1]:9464", ("::1", 9464)),
+    ],
+)
+def test_metrics_addresses(text: str, address: tuple[str, int]) -> None:
+    assert options.parse_listen_address(text) == address
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (":9464", "name the host, 127.0.0.1:9464"),
+        ("127.0.0.1:http", "expected HOST:PORT"),
+        ("127.0.0.1:70000", "expected HOST:PORT"),
+        ("", "expected HOST:PORT"),
+    ],
+)
+def test_bad_metrics_addresses(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        options.parse_listen_address(text)

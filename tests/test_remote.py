@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from modelfs.config import files
 from modelfs.config.files import (
     config_path,
     describe_remotes,
@@ -325,3 +329,67 @@ def test_config_written_by_test_helper_resolves(
     remote, spec = resolve("other:bucket/x", str(path))
     assert remote.endpoint == "http://127.0.0.1:1"
     assert spec.prefix == "x/"
+
+
+# -- a config file with keys that others can read --------------------------------------------
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts as a new process would: no file warned about yet."""
+    monkeypatch.setattr(files, "_warned_readable", set())
+
+
+def readable_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "group or others can read" in r.message]
+
+
+@pytest.mark.usefixtures("fresh_warnings")
+def test_keys_that_others_can_read_are_warned_about_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "modelfs.conf", FULL_CONFIG)
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="modelfs.config.files"):
+        load_remotes(str(path))
+        load_config(str(path))
+        resolve("compshare:bucket", str(path))
+    assert readable_warnings(caplog) == [
+        f"config file {path} holds secret keys and group or others can read it (mode 0644): "
+        f"chmod 600 {path}"
+    ]
+    assert AWS_SECRET not in caplog.text
+
+
+@pytest.mark.usefixtures("fresh_warnings")
+@pytest.mark.parametrize(
+    ("text", "mode"),
+    [
+        (FULL_CONFIG, 0o600),  # keys, private: fine
+        (FULL_CONFIG, 0o400),
+        ("[aws]\ntype = s3\nenv_auth = true\n", 0o644),  # no keys in the file
+        (f"[a]\ntype = s3\naccess_key_id = {AWS_KEY_ID}\n", 0o644),  # an id is no secret
+    ],
+)
+def test_no_warning_without_readable_secrets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, mode: int
+) -> None:
+    path = write(tmp_path / "modelfs.conf", text)
+    path.chmod(mode)
+    with caplog.at_level(logging.WARNING, logger="modelfs.config.files"):
+        load_remotes(str(path))
+    assert readable_warnings(caplog) == []
+
+
+def test_the_cli_warns_in_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "modelfs.conf", FULL_CONFIG)
+    path.chmod(0o640)
+    done = subprocess.run(
+        [sys.executable, "-m", "modelfs", "--config", str(path), "remotes"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        f"config file {path} holds secret keys and group or others can read it (mode 0640): "
+        f"chmod 600 {path}"
+    ]

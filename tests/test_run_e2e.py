@@ -10,10 +10,14 @@ import contextlib
 import hashlib
 import json
 import os
+import pwd
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +28,7 @@ import pytest
 from modelfs.host import control
 from modelfs.host.health import MountStatus, check_mount
 from modelfs.host.mountinfo import find_mount, read_mountinfo
-from support import SeaweedServer
+from support import FaultProxy, SeaweedServer, method_is
 
 pytestmark = pytest.mark.mount
 
@@ -336,6 +340,89 @@ def test_keep_mounted_and_ready_under_systemd(setup: Setup, tmp_path: Path) -> N
     assert setup.status() is MountStatus.HEALTHY  # --keep-mounted
 
 
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [("403", "access denied"), ("slow", "not done within 3s: 1 file(s)")],
+)
+def test_the_final_drain_is_bounded_reports_and_exits_1(
+    setup: Setup, proxy: FaultProxy, make_config: Callable[..., Path], fault: str, said: str
+) -> None:
+    """The app wrote its log, the bucket refuses it for good (or takes forever): `run` says
+    why, leaves the mount (the log stays staged) and exits 1, instead of hanging."""
+    if fault == "403":
+        proxy.fail_next(403, times=None, match=method_is("PUT"))
+    else:
+        proxy.delay_next(30.0, times=None, match=method_is("PUT"))
+    setup.config = make_config(setup.config.parent, proxy.endpoint, filename="proxy.conf")
+    setup.config.write_text(setup.config.read_text().replace("[test]", "[e2e]"))
+    started = time.monotonic()
+    done = run(setup, extra=("--drain-timeout", "3s", "--write-back", "0s"))
+    assert time.monotonic() - started < WAIT_SECONDS
+    assert done.returncode == 1, done.stderr
+    assert "log written" in done.stdout
+    assert said in done.stderr
+    assert "did not drain; leaving it mounted" in done.stderr
+    assert setup.status() is MountStatus.HEALTHY
+    proxy.clear_faults()
+
+
+def test_an_external_mount_is_used_but_never_mounted_healed_or_unmounted(setup: Setup) -> None:
+    """--external-mount: the mount's own unit owns it (its cache dir, its restarts); a run
+    that mounted or healed it too would race the unit with another cache dir."""
+    done = run(setup, "--no-log", extra=("--external-mount",))
+    assert done.returncode == 1
+    assert "its owner (--external-mount" in done.stderr
+    assert setup.status() is MountStatus.NOT_MOUNTED  # not mounted by the run
+    first = setup.mount_daemon()  # what the mount unit does
+    go_on = setup.workdir / "go-on"
+    with subprocess.Popen(
+        setup.run_argv("--wait-for", str(go_on), "--no-log", extra=("--external-mount",)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
+        try:
+            read_line_with(process, "pass 1: verified 3 files")
+            os.kill(first, signal.SIGKILL)
+            wait_until(lambda: setup.status() is MountStatus.DEAD, "the mount to be dead")
+            time.sleep(2)  # ten watch intervals: a run's watchdog would have healed it
+            assert setup.status() is MountStatus.DEAD
+            assert modelfs(setup.config, "unmount", str(setup.mountpoint)).returncode == 0
+            setup.mount_daemon()  # the unit restarts it
+            go_on.touch()
+            out, err = process.communicate(timeout=WAIT_SECONDS)
+        finally:
+            kill_group(process)
+    assert process.returncode == 0, err
+    assert "pass 2: verified 3 files" in out
+    assert "mounted again" not in err
+    assert setup.status() is MountStatus.HEALTHY  # the owner's, so left mounted
+
+
+def test_the_app_runs_as_its_user_and_reads_the_allow_other_mount(setup: Setup) -> None:
+    """`run` stays root (it reads the root-only config, mounts); the app drops to `user`."""
+    base = Path(tempfile.mkdtemp(prefix="modelfs-user-"))  # a path `nobody` can traverse
+    base.chmod(0o755)
+    mountpoint, workdir = base / "mnt", base / "app"
+    mountpoint.mkdir()
+    workdir.mkdir()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "modelfs", "--config", str(setup.config), "run",
+             "--mount", setup.spec, str(mountpoint), "--link", "cache_hub=cache_hub_v23",
+             "--workdir", str(workdir), "--cache-dir", str(setup.cache_dir), "--allow-other",
+             "--user", "nobody", "--",
+             "sh", "-c", "id -u; cat cache_hub/models/config.json"],
+            capture_output=True, text=True, timeout=WAIT_SECONDS * 2, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == f"{pwd.getpwnam('nobody').pw_uid}\n" + '{"dim": 1024}'
+    finally:
+        cleanup_mount(mountpoint)
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_a_run_section_is_the_same_short_line(setup: Setup) -> None:
     with setup.config.open("a") as config:
         config.write(
@@ -349,3 +436,27 @@ def test_a_run_section_is_the_same_short_line(setup: Setup) -> None:
     done = modelfs(setup.config, "run", "standin")
     assert done.returncode == 5, done.stderr
     assert "pass 1: verified 3 files" in done.stdout
+
+
+def test_run_as_typed_in_the_apps_directory_after_save(setup: Setup) -> None:
+    """`--save NAME` writes the working command line beside the app; then `modelfs run --
+    COMMAND` typed there (global options after the verb) starts the same run."""
+    first = run(setup, "--no-log", extra=("--save", "standin"))
+    assert first.returncode == 0, first.stderr
+    saved = setup.workdir / "modelfs.conf"
+    assert f"saved [run:standin] in {saved}" in first.stderr
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    text = saved.read_text()
+    assert f"remote = {setup.spec}\n" in text
+    assert "secret" not in text  # keys stay in the config file
+    assert "access_key" not in text
+
+    again = subprocess.run(
+        [sys.executable, "-m", "modelfs", "run", "--config", str(setup.config),
+         "--", sys.executable, STANDIN, "--no-log", "--exit-code", "4"],
+        cwd=setup.workdir, capture_output=True, text=True, timeout=WAIT_SECONDS * 2, check=False,
+    )  # fmt: skip
+    assert again.returncode == 4, again.stderr
+    assert "pass 1: verified 3 files" in again.stdout
+    assert "using [run:standin]: the run section of ./modelfs.conf" in again.stderr
+    assert find_mount(str(setup.mountpoint), read_mountinfo()) is None

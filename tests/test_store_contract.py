@@ -631,6 +631,16 @@ def test_store_survives_a_server_restart(seaweed: SeaweedServer, s3_store: S3Sto
     assert s3_store.get_range(info.id, 0, 9) == b"persisted"  # pooled connections renewed
 
 
+def test_a_key_that_is_not_utf8_is_an_invalid_argument(s3_store: S3Store) -> None:
+    """botocore cannot even encode it: EINVAL (final for an upload), not an unexpected error."""
+    for call in (
+        lambda: s3_store.put_bytes("bad-\udcff", b"x"),
+        lambda: s3_store.head("bad-\udcff"),
+    ):
+        with pytest.raises(InvalidArgument, match="the key is not UTF-8"):
+            call()
+
+
 def test_errors_are_one_line(seaweed: SeaweedServer, bucket: str) -> None:
     stores: list[S3Store] = [
         S3Store(remote_config(seaweed.endpoint, secret_access_key="wrong"), bucket),

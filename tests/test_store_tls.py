@@ -14,16 +14,19 @@ working.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from botocore.httpsession import get_cert_path
 
-from modelfs.errors import StoreUnavailable
+from modelfs.errors import ConfigError, StoreUnavailable
 from modelfs.store.s3 import S3Store
 from modelfs.store.s3client import S3Session
 from support import FaultProxy, method_is, remote_config
 from support.lanes import data_gets, lane_of, list_requests
+from support.mounting import Mounted, run_cli
 from support.tlsfront import TlsCertificates, TlsFront, make_test_ca
 
 MIB = 1 << 20
@@ -144,23 +147,77 @@ def test_a_lean_lane_that_does_not_trust_the_server_falls_back_to_botocore(
 
 
 @pytest.mark.parametrize(
-    ("argument", "environment", "expected"),
+    ("argument", "remote", "environment", "expected"),
     [
-        (None, {}, None),
-        ("/explicit.pem", {"AWS_CA_BUNDLE": "/aws.pem"}, "/explicit.pem"),
-        (None, {"AWS_CA_BUNDLE": "/aws.pem", "REQUESTS_CA_BUNDLE": "/req.pem"}, "/aws.pem"),
-        (None, {"REQUESTS_CA_BUNDLE": "/req.pem"}, "/req.pem"),
+        (None, None, {}, None),
+        ("explicit.pem", "remote.pem", {"AWS_CA_BUNDLE": "/aws.pem"}, "explicit.pem"),
+        (None, "remote.pem", {"AWS_CA_BUNDLE": "/aws.pem"}, "remote.pem"),
+        (None, None, {"AWS_CA_BUNDLE": "/aws.pem", "REQUESTS_CA_BUNDLE": "/req.pem"}, "/aws.pem"),
+        (None, None, {"REQUESTS_CA_BUNDLE": "/req.pem"}, "/req.pem"),
     ],
 )
 def test_the_ca_bundle_is_resolved_as_botocore_resolves_verify(
     argument: str | None,
+    remote: str | None,
     environment: dict[str, str],
     expected: str | None,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
+    for name in ("explicit.pem", "remote.pem"):
+        (tmp_path / name).write_text("a PEM file")
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    session = S3Session(remote_config("https://127.0.0.1:1"), argument)
-    assert session.ca_bundle == expected
+    config = replace(remote_config("https://127.0.0.1:1"), ca_bundle=_in(tmp_path, remote) or "")
+    session = S3Session(config, _in(tmp_path, argument))
+    assert session.ca_bundle == _in(tmp_path, expected)
     botocores_own = str(get_cert_path(True))
-    assert session.lean_ca_bundle == (expected or botocores_own)
+    assert session.lean_ca_bundle == (_in(tmp_path, expected) or botocores_own)
+
+
+def _in(directory: Path, name: str | None) -> str | None:
+    return name if name is None or name.startswith("/") else str(directory / name)
+
+
+def test_a_remotes_ca_bundle_reaches_both_lanes(
+    front: TlsFront, proxy: FaultProxy, bucket: str, test_ca: TlsCertificates
+) -> None:
+    """`ca_bundle = FILE` in the remote's section: no argument, no environment needed."""
+    config = replace(remote_config(front.endpoint), ca_bundle=str(test_ca.ca_file))
+    store = S3Store(config, bucket)
+    info = store.put_bytes("m.bin", b"weights")
+    for _ in range(3):
+        assert store.get_range(info.id, 0, 7) == b"weights"
+    assert [lane_of(r) for r in data_gets(proxy, "m.bin")] == ["botocore", "lean", "lean"]
+    assert front.handshake_failures == []
+
+
+def test_a_ca_bundle_that_does_not_exist_is_a_config_error(tmp_path: Path) -> None:
+    config = replace(remote_config("https://127.0.0.1:1"), ca_bundle=str(tmp_path / "no.pem"))
+    with pytest.raises(ConfigError, match=f"ca_bundle {tmp_path / 'no.pem'} does not exist"):
+        S3Store(config, "bucket")
+
+
+@pytest.mark.mount
+def test_mount_and_pull_trust_the_ca_bundle_of_the_config(
+    front: TlsFront,
+    bucket: str,
+    test_ca: TlsCertificates,
+    tmp_path: Path,
+    make_config: Callable[..., Path],
+) -> None:
+    """The CLI end to end: the remote's section names the CA, and both commands get through."""
+    S3Store(remote_config(front.endpoint), bucket, ca_bundle=str(test_ca.ca_file)).put_bytes(
+        "models/config.json", b"{}"
+    )
+    config = make_config(tmp_path, front.endpoint, extra=f"ca_bundle = {test_ca.ca_file}")
+    with Mounted(config, f"test:{bucket}", tmp_path / "mnt", tmp_path / "cache"):
+        assert (tmp_path / "mnt" / "models" / "config.json").read_bytes() == b"{}"
+    done = run_cli("--config", config, "pull", f"test:{bucket}/models", tmp_path / "pulled")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "pulled" / "config.json").read_bytes() == b"{}"
+    assert front.handshake_failures == []
+    without = make_config(tmp_path, front.endpoint, filename="without.conf")
+    refused = run_cli("--config", without, "pull", f"test:{bucket}/models", tmp_path / "no")
+    assert refused.returncode == 1
+    assert "certificate verify failed" in refused.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import configparser
 import errno
+import json
 import os
 import pty
 import select
@@ -16,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,9 +25,10 @@ import pytest
 from modelfs.cli import build_parser
 from modelfs.config.remote import normalize_spec
 from modelfs.errors import ConfigError
+from modelfs.host import control
 from modelfs.host.health import Health, MountCheck, MountStatus, ProbeResult, check_mount, probe
 from modelfs.host.mountinfo import find_mount, parse_mountinfo
-from modelfs.run.keeper import Watchdog
+from modelfs.run.keeper import Watchdog, stop_stale_daemon
 from modelfs.run.links import LinkSpec
 from modelfs.run.plan import plan_from_args, validate_paths
 from modelfs.run.supervisor import SignalForwarder, exit_status
@@ -98,7 +101,7 @@ def test_verdicts() -> None:
     dead = verdict("/mnt/tts", "compshare:index-tts-data", Health.DEAD)
     assert dead.status is MountStatus.DEAD
     hung = verdict("/mnt/tts", "compshare:index-tts-data", Health.HUNG)
-    assert hung.status is MountStatus.DEAD
+    assert hung.status is MountStatus.HUNG
     failed = verdict("/mnt/tts", "compshare:index-tts-data", Health.FAILED)
     assert failed.status is MountStatus.UNUSABLE
 
@@ -147,6 +150,81 @@ def test_probe_times_out_and_never_piles_up_threads() -> None:
         assert time.monotonic() < deadline
 
 
+# -- the stale daemon: only the process that started at the recorded time is killed ----------
+
+
+def test_process_start_time_names_one_process() -> None:
+    mine = control.process_start_time(os.getpid())
+    assert isinstance(mine, int)
+    assert mine == control.process_start_time(os.getpid())
+    child = subprocess.Popen(["true"])
+    child_pid = child.pid
+    deadline = time.monotonic() + 10
+    while control.process_start_time(child_pid) is not None:  # a zombie, then reaped: None
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    child.wait()
+    assert control.process_start_time(child_pid) is None
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "runtime"
+    monkeypatch.setattr(control, "runtime_dir", lambda: path)
+    control.checked_dir(create=True)
+    return path
+
+
+def plant_state(mountpoint: str, state: dict[str, object]) -> None:
+    (control.state_path(control.mount_id(mountpoint))).write_text(json.dumps(state))
+
+
+@pytest.fixture
+def bystander() -> Iterator[subprocess.Popen[bytes]]:
+    """An unrelated process that happens to have "modelfs" on its command line."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "modelfs", "mount"]
+    )
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.usefixtures("runtime")
+def test_a_reused_pid_is_never_killed(bystander: subprocess.Popen[bytes]) -> None:
+    """The state file names a daemon that died; the kernel gave its pid to `bystander`."""
+    started = control.process_start_time(bystander.pid)
+    assert started is not None
+    plant_state("/mnt/stale", {"pid": bystander.pid, "start_time": started - 100})
+    assert control.read_state("/mnt/stale") is None  # that daemon is gone
+    stop_stale_daemon("/mnt/stale")
+    time.sleep(0.2)
+    assert bystander.poll() is None
+    plant_state("/mnt/old", {"pid": bystander.pid})  # written before start times: never killed
+    stop_stale_daemon("/mnt/old")
+    time.sleep(0.2)
+    assert bystander.poll() is None
+
+
+@pytest.mark.usefixtures("runtime")
+def test_the_recorded_daemon_is_killed(bystander: subprocess.Popen[bytes]) -> None:
+    started = control.process_start_time(bystander.pid)
+    plant_state("/mnt/stuck", {"pid": bystander.pid, "start_time": started})
+    stop_stale_daemon("/mnt/stuck")
+    assert bystander.wait(timeout=10) == -signal.SIGKILL
+
+
+@pytest.mark.usefixtures("runtime")
+def test_the_state_file_records_the_start_time() -> None:
+    control.write_state(control.mount_id("/mnt/me"), {"spec": "r:b"})
+    state = control.read_state("/mnt/me")
+    assert state is not None
+    assert state["pid"] == os.getpid()
+    assert state["start_time"] == control.process_start_time(os.getpid())
+
+
 # -- watchdog ---------------------------------------------------------------------------------
 
 
@@ -164,6 +242,17 @@ def test_watchdog_heals_dead_and_missing_mounts_only() -> None:
     for _ in range(4):
         watchdog.tick()
     assert healed == [MountStatus.DEAD, MountStatus.NOT_MOUNTED]
+
+
+def test_watchdog_replaces_a_hung_mount_only_after_three_hung_probes_in_a_row() -> None:
+    hung, healthy = MountCheck(MountStatus.HUNG, "no answer"), MountCheck(MountStatus.HEALTHY, "")
+    states = iter([hung, hung, healthy, hung, hung, hung, healthy, hung])
+    healed: list[int] = []
+    tick = [0]
+    watchdog = Watchdog(lambda: next(states), lambda _: healed.append(tick[0]), interval=60)
+    for tick[0] in range(1, 9):
+        watchdog.tick()
+    assert healed == [6]  # one slow stat on a loaded machine never kills a live mount
 
 
 def test_watchdog_survives_a_failed_heal() -> None:
@@ -206,6 +295,7 @@ CONFIG = textwrap.dedent(
     command = ./start.sh
     keep-mounted = true
     watch-interval = 2s
+    drain-timeout = 90s
 
     [run:typo]
     mount = compshare:bucket /mnt/models
@@ -324,6 +414,21 @@ def test_inline_mount_and_durations() -> None:
     assert result.target.spec == "compshare:bucket/models"
     assert result.keep_mounted
     assert result.watch_interval == 2.0
+    assert result.drain_timeout == 90.0
+    assert plan("inline", "--drain-timeout", "1h").drain_timeout == 3600.0
+    assert plan("index-tts").drain_timeout == 600.0  # the units' TimeoutStopSec
+
+
+def test_the_app_user_and_an_external_mount() -> None:
+    argv = ("--mount", "r:bucket", "/m", "--allow-other", "--user", "nobody", "--", "x")
+    assert plan(*argv).user == "nobody"
+    assert plan(*argv).external_mount is False
+    assert plan("--external-mount", *argv).external_mount is True
+    assert plan("--mount", "r:bucket", "/m", "--user", "root", "--", "x").user == "root"
+    with pytest.raises(ConfigError, match="needs allow-other = true for the mount of r:bucket"):
+        plan("--mount", "r:bucket", "/m", "--user", "nobody", "--", "x")
+    with pytest.raises(ConfigError, match="user 'no-such-user' does not exist"):
+        plan("--mount", "r:bucket", "/m", "--allow-other", "--user", "no-such-user", "--", "x")
 
 
 @pytest.mark.parametrize(
@@ -332,7 +437,7 @@ def test_inline_mount_and_durations() -> None:
         (["nope"], r"no \[run:nope\] section"),
         (["typo"], "unknown key 'comand'"),
         (["nocmd"], "no command to run"),
-        ([], "give a run section name or --mount"),
+        ([], r"no run section has workdir .*several \(index-tts, inline, typo"),
         (["--mount", "compshare:bucket", "/mnt/x"], "no command to run"),
         (
             ["--mount", "compshare:bucket", "/mnt/x", "--link", "cache_hub", "--", "x"],

@@ -23,7 +23,13 @@ from modelfs.errors import ConfigError
 from modelfs.host.mountinfo import find_mount, read_mountinfo
 from modelfs.run.mounthelper import modelfs_argv, parse_argv
 from modelfs.run.plan import MountTarget
-from modelfs.run.systemd import DEFAULT_MODELFS, mount_drop_in, mount_unit, run_unit
+from modelfs.run.systemd import (
+    DEFAULT_MODELFS,
+    home_is_free,
+    mount_drop_in,
+    mount_unit,
+    run_unit,
+)
 from support import SECRET_KEY, SeaweedServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,6 +71,13 @@ def test_shipped_units_verify(tmp_path: Path, name: str) -> None:
     (tmp_path / name).write_text(text.replace(DEFAULT_MODELFS, MODELFS))
     instance = name.replace("@", "@example")
     assert_clean(verify(tmp_path, name, instance))
+
+
+def test_the_mount_units_cache_and_files_are_private() -> None:
+    """systemd's CacheDirectory= is 0755 unless told; everything the mount creates is 0600."""
+    lines = mount_unit().splitlines()
+    assert "CacheDirectoryMode=0700" in lines
+    assert "UMask=0077" in lines
 
 
 def test_verify_does_catch_a_broken_unit(tmp_path: Path) -> None:
@@ -109,6 +122,7 @@ CONFIG = textwrap.dedent(
 def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "modelfs.conf"
     path.write_text(CONFIG.format(secret=SECRET_KEY))
+    path.chmod(0o600)
     return path
 
 
@@ -144,13 +158,71 @@ def test_install_run_section_with_its_mount(tmp_path: Path, config_file: Path) -
             assert SECRET_KEY not in text
             assert "AKIDEXAMPLE" not in text
     run_unit_text = (dest / "modelfs-run@.service").read_text()
-    assert "--config ${MODELFS_CONFIG} run %i" in run_unit_text
+    assert "--config ${MODELFS_CONFIG} run $MODELFS_RUN_OPTIONS %i" in run_unit_text
     assert f"MODELFS_CONFIG={config_file}" in run_unit_text
-    assert (
-        "After=modelfs@tts.service"
-        in (dest / "modelfs-run@index-tts.service.d/modelfs.conf").read_text()
-    )
+    drop_in = (dest / "modelfs-run@index-tts.service.d/modelfs.conf").read_text().splitlines()
+    # The mount unit owns the mount; the run goes with it and never mounts or heals by itself.
+    for line in ("Wants=modelfs@tts.service", "After=modelfs@tts.service",
+                 "PartOf=modelfs@tts.service", "Environment=MODELFS_RUN_OPTIONS=--external-mount",
+                 "ProtectSystem=full", "PrivateTmp=yes"):  # fmt: skip
+        assert line in drop_in
+    assert "ProtectHome=yes" not in drop_in  # the app runs as root: /root is its home
     assert_clean(verify(dest, "modelfs@tts.service", "modelfs-run@index-tts.service"))
+
+
+def test_an_app_user_outside_home_gets_protect_home(tmp_path: Path, config_file: Path) -> None:
+    with config_file.open("a") as file:
+        file.write("\n[run:as-nobody]\nmount = tts\nuser = nobody\ncommand = ./serve\n")
+    dest = tmp_path / "units"
+    done = modelfs(
+        "--config", str(config_file), "systemd", "install", "as-nobody", "--dest", str(dest),
+        "--modelfs", MODELFS,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    drop_in = (dest / "modelfs-run@as-nobody.service.d/modelfs.conf").read_text().splitlines()
+    assert "ProtectHome=yes" in drop_in  # nobody's home is /nonexistent, nothing under /home
+    assert_clean(verify(dest, "modelfs-run@as-nobody.service"))
+
+
+def test_home_is_free_only_when_no_path_is_under_a_home() -> None:
+    assert home_is_free(["/srv/app", "/mnt/tts", "/usr/local/bin/modelfs", "/nonexistent"])
+    assert not home_is_free(["/srv/app", "/home/me/.venv/bin/modelfs"])
+    assert not home_is_free(["/root"])
+    assert not home_is_free(["/run/user/1000/app"])
+    assert home_is_free(["/homework/x", "/rooted"])
+
+
+def test_units_keep_restarting_through_a_boot_time_outage_but_not_on_bad_input() -> None:
+    """StartLimitBurst=5 in 300 s left the units failed for good after ~40 s of outage."""
+    for text in (mount_unit(), run_unit()):
+        lines = text.splitlines()
+        assert "StartLimitIntervalSec=0" in lines
+        assert not [line for line in lines if line.startswith("StartLimitBurst")]
+        assert "Restart=on-failure" in lines
+        assert "RestartSec=10" in lines
+        assert "RestartPreventExitStatus=2" in lines
+        assert "NoNewPrivileges=yes" in lines
+
+
+def test_the_mount_unit_runs_in_the_hosts_mount_namespace() -> None:
+    """Any of these would put the FUSE mount in a namespace the host never sees."""
+    keys = [line.partition("=")[0] for line in mount_unit().splitlines() if "=" in line]
+    for key in ("ProtectSystem", "ProtectHome", "PrivateTmp", "ReadWritePaths", "PrivateMounts"):
+        assert key not in keys
+
+
+def test_this_systemd_knows_no_stepped_restart_delay(tmp_path: Path) -> None:
+    """Why RestartSec is constant (see run/systemd.py): this systemd rejects the keys."""
+    (tmp_path / "modelfs@.service").write_text(
+        mount_unit(MODELFS).replace("RestartSec=10", "RestartSec=10\nRestartSteps=5")
+    )
+    done = verify(tmp_path, "modelfs@x.service")
+    version = subprocess.run(
+        [str(SYSTEMD_ANALYZE), "--version"], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+    if int(version) >= 254:
+        pytest.skip(f"systemd {version} has RestartSteps=: the units could use it")
+    assert "Unknown key 'RestartSteps'" in done.stderr
 
 
 def test_install_mount_section(tmp_path: Path, config_file: Path) -> None:

@@ -12,6 +12,7 @@ import os
 import random
 import re
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support import FaultProxy, SeaweedServer
+from support import FaultProxy, SeaweedServer, method_is
 from support.mounting import MountEnv, run_cli
 
 pytestmark = pytest.mark.mount
@@ -216,6 +217,52 @@ def test_fsync_then_kill_9_is_recovered(env: Env) -> None:
         env.wait_for_object("fsynced.txt", b"durable after fsync")
 
 
+def test_the_save_pattern_with_a_directory_fsync_survives_kill_9(env: Env) -> None:
+    """write tmp, fsync, rename over the target, fsync the directory: what careful apps do."""
+    mounted = env.mount("--write-back", "1h")
+    with mounted:
+        fd = os.open(env.mountpoint / "state.json.tmp", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, b'{"step": 2}')
+        os.fsync(fd)
+        os.close(fd)
+        os.rename(env.mountpoint / "state.json.tmp", env.mountpoint / "state.json")
+        directory = os.open(env.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        mounted.kill()
+        run_cli("unmount", env.mountpoint)
+    with env.mount():
+        env.wait_for_object("state.json", b'{"step": 2}')
+    assert env.bucket_keys() == ["state.json"]
+
+
+def test_two_prefixes_of_one_bucket_one_after_the_other_on_one_cache_dir(env: Env) -> None:
+    """Both prefixes use the bucket's cache root and its journal; what one left pending, the
+    other uploads. At the same time, the second mount is refused by the root's lock."""
+    first = env.mount("--write-back", "1h", prefix="a")
+    with first:
+        (env.mountpoint / "pending.txt").write_text("written under a/")
+        first.kill()  # kill -9: its journal row stays
+        run_cli("unmount", env.mountpoint)
+    with env.mount("--write-back", "0s", prefix="b"):
+        (env.mountpoint / "own.txt").write_text("written under b/")
+        env.wait_for_object("a/pending.txt", b"written under a/")
+        env.wait_for_object("b/own.txt", b"written under b/")
+        assert sorted(os.listdir(env.mountpoint)) == ["own.txt"]
+        other = env.mountpoint.parent / "mnt-a"
+        other.mkdir()
+        refused = run_cli(
+            "--config", env.config, "mount", "--daemon", "--cache-dir", env.cache_dir,
+            f"test:{env.bucket}/a", other,
+        )  # fmt: skip
+        assert refused.returncode == 2, refused.stderr
+        assert "is in use by another modelfs process" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+    assert env.bucket_keys() == ["a/pending.txt", "b/own.txt"]
+
+
 def test_kill_9_during_a_multipart_upload_leaves_nothing_billing(env: Env) -> None:
     data = random.Random(7).randbytes(80 * MiB)  # 5 parts of 16 MiB
     # Slow down part uploads so the kill lands in the middle of the multipart upload.
@@ -254,7 +301,9 @@ def test_conflict_keeps_the_remote_version_and_uploads_ours_aside(env: Env) -> N
 def test_disk_full_in_the_cache_gives_enospc_and_keeps_written_data(env: Env) -> None:
     small = env.cache_dir.parent / "smallcache"
     small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(small)], check=True
+    )
     try:
         env.seaweed.client().put_object(Bucket=env.bucket, Key="read.txt", Body=b"still readable")
         with env.mount("--write-back", "1h", cache_dir=small):
@@ -271,6 +320,144 @@ def test_disk_full_in_the_cache_gives_enospc_and_keeps_written_data(env: Env) ->
         assert env.object("first.bin") == first
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def assert_private(top: Path) -> None:
+    """Every directory under `top` is 0700 and every file 0600: only we can read or plant."""
+    wrong = []
+    for path in [top, *top.rglob("*")]:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if mode != (0o700 if path.is_dir() else 0o600):
+            wrong.append(f"{path.relative_to(top)} {mode:04o}")
+    assert wrong == []
+
+
+def test_a_full_cache_disk_gives_blocks_back_to_written_files(env: Env) -> None:
+    """Blocks can be fetched again, written bytes cannot: on a full cache disk a write makes
+    the block cache give room back instead of failing with ENOSPC."""
+    small = env.cache_dir.parent / "smallcache"
+    small.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m,mode=0700", "tmpfs", str(small)], check=True
+    )
+    try:
+        model = random.Random(11).randbytes(7 * MiB)
+        env.put("model.bin", model)
+        with env.mount("--write-back", "1h", "--cache-max-size", "1G", cache_dir=small):
+            assert (env.mountpoint / "model.bin").read_bytes() == model
+            deadline = time.monotonic() + 30
+            while len(list(small.rglob("*.blk"))) < 7:
+                assert time.monotonic() < deadline, "the blocks never reached the cache"
+                time.sleep(0.05)
+            out = random.Random(12).randbytes(8 * MiB)  # more than is left on the disk
+            (env.mountpoint / "out.bin").write_bytes(out)
+            assert run_cli("sync", env.mountpoint).returncode == 0
+            assert len(list(small.rglob("*.blk"))) < 7
+        assert env.object("out.bin") == out
+        assert "evicted" in (small / "modelfs.log").read_text()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_cache_blocks_journal_staging_and_log_are_private(env: Env) -> None:
+    env.put("model.bin", random.Random(10).randbytes(3 * MiB))
+    umask = os.umask(0o022)  # what a mount inherits from a shell or a unit without UMask=
+    try:
+        with env.mount("--write-back", "1h"):
+            (env.mountpoint / "model.bin").read_bytes()
+            (env.mountpoint / "out.txt").write_text("staged, journaled, not uploaded")
+            deadline = time.monotonic() + 30
+            while len(list(env.cache_dir.rglob("*.blk"))) < 3:  # written in the background
+                assert time.monotonic() < deadline, "the blocks never reached the cache"
+                time.sleep(0.05)
+            assert list(env.cache_dir.rglob("journal.sqlite3-wal"))
+            assert list(env.cache_dir.rglob("staging/*"))
+            assert (env.cache_dir / "modelfs.log").stat().st_size > 0
+            assert_private(env.cache_dir)
+    finally:
+        os.umask(umask)
+    assert_private(env.cache_dir)
+
+
+def test_a_permanent_403_holds_the_file_and_sync_says_so(env: Env) -> None:
+    """Uploads refused for good (403) are not retried on their own: the file stays staged,
+    `status` shows why, `sync` tries once more and fails in one line; once the policy is
+    fixed, `sync` uploads it."""
+    denied = env.proxy.fail_next(403, times=None, match=method_is("PUT"))
+    with env.mount("--write-back", "0s") as mounted:
+        (env.mountpoint / "report.json").write_text('{"ok": true}')
+        deadline = time.monotonic() + 30
+        while not mounted.status()["writeback"]["failures"]:
+            assert time.monotonic() < deadline, "the upload never failed"
+            time.sleep(0.1)
+        puts = env.proxy.count(method="PUT")
+        time.sleep(3)  # a retried upload would have been sent again by now (backoff 1 s, 2 s)
+        assert env.proxy.count(method="PUT") == puts
+        shown = run_cli("status", env.mountpoint)
+        assert "not uploaded, held until `modelfs sync` or the next mount: report.json:" in (
+            shown.stdout
+        )
+        synced = run_cli("sync", "--timeout", "60s", env.mountpoint)
+        assert synced.returncode == 1
+        assert synced.stderr.startswith(f"modelfs: error: sync of {env.mountpoint} failed: 1 ")
+        assert "report.json: access denied" in synced.stderr
+        assert len(synced.stderr.strip().splitlines()) == 1
+        env.proxy.remove_fault(denied)
+        assert run_cli("sync", env.mountpoint).returncode == 0
+        assert env.object("report.json") == b'{"ok": true}'
+
+
+def test_sync_timeout_gives_up_in_one_line(env: Env) -> None:
+    with env.mount("--write-back", "0s"):
+        env.proxy.delay_next(8.0, match=method_is("PUT"))  # a store far too slow for 2 s
+        (env.mountpoint / "stuck.txt").write_text("the store never answers")
+        started = time.monotonic()
+        synced = run_cli("sync", "--timeout", "2s", env.mountpoint)
+        assert time.monotonic() - started < 20
+        assert synced.returncode == 1
+        assert synced.stderr.strip() == (
+            f"modelfs: error: sync of {env.mountpoint} failed: not done within 2s: 1 file(s), "
+            "23B still to upload"
+        )
+    assert env.object("stuck.txt") == b"the store never answers"  # unmount waited for it
+
+
+def test_a_key_longer_than_s3_allows_is_refused_at_create_and_rename(env: Env) -> None:
+    with env.mount():
+        deep = env.mountpoint
+        for letter in "abcd":
+            deep = deep / (letter * 250)
+            deep.mkdir()  # markers of 251 bytes each: 1004 bytes of key so far
+        with pytest.raises(OSError, match="File name too long") as created:
+            (deep / ("x" * 30)).write_text("never")
+        assert created.value.errno == errno.ENAMETOOLONG
+        (deep / "ok").write_text("short enough")
+        with pytest.raises(OSError, match="File name too long") as renamed:
+            os.rename(deep / "ok", deep / ("y" * 30))
+        assert renamed.value.errno == errno.ENAMETOOLONG
+        with pytest.raises(OSError, match="File name too long") as made:
+            os.mkdir(deep / ("z" * 20))
+        assert made.value.errno == errno.ENAMETOOLONG
+        assert run_cli("sync", env.mountpoint).returncode == 0
+    assert env.bucket_keys()[-1] == f"{'a' * 250}/{'b' * 250}/{'c' * 250}/{'d' * 250}/ok"
+
+
+def test_a_name_that_is_not_utf8_is_einval_not_eio_with_a_traceback(env: Env) -> None:
+    env.put("ok.txt", b"x")
+    with env.mount("--write-back", "0s"):
+        mp = os.fsencode(env.mountpoint)
+        bad = mp + b"/\xffname"
+        for action in (
+            lambda: os.close(os.open(bad, os.O_WRONLY | os.O_CREAT, 0o644)),
+            lambda: os.mkdir(bad),
+            lambda: os.rename(mp + b"/ok.txt", bad),
+        ):
+            with pytest.raises(OSError, match="Invalid argument"):
+                action()
+        assert run_cli("sync", "--timeout", "30s", env.mountpoint).returncode == 0
+    log = (env.cache_dir / "modelfs.log").read_text()
+    assert "Traceback" not in log
+    assert env.bucket_keys() == ["ok.txt"]
 
 
 def test_refused_operations_return_their_errno(env: Env) -> None:

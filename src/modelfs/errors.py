@@ -16,6 +16,9 @@ class ModelfsError(Exception):
 
     errno: int = _errno.EIO
     bad_input: bool = False  # the user must change something: exit code 2, not 1 (see console)
+    # The same request cannot succeed until something outside changes (a policy, the key, the
+    # bucket): an upload that failed so is not retried on its own (see write.queue).
+    permanent: bool = False
 
 
 class ConfigError(ModelfsError):
@@ -38,6 +41,14 @@ class NotFound(ModelfsError):
 
 class AccessDenied(ModelfsError):
     errno = _errno.EACCES
+    permanent = True
+
+
+class ClockSkew(AccessDenied):
+    """The store refused a request as signed too far from its own time (RequestTimeTooSkewed):
+    not permanent, since the clock gets set right (NTP) and then the same request works."""
+
+    permanent = False
 
 
 class StaleObject(ModelfsError):
@@ -60,6 +71,7 @@ class Corrupt(ModelfsError):
 
 class BucketNotFound(ModelfsError):
     errno = _errno.ENOENT
+    permanent = True
 
 
 class ReadOnly(ModelfsError):
@@ -89,6 +101,20 @@ class AlreadyExists(ModelfsError):
 
 class InvalidArgument(ModelfsError):
     errno = _errno.EINVAL
+    permanent = True
+
+
+class NameTooLong(ModelfsError):
+    """A key longer than S3 allows (1024 bytes of UTF-8)."""
+
+    errno = _errno.ENAMETOOLONG
+    permanent = True
+
+
+class UploadFailed(ModelfsError):
+    """Written files that could not reach the bucket (they stay staged and journaled)."""
+
+    errno = _errno.EIO
 
 
 class NotSupported(ModelfsError):
@@ -97,6 +123,13 @@ class NotSupported(ModelfsError):
 
 class CrossDevice(ModelfsError):
     errno = _errno.EXDEV
+
+
+class UnsafePath(ModelfsError):
+    """A directory or file other users could change (the control dir, the cache dir)."""
+
+    errno = _errno.EACCES
+    bad_input = True
 
 
 class MountError(ModelfsError):

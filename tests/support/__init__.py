@@ -61,8 +61,8 @@ def make_config(
     filename: str = "modelfs.conf",
 ) -> Path:
     """Write an rclone-style config with one s3 remote `name` (plus `extra` raw text, e.g.
-    more sections) to `directory/filename` and return its path. Appends if the file exists,
-    so several remotes can be written into one file."""
+    more sections) to `directory/filename` (mode 0600) and return its path. Appends if the
+    file exists, so several remotes can be written into one file."""
     path = Path(directory) / filename
     section = (
         f"[{name}]\n"
@@ -75,6 +75,7 @@ def make_config(
     )
     with path.open("a") as file:
         file.write(section + ("\n" + extra if extra else "") + "\n")
+    path.chmod(0o600)  # it holds keys: readable by others, modelfs would warn
     return path
 
 

@@ -177,7 +177,7 @@ class BlockWriter:
         self, path: str, header: bytes, payload: bytes, mtime: float, *, direct: bool
     ) -> Stamp:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        fd = os.open(path, flags | (os.O_DIRECT if direct else 0), 0o644)
+        fd = os.open(path, flags | (os.O_DIRECT if direct else 0), 0o600)  # ours alone
         try:
             if direct:
                 self._write_aligned(fd, header, payload)

@@ -285,6 +285,16 @@ class DiskBlockCache:
         self._tree.remove(names)
         return len(names)
 
+    def give_back(self, nbytes: int) -> int:
+        """Evict least recently used blocks of at least `nbytes` in all, now: the disk is full
+        and write-back needs the room (`max_bytes` stays). Returns the bytes freed."""
+        with self._lock:
+            before = self._bytes
+            victims = self._evict_locked(max(0, self._bytes + self._reserved - nbytes))
+            freed = before - self._bytes
+        self._tree.remove(victims)
+        return freed
+
     def clear(self) -> None:
         """Drop every block (not counted as evictions)."""
         with self._lock:
@@ -330,10 +340,12 @@ class DiskBlockCache:
     def _remove_locked(self, name: BlockName) -> None:
         self._bytes -= self._index.pop(name).file_size
 
-    def _evict_locked(self) -> list[BlockName]:
-        """Pop LRU blocks until committed + reserved bytes fit; the caller unlinks them."""
+    def _evict_locked(self, limit: int | None = None) -> list[BlockName]:
+        """Pop LRU blocks until committed + reserved bytes fit `limit` (default: max_bytes);
+        the caller unlinks them."""
         victims: list[BlockName] = []
-        while self._index and self._bytes + self._reserved > self.max_bytes:
+        limit = self.max_bytes if limit is None else limit
+        while self._index and self._bytes + self._reserved > limit:
             name, entry = self._index.popitem(last=False)
             self._bytes -= entry.file_size
             self._evictions += 1

@@ -26,6 +26,7 @@ class CacheStatistics:
     evictions: int
     corrupt: int
     write_errors: int
+    pinned_bytes: int = 0  # of blocks never evicted (pinned); 0 until pins exist
 
 
 class DataCache(Protocol):

@@ -9,6 +9,7 @@ removed, and what is found at startup.
         │   └── .tmp-<pid>-<n>                        a block being written; deleted at startup
         └── …
 
+Directories are made 0700 and block files 0600: only the owner may read or plant a block.
 keyhash, etaghash: the `BlockName` digests (`cache.blockfile`) as 32 hex digits. A different
 block size gets a different tree (the same index names other bytes), and stale trees are
 deleted at startup. 256 fan-out dirs keep each directory small.
@@ -53,6 +54,7 @@ from modelfs.cache.blockfile import (
     unlink_quietly,
 )
 from modelfs.errors import ConfigError
+from modelfs.host import private
 from modelfs.host.locks import hold_lock
 
 # The block cache logs under one name, its public module's, as it did before the split.
@@ -83,7 +85,7 @@ def open_root(root: Path) -> int | None:
     """Create root and take its lock: the lock's fd, or None if the root cannot be locked (it is
     then used unlocked). ConfigError if root is unusable, MountError if already owned."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        private.make_dirs(root)
     except OSError as exc:
         raise ConfigError(f"cannot create cache directory {root}: {exc}") from exc
     if not root.is_dir():
@@ -154,7 +156,7 @@ class BlockTree:
     def make_fanout_dirs(self) -> None:
         try:
             for fanout in _fanout_names():
-                (self.path / fanout).mkdir(parents=True, exist_ok=True)
+                private.make_dirs(self.path / fanout)
         except OSError as exc:  # read-only or full: serve what is there, puts will count errors
             logger.warning("block cache: cannot create %s: %s", self.path, exc)
 

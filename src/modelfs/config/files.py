@@ -6,18 +6,36 @@ XDG_CONFIG_HOME defaults to `~/.config`. A file named explicitly (argument or en
 does not exist is an error rather than a silent fall-through to another file. The format is
 rclone's INI (see `config.remote`): sections without ':' are remotes, `[run:NAME]` and
 `[mount:NAME]` belong to `modelfs run` (see `run.plan`).
+
+An app's own `modelfs.conf`, beside its start script, is read by `run` too (`project_config`):
+it holds run and mount sections only, never a remote (keys stay in the config file), and its
+sections are laid over the config file's (`lay_over`). `write_section` adds or replaces one
+section of a file (`run --save`), written whole and renamed into place, mode 0600.
+
+A file that holds keys (`secret_access_key`, `session_token`) and that group or others can read
+gets one warning per process, as ssh warns of a private key others can read (modelfs still
+reads it: refusing would stop mounts that work today).
 """
 
 from __future__ import annotations
 
 import configparser
+import logging
 import os
+import re
+import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 from modelfs.config.remote import SUPPORTED_TYPE, RemoteConfig, RemoteSpec, parse_spec
 from modelfs.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 CONFIG_ENV = "MODELFS_CONFIG"
+PROJECT_FILE = "modelfs.conf"  # an app's own file of run sections, in its directory
+_SECRET_KEYS = ("secret_access_key", "session_token")
+_warned_readable: set[Path] = set()
 # rclone writes this header in front of a config encrypted with `rclone config password`.
 _RCLONE_ENCRYPTED_HEADER = "RCLONE_ENCRYPT_V0:"
 
@@ -53,10 +71,13 @@ def _explicitly_named(explicit: str | None) -> tuple[Path, str] | None:
 
 def load_config(explicit: str | None) -> configparser.ConfigParser:
     """The whole config file (remotes and other commands' sections); empty if none exists."""
-    parser = new_parser()
     path = config_path(explicit)
-    if path is None:
-        return parser
+    return new_parser() if path is None else read_file(path)
+
+
+def read_file(path: Path) -> configparser.ConfigParser:
+    """One config file, parsed; ConfigError (one line) if it cannot be read or parsed."""
+    parser = new_parser()
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -70,7 +91,108 @@ def load_config(explicit: str | None) -> configparser.ConfigParser:
     except configparser.Error as exc:
         first_line = str(exc).splitlines()[0]
         raise ConfigError(f"invalid config file {path}: {first_line}") from exc
+    _warn_if_others_can_read_keys(path, parser)
     return parser
+
+
+def project_config(directory: Path, explicit: str | None) -> configparser.ConfigParser | None:
+    """`directory/modelfs.conf`, an app's own run and mount sections; None if there is none,
+    or if it is the config file in use anyway."""
+    path = directory / PROJECT_FILE
+    if not path.is_file():
+        return None
+    in_use = config_path(explicit)
+    if in_use is not None and in_use.resolve() == path.resolve():
+        return None
+    parser = read_file(path)
+    remotes = [name for name in parser.sections() if ":" not in name]
+    if remotes:
+        home = in_use or config_candidates()[0]
+        raise ConfigError(
+            f"{path} defines remote [{remotes[0]}]: keep remotes and their keys in {home}; "
+            f"an app's {PROJECT_FILE} holds [run:NAME] and [mount:NAME] sections only"
+        )
+    return parser
+
+
+def lay_over(base: configparser.ConfigParser, top: configparser.ConfigParser) -> None:
+    """Put every section of `top` into `base`, replacing a section of the same name whole."""
+    for section in top.sections():
+        base.remove_section(section)
+        base.add_section(section)
+        for key, value in top.items(section, raw=True):
+            if key not in top.defaults():
+                base.set(section, key, value)
+
+
+def write_section(path: Path, section: str, lines: Sequence[str]) -> bool:
+    """Add `[section]` with `lines` to the file at `path` (created if missing), replacing a
+    section of that name; the rest of the file is kept as written. True if one was replaced.
+    The file is written whole beside the old one and renamed over it, mode 0600."""
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    kept, replaced = _without_section(old, section)
+    block = "\n".join([f"[{section}]", *lines]) + "\n"
+    text = kept.rstrip("\n") + "\n\n" + block if kept.strip() else block
+    try:
+        new_parser().read_string(text, source=str(path))
+    except configparser.Error as exc:
+        first_line = str(exc).splitlines()[0]
+        raise ConfigError(f"cannot add [{section}] to {path}: {first_line}") from exc
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            os.fchmod(stream.fileno(), 0o600)
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return replaced
+
+
+_HEADER = re.compile(r"^\s*\[([^\]]+)\]\s*$")
+
+
+def _without_section(text: str, section: str) -> tuple[str, bool]:
+    """`text` without the lines of `[section]` (its header up to the next header)."""
+    kept: list[str] = []
+    inside = replaced = False
+    for line in text.splitlines(keepends=True):
+        header = _HEADER.match(line)
+        if header is not None:
+            inside = header.group(1).strip() == section
+            replaced = replaced or inside
+        if not inside:
+            kept.append(line)
+    return "".join(kept), replaced
+
+
+def _warn_if_others_can_read_keys(path: Path, parser: configparser.ConfigParser) -> None:
+    """One warning per file and process if it holds keys and group or others can read it."""
+    if path in _warned_readable:
+        return
+    holds_keys = any(
+        parser.get(name, key, fallback="").strip()
+        for name in parser.sections()
+        if ":" not in name
+        for key in _SECRET_KEYS
+    )
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return
+    if holds_keys and mode & 0o044:
+        _warned_readable.add(path)
+        log.warning(
+            "config file %s holds secret keys and group or others can read it (mode %04o): "
+            "chmod 600 %s",
+            path,
+            mode,
+            path,
+        )
 
 
 def new_parser() -> configparser.ConfigParser:

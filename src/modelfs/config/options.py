@@ -4,7 +4,7 @@ A mount option is set in one of five places, and all of them read `MOUNT_OPTIONS
 
     modelfs mount --cache-max-size 50G ...        `add_mount_arguments` (typed, with defaults)
     modelfs run ... --cache-max-size 50G          `add_forwarded_arguments` (checked, passed on)
-    [mount:tts] / [run:x]  cache-max-size = 50G   `from_section`
+    [mount:tts] / [run:x]  cache-max-size = 50G   `from_section` (`section_lines` writes them)
     fstab: -o cache_max_size=50G                  `run.mounthelper` (via `find` and `Kind`)
     systemd drop-in: MODELFS_OPTIONS=...          `option_words` of the section's options
 
@@ -66,6 +66,30 @@ def _level(text: str) -> str:
 
 def _path(text: str) -> str:
     return text
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def parse_listen_address(text: str) -> tuple[str, int]:
+    """'127.0.0.1:9464', '[::1]:9464', 'localhost:9464', or a port alone ('9464': loopback)
+    -> (host, port). A host must be named: ':9464' does not mean every interface here."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep:
+        host, port_text = LOOPBACK, text.strip()
+    host = host.removeprefix("[").removesuffix("]")
+    if sep and not host:
+        raise ConfigError(
+            f"invalid address {text!r}: name the host, {LOOPBACK}:{port_text} (this machine "
+            f"only) or 0.0.0.0:{port_text} (every interface)"
+        )
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"invalid address {text!r} (expected HOST:PORT, e.g. {LOOPBACK}:9464)")
+    return host, port
 
 
 def default_cache_dir() -> str:
@@ -179,6 +203,14 @@ MOUNT_OPTIONS: tuple[MountOption, ...] = (
         "log here instead of stderr (--daemon default: CACHE_DIR/modelfs.log)",
     ),
     _value("log-level", _level, "INFO", "LEVEL", f"one of {', '.join(LOG_LEVELS)} (default INFO)"),
+    _value(
+        "metrics",
+        parse_listen_address,
+        None,
+        "HOST:PORT",
+        "serve Prometheus metrics at http://HOST:PORT/metrics (default off; a port alone "
+        "listens on 127.0.0.1; another host than loopback must be given, and is logged)",
+    ),
     MountOption(
         "allow-other",
         Kind.FLAG,
@@ -186,6 +218,13 @@ MOUNT_OPTIONS: tuple[MountOption, ...] = (
     ),
     MountOption("allow-non-empty", Kind.FLAG, "mount over a non-empty directory"),
     MountOption("read-only", Kind.FLAG, "refuse every write with EROFS"),
+    _value(
+        "token-file",
+        _path,
+        None,
+        "FILE",
+        "a link service's bearer token, for a mount of a manifest URL (default: $MODELFS_TOKEN)",
+    ),
     MountOption(
         "prefetch-small",
         Kind.SWITCH,
@@ -325,3 +364,16 @@ def option_words(options: Mapping[str, str | bool]) -> tuple[str, ...]:
         elif isinstance(value, str):
             words += [f"--{option.name}", value]
     return tuple(words)
+
+
+def section_lines(options: Mapping[str, str | bool]) -> list[str]:
+    """{'cache-dir': '/c', 'read-only': True, 'warm-up': False}
+    -> ['cache-dir = /c', 'read-only = true', 'warm-up = false'] (what `from_section` reads)."""
+    lines: list[str] = []
+    for option in MOUNT_OPTIONS:
+        value = options.get(option.name)
+        if isinstance(value, bool):
+            lines.append(f"{option.name} = {'true' if value else 'false'}")
+        elif value is not None:
+            lines.append(f"{option.name} = {value}")
+    return lines

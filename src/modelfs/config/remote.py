@@ -10,6 +10,7 @@ The config file is rclone's INI format, so an existing `rclone.conf` works uncha
     session_token = ...            instance role)
     endpoint = https://s3.example.com     <- empty means AWS
     region = cn-wlcb
+    ca_bundle = /etc/ssl/private-ca.pem   <- optional: the CAs HTTPS trusts, in every lane
     sources = site:models, compshare:models   <- optional, for mounts: read from these first
                                                  (`config.sourcelist`; rclone ignores it)
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -78,6 +80,7 @@ class RemoteConfig:
     endpoint: str = ""
     region: str = ""
     env_auth: bool = False
+    ca_bundle: str = ""  # a PEM file of the CAs HTTPS trusts; "": AWS_CA_BUNDLE, ..., botocore's
     sources: tuple[str, ...] = ()  # the `sources` key, as written (see `config.sourcelist`)
 
     @property
@@ -99,6 +102,7 @@ class RemoteConfig:
             session_token=section.get("session_token", "").strip(),
             endpoint=endpoint.rstrip("/"),
             region=section.get("region", "").strip(),
+            ca_bundle=os.path.expanduser(section.get("ca_bundle", "").strip()),
             env_auth=parse_bool(section.get("env_auth", ""), f"[{name}] env_auth"),
             sources=tuple(
                 word.strip() for word in section.get("sources", "").split(",") if word.strip()
@@ -114,6 +118,7 @@ class RemoteConfig:
             ("provider", self.provider),
             ("endpoint", self.endpoint or "(AWS)"),
             ("region", self.region),
+            ("ca_bundle", self.ca_bundle),
             ("sources", ",".join(self.sources)),
         ):
             if value:

@@ -51,3 +51,14 @@ def format_size(size: int) -> str:
         if size >= _SIZE_UNITS[unit]:
             return f"{size / _SIZE_UNITS[unit]:.1f}{unit}"
     return f"{size}B"
+
+
+def format_duration(seconds: float) -> str:
+    """1203 -> '20m 3s', 7500 -> '2h 5m', 42 -> '42s': the two largest units, for people."""
+    left = round(abs(seconds))
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if left >= size or (unit == "s" and not parts):
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    return " ".join(parts[:2])

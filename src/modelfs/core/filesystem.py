@@ -10,7 +10,7 @@ delegates, and holds no policy:
 - a file opened for writing, and every change (create, truncate, unlink, rename, mkdir, rmdir),
   goes to the `Writer`; a read-only mount's writer refuses them with EROFS.
 Returns plain values (`Attr`, bytes) and raises `ModelfsError`s; the FUSE adapter
-(`daemon.fuse_ops`) only translates.
+(`daemon.fuse_ops`) only translates. Each `read` is timed into `read_latency`.
 
 The kernel keeps its page cache across opens while the ETag is unchanged (keep_cache).
 """
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from modelfs.core import paths
 from modelfs.core.attributes import Attr, DirEntry, FsOptions, attributes
 from modelfs.core.inodes import ROOT_INODE, InodeTable, Node
+from modelfs.core.latency import LatencyHistogram
 from modelfs.core.namespace import Namespace
 from modelfs.core.overlay import Overlay
 from modelfs.errors import (
@@ -88,6 +89,7 @@ class Filesystem:
         self._next_fh = 1
         self._reads = 0
         self._bytes_read = 0
+        self.read_latency = LatencyHistogram()
         self._mount_time_ns = time.time_ns()
 
     # -- attributes ----------------------------------------------------------------------------
@@ -123,7 +125,7 @@ class Filesystem:
 
     async def getattr(self, ino: int) -> Attr:
         node = self.inodes.get(ino)
-        if node.ino != ROOT_INODE:
+        if node.ino != ROOT_INODE:  # the root from memory: health probes stat it, store or not
             await self._refresh(node)
         return self.attr_of(node)
 
@@ -217,11 +219,15 @@ class Filesystem:
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self._files[fh]
         self._reads += 1
-        if handle.staged is not None:
-            data = self.writer.read(handle.staged, offset, size)
-        else:
-            assert handle.reader is not None
-            data = await handle.reader.read(offset, size)
+        started = time.perf_counter()
+        try:
+            if handle.staged is not None:
+                data = self.writer.read(handle.staged, offset, size)
+            else:
+                assert handle.reader is not None
+                data = await handle.reader.read(offset, size)
+        finally:
+            self.read_latency.observe(time.perf_counter() - started)
         self._bytes_read += len(data)
         return data
 
@@ -263,7 +269,7 @@ class Filesystem:
         path = paths.join(parent.path, name)
         if not parent.is_dir:
             raise NotADirectory(parent.path)
-        _check_name(name)
+        _check_name(name, self.namespace.key_of(path))
         staged = await self.writer.open(
             self.namespace.key_of(path),
             await self.view.base(path),
@@ -302,6 +308,10 @@ class Filesystem:
         if handle is not None and handle.staged is not None:
             await self.writer.fsync(handle.staged)
 
+    async def fsyncdir(self, fh: int) -> None:
+        """fsync of a directory: the names changed so far (a rename the app made) are durable."""
+        await self.writer.fsync_names()
+
     async def unlink(self, parent_ino: int, name: str) -> None:
         parent = self.inodes.get(parent_ino)
         path = paths.join(parent.path, name)
@@ -326,7 +336,7 @@ class Filesystem:
             # Renaming a prefix means copying every object below it; `mv` does that itself
             # (file by file, through the mount) when told the rename crosses devices.
             raise CrossDevice(f"{old_path}: directories are moved by copying (EXDEV)")
-        _check_name(new_name)
+        _check_name(new_name, self.namespace.key_of(new_path))
         replaced = await self.view.base(new_path)
         target_exists = replaced is not None or self.view.staged(new_path) is not None
         if flags & _RENAME_NOREPLACE and target_exists:
@@ -345,7 +355,7 @@ class Filesystem:
         """A directory is a marker object `name/`, so it exists for every client at once."""
         parent = self.inodes.get(parent_ino)
         path = paths.join(parent.path, name)
-        _check_name(name)
+        _check_name(name, self.namespace.dir_prefix(path))
         listing = await self.namespace.listing(parent.path)
         if name in listing.dirs or name in listing.files or self.view.staged(path):
             raise AlreadyExists(path)
@@ -380,6 +390,8 @@ class Filesystem:
         return FsStatistics(len(self.inodes), len(self._files), self._reads, self._bytes_read)
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, key: str) -> None:
+    """A name a change may give a file or directory, and the key it would have."""
     if not paths.valid_segment(name):
         raise InvalidArgument(f"{name!r} cannot be an object name")
+    paths.check_key_length(key)

@@ -2,7 +2,8 @@
 
 `mount` runs in the foreground until unmounted, or with `--daemon` returns once the mount
 answers (see `spawn`). The others talk to a running mount through its control socket
-(`host.control`), or to the kernel (`unmount`). Heavy modules (pyfuse3, boto3) are imported
+(`host.control`), or to the kernel (`unmount`); `status` words its figures, once or live
+(`--watch`), with `statusview`. Heavy modules (pyfuse3, boto3) are imported
 only by `mount`, so `status` and `unmount` start fast.
 """
 
@@ -11,23 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from typing import Any, TypeAlias
 
 from modelfs import console
 from modelfs.config import options
-from modelfs.config.units import format_size
+from modelfs.config.units import parse_duration
 from modelfs.errors import ModelfsError, MountError
 from modelfs.host import control, mountinfo
 
 log = logging.getLogger("modelfs")
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-_SOURCE_EVENTS = (
-    ("failures", "failed"),
-    ("slow", "below the floor"),
-    ("missing", "missing"),
-    ("other_version", "other versions"),
-)
+
+_SYNC_ANSWER_GRACE = 10.0  # seconds past --timeout for the mount's own "not done" answer
 
 
 def register(commands: Subparsers) -> None:
@@ -55,11 +53,19 @@ def register(commands: Subparsers) -> None:
 
     status = commands.add_parser("status", help="statistics of a running mount")
     status.add_argument("mountpoint")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="JSON (with --watch: one per line)")
+    status.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
     status.set_defaults(func=cmd_status)
 
     sync = commands.add_parser("sync", help="wait until every written file is in the bucket")
     sync.add_argument("mountpoint")
+    sync.add_argument(
+        "--timeout",
+        type=parse_duration,
+        default=None,
+        metavar="DUR",
+        help="give up after DUR (exit 1, saying what is left); default: wait until done",
+    )
     sync.set_defaults(func=cmd_sync)
 
 
@@ -70,6 +76,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     config = mount_config(args)
     if args.daemon:
         return spawn.spawn_daemon(args, config.cache_dir)
+    if args.log_file:
+        os.close(spawn.open_log(args.log_file))  # created private; logging appends to it
     console.setup_logging(level=args.log_level, log_file=args.log_file, verbose=args.verbose)
     ready_fd = spawn.parent_pipe()
 
@@ -100,62 +108,33 @@ def _ask(mountpoint: str, message: dict[str, Any], timeout: float | None = 10.0)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from modelfs.daemon import statusview  # rich: only for status
+
+    if args.watch:
+        return statusview.watch(
+            lambda: _ask(args.mountpoint, {"cmd": "status"}), json_lines=args.json
+        )
     answer = _ask(args.mountpoint, {"cmd": "status"})
     if args.json:
         print(json.dumps(answer, indent=2))
     else:
-        print_status(answer)
+        print(*statusview.status_lines(answer), sep="\n")
     return console.EXIT_OK
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    answer = _ask(args.mountpoint, {"cmd": "sync"}, timeout=None)
+    message: dict[str, Any] = {"cmd": "sync"}
+    socket_timeout = None
+    if args.timeout is not None:
+        message["timeout"] = args.timeout
+        socket_timeout = args.timeout + _SYNC_ANSWER_GRACE  # the mount answers at its deadline
+    try:
+        answer = _ask(args.mountpoint, message, timeout=socket_timeout)
+    except MountError as exc:
+        if not isinstance(exc.__cause__, TimeoutError):
+            raise
+        late = f"sync of {args.mountpoint}: no answer within {args.timeout:g}s"
+        raise ModelfsError(late) from exc
     if not answer.get("ok"):
-        raise ModelfsError(f"sync failed: {answer.get('error')}")
+        raise ModelfsError(f"sync of {args.mountpoint} failed: {answer.get('error')}")
     return console.EXIT_OK
-
-
-def print_status(answer: dict[str, Any]) -> None:
-    where = f"{answer.get('source')} on {answer.get('mountpoint')}"
-    print(f"{where} (pid {answer.get('pid')}, up {answer.get('uptime')}s)")
-    cache = answer.get("cache", {})
-    if cache:
-        used, limit = format_size(cache["bytes"]), format_size(cache["max_bytes"])
-        print(
-            f"cache: {used} of {limit} in {cache['blocks']} blocks, {cache['hits']} hits,"
-            f" {cache['misses']} misses, {cache['evictions']} evictions, {cache['corrupt']} corrupt"
-        )
-    fs = answer.get("fs", {})
-    if fs:
-        print(
-            f"reads: {fs['reads']} requests, {format_size(fs['bytes_read'])} served,"
-            f" {fs['open_files']} files open, {format_size(fs['dropped_behind'])} of page cache"
-            " dropped behind readers"
-        )
-    fetcher = answer.get("fetcher", {})
-    if fetcher:
-        print(f"fetched: {format_size(fetcher['bytes_fetched'])} in {fetcher['gets']} GETs")
-    memory = answer.get("memory", {})
-    if memory:
-        print(
-            f"memory: {format_size(memory['in_use'])} in use of {format_size(memory['limit'])},"
-            f" peak {format_size(memory['peak'])}, {memory['waits']} waits for room"
-        )
-    sources = answer.get("sources")
-    if sources:
-        parts = [
-            f"{name} {format_size(counts['bytes'])}"
-            + "".join(
-                f", {counts[what]} {label}" for what, label in _SOURCE_EVENTS if counts.get(what)
-            )
-            for name, counts in sources["by_source"].items()
-        ]
-        print(f"sources: {'; '.join(parts)}; {sources['fallbacks']} reads moved on")
-    upload = answer.get("writeback")
-    if upload:
-        queued = format_size(int(upload.get("bytes", 0)))
-        print(
-            f"upload queue: {upload.get('files', 0)} files, {queued},"
-            f" oldest {upload.get('oldest_age', 0):.0f}s,"
-            f" last error: {upload.get('last_error') or 'none'}"
-        )

@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from modelfs.host.control import socket_path
+from modelfs.host.control import checked_dir, socket_path
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,8 @@ async def serve(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Answer control requests until cancelled."""
+    checked_dir(create=True)
     path = socket_path(ident)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

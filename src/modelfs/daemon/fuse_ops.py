@@ -157,6 +157,10 @@ class FuseOperations(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         await _boundary(f"fsync fh {fh}", lambda: self._fs.fsync(fh))
 
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        # Without it the kernel takes ENOSYS for success: a rename the app fsyncs must last.
+        await _boundary(f"fsyncdir fh {fh}", lambda: self._fs.fsyncdir(fh))
+
     async def setattr(
         self,
         inode: int,

@@ -1,12 +1,14 @@
 """Every check that can fail before mounting, each failure one line naming what to fix, and
 the stores the checks pass on to the mount.
 
-In order: FUSE usable; the mountpoint usable (exists, a directory, empty unless allowed, not
-mounted, not a dead mount); the cache dir writable and not used by another mount (its lock is
-then held for the life of the mount); the primary's bucket reachable with these credentials.
-Nothing is mounted before all of them pass. The other sources of a mount (`make_sources`) are
-not checked: a site cache that is down when the mount starts is only left for the primary,
-read after read, as it would be later.
+In order: FUSE usable; the control directory ours alone (`host.control`); the mountpoint
+usable (exists, a directory, empty unless allowed, not mounted, not a dead mount); the cache
+dir ours, writable by no other user (a block planted there would be served to the app) and
+writable by us; the cache root of this bucket ours alone (0700) and not used by another mount
+(its lock is then held for the life of the mount); the primary's bucket (or the manifest URL)
+reachable with these credentials. Nothing is mounted before all of them pass. The other
+sources of a mount (`make_sources`) are not checked: a site cache that is down when the mount
+starts is only left for the primary, read after read, as it would be later.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from pathlib import Path
 
 from modelfs.daemon.settings import MountConfig
 from modelfs.errors import MountError
-from modelfs.host import control, mountinfo
+from modelfs.host import control, mountinfo, private
 from modelfs.host.locks import hold_lock
+from modelfs.pull.manifeststore import manifest_store
+from modelfs.pull.plan import auth_headers
+from modelfs.store.protocol import ObjectStore
 from modelfs.store.s3 import S3Store
 from modelfs.store.sources import Source, SourceList
 from modelfs.store.sourcespec import SourceSettings, remote_source
@@ -59,17 +64,31 @@ def check_mountpoint(mountpoint: Path, *, allow_non_empty: bool) -> None:
         raise MountError(f"mountpoint {path} is not empty (use --allow-non-empty to mount over it)")
 
 
-def check_cache_dir(root: Path) -> None:
+def check_cache_dir(cache_dir: Path) -> None:
+    """The cache dir exists (made 0700), is ours, no other user can write it, and we can."""
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".probe-{os.getpid()}"
-        probe.write_bytes(b"x")
+        private.make_dirs(cache_dir)
+    except OSError as exc:
+        raise MountError(f"cache dir {cache_dir} is not writable: {exc.strerror or exc}") from exc
+    private.require_dir(cache_dir, "cache dir")
+    try:
+        probe = cache_dir / f".probe-{os.getpid()}"
+        os.close(private.open_new(probe))
         probe.unlink()
     except OSError as exc:
-        raise MountError(f"cache dir {root} is not writable: {exc.strerror or exc}") from exc
+        raise MountError(f"cache dir {cache_dir} is not writable: {exc.strerror or exc}") from exc
 
 
-def make_store(config: MountConfig) -> S3Store:
+def make_store(config: MountConfig) -> ObjectStore:
+    if config.manifest_url is not None:  # fetched now: a wrong URL or token fails here
+        settings = SourceSettings(
+            transfers=config.read.transfers,
+            stall_timeout=config.stall_timeout,
+            min_rate=config.min_rate,
+            headers=auth_headers(config.token_file),
+        )
+        extra = [str(spec) for spec in config.sources]  # --source: before the manifest's own
+        return manifest_store(config.manifest_url, config.config_path, settings, extra)
     # Readahead and demand GETs each use up to `transfers` connections; the rest is for
     # listings, uploads and the occasional HEAD.
     return S3Store(
@@ -80,10 +99,11 @@ def make_store(config: MountConfig) -> S3Store:
     )
 
 
-def make_sources(config: MountConfig, store: S3Store) -> SourceList | None:
-    """The mount's reads with fallback, source after source (None: the primary alone). Keys
-    are the primary's; another source's key has its own prefix for the mount's."""
-    if len(config.sources) <= 1:
+def make_sources(config: MountConfig, store: ObjectStore) -> SourceList | None:
+    """The mount's reads with fallback, source after source (None: the primary alone, or a
+    manifest URL's mount, whose store reads from its sources itself). Keys are the primary's;
+    another source's key has its own prefix for the mount's."""
+    if len(config.sources) <= 1 or config.manifest_url is not None:
         return None
     settings = SourceSettings(
         transfers=config.read.transfers,
@@ -106,12 +126,14 @@ def make_sources(config: MountConfig, store: S3Store) -> SourceList | None:
     )
 
 
-def preflight(config: MountConfig) -> tuple[S3Store, int]:
+def preflight(config: MountConfig) -> tuple[ObjectStore, int]:
     """Every check; returns the store and the fd of the cache root's lock (keep it open)."""
     check_fuse()
+    control.checked_dir(create=True)
     check_mountpoint(config.mountpoint, allow_non_empty=config.allow_non_empty)
+    check_cache_dir(config.cache_dir)
     root = config.cache_root()
-    check_cache_dir(root)
+    private.own_dir(root, "cache dir")
     lock_fd = hold_lock(root, "cache dir")
     try:
         store = make_store(config)

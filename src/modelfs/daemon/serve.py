@@ -2,28 +2,33 @@
 
 Order of a mount:
 1. `preflight` (see there): every check that can fail, before anything is mounted.
+   (Wiring that crosses layers is done here: on a full cache disk the writer asks for room,
+   and the block cache gives blocks back; write/ never imports cache/.)
 2. `Mount` builds store -> cache -> fetcher -> read policy, namespace, writer -> filesystem
    core -> FUSE adapter. The writer is the write-back engine, or on a read-only mount the
    null writer that answers EROFS. Nothing is wired after construction.
-3. `serve` mounts, then runs in one nursery: the read policy (GETs, whole-file fetches), the
-   writer's uploads, the mount-time warm-up, signal handling, and readiness; the FUSE session
-   runs until unmounted.
+3. `serve` starts the `--metrics` server (a thread; failing to listen fails the mount before
+   anything is mounted), mounts, then runs in one nursery: the read policy (GETs, whole-file
+   fetches), the writer's uploads, the mount-time warm-up, signal handling, and readiness;
+   the FUSE session runs until unmounted.
 4. Ready: once a stat of the mountpoint answers (from a worker thread: the stat goes through
    our own loop), the kernel readahead is raised, the control socket opens, READY=1 goes to
    systemd and the `--daemon` parent is told.
 5. SIGINT/SIGTERM (or `modelfs unmount`): STOPPING=1, leave the FUSE loop, upload everything
-   written (`drain`, with a progress line), close the writer, unmount.
+   written (`drain`, with a progress line), close the writer, unmount, stop the metrics server.
+What the mount reports (`status`, `/metrics`) is one `figures()` snapshot (`daemon.figures`).
 This module is the only owner of these lifecycles: nothing else starts, drains or closes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +41,23 @@ from modelfs.config.units import format_size
 from modelfs.core.filesystem import Filesystem
 from modelfs.core.namespace import Namespace
 from modelfs.daemon import control_server
+from modelfs.daemon.figures import MountFigures
 from modelfs.daemon.fuse_ops import FuseOperations
 from modelfs.daemon.preflight import make_sources, preflight
 from modelfs.daemon.settings import MountConfig
 from modelfs.daemon.warmup import warm_up
-from modelfs.errors import ModelfsError, NotFound
+from modelfs.errors import ModelfsError, NotFound, UploadFailed
 from modelfs.host import control, mountinfo, notify
 from modelfs.memory import MemoryBudget, tune_malloc
 from modelfs.objects import ObjectInfo
 from modelfs.pull.manifest import MANIFEST_NAME, parse_manifest
+from modelfs.pull.manifeststore import ManifestStore
 from modelfs.read.dropbehind import PageCacheTrimmer
 from modelfs.read.fetcher import BlockFetcher
 from modelfs.read.policy import ReadPolicy
 from modelfs.read.verify import Verifications
-from modelfs.store.s3 import S3Store
+from modelfs.store.protocol import ObjectStore
+from modelfs.store.sources import SourceStatistics
 from modelfs.write.engine import WriteBack
 from modelfs.write.protocol import ReadOnlyWriter, Writer
 from modelfs.write.queue import WriteBackStatistics
@@ -60,6 +68,7 @@ BLOCK_SIZE = 1 << 20  # the largest FUSE read (256 pages) is 1 MiB: one request,
 _READAHEAD_KB = 1024  # raise the kernel's 128 KiB default so requests arrive as 1 MiB reads
 _READY_TIMEOUT = 30.0
 _LISTING_THREADS = 16  # LIST requests at once: `ls -lR` of a wide tree lists in parallel
+_ROOM_STEP = 64 << 20  # what a full cache disk gives back to write-back at a time
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -73,7 +82,9 @@ def fuse_options(config: MountConfig) -> set[str]:
 
 
 class Mount:
-    def __init__(self, config: MountConfig, store: S3Store, on_ready: Callable[[], None]) -> None:
+    def __init__(
+        self, config: MountConfig, store: ObjectStore, on_ready: Callable[[], None]
+    ) -> None:
         self.config = config
         self.store = store
         self._on_ready = on_ready
@@ -124,16 +135,43 @@ class Mount:
                 flush_interval=config.flush_interval,
                 listener=self.namespace,
                 source=self.fetcher.chunks,  # a file opened to append reads through the cache
-                identity=config.source,
+                identity=config.cache_identity,  # the root's: any prefix of the bucket
                 budget=self.budget,  # upload bodies count against --max-memory too
+                make_room=self._room_for_write_back,
             )
         self.fs = Filesystem(self.namespace, self.reads, self.writer, config.fs)
         self.started = time.time()
+
+    def _room_for_write_back(self, needed: int) -> int:
+        """The cache disk is full: written data matters more than cached blocks, which can be
+        fetched again. Give back at least `_ROOM_STEP` so the next writes find room too."""
+        freed = self.cache.give_back(max(needed, _ROOM_STEP))
+        log.warning("cache disk full: evicted %s of blocks for write-back", format_size(freed))
+        return freed
 
     async def _files_in(self, directory: str) -> Iterable[ObjectInfo]:
         return (await self.namespace.listing(directory)).files.values()
 
     async def serve(self) -> None:
+        with self._metrics():
+            await self._serve_fuse()
+
+    @contextlib.contextmanager
+    def _metrics(self) -> Iterator[None]:
+        """The `--metrics` server, around the whole life of the FUSE session."""
+        if self.config.metrics is None:
+            yield
+            return
+        from modelfs.daemon.metrics import MetricsServer, from_trio  # prometheus_client
+
+        token = trio.lowlevel.current_trio_token()
+        server = MetricsServer.start(self.config.metrics, from_trio(self.figures, token))
+        try:
+            yield
+        finally:
+            server.close()
+
+    async def _serve_fuse(self) -> None:
         mountpoint = str(self.config.mountpoint)
         pyfuse3.init(FuseOperations(self.fs), mountpoint, fuse_options(self.config))
         log.info("mounted %s on %s", self.config.source, mountpoint)
@@ -172,7 +210,6 @@ class Mount:
         control.write_state(
             self.mount_id,
             {
-                "pid": os.getpid(),
                 "spec": self.config.source,
                 "mountpoint": self.real_mountpoint,
                 "cache_dir": str(self.config.cache_root()),
@@ -196,7 +233,11 @@ class Mount:
                 f" (last error: {stats.last_error})" if stats.last_error else "",
             )
 
-        await self.writer.drain(progress, interval=2.0)
+        try:
+            await self.writer.drain(progress, interval=2.0)
+        except UploadFailed as exc:
+            log.error("%s in %s; the next mount uploads them", exc, self.config.cache_root())
+            return
         if pending.files or pending.deletes:
             log.info("all written files are in the bucket")
 
@@ -205,42 +246,58 @@ class Mount:
         if command == "status":
             return {"ok": True, **self.status()}
         if command == "sync":
-            await self.writer.drain()
-            return {"ok": True}
+            return await self._sync(request.get("timeout"))
         return {"ok": False, "error": f"unknown command {command!r}"}
 
+    async def _sync(self, within: object) -> dict[str, Any]:
+        """`modelfs sync [--timeout SECONDS]`: everything written so far in the bucket."""
+        limit = float(within) if isinstance(within, int | float) else math.inf
+        try:
+            with trio.move_on_after(limit) as waited:
+                await self.writer.drain()
+        except UploadFailed as exc:
+            return {"ok": False, "error": str(exc)}
+        if not waited.cancelled_caught:
+            return {"ok": True}
+        stats = self.writer.statistics()
+        left = f"{stats.files} file(s), {format_size(stats.bytes)}" if stats else "uploads"
+        error = f"; last error: {stats.last_error}" if stats and stats.last_error else ""
+        return {"ok": False, "error": f"not done within {limit:g}s: {left} still to upload{error}"}
+
     def status(self) -> dict[str, Any]:
-        upload = self.writer.statistics()
-        return {
-            "pid": os.getpid(),
-            "source": self.config.source,
-            "mountpoint": str(self.config.mountpoint),
-            "uptime": round(time.time() - self.started, 1),
-            "cache": asdict(self.cache.statistics()),
-            "fetcher": asdict(self.fetcher.statistics()),
-            "memory": asdict(self.budget.statistics()),
-            "namespace": asdict(self.namespace.statistics()),
-            "fs": asdict(self.fs.statistics()) | asdict(self.reads.statistics()),
-            "writeback": asdict(upload) if upload is not None else None,
-            "sources": self._source_status(),
-        }
+        return self.figures().as_status()
 
-    def _source_status(self) -> dict[str, Any] | None:
-        """Per source: bytes read, reads moved on (failures, below the floor) and objects
-        skipped (missing, another version); None for a mount of its primary alone."""
-        if self.sources is None:
-            return None
-        statistics = self.sources.statistics()
-        return {
-            "order": [source.name for source in self.sources.sources],
-            "primary": self.sources.primary,
-            "fallbacks": statistics.fallbacks,
-            "by_source": statistics.by_source,
-        }
+    def figures(self) -> MountFigures:
+        """Every part's statistics, taken together (trio thread)."""
+        return MountFigures(
+            pid=os.getpid(),
+            source=self.config.source,
+            mountpoint=str(self.config.mountpoint),
+            uptime=time.time() - self.started,
+            cache=self.cache.statistics(),
+            fetcher=self.fetcher.statistics(),
+            memory=self.budget.statistics(),
+            namespace=self.namespace.statistics(),
+            fs=self.fs.statistics(),
+            reads=self.reads.statistics(),
+            read_latency=self.fs.read_latency.statistics(),
+            writeback=self.writer.statistics(),
+            sources=self._source_statistics(),
+        )
+
+    def _source_statistics(self) -> SourceStatistics | None:
+        """Bytes and fallbacks per source, for a mount of several (a manifest's: its own)."""
+        if self.sources is not None:
+            return self.sources.statistics()
+        if isinstance(self.store, ManifestStore):
+            return self.store.sources.statistics()
+        return None
 
 
-def manifest_expectations(store: S3Store, spec: RemoteSpec) -> dict[str, tuple[int, str]]:
+def manifest_expectations(store: ObjectStore, spec: RemoteSpec) -> dict[str, tuple[int, str]]:
     """The (size, sha256) of every file the prefix's manifest lists, by key (none: {})."""
+    if isinstance(store, ManifestStore):
+        return store.expectations()
     key = spec.prefix + MANIFEST_NAME
     try:
         info = store.head(key)

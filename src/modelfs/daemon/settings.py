@@ -3,6 +3,11 @@
 The options themselves (names, defaults, parsers) are `config.options`; this only gathers the
 parsed values into the settings of each part of the mount (`FsOptions` for the core,
 `ReadOptions` for the read policy, and the rest for the daemon and write-back).
+
+SPEC is `REMOTE:BUCKET[/PREFIX]`, or the URL of a manifest (`manifest_url`): a read-only mount of
+the manifest's files, read from its sources (`pull.manifeststore`). Such a mount is named by the
+URL without its query (a signed manifest URL's signature never reaches mountinfo or a log), and
+its cache root is that name's, so every renewal of a signed URL finds the same cache.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from modelfs.config.files import resolve
-from modelfs.config.remote import RemoteConfig, RemoteSpec
+from modelfs.config.remote import RemoteConfig, RemoteSpec, parse_spec
 from modelfs.config.sourcelist import mount_sources
 from modelfs.core.attributes import FsOptions
 from modelfs.read.policy import ReadOptions
@@ -36,7 +42,11 @@ class MountConfig:
     flush_interval: float = 30.0
     allow_other: bool = False
     allow_non_empty: bool = False
+    manifest_url: str | None = None  # SPEC was a manifest URL (read-only)
+    token_file: str | None = None  # the link service's token, for `manifest_url`
+    metrics: tuple[str, int] | None = None  # where /metrics listens; None: off
     # Where reads come from, first to last, the primary (`spec`) among them (one: just it).
+    # A manifest URL's mount: the `--source` ones, read before the manifest's own sources.
     sources: tuple[RemoteSpec, ...] = ()
     config_path: str | None = None  # where the sources' remotes are found
     stall_timeout: float = 60.0
@@ -44,19 +54,35 @@ class MountConfig:
 
     @property
     def source(self) -> str:
+        if self.manifest_url is not None:
+            return url_name(self.manifest_url)
         return self.spec.source
 
+    @property
+    def cache_identity(self) -> str:
+        """What one cache root (blocks and write-back journal) belongs to: endpoint and bucket,
+        so mounts of different prefixes share blocks and each other's pending uploads; a
+        manifest URL's mount, its URL without the query."""
+        if self.manifest_url is not None:
+            return f"url|{self.source}"
+        return f"{self.remote.endpoint or 'aws'}|{self.spec.bucket}"
+
     def cache_root(self) -> Path:
-        """One cache per (endpoint, bucket): mounts of different prefixes share blocks."""
-        ident = f"{self.remote.endpoint or 'aws'}|{self.spec.bucket}"
-        digest = hashlib.sha256(ident.encode()).hexdigest()[:16]
-        return self.cache_dir / f"{self.spec.bucket[:32]}-{digest}"
+        """One cache per (endpoint, bucket), named after `cache_identity`."""
+        digest = hashlib.sha256(self.cache_identity.encode()).hexdigest()[:16]
+        return self.cache_dir / f"{(self.spec.bucket or URL_REMOTE)[:32]}-{digest}"
 
 
 def mount_config(args: argparse.Namespace) -> MountConfig:
     """The settings of `modelfs mount`, from its parsed arguments (see `config.options`)."""
-    remote, spec = resolve(args.spec, args.config)
-    sources = mount_sources(spec, getattr(args, "source", None) or (), remote.sources)
+    given: tuple[str, ...] = tuple(getattr(args, "source", None) or ())
+    manifest_url = args.spec if args.spec.startswith(("http://", "https://")) else None
+    if manifest_url is not None:
+        remote, spec = RemoteConfig(name=URL_REMOTE), RemoteSpec(URL_REMOTE, "", "")
+        sources = [parse_spec(text) for text in given]  # before the manifest's own
+    else:
+        remote, spec = resolve(args.spec, args.config)
+        sources = mount_sources(spec, given, remote.sources)
     for other in sources:
         if other != spec:
             resolve(str(other), args.config)  # an unknown remote fails here, before mounting
@@ -78,15 +104,27 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
             burst_ttl=args.dir_cache_time,
             drop_behind_min=args.drop_behind,
         ),
-        read_only=args.read_only,
+        read_only=args.read_only or manifest_url is not None,
         warm_up=args.warm_up,
         max_memory=args.max_memory,
         write_back_delay=args.write_back,
         flush_interval=args.flush_interval,
         allow_other=args.allow_other,
         allow_non_empty=args.allow_non_empty,
+        manifest_url=manifest_url,
+        token_file=args.token_file,
+        metrics=args.metrics,
         sources=tuple(sources),
         config_path=args.config,
         stall_timeout=args.stall_timeout,
         min_rate=args.min_rate,
     )
+
+
+URL_REMOTE = "url"  # the remote name of a manifest URL's mount (no config section)
+
+
+def url_name(url: str) -> str:
+    """`url` without its query and fragment, and without ',' (a FUSE option separator)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(query="", fragment="")).replace(",", "%2C")

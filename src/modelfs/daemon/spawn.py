@@ -11,6 +11,7 @@ the log file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 from modelfs import console
 from modelfs.daemon.preflight import check_cache_dir
 from modelfs.errors import MountError
+from modelfs.host import private
 
 READY_FD_ENV = "MODELFS_READY_FD"
 _READY_TIMEOUT = 120.0  # bucket checks fail within seconds; mounting itself is fast
@@ -34,13 +36,9 @@ def spawn_daemon(args: argparse.Namespace, cache_dir: Path) -> int:
     if not args.log_file:
         verb = argv.index("mount") + 1
         argv = [*argv[:verb], "--log-file", log_file, *argv[verb:]]
+    log_stream = os.fdopen(open_log(log_file), "ab")
     read_end, write_end = os.pipe()
     env = {**os.environ, READY_FD_ENV: str(write_end)}
-    try:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        log_stream = open(log_file, "ab")  # noqa: SIM115 - handed to the child
-    except OSError as exc:
-        raise MountError(f"cannot open log file {log_file}: {exc.strerror}") from exc
     with log_stream:
         child = subprocess.Popen(
             [sys.executable, "-m", "modelfs", *argv],
@@ -56,11 +54,25 @@ def spawn_daemon(args: argparse.Namespace, cache_dir: Path) -> int:
     os.close(read_end)
     if answer == "ok":
         return console.EXIT_OK
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=10)  # it exits right after saying why: its code (2: bad input)
     message = answer.removeprefix("error: ")
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=10)  # its exit code says bad input (2) or a runtime failure (1)
     if not message:
         message = f"mount process exited with status {child.poll()}; see {log_file}"
     console.error_line(message)
     return child.returncode if child.returncode not in (None, 0) else console.EXIT_FAILURE
+
+
+def open_log(log_file: str) -> int:
+    """The mount's log file, opened to append: made 0600 (with 0700 parents), never through a
+    symlink; MountError if it cannot be."""
+    try:
+        private.make_dirs(Path(log_file).parent)
+        return private.open_owned(log_file, os.O_WRONLY | os.O_APPEND)
+    except OSError as exc:
+        raise MountError(f"cannot open log file {log_file}: {exc.strerror or exc}") from exc
 
 
 def _wait_for_answer(read_end: int, child: subprocess.Popen[bytes]) -> str:

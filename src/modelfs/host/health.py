@@ -4,15 +4,18 @@ What it owns: the health probe, and the verdict the supervisor acts on (`check_m
 
     not in mountinfo                                -> NOT_MOUNTED  (mount it)
     fstype != fuse.modelfs, or another source       -> FOREIGN      (an error, never a takeover)
-    ours, the probe answers in time                 -> HEALTHY      (use it)
-    ours, the probe fails with ENOTCONN/ECONNABORTED,
-      or does not answer within the timeout         -> DEAD         (detach and mount again)
+    ours, the probe answers in time                  -> HEALTHY     (use it)
+    ours, the probe fails with ENOTCONN/ECONNABORTED -> DEAD        (detach and mount again)
+    ours, no answer within the timeout               -> HUNG        (the same; a watchdog first
+                                                                      waits for a few in a row)
     ours, stat fails with anything else             -> UNUSABLE     (an error, e.g. EACCES on a
                                                                       mount of another user)
 
-The probe (stat, then statfs, which the kernel never answers from a cache) runs in a daemon
-thread because a stat on a FUSE mount whose daemon is alive but stuck blocks in the kernel,
-beyond the reach of signals once the daemon has read the request.
+The probe (stat, then statfs, which the kernel never answers from a cache) never waits on the
+store: the mount answers a getattr of its root and a statfs from memory, so a store that is
+down or slow does not make a live mount look hung. It runs in a daemon thread because a stat
+on a FUSE mount whose daemon is alive but stuck blocks in the kernel, beyond the reach of
+signals once the daemon has read the request.
 Invariant: at most one probe per path is in flight. While an earlier probe of a path is still
 stuck, a new probe reports it hung at once instead of piling up another blocked thread.
 """
@@ -105,6 +108,7 @@ class MountStatus(enum.Enum):
     NOT_MOUNTED = "not mounted"
     HEALTHY = "healthy"
     DEAD = "dead"
+    HUNG = "hung"
     FOREIGN = "foreign"
     UNUSABLE = "unusable"
 
@@ -147,7 +151,7 @@ def check_mount(
     status = {
         Health.HEALTHY: MountStatus.HEALTHY,
         Health.DEAD: MountStatus.DEAD,
-        Health.HUNG: MountStatus.DEAD,
+        Health.HUNG: MountStatus.HUNG,
         Health.FAILED: MountStatus.UNUSABLE,
     }[result.health]
     return MountCheck(status, result.detail, entry)

@@ -21,20 +21,20 @@ import bisect
 import time
 from collections.abc import Iterator, Sequence
 
-from modelfs.errors import InvalidArgument, NotFound, ReadOnly
+from modelfs.errors import InvalidArgument, NotFound
 from modelfs.objects import ListPage, ObjectId, ObjectInfo
 from modelfs.pull.manifest import Manifest
 from modelfs.pull.plan import make_plan
-from modelfs.store.protocol import Expect, PendingUpload, UploadedPart
+from modelfs.store.readonly import RefusesWrites
 from modelfs.store.sources import SourceList
 from modelfs.store.sourcespec import SourceSettings
 
 
-class ManifestStore:
+class ManifestStore(RefusesWrites):
     def __init__(self, manifest: Manifest, sources: SourceList, name: str) -> None:
         self.name = name
         self.manifest = manifest
-        self._sources = sources
+        self.sources = sources
         self._files = manifest.by_path()
         self._keys = sorted(self._files)
         self._mtime = time.time()
@@ -58,7 +58,7 @@ class ManifestStore:
     def iter_range(self, obj: ObjectId, start: int, end: int, chunk: int) -> Iterator[bytes]:
         if obj.key not in self._files:
             raise NotFound(f"{obj.key}: not in the manifest {self.name}")
-        return self._sources.iter_range(ObjectId(obj.key, ""), start, end, chunk)
+        return self.sources.iter_range(ObjectId(obj.key, ""), start, end, chunk)
 
     def get_range(self, obj: ObjectId, start: int, end: int) -> bytes:
         return b"".join(self.iter_range(obj, start, end, max(1, end - start)))
@@ -100,34 +100,6 @@ class ManifestStore:
             slash = key.find("/", len(prefix))
             names.add(key if slash < 0 else key[: slash + 1])
         return sorted(names)
-
-    # -- a manifest is read-only -------------------------------------------------------------
-
-    def put_bytes(self, key: str, data: bytes, expect: Expect | None = None) -> ObjectInfo:
-        raise ReadOnly(f"{self.name} is read-only")
-
-    def delete(self, key: str) -> None:
-        raise ReadOnly(f"{self.name} is read-only")
-
-    def copy(self, source_key: str, dest_key: str) -> ObjectInfo:
-        raise ReadOnly(f"{self.name} is read-only")
-
-    def create_multipart(self, key: str) -> str:
-        raise ReadOnly(f"{self.name} is read-only")
-
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> UploadedPart:
-        raise ReadOnly(f"{self.name} is read-only")
-
-    def complete_multipart(
-        self, key: str, upload_id: str, parts: list[UploadedPart], expect: Expect | None = None
-    ) -> ObjectInfo:
-        raise ReadOnly(f"{self.name} is read-only")
-
-    def abort_multipart(self, key: str, upload_id: str) -> None:
-        raise ReadOnly(f"{self.name} is read-only")
-
-    def list_multipart(self, prefix: str) -> list[PendingUpload]:
-        return []
 
     def expectations(self) -> dict[str, tuple[int, str]]:
         """(size, sha256) by key, for the mount's verify-while-fill."""

@@ -37,6 +37,7 @@ from modelfs.cache.writer import CacheWriter
 from modelfs.memory import MemoryBudget
 from modelfs.objects import ObjectId, ObjectInfo
 from modelfs.store.protocol import RangeReads
+from modelfs.store.s3errors import error_code
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class FetcherStatistics:
     abandoned: int
     inflight_blocks: int  # claimed, not yet delivered
     held_blocks: int  # delivered and still in RAM (not yet on disk, or kept for a reader)
+    errors: dict[str, int]  # failed GETs by error code (`store.s3errors.error_code`)
 
 
 class BlockFetcher:
@@ -106,6 +108,7 @@ class BlockFetcher:
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._gets = self._blocks = self._bytes = self._shared = self._abandoned = 0
+        self._errors: collections.Counter[str] = collections.Counter()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the nursery in which background GETs run; returns only when cancelled."""
@@ -256,6 +259,7 @@ class BlockFetcher:
         except Exception as exc:
             error = exc
             if not isinstance(exc, _Abandoned):
+                self._errors[error_code(exc)] += 1
                 log.warning(
                     "GET %s blocks %d+%d failed: %s", info.key, ticket.first, ticket.count, exc
                 )
@@ -375,4 +379,5 @@ class BlockFetcher:
             abandoned=self._abandoned,
             inflight_blocks=len(self._inflight) - held,
             held_blocks=held,
+            errors=dict(self._errors),
         )

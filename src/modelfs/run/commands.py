@@ -1,6 +1,8 @@
 """The commands of this area: `modelfs run` and `modelfs systemd install`.
 
-`run`'s arguments become a `RunPlan` (`plan`), which `supervisor.execute` carries out;
+`run`'s arguments become a `RunPlan` (`plan`), which `supervisor.execute` carries out; the
+config it reads is the config file with the app's own `modelfs.conf` (in the current
+directory) laid over it, and `--save NAME` writes the command line as a section (`save`).
 `systemd install` writes the units of a config section (`systemd`). Both print one error line
 and exit 2 for bad input, 1 for a runtime failure (see `console`).
 """
@@ -8,19 +10,22 @@ and exit 2 for bad input, 1 for a runtime failure (see `console`).
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import TypeAlias
 
 from modelfs import console
 from modelfs.config import options
-from modelfs.config.files import config_path, load_config
+from modelfs.config.files import config_path, load_config, project_config
 from modelfs.errors import ConfigError, ModelfsError
 from modelfs.host.mountinfo import read_mountinfo
 from modelfs.run import systemd
-from modelfs.run.plan import plan_from_args, validate_paths
+from modelfs.run.plan import plan_from_args, split_words, validate_paths
+from modelfs.run.save import saving_for
 from modelfs.run.supervisor import execute
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+log = logging.getLogger("modelfs.run")
 
 
 def register(commands: Subparsers) -> None:
@@ -34,7 +39,10 @@ def _register_run(commands: Subparsers) -> None:
         help="mount a bucket, link it into an app directory and run the app",
         description=(
             "modelfs run NAME [-- COMMAND...] runs the [run:NAME] config section; "
-            "modelfs run --mount REMOTE:BUCKET MOUNTPOINT [options] -- COMMAND... runs without one."
+            "modelfs run --mount REMOTE:BUCKET MOUNTPOINT [options] -- COMMAND... runs without "
+            "one; "
+            "modelfs run [-- COMMAND...] runs the section of ./modelfs.conf, the one whose "
+            "workdir is here, or the only one."
         ),
     )
     parser.add_argument(
@@ -63,23 +71,51 @@ def _register_run(commands: Subparsers) -> None:
     parser.add_argument(
         "--keep-mounted", action="store_true", help="leave a mount this run made mounted"
     )
+    parser.add_argument(
+        "--user", metavar="NAME", default=None, help="run the app as NAME (run itself is root)"
+    )
+    parser.add_argument(
+        "--external-mount",
+        action="store_true",
+        help="the mount has another owner (its systemd unit): use it, never mount, heal or "
+        "unmount it",
+    )
     parser.add_argument("--probe-timeout", metavar="DUR", default=None)
+    parser.add_argument(
+        "--save",
+        metavar="NAME",
+        default=None,
+        help="once mounted and linked, write this command line as [run:NAME] into "
+        "WORKDIR/modelfs.conf, so that `modelfs run` there starts it next time",
+    )
     parser.add_argument("--watch-interval", metavar="DUR", default=None)
+    parser.add_argument(
+        "--drain-timeout",
+        metavar="DUR",
+        default=None,
+        help="how long uploads may take after the app exits (default 10m); then exit 1",
+    )
     options.add_forwarded_arguments(parser)
     parser.add_argument("words", nargs=argparse.REMAINDER, metavar="NAME [-- COMMAND ...]")
     parser.set_defaults(func=handle_run, run_parser=parser)
 
 
 def handle_run(args: argparse.Namespace) -> int:
-    verbose = getattr(args, "verbose", False)
-    console.setup_logging(verbose=verbose, command="run")
     try:
-        config = None if args.mount or args.pull else load_config(args.config)
-        plan = plan_from_args(args, config)
+        split = split_words(args)  # options after a section name may set -v and --config
+        console.setup_logging(verbose=args.verbose, command="run")
+        config = project = None
+        if not (args.mount or args.pull):
+            project = project_config(Path.cwd(), args.config)
+            config = load_config(args.config)
+        plan = plan_from_args(args, config, project, split=split)
         validate_paths(plan, read_mountinfo())
+        saving = saving_for(args, plan) if args.save else None
     except ModelfsError as exc:
-        return console.fail(exc, verbose=verbose)
-    return execute(plan)
+        return console.fail(exc, verbose=args.verbose)
+    if plan.chosen:
+        log.info("%s", plan.chosen)
+    return execute(plan, before_app=saving.write if saving else None)
 
 
 def _register_systemd(commands: Subparsers) -> None:

@@ -5,13 +5,14 @@ sync | unmount`), so the supervisor never holds a FUSE session, and a crash of t
 cannot take the supervisor down with it. `MountKeeper` decides from `host.health.check_mount`:
 a healthy mount of this spec is used as it is; a dead or hung one has its stuck daemon killed,
 is detached and mounted again; a missing one is mounted; anything else is an error, never a
-takeover. `Watchdog` checks every `watch_interval` while the app runs and heals a dead mount.
+takeover. `Watchdog` checks every `watch_interval` while the app runs and heals a dead mount
+at once, a hung one after a few hung probes in a row.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -30,6 +31,11 @@ from modelfs.run.plan import MountTarget
 
 log = logging.getLogger("modelfs.run")
 
+# A dead mount (its daemon gone) or a hung one (alive, but no answer within the probe timeout).
+_STUCK = (MountStatus.DEAD, MountStatus.HUNG)
+# A hung probe can be a loaded machine: the watchdog replaces a live mount only after this many
+# probes in a row did not answer (a dead one, or a missing one, at once).
+HUNG_PROBES_BEFORE_HEAL = 3
 # How long a SIGKILLed stuck mount daemon gets to disappear before we detach anyway; the kernel
 # reaps a killed FUSE daemon in milliseconds once its pending requests are aborted.
 _STALE_DAEMON_EXIT_WAIT = 5.0
@@ -89,41 +95,62 @@ def pull_files(plan_config: str | None, src: str, into: str) -> None:
         raise PullFailed(f"pulling {src} into {into} failed (modelfs pull exit {returncode})")
 
 
-def _daemon_pid(mountpoint: str) -> int | None:
-    """The pid in the mount's state file, if the control module knows one."""
-    state = control.read_state(mountpoint)
-    pid = state.get("pid") if state else None
-    return pid if isinstance(pid, int) and pid > 0 else None
-
-
-def _is_modelfs_process(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
-            return b"modelfs" in cmdline.read()
-    except OSError:
-        return False
-
-
 def stop_stale_daemon(mountpoint: str) -> None:
-    """SIGKILL the daemon of a dead/hung mount so its cache and session are released."""
-    pid = _daemon_pid(mountpoint)
-    if pid is None or not _is_modelfs_process(pid):
+    """SIGKILL the daemon of a dead/hung mount so its cache and session are released.
+
+    The state file names the daemon by pid and start time: a pid the kernel has since given
+    to another process is left alone (its start time differs), and so is a daemon whose state
+    file predates start times (the mount is detached all the same)."""
+    state = control.read_state(mountpoint)  # None if that process is gone
+    if state is None:
+        return
+    pid, started = state["pid"], state.get("start_time")
+    if not isinstance(started, int):
+        log.warning("not killing pid %d of %s: its start time is not recorded", pid, mountpoint)
         return
     log.warning("killing stuck modelfs daemon %d of %s", pid, mountpoint)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    if not _kill_if_started_at(pid, started):
+        return
     deadline = time.monotonic() + _STALE_DAEMON_EXIT_WAIT
-    while _is_modelfs_process(pid) and time.monotonic() < deadline:
+    while control.process_start_time(pid) == started and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def _kill_if_started_at(pid: int, started: int) -> bool:
+    """SIGKILL `pid` only if it is the process that started at `started`. The check and the
+    kill go through one pidfd, so the pid cannot be reused between them."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    try:
+        if control.process_start_time(pid) != started:
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        os.close(pidfd)
 
 
 class MountKeeper:
     """Mounts `target` (once or again) and knows whether this run mounted it."""
 
-    def __init__(self, target: MountTarget, config: str | None, probe_timeout: float) -> None:
+    def __init__(
+        self,
+        target: MountTarget,
+        config: str | None,
+        probe_timeout: float,
+        drain_timeout: float = math.inf,
+        *,
+        external: bool = False,
+    ) -> None:
         self.target = target
         self.config = config
         self.probe_timeout = probe_timeout
+        self.drain_timeout = drain_timeout
+        self.external = external  # another owner mounts and heals it: only use it
         self.mounted_here = False
         self.heals = 0
 
@@ -131,14 +158,20 @@ class MountKeeper:
         return check_mount(self.target.mountpoint, self.target.spec, timeout=self.probe_timeout)
 
     def ensure(self) -> None:
-        """Step 1 of a run: leave a healthy mount alone, heal a dead one, mount a missing one."""
+        """Step 1 of a run: leave a healthy mount alone, heal a dead one, mount a missing one;
+        with `external`, only use a healthy one (its owner, e.g. its unit, does the rest)."""
         state = self.check()
         if state.status is MountStatus.HEALTHY:
             log.info("%s is already mounted on %s", self.target.spec, self.target.mountpoint)
             return
         if state.status in (MountStatus.FOREIGN, MountStatus.UNUSABLE):
             raise MountInUse(f"{state.detail}; not taking it over")
-        if state.status is MountStatus.DEAD:
+        if self.external:
+            raise MountFailed(
+                f"{self.target.mountpoint} is {state.status.value} ({state.detail}) and its "
+                "owner (--external-mount: the mount's own unit) mounts it, not this run"
+            )
+        if state.status in _STUCK:
             log.warning(
                 "stale mount on %s (%s): detaching it", self.target.mountpoint, state.detail
             )
@@ -154,7 +187,7 @@ class MountKeeper:
         It does not make the mount this run's: a mount that was there before the run stays
         after it, even if its daemon had to be replaced.
         """
-        if state.status is MountStatus.DEAD:
+        if state.status in _STUCK:
             self._detach()
         self._mount()
         self._check_answers()
@@ -168,9 +201,11 @@ class MountKeeper:
         )
 
     def drain_and_unmount(self) -> bool:
-        """Wait for write-back, then unmount. False (and left mounted) if either fails."""
+        """Wait for write-back (at most `drain_timeout`), then unmount. False (and left
+        mounted, its files staged) if either fails; `modelfs sync` said why."""
         mountpoint = self.target.mountpoint
-        if run_modelfs(self.config, ["sync", mountpoint]) != 0:
+        limit = [] if math.isinf(self.drain_timeout) else ["--timeout", f"{self.drain_timeout}s"]
+        if run_modelfs(self.config, ["sync", *limit, mountpoint]) != 0:
             log.error("write-back of %s did not drain; leaving it mounted", mountpoint)
             return False
         if run_modelfs(self.config, ["unmount", mountpoint]) != 0:
@@ -202,17 +237,22 @@ class MountKeeper:
 
 
 class Watchdog:
-    """Calls `check` every `interval` seconds in a thread and `heal` when the mount is gone."""
+    """Calls `check` every `interval` seconds in a thread, and `heal` when the mount is gone:
+    at once when it is dead or not mounted, after `hung_probes` hung probes in a row when it
+    does not answer (one slow stat on a loaded machine must not kill a live mount)."""
 
     def __init__(
         self,
         check: Callable[[], MountCheck],
         heal: Callable[[MountCheck], None],
         interval: float,
+        hung_probes: int = HUNG_PROBES_BEFORE_HEAL,
     ) -> None:
         self._check = check
         self._heal = heal
         self._interval = interval
+        self._hung_probes = hung_probes
+        self._misses = 0  # hung probes in a row
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="modelfs watchdog", daemon=True)
         self._reported: MountStatus | None = None
@@ -226,9 +266,18 @@ class Watchdog:
 
     def tick(self) -> None:
         state = self._check()
-        if state.status in (MountStatus.DEAD, MountStatus.NOT_MOUNTED):
+        self._misses = self._misses + 1 if state.status is MountStatus.HUNG else 0
+        if state.status is MountStatus.HUNG and self._misses < self._hung_probes:
+            log.warning(
+                "mount did not answer (%d of %d probes in a row): %s",
+                self._misses,
+                self._hung_probes,
+                state.detail,
+            )
+        elif state.status in (*_STUCK, MountStatus.NOT_MOUNTED):
             try:
                 self._heal(state)
+                self._misses = 0
             except (ModelfsError, OSError) as exc:
                 log.error("cannot heal the mount (will retry): %s", exc)
         elif state.status is not MountStatus.HEALTHY and state.status is not self._reported:

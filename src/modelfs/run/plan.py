@@ -11,11 +11,14 @@ without a mount.
     cache-max-size = 50G                         logs=logs
     allow-other = true                    workdir = /srv/index-tts
                                           command = python webui.py --listen --port 7860
+                                          user = tts       (optional: the app's user; the
+                                                            mount then needs allow-other)
 
 Precedence, lowest first: the `[mount:NAME]` section a run section names, the run section, the
 command line. `--link` on the command line replaces the section's links as a whole (switching
 versions is `modelfs run index-tts --link cache_hub=cache_hub_v24`); words after the section name
-replace its command.
+replace its command. With no section name and no `--mount`/`--pull`, `run.sections` chooses
+the section (the app's own `modelfs.conf`, the one whose workdir is here, the only one).
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from __future__ import annotations
 import argparse
 import configparser
 import os
+import pwd
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from modelfs.config import options
+from modelfs.config.files import lay_over
 from modelfs.config.remote import normalize_spec
 from modelfs.config.units import parse_bool, parse_duration
 from modelfs.errors import ConfigError
@@ -36,15 +41,19 @@ from modelfs.host.control import canonical_mountpoint
 from modelfs.host.health import DEFAULT_PROBE_TIMEOUT
 from modelfs.host.mountinfo import find_mount
 from modelfs.run.links import LinkSpec, parse_link
+from modelfs.run.sections import choose_section
 
 _RUN_KEYS = frozenset(
     {"mount", "remote", "mountpoint", "link", "links", "workdir", "command", "pull", "into"}
-    | {"move-aside", "keep-mounted", "probe-timeout", "watch-interval"}
+    | {"move-aside", "keep-mounted", "probe-timeout", "watch-interval", "drain-timeout", "user"}
 )
 _MOUNT_KEYS = frozenset({"remote", "mountpoint"})
 # How often the watchdog stats the mount while the app runs: a dead mount is noticed within
 # this, and one stat every few seconds costs nothing measurable.
 DEFAULT_WATCH_INTERVAL = 5.0
+# How long the final drain (`modelfs sync` after the app exits) may take before the run gives
+# up, reports what is left and exits 1 (the files stay staged): the units' TimeoutStopSec.
+DEFAULT_DRAIN_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +84,12 @@ class RunPlan:
     keep_mounted: bool = False
     probe_timeout: float = DEFAULT_PROBE_TIMEOUT
     watch_interval: float = DEFAULT_WATCH_INTERVAL
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     mount_section: str | None = None  # the [mount:NAME] it used, for unit ordering
     pull: PullTarget | None = None
+    chosen: str | None = None  # a section run chose itself: which, and why (for the log)
+    user: str | None = None  # the app runs as this user (`modelfs run` itself stays root)
+    external_mount: bool = False  # another owner (the mount's unit) mounts and heals it
 
     @property
     def root(self) -> str:
@@ -168,9 +181,7 @@ def split_words(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     if args.mount or args.pull:
         return None, words[1:] if words[:1] == ["--"] else words
     if not words or words[0] == "--":
-        raise ConfigError(
-            "give a run section name or --mount REMOTE:BUCKET MOUNTPOINT (or --pull SRC --into DIR)"
-        )
+        return None, words[1:]  # no name: `run.sections` chooses one
     name, rest = words[0], words[1:]
     options, command = (
         (rest[: rest.index("--")], rest[rest.index("--") + 1 :]) if "--" in rest else (rest, [])
@@ -187,14 +198,27 @@ def split_words(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 
 def plan_from_args(
-    args: argparse.Namespace, config: configparser.ConfigParser | None = None
+    args: argparse.Namespace,
+    config: configparser.ConfigParser | None = None,
+    project: configparser.ConfigParser | None = None,
+    *,
+    split: tuple[str | None, list[str]] | None = None,
 ) -> RunPlan:
     """Resolve `modelfs run` arguments (and a `[run:NAME]` section if named) into a RunPlan.
 
     With `--mount`, the words are the command. Without it, the first word names a run
-    section and the words after `--`, if any, replace its command.
+    section and the words after `--`, if any, replace its command; with no name, the section
+    is chosen (`run.sections`). `project` is the app's own `modelfs.conf`, laid over `config`.
+    `split` is `split_words(args)` if the caller has already called it.
     """
-    name, words = split_words(args)
+    name, words = split if split is not None else split_words(args)
+    chosen = None
+    if project is not None:
+        config = config or configparser.ConfigParser(interpolation=None)
+        lay_over(config, project)
+    if name is None and not (args.mount or args.pull):
+        choice = choose_section(config or configparser.ConfigParser(), project, os.getcwd())
+        name, chosen = choice.name, f"using [run:{choice.name}]: {choice.why}"
     items: dict[str, str] = {}
     given: options.Options = {}
     mount_section = None
@@ -247,9 +271,34 @@ def plan_from_args(
         keep_mounted=flag("keep-mounted", args.keep_mounted),
         probe_timeout=seconds("probe-timeout", args.probe_timeout, DEFAULT_PROBE_TIMEOUT),
         watch_interval=seconds("watch-interval", args.watch_interval, DEFAULT_WATCH_INTERVAL),
+        drain_timeout=seconds("drain-timeout", args.drain_timeout, DEFAULT_DRAIN_TIMEOUT),
         mount_section=mount_section,
         pull=pull,
+        chosen=chosen,
+        user=_app_user(args.user or items.get("user", "").strip() or None, target),
+        external_mount=args.external_mount,
     )
+
+
+def _app_user(user: str | None, target: MountTarget | None) -> str | None:
+    """The user the app runs as, checked: it exists, `run` can switch to it, and it can
+    reach a mount made by root (FUSE lets only the mounting user in without allow_other)."""
+    if user is None:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigError(f"user {user!r} does not exist") from None
+    if entry.pw_uid == os.geteuid():
+        return user
+    if os.geteuid() != 0:
+        raise ConfigError(f"user = {user} needs modelfs run to start as root")
+    if target is not None and "--allow-other" not in target.options:
+        raise ConfigError(
+            f"user = {user} needs allow-other = true for the mount of {target.spec} "
+            "(else only the user who mounted it can open it)"
+        )
+    return user
 
 
 def validate_paths(plan: RunPlan, mountinfo: str) -> None:

@@ -11,7 +11,10 @@ A run, step by step:
 2. install the links (`links.install_link`).
 3. start the app in WORKDIR with our stdin/stdout/stderr; send READY=1 if under systemd.
 4. while it runs, a watchdog thread checks the mount every `watch_interval` and mounts it
-   again (same options, so the same cache) when its daemon died.
+   again (same options, so the same cache) when its daemon died. With `--external-mount` (the
+   run unit of a section whose mount has its own unit) the mount is its owner's: step 1 only
+   uses a healthy one, and there is no watchdog and no unmount (the mount unit restarts it).
+   The app runs as `user` if one is given: `run` itself stays root.
 5. when the app exits: if step 1 mounted, `modelfs sync` then `modelfs unmount` (unless
    `--keep-mounted`); exit with the app's status, 128+N if a signal N ended it.
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import signal
 import subprocess
 from collections.abc import Callable
@@ -109,8 +113,20 @@ class SignalForwarder:
 
 
 def start_app(plan: RunPlan) -> subprocess.Popen[bytes]:
-    """Start the command in WORKDIR; OSError if it cannot be executed."""
-    return subprocess.Popen(plan.command, cwd=plan.workdir, env=child_environment())
+    """Start the command in WORKDIR (as `plan.user` if given); OSError if it cannot be run."""
+    env = child_environment()
+    if plan.user is None:
+        return subprocess.Popen(plan.command, cwd=plan.workdir, env=env)
+    entry = pwd.getpwnam(plan.user)
+    env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+    return subprocess.Popen(
+        plan.command,
+        cwd=plan.workdir,
+        env=env,
+        user=entry.pw_uid,
+        group=entry.pw_gid,
+        extra_groups=os.getgrouplist(entry.pw_name, entry.pw_gid),
+    )
 
 
 def supervise_app(plan: RunPlan, forwarder: SignalForwarder, keeper: MountKeeper | None) -> int:
@@ -125,7 +141,9 @@ def supervise_app(plan: RunPlan, forwarder: SignalForwarder, keeper: MountKeeper
         return EXIT_NOT_EXECUTABLE
     forwarder.attach(app.pid)
     notify("READY=1", f"STATUS=running {plan.command[0]} (pid {app.pid})")
-    watchdog = Watchdog(keeper.check, keeper.heal, plan.watch_interval) if keeper else None
+    watchdog = None
+    if keeper is not None and not keeper.external:  # an external mount's owner heals it
+        watchdog = Watchdog(keeper.check, keeper.heal, plan.watch_interval)
     if watchdog:
         watchdog.start()
     try:
@@ -137,13 +155,20 @@ def supervise_app(plan: RunPlan, forwarder: SignalForwarder, keeper: MountKeeper
     return exit_status(returncode)
 
 
-def execute(plan: RunPlan) -> int:
-    """A whole run (steps 1-5 of the module docstring; with `--pull`, step 1 pulls)."""
+def execute(plan: RunPlan, before_app: Callable[[], None] | None = None) -> int:
+    """A whole run (steps 1-5 of the module docstring; with `--pull`, step 1 pulls).
+    `before_app` is called once the mount and the links are in place (`run --save`)."""
     forwarder = SignalForwarder()
     forwarder.install()
     keeper = None
     if plan.target is not None:
-        keeper = MountKeeper(plan.target, plan.config, plan.probe_timeout)
+        keeper = MountKeeper(
+            plan.target,
+            plan.config,
+            plan.probe_timeout,
+            plan.drain_timeout,
+            external=plan.external_mount,
+        )
     try:
         try:
             if keeper is not None:
@@ -161,6 +186,8 @@ def execute(plan: RunPlan) -> int:
                 if result.backup:
                     log.warning("moved %s aside to %s", result.path, result.backup)
             forwarder.raise_if_received()
+            if before_app is not None:
+                before_app()
             code = supervise_app(plan, forwarder, keeper)
         except Interrupted as exc:
             log.warning("%s before the app started", exc)

@@ -7,7 +7,8 @@ module's output for the default paths; a test keeps them equal) and the per-inst
     ├── modelfs@.service                       mount template: one foreground `modelfs mount`
     ├── modelfs@tts.service.d/modelfs.conf     Environment= MODELFS_SOURCE/MOUNTPOINT/OPTIONS
     ├── modelfs-run@.service                   app template: `modelfs run %i`
-    └── modelfs-run@index-tts.service.d/modelfs.conf   ordering after modelfs@tts (if named)
+    └── modelfs-run@index-tts.service.d/modelfs.conf   with modelfs@tts (if named): the
+                                               run's --external-mount and its sandbox
 
 Invariants: no secret ever appears in a unit; units name the remote, and the keys stay in the
 config file (`--config` with an absolute path). The mount unit is `Type=notify`: `modelfs
@@ -15,12 +16,47 @@ mount` sends READY=1 once the mount answers a stat. A dead mount never outlives 
 `fusermount3 -u -z` runs before every start (a crash leaves ENOTCONN behind) and after every
 stop. `KillMode=mixed` sends SIGTERM to the main process only, so the mount drains write-back
 and the app shuts down before anything else is killed.
+
+One owner per mount: when a run section names a `[mount:M]` section, the mount unit
+modelfs@M owns the mount (mounts, restarts, unmounts it with its cache dir
+/var/cache/modelfs/M); the run unit wants it, starts after it, is stopped and restarted with
+it (PartOf=), and runs `modelfs run --external-mount`, which uses the mount and never mounts,
+heals or unmounts it. So the two never race over the mountpoint, and a restarted mount always
+uses the unit's cache dir (and its pending uploads). Not Requires=: a mount unit whose first
+start fails (the store down at boot) would fail the run unit's start job for good, and
+Restart= does not apply to a dependency failure; instead a run started without its mount
+exits 1 and is restarted until the mount is there. A run section with an inline `mount =
+SPEC MOUNTPOINT` has no mount unit: its run unit mounts and heals by itself.
+
+Restarts: a boot-time outage of the store must not leave the units failed for good (a start
+limit of 5 in 5 minutes did after ~40 s), so there is no start limit (StartLimitIntervalSec=0)
+and a failed unit is started again every RESTART_SECONDS, as long as it takes. A growing delay
+(RestartSteps=, RestartMaxDelaySec=) needs systemd 254; Debian 12 and Ubuntu 22.04 ship 252
+and 249, whose `systemd-analyze verify` rejects those keys, so the delay is constant. Exit
+status 2 is bad input (console: a config, a mountpoint, an option): retrying cannot fix it,
+so RestartPreventExitStatus=2. (An app run by `modelfs-run@` that exits 2 is not restarted
+either: it said the same.)
+
+Sandboxing, what each unit can live with (checked with `systemd-analyze verify`):
+- the mount unit: NoNewPrivileges, RestrictSUIDSGID, LockPersonality, RestrictRealtime,
+  UMask=0077 and CacheDirectoryMode=0700, but no ProtectSystem, ProtectHome, PrivateTmp or
+  ReadWritePaths: each of them runs the unit in its own mount namespace whose mounts do not
+  propagate to the host (systemd.exec(5), MountFlags=: "slave is applied first"), so the FUSE
+  mount would be invisible to everyone else;
+- the run unit: the same flags (`modelfs run` is root, the app may drop to `user = NAME`);
+  and, when a mount unit owns the mount (which then exists on the host before the run unit
+  starts, and reaches its namespace through propagation from the host), ProtectSystem=full
+  (/usr, /boot, /etc read-only; the app keeps /var, /srv, /opt and its workdir), PrivateTmp,
+  and ProtectHome=yes when no path the run needs (workdir, mountpoint, config, the modelfs
+  command, the app user's home) is under /home, /root or /run/user.
+  The app's umask is left alone: its files are its own business.
 """
 
 from __future__ import annotations
 
 import configparser
 import os
+import pwd
 import shutil
 import sys
 from dataclasses import dataclass
@@ -42,23 +78,28 @@ RUN_TEMPLATE = "modelfs-run@.service"
 DROP_IN = "modelfs.conf"
 # A stop drains write-back before the unit is killed: minutes for GBs of pending uploads.
 STOP_TIMEOUT_SECONDS = 600
-# Restart a failed mount after 5 s, but give up after 5 failures within 5 minutes (a wrong
-# password would otherwise be retried forever).
-RESTART_SECONDS = 5
-START_LIMIT_BURST = 5
-START_LIMIT_INTERVAL_SECONDS = 300
+# Restart a failed unit after this long, for as long as it fails (see the docstring).
+RESTART_SECONDS = 10
+EXIT_BAD_INPUT = 2  # console.EXIT_BAD_INPUT: never restarted
+HOME_ROOTS = ("/home", "/root", "/run/user")  # what ProtectHome= hides
 
 
 # What both units share: how often systemd may start them, and how they stop and restart.
-_START_LIMITS = f"""\
-StartLimitIntervalSec={START_LIMIT_INTERVAL_SECONDS}
-StartLimitBurst={START_LIMIT_BURST}
+_START_LIMITS = """\
+StartLimitIntervalSec=0
 """
 _STOP_AND_RESTART = f"""\
 KillMode=mixed
 TimeoutStopSec={STOP_TIMEOUT_SECONDS}
 Restart=on-failure
 RestartSec={RESTART_SECONDS}
+RestartPreventExitStatus={EXIT_BAD_INPUT}
+"""
+_HARDENING = """\
+NoNewPrivileges=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+RestrictRealtime=yes
 """
 
 
@@ -68,6 +109,7 @@ def mount_unit(modelfs: str = DEFAULT_MODELFS, config: str = DEFAULT_CONFIG) -> 
 # Written by `modelfs systemd install NAME`, which also writes the drop-in
 # modelfs@NAME.service.d/{DROP_IN} that sets MODELFS_SOURCE, MODELFS_MOUNTPOINT and
 # MODELFS_OPTIONS. Credentials stay in the config file, never on this command line.
+# No ProtectSystem/ProtectHome/PrivateTmp: a private mount namespace would hide the mount.
 [Unit]
 Description=modelfs mount %i
 Wants=network-online.target
@@ -79,7 +121,9 @@ NotifyAccess=main
 Environment=MODELFS_CONFIG={config}
 Environment=MODELFS_OPTIONS=
 CacheDirectory=modelfs/%i
-ExecStartPre=-{FUSERMOUNT} -u -z ${{MODELFS_MOUNTPOINT}}
+CacheDirectoryMode=0700
+UMask=0077
+{_HARDENING}ExecStartPre=-{FUSERMOUNT} -u -z ${{MODELFS_MOUNTPOINT}}
 ExecStart={modelfs} --config ${{MODELFS_CONFIG}} mount --cache-dir /var/cache/modelfs/%i \
 $MODELFS_OPTIONS ${{MODELFS_SOURCE}} ${{MODELFS_MOUNTPOINT}}
 ExecStopPost=-{FUSERMOUNT} -u -z ${{MODELFS_MOUNTPOINT}}
@@ -94,8 +138,9 @@ def run_unit(modelfs: str = DEFAULT_MODELFS, config: str = DEFAULT_CONFIG) -> st
 # An app run through `modelfs run`, one instance per [run:NAME] section: modelfs-run@NAME.service
 # `modelfs run` mounts (or heals) the bucket, links it into the app's directory, starts the
 # app, remounts if the mount dies, and drains write-back when the app exits.
-# Ordered after modelfs@NAME.service when that mount unit is used too; `modelfs systemd
-# install NAME` adds the ordering after the [mount:M] section the run section names.
+# When the run section names a [mount:M] section, `modelfs systemd install NAME` adds a
+# drop-in: this unit then goes with modelfs@M.service, which owns the mount, and runs
+# `modelfs run --external-mount` (MODELFS_RUN_OPTIONS) in a sandbox.
 [Unit]
 Description=modelfs run %i
 Wants=network-online.target
@@ -105,7 +150,8 @@ After=network-online.target modelfs@%i.service
 Type=notify
 NotifyAccess=main
 Environment=MODELFS_CONFIG={config}
-ExecStart={modelfs} --config ${{MODELFS_CONFIG}} run %i
+Environment=MODELFS_RUN_OPTIONS=
+{_HARDENING}ExecStart={modelfs} --config ${{MODELFS_CONFIG}} run $MODELFS_RUN_OPTIONS %i
 {_STOP_AND_RESTART}
 [Install]
 WantedBy=multi-user.target
@@ -130,9 +176,35 @@ def mount_drop_in(target: MountTarget) -> str:
     return "[Service]\n" + "\n".join(lines) + "\n"
 
 
-def run_drop_in(mount_name: str) -> str:
+def run_drop_in(mount_name: str, *, protect_home: bool) -> str:
+    """The run unit of a section whose mount has its own unit: that unit owns the mount."""
     unit = f"modelfs@{mount_name}.service"
-    return f"[Unit]\nWants={unit}\nAfter={unit}\n"
+    home = "ProtectHome=yes\n" if protect_home else ""
+    return (
+        f"[Unit]\nWants={unit}\nAfter={unit}\nPartOf={unit}\n\n"
+        "[Service]\nEnvironment=MODELFS_RUN_OPTIONS=--external-mount\n"
+        f"ProtectSystem=full\nPrivateTmp=yes\n{home}"
+    )
+
+
+def home_is_free(paths: list[str]) -> bool:
+    """Whether ProtectHome= can hide /home, /root and /run/user from a run that needs `paths`."""
+    return not any(
+        os.path.abspath(path) == root or os.path.abspath(path).startswith(root + "/")
+        for path in paths
+        for root in HOME_ROOTS
+    )
+
+
+def _run_paths(items: dict[str, str], target: MountTarget, modelfs: str, config: str) -> list[str]:
+    """Every path a run unit needs to reach: workdir, mountpoint, config, modelfs, a home."""
+    user = items.get("user", "").strip()
+    try:
+        home = pwd.getpwnam(user).pw_dir if user else "/root"
+    except KeyError:
+        raise ConfigError(f"user {user!r} does not exist") from None
+    workdir = items.get("workdir", "/").strip()
+    return [workdir, target.mountpoint, config, modelfs, os.path.realpath(modelfs), home]
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +253,10 @@ def plan_installation(
         return Installation(tuple(files), f"modelfs@{name}.service")
     files.append(UnitFile(dest / RUN_TEMPLATE, run_unit(modelfs, config_path)))
     if mount_name is not None:
+        target = mount_target_from_section(config, mount_name)
+        paths = _run_paths(find_section(config, "run", name), target, modelfs, config_path)
         drop_in = dest / f"modelfs-run@{name}.service.d" / DROP_IN
-        files.append(UnitFile(drop_in, run_drop_in(mount_name)))
+        files.append(UnitFile(drop_in, run_drop_in(mount_name, protect_home=home_is_free(paths))))
     return Installation(tuple(files), f"modelfs-run@{name}.service")
 
 

@@ -12,7 +12,11 @@ must treat the answer as unusable), HTTP/1.0 servers, 100-continue.
 
 Connections: a reused connection may have been closed by the server while idle. If sending on
 it fails, or it closes before a status line arrives, the request is sent once more on a new
-connection (safe: every request of this client is a GET). Any other failure raises
+connection (safe: every request of this client is a GET). A connection idle for more than
+`IDLE_LIMIT` is not reused at all: a server, NAT or firewall may have dropped it without a
+word, and a request sent on it would wait out the whole read timeout. Every connection has TCP
+keepalive (first probe after `KEEPALIVE_IDLE` s of silence), so a peer that vanished during a
+long wait is noticed in about half a minute. Any other failure raises
 `HttpError` and closes the connection. A connection returns to the pool only when its answer
 was read to the end and the server did not ask to close it.
 
@@ -32,10 +36,15 @@ import io
 import socket
 import ssl
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import cast
 from urllib.parse import urlsplit
 
+IDLE_LIMIT = 20.0  # seconds a pooled connection may sit idle and still be reused
+KEEPALIVE_IDLE = 15  # seconds of silence before the first TCP keepalive probe
+KEEPALIVE_INTERVAL = 5  # seconds between probes
+KEEPALIVE_COUNT = 3  # unanswered probes before the kernel drops the connection
 _MAX_HEADER_LINE = 65536
 _MAX_HEADERS = 200
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -137,6 +146,7 @@ class Response:
 class _Connection:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.idle_since = 0.0  # when it went back to the pool (pool clock)
         reader = sock.makefile("rb", buffering=io.DEFAULT_BUFFER_SIZE * 8)
         self.reader = cast(io.BufferedReader, reader)
 
@@ -160,10 +170,14 @@ class ConnectionPool:
         connect_timeout: float,
         read_timeout: float,
         ca_bundle: str | None = None,
+        idle_limit: float = IDLE_LIMIT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`ca_bundle`: the CAs an https origin is verified against (None: the system's)."""
         self.origin = origin
         self._max_idle = max(1, max_idle)
+        self._idle_limit = idle_limit
+        self._clock = clock
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._idle: collections.deque[_Connection] = collections.deque()
@@ -185,6 +199,7 @@ class ConnectionPool:
         return response
 
     def put_back(self, connection: _Connection) -> None:
+        connection.idle_since = self._clock()
         with self._lock:
             if len(self._idle) < self._max_idle:
                 self._idle.append(connection)
@@ -198,8 +213,18 @@ class ConnectionPool:
             connection.close()
 
     def _take_idle(self) -> _Connection | None:
+        """The most recently used idle connection, unless it sat idle too long; then it and
+        every older one are closed (the deque is oldest first)."""
+        oldest_usable = self._clock() - self._idle_limit
         with self._lock:
-            return self._idle.pop() if self._idle else None
+            if not self._idle:
+                return None
+            if self._idle[-1].idle_since >= oldest_usable:
+                return self._idle.pop()
+            stale, self._idle = list(self._idle), collections.deque()
+        for connection in stale:
+            connection.close()
+        return None
 
     def _connect(self) -> _Connection:
         origin = self.origin
@@ -211,6 +236,7 @@ class ConnectionPool:
             raise HttpError(f"connecting to {origin.host_header}: {exc}") from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _keep_alive(sock)
             if self._tls is not None:
                 sock = self._tls.wrap_socket(sock, server_hostname=origin.hostname)
             sock.settimeout(self._read_timeout)
@@ -239,6 +265,17 @@ class ConnectionPool:
                 raise
             raise HttpError(f"request to {self.origin.host_header}: {exc}") from exc
         return Response(self, connection, status, headers)
+
+
+def _keep_alive(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    ):
+        if hasattr(socket, option):  # Linux; elsewhere the system's defaults apply
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 def _encode_request(target: str, host: str, headers: Mapping[str, str]) -> bytes:

@@ -83,7 +83,8 @@ class S3Store:
         ca_bundle: str | None = None,
     ) -> None:
         """`ca_bundle`: a PEM file of the CA certificates HTTPS trusts, in both lanes; None:
-        AWS_CA_BUNDLE or the profile's ca_bundle, else REQUESTS_CA_BUNDLE, else botocore's."""
+        the remote's `ca_bundle`, else AWS_CA_BUNDLE or the profile's ca_bundle, else
+        REQUESTS_CA_BUNDLE, else botocore's (`s3client.trusted_ca_bundle`)."""
         self.config = config
         self.bucket = bucket
         self.max_attempts = max_attempts

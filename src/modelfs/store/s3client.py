@@ -6,16 +6,20 @@ Client settings, and why:
 - path-style addressing whenever an endpoint is configured: S3-compatible servers rarely
   resolve bucket.host names;
 - botocore's "standard" retries (5xx, throttling, broken connections), `max_attempts` in all;
+- TCP keepalive on its pooled connections (`tcp_keepalive`). botocore has no idle limit for
+  its pool (the lean lane's has one, see `http`); urllib3 checks that a pooled connection is
+  still open before it reuses it, and a request on one dropped silently is retried;
 - no per-request checksums: they cost CPU on every byte and break on S3-compatible servers that
   do not know them; a ranged GET carries If-Match, so the bytes are of the version asked for.
 
 TLS trust (`trusted_ca_bundle`): both lanes must trust the same CAs, or the lean lane's
 handshakes fail where botocore's succeed and every request pays a failed handshake before
 botocore sends it again. The bundle is resolved the way botocore resolves `verify`: the
-store's `ca_bundle` argument, else AWS_CA_BUNDLE or the profile's `ca_bundle`, else
-REQUESTS_CA_BUNDLE. The client gets it as `verify` (None when there is none, leaving botocore's
-default, its own bundle, untouched); the lean lane gets `lean_ca_bundle`, which names that
-default bundle explicitly.
+store's `ca_bundle` argument, else the remote's `ca_bundle` (its config section), else
+AWS_CA_BUNDLE or the profile's `ca_bundle`, else REQUESTS_CA_BUNDLE. A bundle named by the
+argument or the remote must exist (ConfigError otherwise, before any request). The client
+gets it as `verify` (None when there is none, leaving botocore's default, its own bundle,
+untouched); the lean lane gets `lean_ca_bundle`, which names that default bundle explicitly.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class S3Session:
         arguments = _session_arguments(config)
         core = botocore.session.get_session()  # what boto3 would create; kept to read settings
         self.boto3 = boto3.session.Session(botocore_session=core, **arguments)
-        self.ca_bundle = trusted_ca_bundle(ca_bundle, core)
+        self.ca_bundle = trusted_ca_bundle(ca_bundle or config.ca_bundle or None, core)
 
     @property
     def lean_ca_bundle(self) -> str:
@@ -78,6 +82,8 @@ class S3Session:
 def trusted_ca_bundle(explicit: str | None, core: botocore.session.Session) -> str | None:
     """The CA bundle botocore would verify HTTPS against, or None for its own default."""
     if explicit:
+        if not os.path.isfile(explicit):
+            raise ConfigError(f"ca_bundle {explicit} does not exist (or is not a file)")
         return explicit
     configured = core.get_config_variable("ca_bundle")  # AWS_CA_BUNDLE, then the profile
     if configured:

@@ -7,6 +7,12 @@ into those errors, with a one-line message that names the endpoint, the bucket o
 what to check (credentials, bucket name); the original exception is kept as `__cause__` by
 `S3Errors.errors`, the context manager every S3 request runs in.
 
+`error_code` names a failure for counting (the metrics' errors by code): the S3 code of the
+response behind it, else the domain error's class.
+
+RequestTimeTooSkewed is `ClockSkew`, which says "clock skew" and by how much when the answer
+carries RequestTime and ServerTime, instead of "access denied".
+
 Conditional writes have their own outcomes (`write_condition_failed`,
 `write_conditions_refused`): S3 answers a condition that does not hold with 412, with 409 when
 a concurrent write to the key raced it, and with 404 for If-Match on a key that is gone; a
@@ -18,6 +24,7 @@ Stateless apart from the names it quotes; thread safe.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -34,11 +41,14 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from modelfs.config.units import format_duration
 from modelfs.errors import (
     AccessDenied,
     BucketNotFound,
+    ClockSkew,
     InvalidArgument,
     ModelfsError,
+    NameTooLong,
     NotFound,
     StaleObject,
     StoreUnavailable,
@@ -58,7 +68,7 @@ ERROR_FOR_CODE: dict[str, type[ModelfsError]] = {
     "ExpiredToken": AccessDenied,
     "InvalidToken": AccessDenied,
     "TokenRefreshRequired": AccessDenied,
-    "RequestTimeTooSkewed": AccessDenied,
+    "RequestTimeTooSkewed": ClockSkew,
     "403": AccessDenied,
     "PreconditionFailed": StaleObject,
     "412": StaleObject,
@@ -68,6 +78,7 @@ ERROR_FOR_CODE: dict[str, type[ModelfsError]] = {
     "EntityTooLarge": InvalidArgument,
     "InvalidPart": InvalidArgument,
     "InvalidPartOrder": InvalidArgument,
+    "KeyTooLongError": NameTooLong,
     "SlowDown": StoreUnavailable,
     "Throttling": StoreUnavailable,
     "ThrottlingException": StoreUnavailable,
@@ -82,8 +93,9 @@ CREDENTIAL_CODES = frozenset(
 )
 # Failures of the connection itself, while sending or while reading a body.
 TRANSPORT_ERRORS = (BotoCoreError, urllib3.exceptions.HTTPError, OSError)
-# Everything a boto3 call raises that `S3Errors.translate` knows how to explain.
-S3_FAILURES = (ClientError, *TRANSPORT_ERRORS)
+# Everything a boto3 call raises that `S3Errors.translate` knows how to explain (botocore
+# raises UnicodeEncodeError for a key that is not UTF-8, before sending anything).
+S3_FAILURES = (ClientError, UnicodeEncodeError, *TRANSPORT_ERRORS)
 
 # A conditional write's condition did not hold (S3: 412; 409 when a concurrent write to the
 # key raced it; 404 for If-Match on a key that no longer exists).
@@ -98,6 +110,20 @@ def code_and_status(exc: ClientError) -> tuple[str, int]:
     metadata: Any = exc.response.get("ResponseMetadata", {})
     status = int(metadata.get("HTTPStatusCode", 0))
     return str(error.get("Code") or status), status
+
+
+def error_code(exc: BaseException) -> str:
+    """'NoSuchKey', 'SlowDown', '503', ...: the S3 error code (or status) of the response
+    behind `exc`, found along its causes; else its class name ('StoreUnavailable' for a
+    connection that failed, 'StaleObject', ...)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ClientError):
+            return code_and_status(current)[0]
+        current = current.__cause__
+    return type(exc).__name__
 
 
 def write_condition_failed(exc: ClientError, *, if_match: bool) -> bool:
@@ -150,6 +176,8 @@ class S3Errors:
                 f"no credentials found for remote {self.remote!r}: set access_key_id and "
                 f"secret_access_key in its config section, or AWS credentials in the environment"
             )
+        if isinstance(exc, UnicodeEncodeError):
+            return InvalidArgument(f"{operation} {self.where(key)!r}: the key is not UTF-8")
         if isinstance(exc, ParamValidationError):
             detail = one_line(str(exc))
             return InvalidArgument(f"invalid S3 request {operation} {self.where(key)}: {detail}")
@@ -168,7 +196,20 @@ class S3Errors:
             kind = StoreUnavailable if status >= 500 else ModelfsError
         if kind is NotFound:
             kind = missing
+        if kind is ClockSkew:
+            return ClockSkew(self._skew_message(error))
         return kind(self._response_message(kind, code, operation, key, error.get("Message")))
+
+    def _skew_message(self, error: Any) -> str:
+        """How far this machine's clock is from the store's, when the store says."""
+        allowed = f"{self.endpoint} refuses requests signed more than 15 minutes off its time"
+        skew = clock_skew(error.get("RequestTime"), error.get("ServerTime"))
+        if skew is None:
+            mine = "this machine's clock is too far from the store's"
+        else:
+            side = "ahead of" if skew > 0 else "behind"
+            mine = f"this machine's clock is {format_duration(skew)} {side} {self.endpoint}"
+        return f"clock skew: {mine} ({allowed}); set the time (NTP) (RequestTimeTooSkewed)"
 
     def _response_message(
         self,
@@ -208,6 +249,27 @@ class S3Errors:
             f"connection to S3 endpoint {self.endpoint} failed during "
             f"{operation} {self.where(key)}: {one_line(str(exc))}"
         )
+
+
+_TIME_FORMATS = ("%Y%m%dT%H%M%SZ", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def clock_skew(request_time: object, server_time: object) -> float | None:
+    """Seconds our request's time was ahead of the server's (negative: behind), from the
+    RequestTime and ServerTime of a RequestTimeTooSkewed answer; None if either is missing."""
+    times = [_parse_time(value) for value in (request_time, server_time)]
+    if times[0] is None or times[1] is None:
+        return None
+    return (times[0] - times[1]).total_seconds()
+
+
+def _parse_time(value: object) -> datetime.datetime | None:
+    for layout in _TIME_FORMATS:
+        try:
+            return datetime.datetime.strptime(str(value), layout)
+        except ValueError:
+            continue
+    return None
 
 
 def one_line(text: str) -> str:

@@ -38,13 +38,12 @@ from modelfs.errors import (
     ModelfsError,
     NotFound,
     NotSupported,
-    ReadOnly,
     StaleObject,
     StoreUnavailable,
 )
 from modelfs.objects import ListPage, ObjectId, ObjectInfo
 from modelfs.store import etag
-from modelfs.store.protocol import Expect, PendingUpload, UploadedPart
+from modelfs.store.readonly import RefusesWrites
 from modelfs.store.s3range import RangeReader
 
 _SECRET_PARAMS = frozenset({"x-amz-signature", "x-amz-credential", "x-amz-security-token"})
@@ -93,7 +92,7 @@ class _UrlErrors:
         return StoreUnavailable(f"{self._name}: {operation} {key} failed: {detail[:200]}")
 
 
-class UrlStore:
+class UrlStore(RefusesWrites):
     """Read-only `ObjectStore` over HTTP(S) (see the module docstring)."""
 
     def __init__(
@@ -239,34 +238,6 @@ class UrlStore:
         recursive: bool = False,
     ) -> ListPage:
         raise NotSupported(f"{self.name}: URLs cannot be listed (a manifest lists the files)")
-
-    # -- an HTTP source is read-only ---------------------------------------------------------
-
-    def put_bytes(self, key: str, data: bytes, expect: Expect | None = None) -> ObjectInfo:
-        raise ReadOnly(f"{self.name} is read-only")
-
-    def delete(self, key: str) -> None:
-        raise ReadOnly(f"{self.name} is read-only")
-
-    def copy(self, source_key: str, dest_key: str) -> ObjectInfo:
-        raise ReadOnly(f"{self.name} is read-only")
-
-    def create_multipart(self, key: str) -> str:
-        raise ReadOnly(f"{self.name} is read-only")
-
-    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> UploadedPart:
-        raise ReadOnly(f"{self.name} is read-only")
-
-    def complete_multipart(
-        self, key: str, upload_id: str, parts: list[UploadedPart], expect: Expect | None = None
-    ) -> ObjectInfo:
-        raise ReadOnly(f"{self.name} is read-only")
-
-    def abort_multipart(self, key: str, upload_id: str) -> None:
-        raise ReadOnly(f"{self.name} is read-only")
-
-    def list_multipart(self, prefix: str) -> list[PendingUpload]:
-        return []
 
 
 class _Body:

@@ -1,18 +1,22 @@
-"""The deletes a rename still owes the bucket, and the retry backoff of write-back.
+"""The deletes a rename still owes the bucket, and the retry backoff (with jitter) of write-back.
 
 A rename of a file the bucket has uploads it under its new key and must delete the old one.
 The delete is queued in the journal in the same transaction as the rename (so a crash cannot
-forget it), tried at once, and retried in the background with backoff until it succeeds. A key
+forget it), tried at once, and retried in the background with backoff until it succeeds, or
+until it fails for good (`ModelfsError.permanent`, e.g. access denied): then it stays
+journaled, in `failed`, until a drain (`retry_failed`) or the next mount tries it again. A key
 that is staged again meanwhile needs no delete: its upload replaces the object.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 
 import trio
 
+from modelfs.errors import ModelfsError
 from modelfs.store.protocol import ObjectStore
 from modelfs.write.files import StagedFiles
 from modelfs.write.threads import ThreadRunner
@@ -24,10 +28,13 @@ BACKOFF_MAX = 60.0  # a bucket down for an hour is retried every minute, not ham
 _BACKOFF_DOUBLINGS = 6  # 2**6 s > BACKOFF_MAX: no need for bigger powers
 
 
-def backoff(attempts: int) -> float:
-    """Seconds to wait after the `attempts`-th failure in a row: 1, 2, 4, ... capped."""
+def backoff(attempts: int, jitter: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after the `attempts`-th failure in a row: 1, 2, 4, ... capped at 60,
+    each scaled at random into [1/2, 1] of itself ("equal jitter"): files that failed together
+    (a store that went down under many uploads, or many mounts) do not retry in lockstep."""
     doublings = min(max(attempts - 1, 0), _BACKOFF_DOUBLINGS)
-    return min(BACKOFF_FIRST * (1 << doublings), BACKOFF_MAX)
+    delay = min(BACKOFF_FIRST * (1 << doublings), BACKOFF_MAX)
+    return delay * (0.5 + 0.5 * jitter())
 
 
 class PendingDeletes:
@@ -46,6 +53,7 @@ class PendingDeletes:
         self._limiter = limiter
         self._on_progress = on_progress
         self.pending: set[str] = set(files.journal.deletes())
+        self.failed: dict[str, str] = {}  # pending keys whose delete failed for good: why
         self.last_error: str | None = None
         self._queued = trio.Event()
 
@@ -60,14 +68,25 @@ class PendingDeletes:
             )
             self._queued.set()
 
+    @property
+    def waiting(self) -> set[str]:
+        """Pending deletes that will be tried again on their own."""
+        return self.pending - self.failed.keys()
+
+    def retry_failed(self) -> None:
+        """Try the deletes that failed for good once more (a drain)."""
+        if self.failed:
+            self.failed.clear()
+            self._queued.set()
+
     async def run(self) -> None:
         attempts = 0
         while True:
-            if not self.pending:
+            if not self.waiting:
                 self._queued = trio.Event()
                 await self._queued.wait()
             failed = False
-            for key in sorted(self.pending):
+            for key in sorted(self.waiting):
                 failed = not await self._try(key) or failed
             attempts = attempts + 1 if failed else 0
             if failed:
@@ -88,6 +107,9 @@ class PendingDeletes:
                 await self._run_sync(self._store.delete, key, limiter=self._limiter)
             except Exception as exc:
                 self.last_error = f"delete {key}: {exc}"
+                if isinstance(exc, ModelfsError) and exc.permanent:
+                    self.failed[key] = self.last_error
+                    self._on_progress()
                 return False
         self.last_error = None
         self._forget(key)
@@ -95,5 +117,6 @@ class PendingDeletes:
 
     def _forget(self, key: str) -> None:
         self.pending.discard(key)
+        self.failed.pop(key, None)
         self._files.journal.forget_delete(key)
         self._on_progress()

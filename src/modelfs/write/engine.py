@@ -5,6 +5,7 @@ FUSE-shaped calls here (this package never imports pyfuse3):
 
     core: lookup/getattr -> staged(key)     readdir -> staged_under(prefix)
           open for write -> open(key, base)  write/read/truncate/fsync/release -> same names
+          fsyncdir -> fsync_names
           unlink/rename of files -> unlink/rename (staged or not; the bucket side included)
           mkdir/rmdir -> make_directory/remove_directory (marker objects)
     daemon: run() for the life of the mount; drain() on unmount/SIGTERM/`modelfs sync`;
@@ -24,7 +25,8 @@ unlinked file or land under an old name.
 
 Durability promise (docs/writeback.md): a write() returns once its bytes are in the staging
 file and the file's journal row exists, so kill -9 loses nothing; fsync() returns once both
-are on disk, so a power loss after fsync loses nothing; nothing is dropped after failures.
+are on disk, so a power loss after fsync loses nothing; fsync of a directory (fsync_names)
+makes the renames and unlinks before it durable; nothing is dropped after failures.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from typing import TypeVar, TypeVarTuple
 
 import trio
 
-from modelfs.errors import NotFound, StaleObject
+from modelfs.errors import NoSpace, NotFound, StaleObject
+from modelfs.host import private
 from modelfs.memory import MemoryBudget
 from modelfs.objects import ObjectInfo
 from modelfs.store.protocol import ObjectStore
@@ -93,7 +96,11 @@ class WriteBack:
         wall_clock: Callable[[], float] = time.time,
         run_sync: ThreadRunner = to_thread,
         budget: MemoryBudget | None = None,
+        make_room: Callable[[int], int] | None = None,
     ) -> None:
+        """`make_room(n)`: on a full cache disk, free at least n bytes (a mount passes its
+        block cache's `give_back`) and return how many; a staging write that failed with
+        ENOSPC is then tried once more."""
         self._store = store
         self._limiter = limiter or trio.CapacityLimiter(transfers)
         self._run_sync = run_sync
@@ -101,7 +108,7 @@ class WriteBack:
         self._wall = wall_clock
         self._listener = listener
         self._opening: dict[str, trio.Event] = {}
-        root.mkdir(parents=True, exist_ok=True)
+        private.make_dirs(root)
         area = StagingArea(root)
         try:
             journal = Journal(root, identity=identity)
@@ -109,6 +116,7 @@ class WriteBack:
             area.close()
             raise
         self._files = StagedFiles(area, journal, wall_clock)
+        self._files.make_room = make_room
         self._uploader = uploader = Uploader(
             store,
             self._limiter,
@@ -213,6 +221,13 @@ class WriteBack:
         if file.journaled:
             await self._run_sync(self._files.journal.sync)
 
+    async def fsync_names(self) -> None:
+        """Return once every create, rename and unlink so far survives a power loss: names
+        are journal rows (a rename moves a row, and queues the old key's delete, in one
+        transaction), and staging files are entries of the staging directory."""
+        await self._run_sync(self._files.area.fsync_dir)
+        await self._run_sync(self._files.journal.sync)
+
     def release(self, handle: WriteHandle) -> None:
         """Close a handle (never raises). A dirty file is due `upload_delay` later."""
         if handle.closed:
@@ -291,8 +306,14 @@ class WriteBack:
             opened.set()
 
     async def _fetch_fresh(self, base: ObjectInfo, fd: int) -> ObjectInfo:
-        """Copy `base` into `fd`; if it changed since the caller looked, copy the new version."""
+        """Copy `base` into `fd`; if it changed since the caller looked, copy the new version;
+        on a full disk, once more after the block cache gave room back."""
         try:
+            await self._copy(base, fd)
+        except NoSpace:
+            if not self._files.room_made(base.size):
+                raise
+            staging.resize(fd, 0)
             await self._copy(base, fd)
         except StaleObject:
             base = await self._store_call(self._store.head, base.key)

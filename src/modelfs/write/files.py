@@ -24,6 +24,7 @@ touched, and the snapshot is intact while `low_water >= size` (appends never tea
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -33,10 +34,12 @@ from dataclasses import dataclass
 
 import trio
 
+from modelfs.errors import NoSpace
 from modelfs.store.protocol import PendingUpload
 from modelfs.write import staging
 from modelfs.write.journal import Journal, JournalRow
 from modelfs.write.staging import StagingArea
+from modelfs.write.threads import ThreadRunner
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,9 @@ class StagedFiles:
         # asked whether a file is being uploaded (it must then stay).
         self.reschedule: Callable[[StagedFile], None] = lambda _: None
         self.uploading: Callable[[StagedFile], bool] = lambda _: False
+        # Set by the engine from the mount: frees at least N bytes of the cache disk (the
+        # block cache gives blocks back) and says how many it freed; None: nothing to give.
+        self.make_room: Callable[[int], int] | None = None
 
     def recover(self) -> list[StagedFile]:
         """Files the journal says are dirty (an earlier process died); stray staging files
@@ -154,9 +160,21 @@ class StagedFiles:
 
     # -- changes -------------------------------------------------------------------------------
 
+    def room_made(self, needed: int) -> bool:
+        """On a full cache disk: whether `make_room` freed space for `needed` more bytes."""
+        return self.make_room is not None and self.make_room(needed) > 0
+
     def write(self, file: StagedFile, offset: int, data: bytes) -> int:
         self.mark_dirty(file)
-        written = staging.write_at(file.fd, offset, data)
+        try:
+            written = staging.write_at(file.fd, offset, data)
+        except NoSpace:
+            if not self.room_made(len(data)):
+                raise
+            written = staging.write_at(file.fd, offset, data)
+        if written < len(data) and self.room_made(len(data) - written):
+            with contextlib.suppress(NoSpace):
+                written += staging.write_at(file.fd, offset + written, data[written:])
         file.size = max(file.size, offset + written)
         self.changed(file, offset)
         return written
@@ -176,7 +194,12 @@ class StagedFiles:
         row = JournalRow(
             file.staging, file.key, file.base_etag, file.leftover_upload, wall, file.ours
         )
-        self.journal.insert(row)
+        try:
+            self.journal.insert(row)
+        except NoSpace:
+            if not self.room_made(len(row.key) * 4 + 4096):  # a row, with room to spare
+                raise
+            self.journal.insert(row)
         file.journaled = True
         file.dirty_wall = wall
 
@@ -277,3 +300,28 @@ class StagedFiles:
         self.by_key.clear()
         self.detached.clear()
         self.journal.close()
+
+
+@dataclass(eq=False)
+class UploadHooksOf:
+    """What one upload attempt of `file` may ask about it (`uploader.UploadHooks`): whether
+    its snapshot of `size` bytes is intact, and the journal bookkeeping of the attempt."""
+
+    files: StagedFiles
+    file: StagedFile
+    size: int
+    run_sync: ThreadRunner
+
+    def intact(self) -> bool:
+        return self.file.low_water >= self.size
+
+    def record_upload(self, upload: PendingUpload | None) -> None:
+        self.file.leftover_upload = upload
+        if self.file.journaled:
+            self.files.journal.set_upload(self.file.staging, upload)
+
+    def expect_ours(self, etag: str) -> None:
+        self.files.expect_ours(self.file, etag)
+
+    async def sync_journal(self) -> None:
+        await self.run_sync(self.files.journal.sync)

@@ -13,7 +13,13 @@ the upload of the last change has completed. At startup every row is pending wor
           since REAL,                -- wall-clock time the key became dirty (for status)
           ours TEXT)                 -- ETag our upload in flight gives the key once it lands
     deletes(key TEXT PRIMARY KEY)    -- bucket keys a rename must still remove (retried)
-    meta(name TEXT PRIMARY KEY, value TEXT)   -- 'identity': the remote this root belongs to
+    meta(name TEXT PRIMARY KEY, value TEXT)   -- 'identity': the bucket this root belongs to
+
+The identity is the one of the cache root the journal lives in, `ENDPOINT|BUCKET` (a mount
+passes it): mounts of different prefixes of one bucket share the root, the journal, and so
+each other's pending files (keys are full bucket keys). A journal of another bucket is
+refused. Journals written before held `REMOTE:BUCKET[/PREFIX]`; one of the same bucket is
+taken over (its identity rewritten), since its root was already chosen by endpoint and bucket.
 
 Why SQLite and not an append-only log file: a row changes in place (rename, new base ETag,
 upload id), and SQLite gives atomic multi-row transactions (rename over a dirty key deletes one
@@ -44,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelfs.errors import ConfigError, NoSpace
+from modelfs.host import private
 from modelfs.store.protocol import PendingUpload
 
 log = logging.getLogger(__name__)
@@ -99,12 +106,29 @@ class JournalRow:
         )
 
 
+def _legacy_of_same_bucket(found: str, identity: str) -> bool:
+    """`found` is an identity from before `ENDPOINT|BUCKET` (`REMOTE:BUCKET[/PREFIX]`) of the
+    bucket `identity` names."""
+    if "|" in found or "|" not in identity:
+        return False
+    return found.partition(":")[2].partition("/")[0] == identity.rpartition("|")[2]
+
+
+def _make_private(path: Path) -> None:
+    """The database 0600 before SQLite opens it: SQLite creates its -wal and -shm files with
+    the database's mode. Those an older version left wider are narrowed too."""
+    os.close(private.open_owned(path, os.O_RDWR))
+    for suffix in ("-wal", "-shm"):
+        private.narrow(path.with_name(path.name + suffix))
+
+
 class Journal:
     """The dirty-key table. Methods other than `sync` run on one thread (the trio thread)."""
 
     def __init__(self, root: Path, *, identity: str | None = None) -> None:
         self._path = root / JOURNAL_NAME
         self._reserve = root / RESERVE_NAME
+        _make_private(self._path)
         self._db = sqlite3.connect(self._path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -123,15 +147,16 @@ class Journal:
 
     def _check_identity(self, identity: str) -> None:
         found = self._db.execute("SELECT value FROM meta WHERE name='identity'").fetchone()
-        if found is None:
-            self._write(
-                lambda db: db.execute("INSERT INTO meta VALUES ('identity', ?)", (identity,))
-            )
-        elif found[0] != identity:
+        if found is not None and found[0] == identity:
+            return
+        if found is not None and not _legacy_of_same_bucket(found[0], identity):
             raise ConfigError(
                 f"write-back journal belongs to {found[0]!r}, not {identity!r}: "
                 "use another cache dir"
             )
+        self._write(
+            lambda db: db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (identity,))
+        )
 
     def rows(self) -> list[JournalRow]:
         cursor = self._db.execute(

@@ -41,6 +41,9 @@ class Writer(Protocol):
 
     async def fsync(self, handle: WriteHandle) -> None: ...
 
+    async def fsync_names(self) -> None:
+        """Make every create, rename and unlink so far survive a power loss (fsyncdir)."""
+
     def release(self, handle: WriteHandle) -> None: ...
 
     async def unlink(self, key: str) -> None: ...
@@ -93,6 +96,9 @@ class ReadOnlyWriter:
         raise _refused(target if isinstance(target, str) else target.key or "file")
 
     async def fsync(self, handle: WriteHandle) -> None:
+        return None
+
+    async def fsync_names(self) -> None:
         return None
 
     def release(self, handle: WriteHandle) -> None:

@@ -13,8 +13,14 @@ token):
 - open: `flush_interval` after it became dirty, so a log held open for days is uploaded at
   least that often while it changes (an append-only snapshot of it; see `files`);
 - recovered from the journal, or being drained: now (-inf: before anything else);
-- after a failure: not before the backoff (1 s doubling to 60 s), forever: data is never
-  dropped, and the error shows in `statistics().last_error` until an upload succeeds.
+- after a failure: not before the backoff (1 s doubling to 60 s), for as long as the failure
+  may pass (the store down, 5xx, throttling); the error shows in `statistics().last_error`
+  until an upload succeeds;
+- after a permanent failure (`ModelfsError.permanent`: access denied, key too long, bucket
+  gone): never on its own. The file stays staged and journaled (data is never dropped) and
+  the error shows in `statistics().failures` until `drain` (`modelfs sync`, unmount) tries it
+  once more, or the next mount does. `drain` ends with `UploadFailed` once only such files
+  (and deletes that failed so) are left, instead of waiting forever.
 At most `transfers` files upload at once; the limiter bounds the threads (and parts) of all.
 """
 
@@ -30,11 +36,12 @@ from typing import Protocol
 
 import trio
 
-from modelfs.errors import ModelfsError
+from modelfs.errors import ModelfsError, UploadFailed
 from modelfs.objects import ObjectInfo
-from modelfs.store.protocol import ObjectStore, PendingUpload
+from modelfs.store.protocol import ObjectStore
+from modelfs.store.s3errors import error_code
 from modelfs.write.deletes import PendingDeletes, backoff
-from modelfs.write.files import NOTHING_WRITTEN, StagedFile, StagedFiles
+from modelfs.write.files import NOTHING_WRITTEN, StagedFile, StagedFiles, UploadHooksOf
 from modelfs.write.threads import ThreadRunner
 from modelfs.write.uploader import (
     Conflicted,
@@ -62,6 +69,9 @@ class WriteBackStatistics:
     uploaded_bytes: int
     conflicts: int
     retries: int
+    errors: dict[str, int]  # failed upload attempts by error code (`store.s3errors`)
+    failed: int = 0  # files not uploaded for good (a permanent error), waiting for a drain
+    failures: tuple[str, ...] = ()  # "key: error" of each, and of deletes that failed so
 
 
 @dataclass(eq=False)
@@ -81,6 +91,7 @@ class _QueueItem:
     attempts: int = 0
     upload: Upload | None = None
     heap_token: int = -1  # matches the newest heap entry for the file
+    failure: str | None = None  # a permanent error: not due until a drain clears it
 
 
 class WriteBackListener(Protocol):
@@ -128,6 +139,7 @@ class UploadQueue:
         )
         self._last_error: str | None = None
         self._uploaded_files = self._uploaded_bytes = self._conflicts = self._retries = 0
+        self._errors: dict[str, int] = {}
         files.reschedule = self.reschedule
         files.uploading = self.uploading
 
@@ -148,6 +160,7 @@ class UploadQueue:
         item = self._item(file)
         item.expedite = True
         item.not_before = -math.inf
+        item.failure = None
         self.reschedule(file)
 
     def reschedule(self, file: StagedFile) -> None:
@@ -163,6 +176,8 @@ class UploadQueue:
 
     def _due(self, file: StagedFile, item: _QueueItem) -> float:
         if not self._files.is_live(file) or not file.dirty or item.upload is not None:
+            return math.inf
+        if item.failure is not None:
             return math.inf
         if item.expedite:
             due = -math.inf
@@ -237,7 +252,8 @@ class UploadQueue:
         snapshot = Snapshot(key, file.fd, size, file.base_etag, file.leftover_upload, file.ours)
         started = trio.current_time()
         try:
-            outcome = await self._uploader.upload_once(snapshot, _Hooks(self, file, size))
+            hooks = UploadHooksOf(self._files, file, size, self._run_sync)
+            outcome = await self._uploader.upload_once(snapshot, hooks)
             if not self._files.is_live(file):
                 return  # unlinked or renamed meanwhile: they clean up the bucket
             if isinstance(outcome, Torn | Raced):
@@ -281,9 +297,20 @@ class UploadQueue:
     def _failed(self, item: _QueueItem, key: str, exc: Exception) -> None:
         item.attempts += 1
         self._retries += 1
+        self._last_error = f"{key}: {exc}"
+        code = error_code(exc)
+        self._errors[code] = self._errors.get(code, 0) + 1
+        if isinstance(exc, ModelfsError) and exc.permanent:
+            item.failure = self._last_error
+            log.error(
+                "write-back: upload of %s failed for good: %s; it stays staged: once the cause "
+                "is fixed, `modelfs sync` (or the next mount) tries again",
+                key,
+                exc,
+            )
+            return
         delay = backoff(item.attempts)
         item.not_before = trio.current_time() + delay
-        self._last_error = f"{key}: {exc}"
         expected = isinstance(exc, ModelfsError | OSError)
         log.log(
             logging.WARNING if expected else logging.ERROR,
@@ -300,20 +327,43 @@ class UploadQueue:
     async def drain(
         self, progress: Callable[[WriteBackStatistics], None] | None, interval: float
     ) -> None:
+        """Upload every dirty file now (one more try for those that failed for good) and
+        return once the bucket has them all; UploadFailed once only permanent failures are
+        left (their files stay staged)."""
         targets = [(file, file.generation) for file in self._files.by_key.values() if file.dirty]
         for file, _ in targets:
             self.expedite(file)
+        self.deletes.retry_failed()
         while True:
-            pending = any(
-                self._files.is_live(file) and file.uploaded_generation < generation
+            pending = [
+                file
                 for file, generation in targets
-            )
-            if not pending and not self.deletes.pending:
+                if self._files.is_live(file) and file.uploaded_generation < generation
+            ]
+            waiting = [file for file in pending if self._item(file).failure is None]
+            if not waiting and not self.deletes.waiting:
+                if pending or self.deletes.failed:
+                    raise UploadFailed(self._failure_message())
                 return
             with trio.move_on_after(interval) as waited:
                 await self._progress.wait()
             if waited.cancelled_caught and progress is not None:
                 progress(self.statistics())
+
+    def _failure_message(self) -> str:
+        failures = self._failures()
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        return (
+            f"{len(failures)} written file(s) or delete(s) cannot reach the bucket: "
+            f"{failures[0]}{more}; they stay staged"
+        )
+
+    def _failures(self) -> tuple[str, ...]:
+        return (*self._file_failures(), *self.deletes.failed.values())
+
+    def _file_failures(self) -> list[str]:
+        items = (self._items.get(file) for file in self._files.by_key.values())
+        return [item.failure for item in items if item is not None and item.failure is not None]
 
     def _note_progress(self) -> None:
         self._progress.set()
@@ -334,27 +384,7 @@ class UploadQueue:
             uploaded_bytes=self._uploaded_bytes,
             conflicts=self._conflicts,
             retries=self._retries,
+            errors=dict(self._errors),
+            failed=len(self._file_failures()),
+            failures=self._failures(),
         )
-
-
-@dataclass(eq=False)
-class _Hooks:
-    """What one upload attempt may ask about its file (see `uploader.UploadHooks`)."""
-
-    queue: UploadQueue
-    file: StagedFile
-    size: int
-
-    def intact(self) -> bool:
-        return self.file.low_water >= self.size
-
-    def record_upload(self, upload: PendingUpload | None) -> None:
-        self.file.leftover_upload = upload
-        if self.file.journaled:
-            self.queue._files.journal.set_upload(self.file.staging, upload)
-
-    def expect_ours(self, etag: str) -> None:
-        self.queue._files.expect_ours(self.file, etag)
-
-    async def sync_journal(self) -> None:
-        await self.queue._run_sync(self.queue._files.journal.sync)

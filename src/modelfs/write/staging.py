@@ -1,6 +1,7 @@
 """The staging area: one local file per file being written, holding its full content.
 
-On-disk layout under the write-back root (one root per remote, chosen by the caller):
+On-disk layout under the write-back root (one root per remote, chosen by the caller), every
+directory 0700 and every file 0600 (`host.private`):
 
     ROOT/
     ├── lock                      flock()ed by the live WriteBack; freed by the kernel on kill -9
@@ -33,6 +34,7 @@ from typing import NoReturn
 import trio
 
 from modelfs.errors import NoSpace, StaleObject
+from modelfs.host import private
 from modelfs.host.locks import hold_lock
 from modelfs.objects import ObjectInfo
 from modelfs.store.etag import md5_etag, multipart_etag
@@ -52,7 +54,7 @@ class StagingArea:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.dir = root / STAGING_DIR
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private.make_dirs(self.dir)
         self._lock_fd = hold_lock(root, "write-back root")
 
     def create(self) -> tuple[str, int]:
