@@ -25,10 +25,12 @@ from support import (
     SITE_ARGS,
     FaultProxy,
     SeaweedServer,
+    make_config,
     remote_mount_commands,
     unique_bucket_name,
 )
 from support.mounting import Mounted, run_cli
+from support.scrape import free_port, scrape, value
 
 pytestmark = pytest.mark.mount
 
@@ -74,16 +76,9 @@ class Fleet:
 def write_config(tmp: Path, remotes: dict[str, str], sources: str = "") -> Path:
     """An rclone-style config with one remote per (name, endpoint); `sources` in [origin]."""
     path = tmp / "modelfs.conf"
-    text = ""
     for name, endpoint in remotes.items():
-        text += (
-            f"[{name}]\ntype = s3\nprovider = SeaweedFS\naccess_key_id = {ACCESS_KEY}\n"
-            f"secret_access_key = {SECRET_KEY}\nendpoint = {endpoint}\nregion = us-east-1\n"
-        )
-        if name == "origin" and sources:
-            text += f"sources = {sources}\n"
-        text += "\n"
-    path.write_text(text)
+        extra = f"sources = {sources}" if name == "origin" and sources else ""
+        path = make_config(tmp, endpoint, name=name, extra=extra)
     return path
 
 
@@ -132,16 +127,26 @@ def test_reads_come_from_the_site_listings_and_writes_from_the_origin(fleet: Fle
 
 
 def test_a_site_that_is_down_sends_reads_to_the_origin(fleet: Fleet) -> None:
+    """With a log line, the status counters, and the same counters in /metrics."""
     data = random.Random(2).randbytes(20 * MiB)
     fleet.put("m/model.bin", data)
     fleet.site_proxy.stop()  # connection refused, as a site cache that is down
-    with fleet.mount("--read-only") as mounted:
+    port = free_port()
+    with fleet.mount("--read-only", "--metrics", str(port)) as mounted:
         assert digest((mounted.mountpoint / "m" / "model.bin").read_bytes()) == digest(data)
         counts = status_sources(mounted)
+        _, samples = scrape(port)
+        shown = run_cli("status", mounted.mountpoint, check=True).stdout
         log = (mounted.cache_dir / "modelfs.log").read_text()
-    assert counts[f"site:{fleet.site_bucket}"]["failures"] >= 1
-    assert counts[f"origin:{fleet.bucket}"]["bytes"] == len(data)
+    site, origin = f"site:{fleet.site_bucket}", f"origin:{fleet.bucket}"
+    assert counts[site]["failures"] >= 1
+    assert counts[origin]["bytes"] == len(data)
     assert "trying the next source" in log
+    assert f"sources: {site} 0B, {counts[site]['failures']} failed; {origin} 20.0M;" in shown
+    failed = value(samples, "modelfs_source_fallbacks_total", source=site, reason="failure")
+    assert failed == counts[site]["failures"]
+    assert value(samples, "modelfs_source_bytes_total", source=origin) == len(data)
+    assert value(samples, "modelfs_source_fallbacks_total", source=origin, reason="slow") == 0
 
 
 def test_a_site_that_dies_mid_file_hands_the_rest_to_the_origin(fleet: Fleet) -> None:
