@@ -211,17 +211,19 @@ class DelayLine:
         link_open = link is None or link.queued < _LINK_LOW_WATER
         should_pause = self._sink_blocked or self._queued_bytes > _HIGH_WATER or link_full
         should_resume = not self._sink_blocked and self._queued_bytes < _LOW_WATER and link_open
-        if link is not None:
-            if link_full:
-                link.waiting.add(self)
-            elif link_open:
-                link.waiting.discard(self)
         if should_pause and not self._source_paused:
             self._source.pause_reading()
             self._source_paused = True
         elif should_resume and self._source_paused:
             self._source.resume_reading()
             self._source_paused = False
+        if link is not None:
+            # A paused line may wait for the link alone, with nothing of its own left to
+            # deliver (no timer of its own would wake it): the link's drain wakes every one.
+            if self._source_paused:
+                link.waiting.add(self)
+            else:
+                link.waiting.discard(self)
 
 
 class _Side(asyncio.Protocol):

@@ -20,6 +20,7 @@ else
     scripts/setup.sh
     PY="${MODELFS_VENV:-$PWD/.venv}/bin/python"
 fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's modelfs
 WORKDIR="/tmp/modelfs-fleet-sim-$$"
 driver=""
 

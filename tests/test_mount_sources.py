@@ -14,6 +14,7 @@ import json
 import random
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -306,3 +307,49 @@ def test_a_seaweedfs_site_serves_what_the_manifest_lists_and_fetches_it_once(
     assert len(model) <= fetched < 1.1 * len(model)
     assert proxy.count("GET", path_contains="llama/model.bin") == 0
     assert proxy.count("HEAD", path_contains="llama/model.bin") >= 1  # the copy's age, asked
+
+
+def test_nodes_wait_for_a_site_that_is_still_fetching_and_the_origin_sends_the_file_once(
+    seaweed: SeaweedServer,
+    proxy: FaultProxy,
+    bucket: str,
+    tmp_path: Path,
+    site_cache: tuple[SeaweedServer, FaultProxy],
+) -> None:
+    """A cold site behind a slow uplink takes longer to fetch a file than it waits before it
+    streams a read straight from the origin (10 s for this size). Two nodes reading at once
+    wait for its fetch instead (`--fill-timeout`): the origin sends the file once."""
+    site, uplink = site_cache
+    model = random.Random(14).randbytes(24 * MiB)
+    seaweed.client().put_object(Bucket=bucket, Key="llama/model.bin", Body=model)
+    config = write_config(
+        tmp_path,
+        {"origin": proxy.endpoint, "site": site.endpoint},
+        sources=f"site:{bucket}, origin:{bucket}",
+    )
+    created = run_cli(
+        "--config", config, "manifest", "create", f"origin:{bucket}/llama", "--upload"
+    )
+    assert created.returncode == 0, created.stderr
+    site.shell(*remote_mount_commands(uplink.endpoint, bucket, ACCESS_KEY, SECRET_KEY))
+    uplink.throttle_next(384 << 10, times=None)  # each GET of the site's fetch: 384 KiB/s
+    proxy.clear_requests()
+    nodes = [
+        Mounted(config, f"origin:{bucket}/llama", tmp_path / n / "mnt", tmp_path / n / "cache")
+        for n in ("a", "b")
+    ]
+    started = time.monotonic()
+    with nodes[0] as first, nodes[1] as second:
+        with ThreadPoolExecutor(2) as pool:
+            read = list(pool.map(lambda m: (m.mountpoint / "model.bin").read_bytes(), nodes))
+        elapsed = time.monotonic() - started
+        counts = [status_sources(first), status_sources(second)]
+        log = (first.cache_dir / "modelfs.log").read_text()
+    assert read == [model, model]
+    for node in counts:
+        assert node[f"site:{bucket}/llama"]["bytes"] == len(model)
+        assert node[f"origin:{bucket}/llama"]["bytes"] == 0
+        assert node[f"site:{bucket}/llama"]["fetch_waits"] == 1
+    assert f"source site:{bucket}/llama is fetching llama/model.bin from its origin" in log
+    fetched = sum(r.response_bytes for r in uplink.requests if "model.bin" in r.path)
+    assert len(model) <= fetched < 1.1 * len(model), (fetched, elapsed)

@@ -178,6 +178,15 @@ MOUNT_OPTIONS: tuple[MountOption, ...] = (
         "over (default 60s)",
     ),
     _value(
+        "fill-timeout",
+        parse_duration,
+        "10m",
+        "DUR",
+        "with several sources, how long a read waits for a site cache to fetch a large file "
+        "from its origin, so the fleet behind it reads the file from the origin once "
+        "(docs/fleet.md; 0: never wait; default 10m)",
+    ),
+    _value(
         "min-rate",
         parse_size,
         "0",

@@ -76,11 +76,17 @@ def _source_families(figures: MountFigures) -> list[Metric]:
         "(down, an error, a stall), slow (below --min-rate), missing, other_version",
         labels=["source", "reason"],
     )
+    waits = CounterMetricFamily(
+        _PREFIX + "source_fetch_waits",
+        "Objects a source (a site cache) was waited for while it fetched them from its origin",
+        labels=["source"],
+    )
     for name, counts in figures.sources.by_source.items():
         read.add_metric([name], counts["bytes"])
+        waits.add_metric([name], counts["fetch_waits"])
         for reason, counter in _FALLBACK_REASONS:
             fallbacks.add_metric([name, reason], counts[counter])
-    return [read, fallbacks]
+    return [read, fallbacks, waits]
 
 
 def families(figures: MountFigures) -> list[Metric]:

@@ -123,6 +123,7 @@ def make_sources(config: MountConfig, store: ObjectStore) -> SourceList | None:
         min_rate=config.min_rate,
         primary=config.spec.source,
         retry_after=SOURCE_RETRY_AFTER,
+        fill_timeout=config.fill_timeout,
     )
 
 

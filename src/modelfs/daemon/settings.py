@@ -51,6 +51,7 @@ class MountConfig:
     config_path: str | None = None  # where the sources' remotes are found
     stall_timeout: float = 60.0
     min_rate: float = 0.0
+    fill_timeout: float = 600.0  # see `store.sitefill`
 
     @property
     def source(self) -> str:
@@ -118,6 +119,7 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         config_path=args.config,
         stall_timeout=args.stall_timeout,
         min_rate=args.min_rate,
+        fill_timeout=args.fill_timeout,
     )
 
 

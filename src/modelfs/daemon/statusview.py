@@ -35,6 +35,7 @@ _SOURCE_EVENTS = (
     ("slow", "below the floor"),
     ("missing", "missing"),
     ("other_version", "other versions"),
+    ("fetch_waits", "waited for while it fetched from its origin"),
 )
 
 

@@ -22,7 +22,9 @@ the same, or, for a key whose bytes the caller checks against a digest (`verifie
 manifest's sha256), when it has the manifest's size and is not older than the primary's copy
 (a site cache that has not seen the new version yet is older). Otherwise it is skipped for
 that version: missing, or another version (a tier that keeps its own ETags, as a SeaweedFS
-remote mount does, is only used for files the manifest lists). A mount forgets failures,
+remote mount does, is only used for files the manifest lists). A copy the source has not
+fetched from its own origin yet is waited for, up to `fill_timeout` (`sitefill`), so that a
+fleet behind one site cache reads each object from the origin once. A mount forgets failures,
 missing copies and other versions after `retry_after` seconds, so a site cache that comes back
 or syncs is used again; a source that is unreachable (or slow) is left for every key that long.
 
@@ -41,6 +43,8 @@ from dataclasses import dataclass
 
 from modelfs.errors import InvalidArgument, ModelfsError, NotFound, StaleObject, StoreUnavailable
 from modelfs.objects import ObjectId, ObjectInfo
+from modelfs.store import sitefill
+from modelfs.store.pieces import Pieces
 from modelfs.store.protocol import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -48,7 +52,8 @@ log = logging.getLogger(__name__)
 # The piece read from a source at a time: small enough that a trickling source is noticed
 # between pieces, large enough that a healthy stream pays little per piece.
 PIECE = 256 << 10
-COUNTERS = ("bytes", "failures", "missing", "other_version", "slow")
+_FILL_POLL = 1.0  # seconds between HEADs of a copy a source is fetching from its origin
+COUNTERS = ("bytes", "failures", "missing", "other_version", "slow", "fetch_waits")
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,9 @@ class SourceList:
         rate_window: float = 10.0,
         primary: str | None = None,  # a mount's: the source whose ETags callers name
         retry_after: float | None = None,  # None: a failed source stays failed for that key
+        fill_timeout: float = 0.0,  # a mount's wait for a site's fetch of an object (0: none)
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not sources:
             raise InvalidArgument("no source to read from")
@@ -90,7 +97,9 @@ class SourceList:
         self._min_rate = min_rate
         self._window = rate_window
         self._forget = math.inf if retry_after is None else retry_after
+        self._fill_timeout = fill_timeout
         self._clock = clock
+        self._sleep = sleep
         self._lock = threading.Lock()
         self._expected: dict[str, int] = {}
         self._verified: dict[str, int] = {}  # key -> size, bytes checked against a digest
@@ -170,7 +179,7 @@ class SourceList:
     def iter_range(self, obj: ObjectId, start: int, end: int, chunk: int) -> Iterator[bytes]:
         """Bytes [start, end) of `obj.key` in pieces of `chunk`, source after source."""
         position = start
-        pending = _Pieces(chunk)
+        pending = Pieces(chunk)
         error: ModelfsError | None = None
         for source in self.usable(obj.key):
             try:
@@ -284,12 +293,28 @@ class SourceList:
             if why:
                 log.warning("source %s: %s is %s: not used for it", source.name, obj.key, why)
             else:
-                copy = found
+                copy = self._fetched(source, found)
         with self._lock:
             if copy is None:
                 counts["missing" if why == "missing" else "other_version"] += 1
             self._verdicts[verdict_key] = (copy, math.inf if copy else now + self._forget)
         return copy
+
+    def _fetched(self, source: Source, copy: ObjectInfo) -> ObjectInfo:
+        """`copy` once `source` holds its bytes (a site cache still fetching it: `sitefill`)."""
+        fetched = sitefill.fetched_copy(
+            source.store,
+            copy,
+            name=source.name,
+            timeout=self._fill_timeout,
+            poll=_FILL_POLL,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
+        if fetched is not copy:
+            with self._lock:
+                self._counts[source.name]["fetch_waits"] += 1
+        return fetched
 
     def _disagreement(self, obj: ObjectId, copy: ObjectInfo) -> str:
         """Why `copy` is not version `obj` ("" if it is)."""
@@ -346,31 +371,3 @@ class SourceList:
             end,
             error,
         )
-
-
-class _Pieces:
-    """Pieces joined into chunks of `chunk` bytes (one copy per chunk, none if they fit)."""
-
-    def __init__(self, chunk: int) -> None:
-        self._chunk = chunk
-        self._pieces: list[bytes] = []
-        self._size = 0
-
-    def add(self, piece: bytes) -> Iterator[bytes]:
-        if not self._pieces and len(piece) == self._chunk:
-            yield piece
-            return
-        self._pieces.append(piece)
-        self._size += len(piece)
-        if self._size >= self._chunk:
-            joined = b"".join(self._pieces)
-            cut = len(joined) - len(joined) % self._chunk
-            for offset in range(0, cut, self._chunk):
-                yield joined[offset : offset + self._chunk]
-            rest = joined[cut:]
-            self._pieces, self._size = ([rest] if rest else []), len(rest)
-
-    def rest(self) -> Iterator[bytes]:
-        if self._pieces:
-            yield b"".join(self._pieces)
-        self._pieces, self._size = [], 0
