@@ -8,77 +8,31 @@
     ...
     namespace <run>-nNN     eth0 10.214.K.(10+N) ── port
 
-The /24 exists only on these veths; nothing else is routed. Names carry the driver's pid, so
-two simulations never share one, and leftovers of a run whose driver died (SIGKILL: no cleanup
-ran) are removed at the next start. `destroy` kills what runs in the namespaces (every process
-there was started by this run) and deletes them; deleting the hub takes every veth with it.
+The /24 exists only on these veths; nothing else is routed. Names carry the pid of the driver
+(or of scripts/fleet-sim.sh), so two simulations never share one, and leftovers of a run whose
+driver died (SIGKILL: no cleanup ran) are removed at the next start. `destroy` stops what runs
+in the namespaces (every process there was started by this run: a node's mount unmounts on
+SIGTERM) and deletes them; deleting the hub takes every veth with it.
 Processes in a namespace are started with `ip netns exec`, which also gives each its own mount
 namespace: a node's FUSE mount is seen by that node's processes only, and goes away with them.
+Naming, subnets and the removal of leftovers are `netns`'s.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import time
-
-from sysutil import log, pid_alive, run
+import netns
+from netns import ns_exec
+from sysutil import log, run
 
 NS_PREFIX = "mfleet"
 _SECOND_OCTET = 214  # 10.214.K.0/24: private, checked unused in the root namespace
-_KILL_GRACE_S = 8.0
-
-
-def ns_exec(namespace: str, *cmd: str) -> list[str]:
-    return ["ip", "netns", "exec", namespace, *cmd]
-
-
-def remove_stale() -> None:
-    """Namespaces of earlier runs whose driver is gone."""
-    listing = run(["ip", "netns", "list"], check=False).stdout
-    dead: set[str] = set()
-    for name, pid in re.findall(rf"^({NS_PREFIX}(\d+)-\S+)", listing, re.MULTILINE):
-        if not pid_alive(int(pid)):
-            dead.add(name)
-    for name in sorted(dead, key=lambda n: n.endswith("-hub")):  # the hub last
-        log(f"removing namespace {name} of a fleet simulation that died")
-        _kill_all(name)
-        run(["ip", "netns", "del", name], check=False)
-
-
-def _free_third_octet() -> int:
-    used = run(["ip", "-4", "-o", "addr"], check=False).stdout
-    for third in range(1, 255):
-        if f" 10.{_SECOND_OCTET}.{third}." not in used:
-            return third
-    raise RuntimeError(f"no free 10.{_SECOND_OCTET}.K.0/24 subnet")
-
-
-def _kill_all(namespace: str, grace: float = _KILL_GRACE_S) -> None:
-    """SIGTERM every process in `namespace` (mounts unmount on it), SIGKILL what is left."""
-    pids = [int(p) for p in run(["ip", "netns", "pids", namespace], check=False).stdout.split()]
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in pids:
-        if pid_alive(pid):
-            _signal(pid, signal.SIGKILL)
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 class FleetNet:
-    def __init__(self, nodes: int) -> None:
-        self.run = f"{NS_PREFIX}{os.getpid()}"
+    """The namespaces of one simulation and their addresses (see the module docstring)."""
+
+    def __init__(self, nodes: int, run_id: int) -> None:
+        self.run = f"{NS_PREFIX}{run_id}"  # a live pid: `netns.remove_stale` leaves it alone
         self.nodes = nodes
         self.hub = f"{self.run}-hub"
         self.origin = f"{self.run}-origin"
@@ -97,8 +51,8 @@ class FleetNet:
         return f"{self.subnet}.{10 + int(namespace.rsplit('-n', 1)[1])}"
 
     def create(self) -> None:
-        remove_stale()
-        self.subnet = f"10.{_SECOND_OCTET}.{_free_third_octet()}"
+        netns.remove_stale(NS_PREFIX)
+        self.subnet = f"10.{_SECOND_OCTET}.{netns.free_subnet(_SECOND_OCTET)}"
         self._add_namespace(self.hub)
         run(ns_exec(self.hub, "ip", "link", "add", "br0", "type", "bridge"))
         run(ns_exec(self.hub, "ip", "link", "set", "br0", "up"))
@@ -129,15 +83,11 @@ class FleetNet:
         run(ns_exec(namespace, "ip", "addr", "add", f"{address}/24", "dev", "eth0"))
         run(ns_exec(namespace, "ip", "link", "set", "eth0", "up"))
 
-    def stop_processes(self, namespace: str) -> None:
-        _kill_all(namespace)
-
     def destroy(self) -> None:
-        """Stop every process in the namespaces, then delete them (nodes first, hub last)."""
+        """Stop every process in the namespaces and delete them (the nodes first, the hub with
+        the bridge last)."""
         members = [n for n in self._created if n != self.hub]
-        for namespace in members:
-            _kill_all(namespace)
         for namespace in [*members, self.hub]:
             if namespace in self._created:
-                subprocess.run(["ip", "netns", "del", namespace], check=False, capture_output=True)
+                netns.delete(namespace)
         self._created.clear()

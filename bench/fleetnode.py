@@ -2,13 +2,12 @@
 
     ip netns exec NS python bench/fleetnode.py --config C --spec origin:models/llama \\
         --mountpoint M --cache-dir D --files config.json model.safetensors \\
-        --xxh3 HEX --progress P --result R -- [modelfs mount options]
+        --xxh3 HEX --result R -- [modelfs mount options]
 
 1. `modelfs mount --daemon` (returns once the mount answers; the clock starts before it);
 2. the loader: each file read in order, as a model loader reads it (the small config first,
    then the model in 8 MiB reads), every byte through one xxh3-128, whose digest must be the
-   model's (computed when it was made): byte-exact or not. The bytes read so far are written
-   to P (the driver watches them, to kill the site cache halfway);
+   model's (computed when it was made): byte-exact or not;
 3. `modelfs status --json` (where the bytes came from), then `modelfs unmount`.
 The result (JSON in R): seconds to mount, to load, in all (the cold start), bytes, whether
 they were exact, and the mount's source counters. Exit status 0 only if byte-exact.
@@ -28,7 +27,6 @@ from typing import Any
 import xxhash
 
 _READ = 8 << 20
-_PROGRESS_INTERVAL_S = 0.25
 
 
 def modelfs(*args: str, timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
@@ -47,24 +45,18 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def load(mountpoint: Path, files: list[str], progress: Path) -> tuple[int, str]:
-    """Read `files` in order; (bytes read, xxh3-128 of the model, the last file)."""
+def load(mountpoint: Path, files: list[str]) -> tuple[int, str]:
+    """Read `files` in order; (bytes read, xxh3-128 of the last file)."""
     total, digest = 0, ""
     buffer = bytearray(_READ)
     view = memoryview(buffer)
-    last_report = 0.0
     for name in files:
         hasher = xxhash.xxh3_128()
         with open(mountpoint / name, "rb", buffering=0) as file:
             while got := file.readinto(buffer):
                 hasher.update(view[:got])
                 total += got
-                now = time.monotonic()
-                if now - last_report >= _PROGRESS_INTERVAL_S:
-                    write_atomically(progress, str(total))
-                    last_report = now
         digest = hasher.hexdigest()
-    write_atomically(progress, str(total))
     return total, digest
 
 
@@ -76,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, required=True)
     parser.add_argument("--files", nargs="+", required=True, help="read in order; model last")
     parser.add_argument("--xxh3", required=True, help="xxh3-128 of the last file")
-    parser.add_argument("--progress", type=Path, required=True)
     parser.add_argument("--result", type=Path, required=True)
     parser.add_argument("options", nargs="*", help="after --: modelfs mount options")
     args = parser.parse_args(argv)
@@ -93,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         write_atomically(args.result, json.dumps(result))
         return 1
     try:
-        total, digest = load(args.mountpoint, args.files, args.progress)
+        total, digest = load(args.mountpoint, args.files)
         result["cold_start_s"] = time.monotonic() - started
         result["load_s"] = result["cold_start_s"] - result["mount_s"]
         result["bytes"] = total

@@ -8,9 +8,11 @@
 #
 # Environment: NODES (16), MODEL_MB (1024), RTT_MS (40), UPLINK_MBIT (200, shared by all),
 # BASELINE (auto: also N nodes from the origin alone when that takes under ~3 minutes; on; off),
-# FLEET_JSON (also write the results there), MODELFS_PYTHON (an interpreter that has modelfs;
-# default: scripts/setup.sh, then .venv). Prints one table. Cleans up namespaces, mounts,
-# processes and its work directory on any exit.
+# FLEET_JSON (also write the results there), FLEET_TIMEOUT (seconds, 3600: the driver is
+# stopped past it), MODELFS_PYTHON (an interpreter that has modelfs's dependencies; default:
+# scripts/setup.sh, then .venv). This checkout's src/ is the modelfs it runs. Prints one table.
+# Cleans up namespaces, mounts, processes and its work directory on any exit, also after a
+# driver killed by SIGKILL (the namespaces are named after this script's pid).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "fleet-sim: run as root (network namespaces, FUSE)" >&2; exit 2; }
@@ -33,7 +35,7 @@ cleanup() {
     # What a driver killed by SIGKILL could not undo: its namespaces (and what runs in them;
     # each node's mount lives in its own mount namespace and goes with its processes).
     if [ -n "$driver" ]; then
-        for ns in $(ip netns list | awk '{print $1}' | grep "^mfleet${driver}-" | sort -r); do
+        for ns in $(ip netns list | awk '{print $1}' | grep "^mfleet$$-" | sort -r); do
             for pid in $(ip netns pids "$ns"); do kill -KILL "$pid" 2>/dev/null || true; done
             ip netns del "$ns" 2>/dev/null || true
         done
@@ -43,9 +45,10 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 args=(--nodes "${NODES:-16}" --model-mb "${MODEL_MB:-1024}" --rtt-ms "${RTT_MS:-40}"
-      --uplink-mbit "${UPLINK_MBIT:-200}" --baseline "${BASELINE:-auto}" --workdir "$WORKDIR")
+      --uplink-mbit "${UPLINK_MBIT:-200}" --baseline "${BASELINE:-auto}" --workdir "$WORKDIR"
+      --run-id "$$")
 [ -n "${FLEET_JSON:-}" ] && args+=(--json "$FLEET_JSON")
-"$PY" bench/fleet.py "${args[@]}" &
+timeout --kill-after=60 "${FLEET_TIMEOUT:-3600}" "$PY" bench/fleet.py "${args[@]}" &
 driver=$!
 status=0
 wait "$driver" || status=$?

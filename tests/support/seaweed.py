@@ -100,6 +100,60 @@ class SeaweedPorts:
     metrics: int
 
 
+# A server alone in a network namespace (bench/wan.py, bench/fleet.py) takes the defaults.
+DEFAULT_PORTS = SeaweedPorts(
+    master=9333, volume=8080, filer=8888, s3=8333, admin=23646, metrics=9327
+)
+
+
+def identities(access_key: str, secret_key: str) -> dict[str, Any]:
+    """The `-s3.config` file's content: one identity that may do everything."""
+    return {
+        "identities": [
+            {
+                "name": "modelfs-test",
+                "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+
+
+def mini_command(
+    weed: str,
+    data_dir: Path,
+    ip: str,
+    ports: SeaweedPorts,
+    s3_config: Path,
+    extra_args: tuple[str, ...] = (),
+) -> list[str]:
+    """`weed mini` serving S3 on ip:ports.s3 (bound to `ip` alone), its data in `data_dir`."""
+    return [
+        weed,
+        "mini",
+        f"-dir={data_dir}",
+        f"-ip={ip}",
+        f"-ip.bind={ip}",
+        f"-master.port={ports.master}",
+        f"-volume.port={ports.volume}",
+        f"-filer.port={ports.filer}",
+        f"-s3.port={ports.s3}",
+        f"-admin.port={ports.admin}",
+        f"-metricsPort={ports.metrics}",
+        f"-s3.config={s3_config}",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-master.telemetry=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",  # else a second server on this machine dies on its fixed port
+        # Every bucket gets its own volume, and by default the volume count is capped at
+        # free disk / volume size (~77 here), after which new buckets fail with
+        # InternalError. Volumes are sparse files, so a high cap costs nothing.
+        f"-volume.max={_MAX_VOLUMES}",
+        *extra_args,
+    ]
+
+
 def find_weed() -> str:
     """Path of the `weed` binary: next to this Python (the venv's bin/) first, then $PATH."""
     beside_python = Path(sys.executable).parent / "weed"
@@ -330,42 +384,12 @@ class SeaweedServer:
     # -- internals ---------------------------------------------------------------------------
 
     def _write_identities(self) -> None:
-        identities = {
-            "identities": [
-                {
-                    "name": "modelfs-test",
-                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
-            ]
-        }
-        (self.workdir / "identities.json").write_text(json.dumps(identities))
+        text = json.dumps(identities(self.access_key, self.secret_key))
+        (self.workdir / "identities.json").write_text(text)
 
     def _command(self, weed: str, ports: SeaweedPorts) -> list[str]:
-        return [
-            weed,
-            "mini",
-            f"-dir={self.data_dir}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            f"-master.port={ports.master}",
-            f"-volume.port={ports.volume}",
-            f"-filer.port={ports.filer}",
-            f"-s3.port={ports.s3}",
-            f"-admin.port={ports.admin}",
-            f"-metricsPort={ports.metrics}",
-            f"-s3.config={self.workdir / 'identities.json'}",
-            "-webdav=false",
-            "-admin.ui=false",
-            "-master.telemetry=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            # Every bucket gets its own volume, and by default the volume count is capped at
-            # free disk / volume size (~77 here), after which new buckets fail with
-            # InternalError. Volumes are sparse files, so a high cap costs nothing.
-            f"-volume.max={_MAX_VOLUMES}",
-            *self._extra_args,
-        ]
+        identities = self.workdir / "identities.json"
+        return mini_command(weed, self.data_dir, "127.0.0.1", ports, identities, self._extra_args)
 
     def _start_on(self, weed: str, ports: SeaweedPorts) -> None:
         self._wait_ports_free(ports)
@@ -452,18 +476,23 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=_STOP_TIMEOUT)
 
 
-_SAMPLE = re.compile(r"^SeaweedFS_s3_request_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$")
+_SAMPLE = re.compile(r"^(?P<name>\w+)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
-def _request_samples(metrics: str) -> list[tuple[dict[str, str], float]]:
-    samples = []
+def samples(metrics: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of metric `name` in a Prometheus text exposition: (labels, value)."""
+    found = []
     for line in metrics.splitlines():
         match = _SAMPLE.match(line)
-        if match:
-            labels = dict(_LABEL.findall(match["labels"]))
-            samples.append((labels, float(match["value"])))
-    return samples
+        if match and match["name"] == name:
+            labels = dict(_LABEL.findall(match["labels"] or ""))
+            found.append((labels, float(match["value"])))
+    return found
+
+
+def _request_samples(metrics: str) -> list[tuple[dict[str, str], float]]:
+    return samples(metrics, "SeaweedFS_s3_request_total")
 
 
 @atexit.register
