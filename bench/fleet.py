@@ -47,7 +47,7 @@ from sysutil import Cleanup, die_with_parent, log, safe_rmtree, stop_popen, wait
 ACCESS, SECRET = "fleet-sim", "fleet-sim-secret"  # a simulation's own, throwaway identity
 BUCKET, PREFIX = "models", "llama/"
 FILES = ("config.json", "model.safetensors")  # read in this order; the model last
-_SHAPED, _DIRECT = 8333, 8334  # the origin's proxy (what nodes and the site use), its server
+_SHAPED, _DIRECT = 8333, 8334  # the origin's proxy (what nodes and the site use), its S3 API
 _PART = 64 << 20
 _NODE_OPTIONS = ("--read-only", "--max-memory", "128M", "--cache-max-size", "256M")
 _BENCH = Path(__file__).resolve().parent
@@ -76,33 +76,35 @@ class Fleet:
         self.net.create()
         identities = seaweed().identities(ACCESS, SECRET)
         (self.work / "identities.json").write_text(json.dumps(identities))
+        # The origin's SeaweedFS listens on the loopback of its namespace alone, so the proxy
+        # is the only way to it: nothing reaches its master, filer or volume server unshaped.
         origin = self.net.ip(self.net.origin)
-        self._weed(self.net.origin, "origin", _DIRECT)
-        self._put_model(S3Target(f"http://{origin}:{_DIRECT}", BUCKET, ACCESS, SECRET))
         proxy = [
             sys.executable, str(_BENCH / "wanproxy.py"),
-            "--listen", f"{origin}:{_SHAPED}", "--target", f"{origin}:{_DIRECT}",
+            "--listen", f"{origin}:{_SHAPED}", "--target", f"127.0.0.1:{_DIRECT}",
             "--delay-ms", str(self.args.rtt_ms / 2), "--total-rate", str(self.rate),
             "--stats", str(self.work / "egress.json"),
         ]  # fmt: skip
         self._spawn("wanproxy", ns_exec(self.net.origin, *proxy), self.work / "wanproxy.log")
-        if not wait_until((self.work / "egress.json").exists, 30, interval=0.1):
-            raise RuntimeError(f"the shaping proxy did not start: see {self.work}/wanproxy.log")
+        shaped = S3Target(f"http://{origin}:{_SHAPED}", BUCKET, ACCESS, SECRET)
+        self._weed(self.net.origin, "origin", "127.0.0.1", _DIRECT, shaped)
+        self._put_model(shaped)  # uploads are not shaped: only what the origin sends is
 
-    def _weed(self, namespace: str, name: str, s3_port: int) -> subprocess.Popen[bytes]:
-        """`weed mini` in `namespace`, its data in a fresh WORK/name; returns once it answers."""
+    def _weed(
+        self, namespace: str, name: str, ip: str, s3_port: int, reached: S3Target
+    ) -> subprocess.Popen[bytes]:
+        """`weed mini` in `namespace` on `ip`, its data in a fresh WORK/name; returns once it
+        answers at `reached` (its S3 API, or the proxy in front of it)."""
         data = self.work / name
         safe_rmtree(data)
         data.mkdir(parents=True)
-        ip = self.net.ip(namespace)
         ports = dataclasses.replace(seaweed().DEFAULT_PORTS, s3=s3_port)
         extra = seaweed().SITE_ARGS if namespace == self.net.site else ()
         command = seaweed().mini_command(
             find_weed(), data, ip, ports, self.work / "identities.json", extra
         )
         process = self._spawn(f"weed ({name})", ns_exec(namespace, *command), data / "weed.log")
-        target = S3Target(f"http://{ip}:{s3_port}", BUCKET, ACCESS, SECRET)
-        if not wait_until(target.answers, 90, interval=0.2):
+        if not wait_until(reached.answers, 90, interval=0.2):
             raise RuntimeError(f"SeaweedFS ({name}) did not start: see {data}/weed.log")
         return process
 
@@ -154,8 +156,9 @@ class Fleet:
         """A new site cache: SeaweedFS with the origin's bucket remote-mounted, nothing fetched
         (the recipe of docs/fleet.md)."""
         self._stop_site()
-        self.site = self._weed(self.net.site, "site", 8333)
         site_ip, origin_ip = self.net.ip(self.net.site), self.net.ip(self.net.origin)
+        site = S3Target(f"http://{site_ip}:8333", BUCKET, ACCESS, SECRET)
+        self.site = self._weed(self.net.site, "site", site_ip, 8333, site)
         commands = seaweed().remote_mount_commands(
             f"http://{origin_ip}:{_SHAPED}", BUCKET, ACCESS, SECRET
         )
@@ -185,7 +188,7 @@ class Fleet:
         else:
             self._stop_site()
         config = self._node_config(phase.site)
-        before = self._egress()
+        before = self._proxy_stats()
         runs = self.work / phase.name.replace(" ", "-").replace(",", "")
         safe_rmtree(runs)
         started = time.monotonic()
@@ -208,13 +211,23 @@ class Fleet:
             time.sleep(0.2)
         phase.seconds = time.monotonic() - started
         time.sleep(1.0)  # the proxy writes its counters twice a second
-        phase.egress = self._egress() - before
+        after = self._proxy_stats()
+        phase.egress = after["down"] - before["down"]
+        log(
+            f"  origin: {after['connections'] - before['connections']} connections, "
+            f"{(after['dropped'] - before['dropped']) / 2**20:.1f} MiB sent to clients gone"
+        )
         for _, directory in nodes:
             result = directory / "result.json"
             phase.results.append(json.loads(result.read_text()) if result.exists() else {})
         for number, answer in enumerate(phase.results, 1):
             if not answer.get("exact"):
                 log(f"  node {number}: {answer.get('error') or 'no result'}")
+            by_source = (answer.get("sources") or {}).get("by_source") or {}
+            site: dict[str, int] = next(iter(by_source.values()), {})
+            if phase.site and not phase.kill_site and (site.get("failures") or site.get("slow")):
+                for line in answer.get("warnings", [])[:4]:
+                    log(f"  node {number}: {line}")
         if not self.args.keep:
             safe_rmtree(runs)  # the node caches
         log(
@@ -265,8 +278,10 @@ class Fleet:
         found = seaweed().samples(text, "SeaweedFS_s3_bucket_traffic_sent_bytes_total")
         return float(sum(value for _, value in found))
 
-    def _egress(self) -> int:
-        return int(json.loads((self.work / "egress.json").read_text())["down"])
+    def _proxy_stats(self) -> dict[str, int]:
+        """The shaping proxy's counters (`wanproxy --stats`): `down` is the origin's egress."""
+        stats: dict[str, int] = json.loads((self.work / "egress.json").read_text())
+        return stats
 
 
 def _remote(name: str, endpoint: str) -> str:

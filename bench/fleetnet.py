@@ -71,6 +71,7 @@ class FleetNet:
     def _attach(self, index: int, namespace: str | None, address: str) -> None:
         pid = self.run.removeprefix(NS_PREFIX)
         port, end = f"mf{pid}a{index}", f"mf{pid}b{index}"
+        run(["ip", "link", "del", end], check=False)  # of a run with this id, still going away
         run(["ip", "link", "add", port, "type", "veth", "peer", "name", end])
         run(["ip", "link", "set", port, "netns", self.hub])
         run(ns_exec(self.hub, "ip", "link", "set", port, "master", "br0", "up"))

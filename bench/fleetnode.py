@@ -10,7 +10,8 @@
    model's (computed when it was made): byte-exact or not;
 3. `modelfs status --json` (where the bytes came from), then `modelfs unmount`.
 The result (JSON in R): seconds to mount, to load, in all (the cold start), bytes, whether
-they were exact, and the mount's source counters. Exit status 0 only if byte-exact.
+they were exact, the mount's source counters, and its first warning lines. Exit status 0 only
+if byte-exact.
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ def load(mountpoint: Path, files: list[str]) -> tuple[int, str]:
     return total, digest
 
 
+def warnings(log: Path, most: int = 20) -> list[str]:
+    """The mount's first warning and error lines (why a source was left, for one)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [line for line in lines if " WARNING " in line or " ERROR " in line][:most]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True)
@@ -100,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             result["sources"] = answer.get("sources")
             result["verified"] = answer.get("fs", {}).get("verified")
         modelfs("unmount", str(args.mountpoint), timeout=60)
+        result["warnings"] = warnings(args.cache_dir / "modelfs.log")
         write_atomically(args.result, json.dumps(result))
     return 0 if result["exact"] else 1
 

@@ -24,7 +24,8 @@ Model, per accepted connection (client = mounter, server = S3):
   holds more than `_LINK_HIGH_WATER` bytes no connection reads more from its server.
 * Not modelled: slow start, loss, and fairness between connections beyond arrival order.
 * Counted (`--stats FILE`, JSON rewritten every `_STATS_INTERVAL_S` and at exit): the bytes
-  servers sent (`down`, the origin's egress) and clients sent (`up`), and connections.
+  servers sent (`down`, the origin's egress), those of them dropped undelivered because their
+  client had gone (`dropped`), the bytes clients sent (`up`), and connections.
 
 Usage (foreground; SIGTERM/SIGINT end it):
     python wanproxy.py --listen 10.0.0.2:8334 --target 10.0.0.2:8333 --delay-ms 20 \
@@ -75,6 +76,7 @@ class Link:
         self.queued = 0
         self.down = 0  # bytes the servers sent
         self.up = 0  # bytes the clients sent
+        self.dropped = 0  # of `down`: never delivered, their client had gone
         self.connections = 0
         self.waiting: set[DelayLine] = set()  # lines that stopped reading until it drains
 
@@ -91,7 +93,12 @@ class Link:
                 line.update_flow()
 
     def stats(self) -> dict[str, int]:
-        return {"down": self.down, "up": self.up, "connections": self.connections}
+        return {
+            "down": self.down,
+            "up": self.up,
+            "dropped": self.dropped,
+            "connections": self.connections,
+        }
 
 
 class DelayLine:
@@ -146,6 +153,7 @@ class DelayLine:
             self._timer.cancel()
         if self._link is not None:
             self._link.queued -= self._queued_bytes
+            self._link.dropped += self._queued_bytes
             self._link.waiting.discard(self)
             self._link.drained()
         self._queued_bytes = 0
