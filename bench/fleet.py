@@ -74,7 +74,7 @@ class Fleet:
         self.work.mkdir(parents=True, exist_ok=True)
         self.cleanup.push("delete the namespaces", self.net.destroy)
         self.net.create()
-        identities = seaweed().identities(ACCESS, SECRET)
+        identities = seaweed().identities((ACCESS, SECRET))
         (self.work / "identities.json").write_text(json.dumps(identities))
         # The origin's SeaweedFS listens on the loopback of its namespace alone, so the proxy
         # is the only way to it: nothing reaches its master, filer or volume server unshaped.

@@ -144,7 +144,7 @@ class WanLink:
         self._cleanup.push(f"remove {data}", lambda: safe_rmtree(data))  # after weed stops
         identities = data / "identities.json"
         access, secret = self._keys
-        identities.write_text(json.dumps(seaweed().identities(access, secret)))
+        identities.write_text(json.dumps(seaweed().identities((access, secret))))
         ports = seaweed().DEFAULT_PORTS
         cmd = ns_exec(
             self.namespace,

@@ -29,8 +29,8 @@ from modelfs.daemon.metrics import is_loopback
 from modelfs.errors import AccessDenied, StoreUnavailable
 from modelfs.store.s3errors import error_code
 from support import FaultProxy, SeaweedServer, path_contains
+from support.metrics import free_port, scrape, value
 from support.mounting import MODELFS, MountEnv, is_mounted, run_cli
-from support.scrape import free_port, scrape, value
 
 MiB = 1 << 20
 

@@ -30,8 +30,8 @@ from support import (
     remote_mount_commands,
     unique_bucket_name,
 )
+from support.metrics import free_port, scrape, value
 from support.mounting import Mounted, run_cli
-from support.scrape import free_port, scrape, value
 
 pytestmark = pytest.mark.mount
 

@@ -64,6 +64,7 @@ class Mounted:
         self.cache_dir = cache_dir
         self.options = options
         self.pid: int | None = None
+        self.stderr = ""  # what `mount --daemon` printed (a warning, when it mounts offline)
 
     def __enter__(self) -> Mounted:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
@@ -73,6 +74,7 @@ class Mounted:
         )  # fmt: skip
         if result.returncode != 0:
             raise AssertionError(f"mount failed ({result.returncode}): {result.stderr.strip()}")
+        self.stderr = result.stderr
         self.pid = int(self.status()["pid"])
         return self
 

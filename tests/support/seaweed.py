@@ -4,7 +4,7 @@
 directory with its own identities file, on ports nobody else uses:
 
     WORKDIR/
-    ├── identities.json   one admin identity (ACCESS_KEY / SECRET_KEY)
+    ├── identities.json   one admin identity (ACCESS_KEY / SECRET_KEY, or `set_keys`)
     ├── data/             SeaweedFS volumes and filer metadata (kept across stop/start)
     └── weed.log          server output; its tail is quoted when startup fails
 
@@ -13,6 +13,10 @@ chosen from 10000-22767, where both it and its gRPC twin stay below the kernel's
 range (32768+) and no outgoing connection can grab them. Several engineers run servers at
 once, so a clash is still possible: startup retries with fresh ports. `stop()` + `start()`
 reuse the SAME ports and data, so a test can take the server away and bring it back.
+
+Keys can be rotated live (`set_keys`): SeaweedFS re-reads its `-s3.config` file on SIGHUP
+(it never watches the file), and `set_keys` waits until the server answers with the new keys
+and refuses the dropped ones.
 
 The process is killed at interpreter exit (atexit) and, when started from the main thread,
 also when the parent dies (PR_SET_PDEATHSIG), so a crashed test run leaves no server behind.
@@ -43,6 +47,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import botocore.exceptions
 from botocore.config import Config
 
 if TYPE_CHECKING:
@@ -106,13 +111,16 @@ DEFAULT_PORTS = SeaweedPorts(
 )
 
 
-def identities(access_key: str, secret_key: str) -> dict[str, Any]:
-    """The `-s3.config` file's content: one identity that may do everything."""
+def identities(*keys: tuple[str, str]) -> dict[str, Any]:
+    """The `-s3.config` file's content: one identity that may do everything, with these
+    (access key, secret key) pairs."""
     return {
         "identities": [
             {
                 "name": "modelfs-test",
-                "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                "credentials": [
+                    {"accessKey": access, "secretKey": secret} for access, secret in keys
+                ],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"],
             }
         ]
@@ -229,6 +237,7 @@ class SeaweedServer:
         self._ports: SeaweedPorts | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._admin: S3Client | None = None
+        self._keys: list[tuple[str, str]] = [(access_key, secret_key)]
 
     # -- addresses ---------------------------------------------------------------------------
 
@@ -353,6 +362,39 @@ class SeaweedServer:
             raise SeaweedError(f"weed shell {commands}: {output.strip()[-_LOG_TAIL_CHARS:]}")
         return output
 
+    def set_keys(self, *keys: tuple[str, str], timeout: float = 30.0) -> None:
+        """Give the identity exactly these (access key, secret key) pairs, live (see the
+        module docstring); `client()` uses the first. Returns once the first pair works and
+        every pair dropped is refused."""
+        dropped = [pair for pair in self._keys if pair not in keys]
+        self._keys = list(keys)
+        self.access_key, self.secret_key = keys[0]
+        self._admin = None
+        self._write_identities()
+        os.kill(self.pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while not (self._accepts(keys[0]) and not any(map(self._accepts, dropped))):
+            if time.monotonic() > deadline:
+                raise SeaweedError(f"SeaweedFS did not take the new keys in {timeout:.0f}s")
+            time.sleep(0.05)
+
+    def _accepts(self, pair: tuple[str, str]) -> bool:
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=pair[0],
+            aws_secret_access_key=pair[1],
+            region_name=REGION,
+            config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
+        )
+        try:
+            client.list_buckets()
+        except botocore.exceptions.ClientError:
+            return False
+        finally:
+            client.close()
+        return True
+
     def metrics(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
             text: str = response.read().decode()
@@ -384,7 +426,7 @@ class SeaweedServer:
     # -- internals ---------------------------------------------------------------------------
 
     def _write_identities(self) -> None:
-        text = json.dumps(identities(self.access_key, self.secret_key))
+        text = json.dumps(identities(*self._keys))
         (self.workdir / "identities.json").write_text(text)
 
     def _command(self, weed: str, ports: SeaweedPorts) -> list[str]:

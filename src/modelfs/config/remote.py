@@ -82,6 +82,9 @@ class RemoteConfig:
     env_auth: bool = False
     ca_bundle: str = ""  # a PEM file of the CAs HTTPS trusts; "": AWS_CA_BUNDLE, ..., botocore's
     sources: tuple[str, ...] = ()  # the `sources` key, as written (see `config.sourcelist`)
+    # The file the section was read from ("" if none): its keys are re-read from there when
+    # it changes (see `config.keys`). Not part of what a remote is.
+    config_file: str = field(default="", compare=False)
 
     @property
     def uses_default_credentials(self) -> bool:
@@ -89,7 +92,9 @@ class RemoteConfig:
         return self.env_auth or not self.access_key_id
 
     @classmethod
-    def from_section(cls, name: str, section: configparser.SectionProxy) -> RemoteConfig:
+    def from_section(
+        cls, name: str, section: configparser.SectionProxy, *, config_file: str = ""
+    ) -> RemoteConfig:
         endpoint = section.get("endpoint", "").strip()
         if endpoint and "://" not in endpoint:
             endpoint = f"https://{endpoint}"  # rclone accepts a bare host and means https
@@ -107,6 +112,7 @@ class RemoteConfig:
             sources=tuple(
                 word.strip() for word in section.get("sources", "").split(",") if word.strip()
             ),
+            config_file=config_file,
         )
 
     def describe(self) -> str:

@@ -81,9 +81,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     console.setup_logging(level=args.log_level, log_file=args.log_file, verbose=args.verbose)
     ready_fd = spawn.parent_pipe()
 
-    def on_ready() -> None:
+    def on_ready(warning: str | None) -> None:
         log.info("ready: %s on %s", config.source, config.mountpoint)
-        spawn.tell_parent(ready_fd, "ok")
+        spawn.tell_parent(ready_fd, f"ok: {warning}" if warning else "ok")
 
     try:
         serve.run(config, on_ready)

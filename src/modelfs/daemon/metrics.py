@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from modelfs.daemon.figures import MountFigures
 from modelfs.errors import MountError
+from modelfs.store.health import StoreState
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,12 @@ def families(figures: MountFigures) -> list[Metric]:
     return [
         info,
         _gauge("uptime_seconds", "Seconds since the mount started", figures.uptime),
-        _gauge("offline", "1 while the mount serves from its cache alone", int(figures.offline)),
+        _gauge("offline", "1 while the store cannot be reached", int(figures.offline)),
+        _gauge(
+            "credentials_refused",
+            "1 while the store refuses the mount's credentials",
+            int(figures.store.state == StoreState.REFUSED.value),
+        ),
         _counter("cache_hits", "Blocks read from the block cache", cache.hits),
         _counter("cache_misses", "Blocks not in the block cache", cache.misses),
         _counter("cache_evictions", "Blocks evicted (least recently used)", cache.evictions),

@@ -6,9 +6,12 @@ usable (exists, a directory, empty unless allowed, not mounted, not a dead mount
 dir ours, writable by no other user (a block planted there would be served to the app) and
 writable by us; the cache root of this bucket ours alone (0700) and not used by another mount
 (its lock is then held for the life of the mount); the primary's bucket (or the manifest URL)
-reachable with these credentials. Nothing is mounted before all of them pass. The other
-sources of a mount (`make_sources`) are not checked: a site cache that is down when the mount
-starts is only left for the primary, read after read, as it would be later.
+reachable with these credentials. Nothing is mounted before all of them pass, with one
+exception: a store that cannot be reached (`StoreUnavailable`) while the cache holds a
+metadata snapshot of this prefix lets the mount start offline from it (see
+`daemon.storewatch`). The other sources of a mount (`make_sources`) are not checked: a site
+cache that is down when the mount starts is only left for the primary, read after read, as it
+would be later.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import stat
 from pathlib import Path
 
 from modelfs.daemon.settings import MountConfig
-from modelfs.errors import MountError
+from modelfs.errors import MountError, StoreUnavailable
 from modelfs.host import control, mountinfo, private
 from modelfs.host.locks import hold_lock
 from modelfs.pull.manifeststore import manifest_store
@@ -127,8 +130,9 @@ def make_sources(config: MountConfig, store: ObjectStore) -> SourceList | None:
     )
 
 
-def preflight(config: MountConfig) -> tuple[ObjectStore, int]:
-    """Every check; returns the store and the fd of the cache root's lock (keep it open)."""
+def preflight(config: MountConfig) -> tuple[ObjectStore, int, StoreUnavailable | None]:
+    """Every check; returns the store, the fd of the cache root's lock (keep it open), and the
+    reason the store cannot be reached if the mount is to start offline from its snapshot."""
     check_fuse()
     control.checked_dir(create=True)
     check_mountpoint(config.mountpoint, allow_non_empty=config.allow_non_empty)
@@ -136,10 +140,16 @@ def preflight(config: MountConfig) -> tuple[ObjectStore, int]:
     root = config.cache_root()
     private.own_dir(root, "cache dir")
     lock_fd = hold_lock(root, "cache dir")
+    offline = None
     try:
         store = make_store(config)
-        store.check_bucket()
+        try:
+            store.check_bucket()
+        except StoreUnavailable as exc:
+            if not config.snapshot_file().exists():
+                raise
+            offline = exc
     except BaseException:
         os.close(lock_fd)
         raise
-    return store, lock_fd
+    return store, lock_fd, offline

@@ -4,18 +4,23 @@ Order of a mount:
 1. `preflight` (see there): every check that can fail, before anything is mounted.
    (Wiring that crosses layers is done here: on a full cache disk the writer asks for room,
    and the block cache gives blocks back; write/ never imports cache/.)
-2. `Mount` builds store -> cache -> fetcher -> read policy, namespace, writer -> filesystem
-   core -> FUSE adapter. The writer is the write-back engine, or on a read-only mount the
-   null writer that answers EROFS. Nothing is wired after construction.
+2. `Mount` builds store (guarded: its health is known, see `store.health`) -> cache ->
+   fetcher -> read policy, namespace, writer -> filesystem core -> FUSE adapter. The writer is
+   the write-back engine, or on a read-only mount the null writer that answers EROFS. A mount
+   whose store cannot be reached at mount time starts offline: its namespace holds the
+   metadata snapshot of its prefix, and its write-back engine is gated read-only until the
+   store answers (`daemon.storewatch`). Nothing is wired after construction.
 3. `serve` starts the `--metrics` server (a thread; failing to listen fails the mount before
    anything is mounted), mounts, then runs in one nursery: the read policy (GETs, whole-file
-   fetches), the writer's uploads, the mount-time warm-up, signal handling, and readiness;
-   the FUSE session runs until unmounted.
+   fetches), the writer's uploads, the store watch (probes, snapshots, uploads refused before
+   new keys), the mount-time warm-up, signal handling, and readiness; the FUSE session runs
+   until unmounted.
 4. Ready: once a stat of the mountpoint answers (from a worker thread: the stat goes through
    our own loop), the kernel readahead is raised, the control socket opens, READY=1 goes to
    systemd and the `--daemon` parent is told.
-5. SIGINT/SIGTERM (or `modelfs unmount`): STOPPING=1, leave the FUSE loop, upload everything
-   written (`drain`, with a progress line), close the writer, unmount, stop the metrics server.
+5. SIGINT/SIGTERM (or `modelfs unmount`): STOPPING=1, leave the FUSE loop, save the metadata
+   snapshot, upload everything written (`drain`, with a progress line), close the writer,
+   unmount, stop the metrics server.
 What the mount reports (`status`, `/metrics`) is one `figures()` snapshot (`daemon.figures`).
 This module is the only owner of these lifecycles: nothing else starts, drains or closes them.
 """
@@ -45,8 +50,9 @@ from modelfs.daemon.figures import MountFigures
 from modelfs.daemon.fuse_ops import FuseOperations
 from modelfs.daemon.preflight import make_sources, preflight
 from modelfs.daemon.settings import MountConfig
+from modelfs.daemon.storewatch import StoreWatch, start_offline
 from modelfs.daemon.warmup import warm_up
-from modelfs.errors import ModelfsError, NotFound, UploadFailed
+from modelfs.errors import ModelfsError, NotFound, StoreUnavailable, UploadFailed
 from modelfs.host import control, mountinfo, notify
 from modelfs.memory import MemoryBudget, tune_malloc
 from modelfs.objects import ObjectInfo
@@ -56,9 +62,13 @@ from modelfs.read.dropbehind import PageCacheTrimmer
 from modelfs.read.fetcher import BlockFetcher
 from modelfs.read.policy import ReadPolicy
 from modelfs.read.verify import Verifications
+from modelfs.store.guarded import GuardedStore
+from modelfs.store.health import StoreHealth
 from modelfs.store.protocol import ObjectStore
+from modelfs.store.s3 import S3Store
 from modelfs.store.sources import SourceStatistics
 from modelfs.write.engine import WriteBack
+from modelfs.write.gate import GatedWriter
 from modelfs.write.protocol import ReadOnlyWriter, Writer
 from modelfs.write.queue import WriteBackStatistics
 
@@ -81,13 +91,23 @@ def fuse_options(config: MountConfig) -> set[str]:
     return options
 
 
+Ready = Callable[[str | None], None]
+"""Called once the mount answers, with a warning for the user (it started offline) or None."""
+
+
 class Mount:
     def __init__(
-        self, config: MountConfig, store: ObjectStore, on_ready: Callable[[], None]
+        self,
+        config: MountConfig,
+        unguarded: ObjectStore,
+        on_ready: Ready,
+        offline: StoreUnavailable | None = None,
     ) -> None:
         self.config = config
-        self.store = store
+        self.health = StoreHealth(offline=offline)
+        self.store = store = GuardedStore(unguarded, self.health)
         self._on_ready = on_ready
+        self.warning: str | None = None
         self.real_mountpoint = control.canonical_mountpoint(config.mountpoint)
         self.mount_id = control.mount_id(self.real_mountpoint)
         transfers = config.read.transfers
@@ -98,7 +118,8 @@ class Mount:
         # Reads from the sources in order (the primary alone by default); listings, the
         # manifest and writes from the primary only.
         self.sources = make_sources(config, store)
-        expectations = manifest_expectations(store, config.spec)
+        # Offline: the guard refuses at once, and nothing is verified (logged).
+        expectations = manifest_expectations(unguarded if offline is None else store, config.spec)
         if self.sources is not None:
             log.info("reading from %s", ", then ".join(s.name for s in self.sources.sources))
             for key, (size, _) in expectations.items():
@@ -116,6 +137,11 @@ class Mount:
             ttl=config.fs.dir_cache_time,
             limiter=trio.CapacityLimiter(_LISTING_THREADS),
         )
+        snapshot = config.snapshot_file()
+        if offline is not None:
+            self.warning = start_offline(
+                self.namespace, snapshot, offline, config.source, read_only=config.read_only
+            )
         trimmer = None
         if config.read.drop_behind_min:
             trimmer = PageCacheTrimmer(self.real_mountpoint)
@@ -139,7 +165,14 @@ class Mount:
                 budget=self.budget,  # upload bodies count against --max-memory too
                 make_room=self._room_for_write_back,
             )
+        gate = None
+        if offline is not None and not config.read_only:
+            self.writer = gate = GatedWriter(self.writer)
         self.fs = Filesystem(self.namespace, self.reads, self.writer, config.fs)
+        keys = unguarded.session.keys_changes if isinstance(unguarded, S3Store) else None
+        self.watch = StoreWatch(
+            store, self.namespace, snapshot, self.writer, gate=gate, keys_changes=keys
+        )
         self.started = time.time()
 
     def _room_for_write_back(self, needed: int) -> int:
@@ -179,11 +212,13 @@ class Mount:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.reads.run)
                 nursery.start_soon(self.writer.run)
+                nursery.start_soon(self.watch.run)
                 if self.config.warm_up:
                     nursery.start_soon(warm_up, self.namespace, self.fetcher)
                 nursery.start_soon(self._handle_signals)
                 nursery.start_soon(self._become_ready, nursery)
                 await pyfuse3.main()
+                await self.watch.save_now()
                 await self._drain_before_exit()
                 nursery.cancel_scope.cancel()
         finally:
@@ -217,7 +252,7 @@ class Mount:
             },
         )
         notify.notify("READY=1", f"STATUS=serving {self.config.source} on {mountpoint}")
-        self._on_ready()
+        self._on_ready(self.warning)
 
     async def _drain_before_exit(self) -> None:
         """Upload everything written before exiting, with a progress line while it takes."""
@@ -282,16 +317,17 @@ class Mount:
             reads=self.reads.statistics(),
             read_latency=self.fs.read_latency.statistics(),
             writeback=self.writer.statistics(),
+            store=self.health.statistics(),
+            read_only=self.writer.read_only,
             sources=self._source_statistics(),
         )
 
     def _source_statistics(self) -> SourceStatistics | None:
         """Bytes and fallbacks per source, for a mount of several (a manifest's: its own)."""
-        if self.sources is not None:
-            return self.sources.statistics()
-        if isinstance(self.store, ManifestStore):
-            return self.store.sources.statistics()
-        return None
+        sources = self.sources
+        if sources is None and isinstance(self.store.store, ManifestStore):
+            sources = self.store.store.sources
+        return sources.statistics() if sources is not None else None
 
 
 def manifest_expectations(store: ObjectStore, spec: RemoteSpec) -> dict[str, tuple[int, str]]:
@@ -324,12 +360,12 @@ def raise_kernel_readahead(real_mountpoint: str) -> None:
         log.info("could not raise readahead via %s: %s (reads stay 128 KiB)", path, exc)
 
 
-def run(config: MountConfig, on_ready: Callable[[], None]) -> None:
+def run(config: MountConfig, on_ready: Ready) -> None:
     """Mount and serve until unmounted or signalled. Raises ModelfsError before mounting."""
     tune_malloc(config.max_memory)
-    store, lock_fd = preflight(config)
+    store, lock_fd, offline = preflight(config)
     try:
-        mount = Mount(config, store, on_ready)
+        mount = Mount(config, store, on_ready, offline)
         trio.run(mount.serve)
     finally:
         os.close(lock_fd)

@@ -23,6 +23,7 @@ from modelfs.config.files import resolve
 from modelfs.config.remote import RemoteConfig, RemoteSpec, parse_spec
 from modelfs.config.sourcelist import mount_sources
 from modelfs.core.attributes import FsOptions
+from modelfs.daemon.snapshot import SnapshotFile
 from modelfs.read.policy import ReadOptions
 
 
@@ -72,6 +73,10 @@ class MountConfig:
         """One cache per (endpoint, bucket), named after `cache_identity`."""
         digest = hashlib.sha256(self.cache_identity.encode()).hexdigest()[:16]
         return self.cache_dir / f"{(self.spec.bucket or URL_REMOTE)[:32]}-{digest}"
+
+    def snapshot_file(self) -> SnapshotFile:
+        """The metadata snapshot of this mount's prefix (see `daemon.snapshot`)."""
+        return SnapshotFile(self.cache_root(), self.source, self.spec.prefix)
 
 
 def mount_config(args: argparse.Namespace) -> MountConfig:

@@ -12,7 +12,9 @@ put a symlink where modelfs is about to write. So, one rule each:
   made, checked, and narrowed to 0700 if an older version left it wider;
 - `open_new(path, flags)`: a new file, 0600, with O_EXCL|O_NOFOLLOW, so a planted file or
   symlink makes the open fail instead of being followed;
-- `replace_file(path, data)`: atomically replace `path` through a new temp file;
+- `replace_file(path, data, durable)`: atomically replace `path` through a new temp file
+  (named after the process and thread, so two threads never share one), synced first if
+  `durable`;
 - `open_owned(path, flags)`: a file modelfs keeps (a log, the journal): created 0600, never
   opened through a symlink, narrowed to 0600 if an older version left it wider (`narrow`).
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 from pathlib import Path
 
 from modelfs.errors import UnsafePath
@@ -82,17 +85,23 @@ def open_new(path: Path | str, flags: int = os.O_WRONLY) -> int:
     return os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
 
 
-def replace_file(path: Path, data: bytes) -> None:
-    """Write `data` to a new 0600 temp file beside `path`, then rename it over `path`."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def replace_file(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Write `data` to a new 0600 temp file beside `path` (synced if `durable`: a power
+    loss then leaves the old file or the new one, never a torn one), rename it over `path`."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(temporary)  # left by a crash of this pid's predecessor: ours to remove
     fd = open_new(temporary)
     try:
         with os.fdopen(fd, "wb", closefd=False) as out:
             out.write(data)
-    finally:
+        if durable:
+            os.fsync(fd)
+    except BaseException:
         os.close(fd)
+        os.unlink(temporary)
+        raise
+    os.close(fd)
     os.replace(temporary, path)
 
 

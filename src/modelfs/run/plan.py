@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelfs.config import options
-from modelfs.config.files import lay_over
+from modelfs.config.files import find_section, lay_over, section_items
 from modelfs.config.remote import normalize_spec
 from modelfs.config.units import parse_bool, parse_duration
 from modelfs.errors import ConfigError
@@ -98,24 +98,6 @@ class RunPlan:
             return self.pull.into
         assert self.target is not None
         return self.target.mountpoint
-
-
-def _key(name: str) -> str:
-    return name.strip().lower().replace("_", "-")
-
-
-def section_items(config: configparser.ConfigParser, section: str) -> dict[str, str]:
-    """The section's own keys (not DEFAULT's), normalized to dash form."""
-    return {_key(k): v for k, v in config.items(section, raw=True) if k not in config.defaults()}
-
-
-def find_section(config: configparser.ConfigParser, kind: str, name: str) -> dict[str, str]:
-    section = f"{kind}:{name}"
-    if not config.has_section(section):
-        have = sorted(s for s in config.sections() if s.startswith(f"{kind}:"))
-        hint = f" (have: {', '.join(have)})" if have else ""
-        raise ConfigError(f"no [{section}] section in the config file{hint}")
-    return section_items(config, section)
 
 
 def mount_target_from_section(config: configparser.ConfigParser, name: str) -> MountTarget:

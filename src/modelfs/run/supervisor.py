@@ -11,10 +11,12 @@ A run, step by step:
 2. install the links (`links.install_link`).
 3. start the app in WORKDIR with our stdin/stdout/stderr; send READY=1 if under systemd.
 4. while it runs, a watchdog thread checks the mount every `watch_interval` and mounts it
-   again (same options, so the same cache) when its daemon died. With `--external-mount` (the
-   run unit of a section whose mount has its own unit) the mount is its owner's: step 1 only
-   uses a healthy one, and there is no watchdog and no unmount (the mount unit restarts it).
-   The app runs as `user` if one is given: `run` itself stays root.
+   again (same options, so the same cache) when its daemon died; it also reads a sample
+   through the mount and reports reads that fail while the mount answers (see `keeper`).
+   With `--external-mount` (the run unit of a section whose mount has its own unit) the mount
+   is its owner's: step 1 only uses a healthy one, and there is no watchdog and no unmount
+   (the mount unit restarts it). The app runs as `user` if one is given: `run` itself stays
+   root.
 5. when the app exits: if step 1 mounted, `modelfs sync` then `modelfs unmount` (unless
    `--keep-mounted`); exit with the app's status, 128+N if a signal N ended it.
 
@@ -143,7 +145,9 @@ def supervise_app(plan: RunPlan, forwarder: SignalForwarder, keeper: MountKeeper
     notify("READY=1", f"STATUS=running {plan.command[0]} (pid {app.pid})")
     watchdog = None
     if keeper is not None and not keeper.external:  # an external mount's owner heals it
-        watchdog = Watchdog(keeper.check, keeper.heal, plan.watch_interval)
+        watchdog = Watchdog(
+            keeper.check, keeper.heal, plan.watch_interval, check_reads=keeper.check_reads
+        )
     if watchdog:
         watchdog.start()
     try:

@@ -91,14 +91,24 @@ class StagingArea:
 
     def fsync_dir(self) -> None:
         """Make the creation of staging files survive a power loss (blocking)."""
-        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(self.dir)
+
+    def fsync_tree(self) -> None:
+        """Make the entries of the staging directory, of the root and of the root's parent
+        survive a power loss: a first mount creates them (blocking; at startup)."""
+        for directory in (self.dir, self.root, self.root.parent):
+            fsync_directory(directory)
 
     def close(self) -> None:
         os.close(self._lock_fd)
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_at(fd: int, offset: int, data: bytes) -> int:
