@@ -1,13 +1,17 @@
-"""A mount's wait for a site cache that is still fetching an object from its origin
-(`store.sitefill`), with in-memory stores: a SeaweedFS remote mount answers HEAD with an
-empty ETag until something has read the object and it has fetched all of it. The real thing,
-through a slow uplink, is tested in test_mount_sources.py."""
+"""A mount's `SourceList` with in-memory stores: the wait for a site cache that is still
+fetching an object from its origin (`store.sitefill`: a SeaweedFS remote mount answers HEAD
+with an empty ETag until something has read the object and it has fetched all of it), and
+which failures leave the site for every object. The real thing, through a slow uplink, is
+tested in test_mount_sources.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import random
 from collections.abc import Iterator
+from typing import Any
+
+from botocore.exceptions import ClientError
 
 from fakes.memstore import MemoryStore
 from modelfs.errors import StoreUnavailable
@@ -137,3 +141,28 @@ def test_a_site_that_fails_while_fetching_sends_the_read_to_the_origin() -> None
     counts = sources.statistics().by_source
     assert counts["site"]["failures"] == 1
     assert counts["origin"]["bytes"] == len(data)
+
+
+def test_an_error_answered_for_one_object_leaves_the_site_for_that_object_alone() -> None:
+    clock = Clock()
+    origin, site = MemoryStore(name="origin", clock=clock), MemoryStore(name="site", clock=clock)
+    for store in (origin, site):  # the same bytes: the same ETag, no manifest needed
+        store.put_bytes("a.bin", b"a" * 1000)
+        store.put_bytes("b.bin", b"b" * 1000)
+    sources = mount_of(site, origin, clock, timeout=0.0)
+    answered = StoreUnavailable("GET a.bin: InternalError")
+    response: Any = {
+        "Error": {"Code": "InternalError"},
+        "ResponseMetadata": {"HTTPStatusCode": 500},
+    }
+    answered.__cause__ = ClientError(response, "GetObject")
+    site.fail_next("iter_range", answered)
+    for key in ("a.bin", "b.bin"):
+        version = ObjectId(key, origin.head(key).etag)
+        assert sources.get_range(version, 0, 1000) == origin.data_of(key)
+    counts = sources.statistics().by_source
+    assert (counts["site"]["bytes"], counts["origin"]["bytes"]) == (1000, 1000)
+    site.fail_next("iter_range", StoreUnavailable("connection refused"))  # no answer: down
+    sources.get_range(ObjectId("b.bin", origin.head("b.bin").etag), 0, 1000)
+    sources.get_range(ObjectId("a.bin", origin.head("a.bin").etag), 0, 1000)
+    assert [s.name for s in sources.usable("c.bin")] == ["origin", "site"]

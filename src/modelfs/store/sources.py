@@ -26,7 +26,8 @@ remote mount does, is only used for files the manifest lists). A copy the source
 fetched from its own origin yet is waited for, up to `fill_timeout` (`sitefill`), so that a
 fleet behind one site cache reads each object from the origin once. A mount forgets failures,
 missing copies and other versions after `retry_after` seconds, so a site cache that comes back
-or syncs is used again; a source that is unreachable (or slow) is left for every key that long.
+or syncs is used again; a source that is unreachable (or slow) is left for every key that long,
+one that answers an error (a 5xx after retries) only for that key.
 
 Thread safety: `iter_range` runs in many worker threads at once; the per-source lookups and
 the counters are guarded by one lock (never held across a request).
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 
 from modelfs.errors import InvalidArgument, ModelfsError, NotFound, StaleObject, StoreUnavailable
 from modelfs.objects import ObjectId, ObjectInfo
-from modelfs.store import sitefill
+from modelfs.store import s3errors, sitefill
 from modelfs.store.pieces import Pieces
 from modelfs.store.protocol import ObjectStore
 
@@ -358,7 +359,10 @@ class SourceList:
             if not (stale and self.primary is not None):  # a mount: the version changed,
                 # not the source; its next read looks the copy up again
                 self._failed.setdefault(obj.key, {})[source.name] = now + self._forget
-            if isinstance(error, StoreUnavailable) and self.primary is not None:
+            # Unreachable, stalled or slow: left for every key; an error answered (a 5xx for
+            # this object): for this key alone.
+            unreachable = isinstance(error, StoreUnavailable) and not s3errors.answered(error)
+            if unreachable and self.primary is not None:
                 self._down[source.name] = now + self._forget
             if stale:
                 self._copies.pop((source.name, obj.key), None)
