@@ -1,9 +1,10 @@
 """The fleet simulation (issue 20, docs/fleet.md): N nodes cold-start one model through a site
 cache, on one machine.
 
-    origin: weed mini :8334 <- wanproxy :8333 <---- WAN (RTT, one shared uplink) ---+
-                               counts what the origin sends: its egress              |
-    site:   weed mini :8333, bucket `models` = a remote mount of the origin's -------+
+    origin: weed mini       <- wanproxy :8333 <---- WAN (RTT, one shared uplink) ---+
+            (reached only       counts what the origin sends: its egress              |
+             through the proxy)                                                       |
+    site:   weed mini, bucket `models` = a remote mount of the origin's -------------+
     node i: modelfs mount origin:models/llama, sources [site, origin], and a loader --+
 
 Each machine is a network namespace (`fleetnet`); the WAN is our own shaping proxy
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -47,7 +49,7 @@ from sysutil import Cleanup, die_with_parent, log, safe_rmtree, stop_popen, wait
 ACCESS, SECRET = "fleet-sim", "fleet-sim-secret"  # a simulation's own, throwaway identity
 BUCKET, PREFIX = "models", "llama/"
 FILES = ("config.json", "model.safetensors")  # read in this order; the model last
-_SHAPED, _DIRECT = 8333, 8334  # the origin's proxy (what nodes and the site use), its S3 API
+_SHAPED = 8333  # the origin's proxy: what the nodes and the site reach the origin at
 _PART = 64 << 20
 _NODE_OPTIONS = ("--read-only", "--max-memory", "128M", "--cache-max-size", "256M")
 _BENCH = Path(__file__).resolve().parent
@@ -64,6 +66,8 @@ class Fleet:
         self.model_size = args.model_mb << 20
         self.rate = args.uplink_mbit * 1e6 / 8  # bytes/s
         self.site: subprocess.Popen[bytes] | None = None
+        self.sites = 0
+        self.ports = _two_port_sets()
         self.xxh3 = ""
         self.total_bytes = 0  # what one node reads
 
@@ -72,33 +76,34 @@ class Fleet:
         if not self.args.keep:
             self.cleanup.push(f"remove {self.work}", lambda: safe_rmtree(self.work))
         self.work.mkdir(parents=True, exist_ok=True)
+        for ports in self.ports.values():
+            self.cleanup.push("remove weed's sockets", functools.partial(_remove_sockets, ports))
         self.cleanup.push("delete the namespaces", self.net.destroy)
         self.net.create()
         identities = seaweed().identities((ACCESS, SECRET))
         (self.work / "identities.json").write_text(json.dumps(identities))
-        # The origin's SeaweedFS listens on the loopback of its namespace alone, so the proxy
-        # is the only way to it: nothing reaches its master, filer or volume server unshaped.
-        origin = self.net.ip(self.net.origin)
+        # The origin's SeaweedFS is in a namespace of its own (`fleetnet`): the proxy is the
+        # only way to it, and nothing reaches its master, filer or volume server.
+        origin, store = self.net.ip(self.net.origin), self.net.ip(self.net.store)
         proxy = [
             sys.executable, str(_BENCH / "wanproxy.py"),
-            "--listen", f"{origin}:{_SHAPED}", "--target", f"127.0.0.1:{_DIRECT}",
+            "--listen", f"{origin}:{_SHAPED}", "--target", f"{store}:{self.ports['origin'].s3}",
             "--delay-ms", str(self.args.rtt_ms / 2), "--total-rate", str(self.rate),
             "--stats", str(self.work / "egress.json"),
         ]  # fmt: skip
         self._spawn("wanproxy", ns_exec(self.net.origin, *proxy), self.work / "wanproxy.log")
         shaped = S3Target(f"http://{origin}:{_SHAPED}", BUCKET, ACCESS, SECRET)
-        self._weed(self.net.origin, "origin", "127.0.0.1", _DIRECT, shaped)
+        self._weed(self.net.store, "origin", store, self.ports["origin"], shaped)
         self._put_model(shaped)  # uploads are not shaped: only what the origin sends is
 
     def _weed(
-        self, namespace: str, name: str, ip: str, s3_port: int, reached: S3Target
+        self, namespace: str, name: str, ip: str, ports: Any, reached: S3Target
     ) -> subprocess.Popen[bytes]:
         """`weed mini` in `namespace` on `ip`, its data in a fresh WORK/name; returns once it
         answers at `reached` (its S3 API, or the proxy in front of it)."""
         data = self.work / name
         safe_rmtree(data)
         data.mkdir(parents=True)
-        ports = dataclasses.replace(seaweed().DEFAULT_PORTS, s3=s3_port)
         extra = seaweed().SITE_ARGS if namespace == self.net.site else ()
         command = seaweed().mini_command(
             find_weed(), data, ip, ports, self.work / "identities.json", extra
@@ -157,13 +162,19 @@ class Fleet:
         (the recipe of docs/fleet.md)."""
         self._stop_site()
         site_ip, origin_ip = self.net.ip(self.net.site), self.net.ip(self.net.origin)
-        site = S3Target(f"http://{site_ip}:8333", BUCKET, ACCESS, SECRET)
-        self.site = self._weed(self.net.site, "site", site_ip, 8333, site)
+        ports = self.ports["site"]
+        site = S3Target(f"http://{site_ip}:{ports.s3}", BUCKET, ACCESS, SECRET)
+        self.sites += 1  # each its own data directory (kept with --keep)
+        self.site = self._weed(self.net.site, f"site{self.sites}", site_ip, ports, site)
         commands = seaweed().remote_mount_commands(
             f"http://{origin_ip}:{_SHAPED}", BUCKET, ACCESS, SECRET
         )
         shell = ns_exec(
-            self.net.site, find_weed(), "shell", f"-master={site_ip}:9333", f"-filer={site_ip}:8888"
+            self.net.site,
+            find_weed(),
+            "shell",
+            f"-master={site_ip}:{ports.master}",
+            f"-filer={site_ip}:{ports.filer}",
         )
         done = subprocess.run(
             shell, input="\n".join([*commands, "exit"]) + "\n", capture_output=True, text=True,
@@ -225,7 +236,7 @@ class Fleet:
                 log(f"  node {number}: {answer.get('error') or 'no result'}")
             by_source = (answer.get("sources") or {}).get("by_source") or {}
             site: dict[str, int] = next(iter(by_source.values()), {})
-            if phase.site and not phase.kill_site and (site.get("failures") or site.get("slow")):
+            if phase.site and not phase.kill_site and site.get("bytes", 0) < self.model_size:
                 for line in answer.get("warnings", [])[:4]:
                     log(f"  node {number}: {line}")
         if not self.args.keep:
@@ -262,14 +273,14 @@ class Fleet:
         sources = f"sources = site:{BUCKET}, origin:{BUCKET}\n" if with_site else ""
         path.write_text(
             _remote("origin", f"http://{origin}:{_SHAPED}") + sources + "\n"
-            + _remote("site", f"http://{site}:8333")
+            + _remote("site", f"http://{site}:{self.ports['site'].s3}")
         )  # fmt: skip
         path.chmod(0o600)
         return path
 
     def _site_sent(self) -> float:
         """Bytes the site has sent to the nodes (its S3 metrics; 0 while it does not answer)."""
-        url = f"http://{self.net.ip(self.net.site)}:{seaweed().DEFAULT_PORTS.metrics}/metrics"
+        url = f"http://{self.net.ip(self.net.site)}:{self.ports['site'].metrics}/metrics"
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 text = response.read().decode()
@@ -282,6 +293,24 @@ class Fleet:
         """The shaping proxy's counters (`wanproxy --stats`): `down` is the origin's egress."""
         stats: dict[str, int] = json.loads((self.work / "egress.json").read_text())
         return stats
+
+
+def _two_port_sets() -> dict[str, Any]:
+    """Ports for the origin's SeaweedFS and the site's, none shared: `weed mini` talks to its
+    own parts over Unix sockets named by port in /tmp (/tmp/seaweedfs-filer-grpc-<port>.sock),
+    which every namespace sees; two servers on the same ports would use each other's."""
+    origin = seaweed().pick_ports()
+    while True:
+        site = seaweed().pick_ports()
+        if not set(dataclasses.astuple(site)) & set(dataclasses.astuple(origin)):
+            return {"origin": origin, "site": site}
+
+
+def _remove_sockets(ports: Any) -> None:
+    """The Unix sockets `weed mini` left in /tmp for these ports (it was killed)."""
+    for port in dataclasses.astuple(ports):
+        for leftover in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            leftover.unlink(missing_ok=True)
 
 
 def _remote(name: str, endpoint: str) -> str:

@@ -2,17 +2,23 @@
 
     root namespace (the driver)                 namespace <run>-hub: bridge br0
     mf<pid>b0  10.214.K.254 ─────────veth──────── port
-    namespace <run>-origin  eth0 10.214.K.2 ─────── port    weed mini :8334, wanproxy :8333
+    namespace <run>-origin  eth0 10.214.K.2 ─────── port    wanproxy :8333 (the WAN)
+        └ veth 169.254.214.1/30 ── namespace <run>-store 169.254.214.2: weed mini :8334
     namespace <run>-site    eth0 10.214.K.3 ─────── port    weed mini :8333 (remote mount)
     namespace <run>-n01     eth0 10.214.K.11 ────── port    modelfs mount + loader
     ...
     namespace <run>-nNN     eth0 10.214.K.(10+N) ── port
 
-The /24 exists only on these veths; nothing else is routed. Names carry the pid of the driver
-(or of scripts/fleet-sim.sh), so two simulations never share one, and leftovers of a run whose
-driver died (SIGKILL: no cleanup ran) are removed at the next start. `destroy` stops what runs
-in the namespaces (every process there was started by this run: a node's mount unmounts on
-SIGTERM) and deletes them; deleting the hub takes every veth with it.
+The /24 exists only on these veths; nothing else is routed. The origin's SeaweedFS sits in a
+namespace of its own behind the proxy's (which forwards nothing): the proxy is the only way to
+it, and it reaches nothing else. (Network namespaces do not separate everything: `weed mini`
+also talks to its own parts over Unix sockets in /tmp named by port, so `fleet` gives the
+origin's and the site's SeaweedFS ports of their own.)
+Names carry the pid of the driver (or of scripts/fleet-sim.sh), so two simulations never
+share one, and leftovers of a run whose driver died (SIGKILL: no cleanup ran) are removed at
+the next start. `destroy` stops what runs in the namespaces (every process there was started
+by this run: a node's mount unmounts on SIGTERM) and deletes them; deleting the hub takes
+every veth with it.
 Processes in a namespace are started with `ip netns exec`, which also gives each its own mount
 namespace: a node's FUSE mount is seen by that node's processes only, and goes away with them.
 Naming, subnets and the removal of leftovers are `netns`'s.
@@ -26,6 +32,7 @@ from sysutil import log, run
 
 NS_PREFIX = "mfleet"
 _SECOND_OCTET = 214  # 10.214.K.0/24: private, checked unused in the root namespace
+_PROXY_SIDE, _STORE_IP = "169.254.214.1", "169.254.214.2"  # the origin's own /30
 
 
 class FleetNet:
@@ -36,6 +43,7 @@ class FleetNet:
         self.nodes = nodes
         self.hub = f"{self.run}-hub"
         self.origin = f"{self.run}-origin"
+        self.store = f"{self.run}-store"  # the origin's SeaweedFS, behind the proxy
         self.site = f"{self.run}-site"
         self.subnet = ""
         self._created: list[str] = []
@@ -44,6 +52,8 @@ class FleetNet:
         return f"{self.run}-n{index:02d}"
 
     def ip(self, namespace: str) -> str:
+        if namespace == self.store:
+            return _STORE_IP
         if namespace == self.origin:
             return f"{self.subnet}.2"
         if namespace == self.site:
@@ -61,7 +71,19 @@ class FleetNet:
         for index, namespace in enumerate(members, start=1):
             self._add_namespace(namespace)
             self._attach(index, namespace, self.ip(namespace))
-        log(f"network: {len(members)} namespaces on a bridge, {self.subnet}.0/24")
+        self._add_namespace(self.store)
+        pid = self.run.removeprefix(NS_PREFIX)
+        proxy_end, store_end = f"mf{pid}o", f"mf{pid}s"
+        run(["ip", "link", "del", proxy_end], check=False)
+        run(["ip", "link", "add", proxy_end, "type", "veth", "peer", "name", store_end])
+        for end, namespace, address in (
+            (proxy_end, self.origin, _PROXY_SIDE),
+            (store_end, self.store, _STORE_IP),
+        ):
+            run(["ip", "link", "set", end, "netns", namespace])
+            run(ns_exec(namespace, "ip", "addr", "add", f"{address}/30", "dev", end))
+            run(ns_exec(namespace, "ip", "link", "set", end, "up"))
+        log(f"network: {len(members)} namespaces on a bridge, {self.subnet}.0/24, and the origin")
 
     def _add_namespace(self, namespace: str) -> None:
         run(["ip", "netns", "add", namespace])

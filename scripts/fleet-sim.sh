@@ -8,7 +8,8 @@
 #
 # Environment: NODES (16), MODEL_MB (1024), RTT_MS (40), UPLINK_MBIT (200, shared by all),
 # BASELINE (auto: also N nodes from the origin alone when that takes under ~3 minutes; on; off),
-# FLEET_JSON (also write the results there), FLEET_TIMEOUT (seconds, 3600: the driver is
+# FLEET_JSON (also write the results there), FLEET_KEEP (a directory: keep the logs and data
+# there), FLEET_TIMEOUT (seconds, 3600: the driver is
 # stopped past it), MODELFS_PYTHON (an interpreter that has modelfs's dependencies; default:
 # scripts/setup.sh, then .venv). This checkout's src/ is the modelfs it runs. Prints one table.
 # Cleans up namespaces, mounts, processes and its work directory on any exit, also after a
@@ -23,7 +24,7 @@ else
     PY="${MODELFS_VENV:-$PWD/.venv}/bin/python"
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's modelfs
-WORKDIR="/tmp/modelfs-fleet-sim-$$"
+WORKDIR="${FLEET_KEEP:-/tmp/modelfs-fleet-sim-$$}"
 driver=""
 
 cleanup() {
@@ -40,7 +41,7 @@ cleanup() {
             ip netns del "$ns" 2>/dev/null || true
         done
     fi
-    rm -rf "$WORKDIR"
+    [ -n "${FLEET_KEEP:-}" ] || rm -rf "$WORKDIR"
 }
 trap cleanup EXIT INT TERM
 
@@ -48,6 +49,7 @@ args=(--nodes "${NODES:-16}" --model-mb "${MODEL_MB:-1024}" --rtt-ms "${RTT_MS:-
       --uplink-mbit "${UPLINK_MBIT:-200}" --baseline "${BASELINE:-auto}" --workdir "$WORKDIR"
       --run-id "$$")
 [ -n "${FLEET_JSON:-}" ] && args+=(--json "$FLEET_JSON")
+[ -n "${FLEET_KEEP:-}" ] && args+=(--keep)
 timeout --kill-after=60 "${FLEET_TIMEOUT:-3600}" "$PY" bench/fleet.py "${args[@]}" &
 driver=$!
 status=0
