@@ -18,6 +18,7 @@ say exactly which GETs and ranges reached "the network". Faults apply to the nex
 - stall:     forward, send the headers and `after_bytes` of the body, then send nothing more
              (until the proxy stops): a source that hangs mid-download;
 - corrupt:   forward, with the body's byte at offset `after_bytes` flipped: wrong bytes;
+- throttle:  forward, sending the body at `rate` bytes/s: a source below a throughput floor;
 - blackhole: accept the request and never answer (until the proxy stops).
 
 Besides the delays, the first matching fault (in injection order) is the one that applies.
@@ -48,10 +49,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Literal
 
-FaultKind = Literal["delay", "status", "reset", "truncate", "cut", "stall", "corrupt", "blackhole"]
+FaultKind = Literal[
+    "delay", "status", "reset", "truncate", "cut", "stall", "corrupt", "blackhole", "throttle"
+]
 Predicate = Callable[["ProxyRequest"], bool]
 
 _PIECE = 1 << 20  # streaming buffer: big enough for GB/s, small enough per connection
+_THROTTLED_PIECE = 16 << 10  # a throttled body trickles in pieces this small
 _UPSTREAM_TIMEOUT = 300.0  # a stuck upstream must not pin a proxy thread forever
 _HOP_BY_HOP = frozenset(
     {
@@ -97,6 +101,7 @@ class Fault:
     seconds: float = 0.0
     status: int = 503
     after_bytes: int | None = 0
+    rate: float = 0.0  # throttle: bytes/s
 
     def applies_to(self, request: ProxyRequest) -> bool:
         return (self.remaining is None or self.remaining > 0) and (
@@ -250,6 +255,11 @@ class FaultProxy:
         self, at_byte: int = 0, times: int | None = 1, match: Predicate | None = None
     ) -> Fault:
         return self._add(Fault("corrupt", times, match, after_bytes=at_byte))
+
+    def throttle_next(
+        self, rate: float, times: int | None = 1, match: Predicate | None = None
+    ) -> Fault:
+        return self._add(Fault("throttle", times, match, rate=rate))
 
     def blackhole_next(self, times: int | None = 1, match: Predicate | None = None) -> Fault:
         return self._add(Fault("blackhole", times, match))
@@ -454,9 +464,12 @@ class _Handler(BaseHTTPRequestHandler):
         cut = ("reset", "truncate", "stall")
         limit = fault.after_bytes if fault is not None and kind in cut else None
         flip = fault.after_bytes if fault is not None and kind == "corrupt" else None
+        rate = fault.rate if fault is not None and kind == "throttle" else 0.0
+        piece = _THROTTLED_PIECE if rate else _PIECE
+        began = time.monotonic()
         view = memoryview(self._buffer)
         while True:
-            want = _PIECE if limit is None else min(_PIECE, limit - request.response_bytes)
+            want = piece if limit is None else min(piece, limit - request.response_bytes)
             got = response.readinto(view[:want]) if want > 0 else 0
             if not got:
                 break
@@ -464,6 +477,8 @@ class _Handler(BaseHTTPRequestHandler):
             if flip is not None and start <= flip < start + got:
                 view[flip - start] ^= 0xFF
             request.response_bytes += got  # before the write: the client may be faster
+            if rate:
+                time.sleep(max(0.0, began + request.response_bytes / rate - time.monotonic()))
             self._write_body(view[:got], rechunk)
         if limit is not None:
             if kind == "stall":

@@ -44,6 +44,14 @@ def register(commands: Subparsers) -> None:
     mount.add_argument(
         "--daemon", action="store_true", help="return once mounted, serve in the background"
     )
+    mount.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="REMOTE:BUCKET[/PREFIX]",
+        help="read from here first, falling back in order, the mounted remote last unless "
+        "named (repeatable; replaces the remote's `sources`, see docs/fleet.md)",
+    )
     options.add_mount_arguments(mount)
     mount.set_defaults(func=cmd_mount)
 

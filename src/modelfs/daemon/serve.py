@@ -50,7 +50,7 @@ from modelfs.core.namespace import Namespace
 from modelfs.daemon import control_server
 from modelfs.daemon.figures import MountFigures
 from modelfs.daemon.fuse_ops import FuseOperations
-from modelfs.daemon.preflight import preflight
+from modelfs.daemon.preflight import make_sources, preflight
 from modelfs.daemon.replay import Replays
 from modelfs.daemon.settings import MountConfig
 from modelfs.daemon.storewatch import StoreWatch, start_offline
@@ -71,6 +71,7 @@ from modelfs.store.guarded import GuardedStore
 from modelfs.store.health import StoreHealth
 from modelfs.store.protocol import ObjectStore
 from modelfs.store.s3 import S3Store
+from modelfs.store.sources import SourceStatistics
 from modelfs.write.engine import WriteBack
 from modelfs.write.gate import GatedWriter
 from modelfs.write.protocol import ReadOnlyWriter, Writer
@@ -120,8 +121,17 @@ class Mount:
             config.cache_root() / "blocks", BLOCK_SIZE, config.cache_max_size
         )
         self.budget = MemoryBudget(config.max_memory)
+        # Reads from the sources in order (the primary alone by default); listings, the
+        # manifest and writes from the primary only.
+        self.sources = make_sources(config, store)
+        # Offline: the guard refuses at once, and nothing is verified (logged).
+        expectations = manifest_expectations(unguarded if offline is None else store, config.spec)
+        if self.sources is not None:
+            log.info("reading from %s", ", then ".join(s.name for s in self.sources.sources))
+            for key, (size, _) in expectations.items():
+                self.sources.verified(key, size)
         self.fetcher = BlockFetcher(
-            store,
+            self.sources or store,
             self.cache,
             demand_limiter=trio.CapacityLimiter(transfers),
             prefetch_limiter=trio.CapacityLimiter(transfers),
@@ -147,10 +157,7 @@ class Mount:
             siblings=self._files_in,
             trimmer=trimmer,
             memory=available_memory,
-            # Offline: the guard refuses at once, and nothing is verified (logged).
-            verifications=Verifications(
-                manifest_expectations(unguarded if offline is None else store, config.spec)
-            ),
+            verifications=Verifications(expectations),
         )
         self.warmer = Warmer(self.namespace, self.reads, self.cache)
         self.replays = Replays(
@@ -336,7 +343,15 @@ class Mount:
             writeback=self.writer.statistics(),
             store=self.health.statistics(),
             read_only=self.writer.read_only,
+            sources=self._source_statistics(),
         )
+
+    def _source_statistics(self) -> SourceStatistics | None:
+        """Bytes and fallbacks per source, for a mount of several (a manifest's: its own)."""
+        sources = self.sources
+        if sources is None and isinstance(self.store.store, ManifestStore):
+            sources = self.store.store.sources
+        return sources.statistics() if sources is not None else None
 
 
 def manifest_expectations(store: ObjectStore, spec: RemoteSpec) -> dict[str, tuple[int, str]]:

@@ -24,7 +24,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from modelfs.config.files import resolve
-from modelfs.config.remote import RemoteConfig, RemoteSpec
+from modelfs.config.remote import RemoteConfig, RemoteSpec, parse_spec
+from modelfs.config.sourcelist import mount_sources
 from modelfs.core.attributes import FsOptions
 from modelfs.daemon.snapshot import SnapshotFile
 from modelfs.host.control import mount_id
@@ -51,6 +52,12 @@ class MountConfig:
     token_file: str | None = None  # the link service's token, for `manifest_url`
     metrics: tuple[str, int] | None = None  # where /metrics listens; None: off
     store_timeout: float = 60.0  # seconds a store request may wait for its next bytes
+    # Where reads come from, first to last, the primary (`spec`) among them (one: just it).
+    # A manifest URL's mount: the `--source` ones, read before the manifest's own sources.
+    sources: tuple[RemoteSpec, ...] = ()
+    config_path: str | None = None  # where the sources' remotes are found
+    min_rate: float = 0.0
+    fill_timeout: float = 600.0  # see `store.sitefill`
 
     @property
     def source(self) -> str:
@@ -85,11 +92,17 @@ class MountConfig:
 
 def mount_config(args: argparse.Namespace) -> MountConfig:
     """The settings of `modelfs mount`, from its parsed arguments (see `config.options`)."""
+    given: tuple[str, ...] = tuple(getattr(args, "source", None) or ())
     manifest_url = args.spec if args.spec.startswith(("http://", "https://")) else None
     if manifest_url is not None:
         remote, spec = RemoteConfig(name=URL_REMOTE), RemoteSpec(URL_REMOTE, "", "")
+        sources = [parse_spec(text) for text in given]  # before the manifest's own
     else:
         remote, spec = resolve(args.spec, args.config)
+        sources = mount_sources(spec, given, remote.sources)
+    for other in sources:
+        if other != spec:
+            resolve(str(other), args.config)  # an unknown remote fails here, before mounting
     return MountConfig(
         spec=spec,
         remote=remote,
@@ -120,6 +133,10 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         token_file=args.token_file,
         metrics=args.metrics,
         store_timeout=args.store_timeout,
+        sources=tuple(sources),
+        config_path=args.config,
+        min_rate=args.min_rate,
+        fill_timeout=args.fill_timeout,
     )
 
 

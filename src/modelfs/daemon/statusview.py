@@ -31,6 +31,13 @@ from modelfs.errors import ModelfsError
 
 Answer = dict[str, Any]
 _QUANTILES = (0.5, 0.9, 0.99)
+_SOURCE_EVENTS = (
+    ("failures", "failed"),
+    ("slow", "below the floor"),
+    ("missing", "missing"),
+    ("other_version", "other versions"),
+    ("fetch_waits", "waited for while it fetched from its origin"),
+)
 
 
 def _latency(answer: Answer) -> LatencyStatistics | None:
@@ -59,6 +66,15 @@ def _quantiles(latency: LatencyStatistics) -> str:
 
 def _errors(counts: dict[str, int]) -> str:
     return ", ".join(f"{code} {count}" for code, count in sorted(counts.items())) or "none"
+
+
+def _sources(sources: Answer) -> str:
+    parts = [
+        f"{name} {format_size(counts['bytes'])}"
+        + "".join(f", {counts[what]} {label}" for what, label in _SOURCE_EVENTS if counts.get(what))
+        for name, counts in sources["by_source"].items()
+    ]
+    return f"{'; '.join(parts)}; {sources['fallbacks']} reads moved on"
 
 
 def store_line(store: dict[str, Any]) -> str:
@@ -107,6 +123,9 @@ def status_lines(answer: Answer) -> list[str]:
             f"fetched: {format_size(fetcher['bytes_fetched'])} in {fetcher['gets']} GETs,"
             f" errors: {_errors(fetcher.get('errors', {}))}"
         )
+    sources = answer.get("sources")
+    if sources:
+        lines.append(f"sources: {_sources(sources)}")
     memory = answer.get("memory", {})
     if memory:
         lines.append(

@@ -154,7 +154,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from modelfs.links.presign import SIGV4_MAX_EXPIRES
     from modelfs.links.service import LinkService, ServiceSettings
     from modelfs.links.tokens import TokenFile
-    from modelfs.pull.plan import SourceSettings, s3_store
+    from modelfs.store.sourcespec import SourceSettings, s3_store
 
     console.setup_logging(verbose=args.verbose)
     if args.section is not None:

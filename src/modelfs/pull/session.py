@@ -19,9 +19,10 @@ from modelfs.pull.engine import (
     bytes_to_fetch,
     check_space,
 )
-from modelfs.pull.plan import SourceSettings, auth_headers, make_plan
+from modelfs.pull.plan import auth_headers, make_plan
 from modelfs.pull.progress import Counters, PlainEvents, events_for
 from modelfs.pull.state import PullState
+from modelfs.store.sourcespec import SourceSettings
 
 _TICK = 0.2  # seconds between two looks at the progress counters
 

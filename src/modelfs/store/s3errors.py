@@ -128,6 +128,19 @@ def error_code(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def answered(exc: BaseException) -> bool:
+    """Whether the server answered the request behind `exc` (an S3 error response, a 5xx
+    among them), rather than the connection failing or timing out."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ClientError):
+            return True
+        current = current.__cause__
+    return False
+
+
 def write_condition_failed(exc: ClientError, *, if_match: bool) -> bool:
     """Whether a conditional write failed because its condition did not hold."""
     code, status = code_and_status(exc)
