@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from modelfs.store.s3 import S3Store
 from support import FaultProxy, SeaweedServer, remote_config, unique_bucket_name
 from support import make_config as _make_config
+from support.drills import ROW_PROPERTY, DrillRow, render_table, table_path
 from support.mounting import tmpfs
 
 
@@ -87,3 +88,32 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("mounting a tmpfs needs root")
     with tmpfs(tmp_path / "tiny", "1m") as disk:
         yield disk
+
+
+
+class DrillTable:
+    """Collects each drill's row (tests/drills/conftest.py), from this process or from an
+    xdist worker, and prints them as one table at the end, also written to a file."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.rows: list[DrillRow] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name == ROW_PROPERTY and isinstance(value, dict):
+                self.rows.append(DrillRow(**value))
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not self.rows:
+            return
+        table = render_table(self.rows)
+        path = table_path(Path(self.config.rootpath))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(table)
+        terminalreporter.section(f"drills: {len(self.rows)} (table also in {path})")
+        terminalreporter.write(table)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(DrillTable(config), "modelfs-drill-table")

@@ -24,6 +24,7 @@ import pytest
 from modelfs.host.health import Health, probe
 from modelfs.host.meminfo import MEMORY_ENV
 from support import FaultProxy, SeaweedServer, method_is
+from support.marks import page_cache
 from support.mounting import MODELFS, Mounted, MountEnv, drop_page_cache, is_mounted, run_cli
 from support.pagecache import resident_pages
 
@@ -66,6 +67,7 @@ def read_file(path: Path) -> bytes:
     return path.read_bytes()
 
 
+@page_cache
 def test_sequential_random_and_concurrent_reads_are_exact(env: Env, blob64: bytes) -> None:
     env.put("models/blob.dat", blob64)
     with env.mount():
@@ -139,6 +141,7 @@ def test_prefix_mount_shows_only_the_prefix(env: Env) -> None:
         assert (env.mountpoint / "models" / "model.pt").read_bytes() == b"v23"
 
 
+@page_cache
 def test_second_read_after_remount_does_not_get_again(env: Env, blob64: bytes) -> None:
     env.put("model.safetensors", blob64[: 20 * MiB])
     with env.mount():
@@ -151,6 +154,7 @@ def test_second_read_after_remount_does_not_get_again(env: Env, blob64: bytes) -
     assert env.gets("model.safetensors") == first_gets
 
 
+@page_cache
 def test_cached_files_read_back_with_the_server_stopped(env: Env, blob64: bytes) -> None:
     env.put("m.bin", blob64[: 16 * MiB])
     with env.mount("--dir-cache-time", "10m"):
@@ -164,6 +168,7 @@ def test_cached_files_read_back_with_the_server_stopped(env: Env, blob64: bytes)
             env.seaweed.start()
 
 
+@page_cache
 def test_corrupt_block_is_detected_and_refetched(env: Env, blob64: bytes) -> None:
     env.put("c.bin", blob64[: 4 * MiB])
     with env.mount() as mounted:
@@ -273,6 +278,7 @@ def settled_reads(mounted: Mounted) -> int:
     return int(reads)
 
 
+@page_cache
 def test_keep_cache_serves_a_reopen_from_the_kernel(env: Env) -> None:
     data = os.urandom(8 * MiB)
     env.put("k.bin", data)
@@ -284,6 +290,7 @@ def test_keep_cache_serves_a_reopen_from_the_kernel(env: Env) -> None:
         assert mounted.status()["fs"]["reads"] == reads  # nothing reached modelfs
 
 
+@page_cache
 def test_status_says_what_the_mount_read_fetched_and_holds(env: Env) -> None:
     data = os.urandom(8 * MiB)
     env.put("s.bin", data)
@@ -378,6 +385,7 @@ def mostly(size: int) -> int:
     return size // mmap.PAGESIZE * 9 // 10
 
 
+@page_cache
 def test_drop_behind_leaves_little_page_cache_behind_a_huge_files_reader(env: Env) -> None:
     data = random.Random(5).randbytes(128 * MiB)
     env.put("huge.bin", data)
@@ -397,6 +405,7 @@ def test_drop_behind_leaves_little_page_cache_behind_a_huge_files_reader(env: En
         assert run_cli("unmount", env.mountpoint).returncode == 0
 
 
+@page_cache
 def test_drop_behind_keeps_pages_a_process_has_mapped(env: Env) -> None:
     data = random.Random(6).randbytes(128 * MiB)
     env.put("huge.bin", data)
@@ -416,6 +425,7 @@ def test_drop_behind_keeps_pages_a_process_has_mapped(env: Env) -> None:
             assert mapped[:] == data
 
 
+@page_cache
 def test_without_drop_behind_a_read_file_stays_in_the_page_cache(env: Env) -> None:
     data = random.Random(7).randbytes(128 * MiB)
     env.put("huge.bin", data)
@@ -427,6 +437,7 @@ def test_without_drop_behind_a_read_file_stays_in_the_page_cache(env: Env) -> No
         assert mounted.status()["fs"]["dropped_behind"] == 0
 
 
+@page_cache
 def test_drop_behind_auto_keeps_the_page_cache_with_memory_to_spare(env: Env) -> None:
     """The default (`auto`) on a machine with memory to spare: a file read once stays in the
     page cache, and a second read is answered by the kernel without a single FUSE read."""
@@ -444,6 +455,7 @@ def test_drop_behind_auto_keeps_the_page_cache_with_memory_to_spare(env: Env) ->
         assert after["bytes_read"] == before["bytes_read"]  # nothing reached the mount
 
 
+@page_cache
 def test_drop_behind_auto_drops_when_memory_is_short(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:

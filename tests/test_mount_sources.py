@@ -25,6 +25,7 @@ from support import (
     SECRET_KEY,
     SITE_ARGS,
     FaultProxy,
+    ProxyRequest,
     SeaweedServer,
     make_config,
     remote_mount_commands,
@@ -153,7 +154,17 @@ def test_a_site_that_is_down_sends_reads_to_the_origin(fleet: Fleet) -> None:
 def test_a_site_that_dies_mid_file_hands_the_rest_to_the_origin(fleet: Fleet) -> None:
     data = random.Random(3).randbytes(24 * MiB)
     fleet.put("m/model.bin", data)
-    fleet.site_proxy.reset_next(after_bytes=3 * MiB, times=None)  # every site GET breaks
+    # The site answers its first GET in full, dies 1 MiB into its second (that connection is
+    # reset), and refuses every request after it, so no retry on the site can finish a read.
+    numbers: dict[int, int] = {}  # id(request) -> its place among the site's GETs of the file
+
+    def nth_get(request: ProxyRequest) -> int:
+        if request.method != "GET" or "m/model.bin" not in request.path:
+            return 0
+        return numbers.setdefault(id(request), len(numbers) + 1)
+
+    dying = fleet.site_proxy.reset_next(after_bytes=MiB, match=lambda r: nth_get(r) == 2)
+    fleet.site_proxy.reset_next(after_bytes=None, times=None, match=lambda _: not dying.remaining)
     with fleet.mount("--read-only") as mounted:
         assert digest((mounted.mountpoint / "m" / "model.bin").read_bytes()) == digest(data)
         counts = status_sources(mounted)

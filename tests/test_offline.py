@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from support import FaultProxy, SeaweedServer
+from support.marks import page_cache
 from support.metrics import free_port, gauge
 from support.mounting import Mounted, MountEnv, drop_page_cache, run_cli
 
@@ -68,6 +69,7 @@ def log_lines(env: MountEnv, text: str) -> list[str]:
     ]
 
 
+@page_cache
 def test_a_read_tree_is_served_while_the_store_is_down_past_the_ttl(env: MountEnv) -> None:
     port = free_port()
     with env.mount("--dir-cache-time", TTL, "--metrics", f"127.0.0.1:{port}") as mounted:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from support import FaultProxy, SeaweedServer, path_contains
+from support.marks import page_cache
 from support.mounting import MODELFS, MountEnv, drop_page_cache, run_cli
 from test_metrics import free_port, scrape, value
 from test_run_e2e import Setup
@@ -92,6 +93,7 @@ def test_warm_fetches_a_directory_and_reads_then_cost_no_get(env: Env) -> None:
         assert cache_of(env)["pinned_bytes"] == 0
 
 
+@page_cache
 def test_pins_outlive_eviction_and_a_restart_and_unpin_releases_them(env: Env) -> None:
     pinned, others = data(6 * MiB, 3), [data(8 * MiB, 10 + i) for i in range(3)]
     env.put("models/pinned.bin", pinned)

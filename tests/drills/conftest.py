@@ -2,24 +2,23 @@
 
 Every drill is a test marked `@pytest.mark.drill("its name", limit=SECONDS)`; `pytest -m drill`
 (or `scripts/drills.sh`) runs them all. The `drill` fixture hands the test a `support.drills.Drill`
-named and limited by that marker and keeps its row when the test ends, passed or not; at the
-end of the run the rows are printed as one table and written to $DRILL_TABLE (default
-.drills/last.md). A drill asserts its own numbers (`Drill.finish`), so a wrong byte, a lost
-acknowledged write or a stall past its limit is a failing test, and pytest's exit status says so.
+named and limited by that marker and keeps its row when the test ends, passed or not; the row
+travels in the test's teardown report (`user_properties`), so that the session that prints the
+table (tests/conftest.py) has it whether the drill ran in this process or in a pytest-xdist
+worker. A drill asserts its own numbers (`Drill.finish`), so a wrong byte, a lost acknowledged
+write or a stall past its limit is a failing test, and pytest's exit status says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator, Iterator
-from pathlib import Path
 
 import pytest
 
-from support.drills import Drill, DrillRow, render_table, table_path
+from support.drills import ROW_PROPERTY, Drill, DrillRow
 
-ROWS = pytest.StashKey[list[DrillRow]]()
-
-
+ROW = pytest.StashKey[DrillRow]()
 OUTCOME = pytest.StashKey[str]()
 
 
@@ -31,14 +30,15 @@ def drill(request: pytest.FixtureRequest) -> Iterator[Drill]:
     recorder = Drill(DrillRow(str(marker.args[0]), float(marker.kwargs["limit"])))
     yield recorder
     recorder.row.outcome = request.node.stash.get(OUTCOME, "FAILED")
-    request.config.stash.setdefault(ROWS, []).append(recorder.row)
+    request.node.stash[ROW] = recorder.row
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Keep how the test itself ended, for its row (read by `drill` at teardown)."""
+    """Keep how the test itself ended, for its row (read by `drill` at teardown), and hand
+    the finished row on in the teardown report."""
     report = yield
     if report.when == "call" or report.outcome != "passed":
         if hasattr(report, "wasxfail"):
@@ -46,18 +46,6 @@ def pytest_runtest_makereport(
         else:
             outcome = "passed" if report.passed else "FAILED"
         item.stash.setdefault(OUTCOME, outcome)
+    if report.when == "teardown" and ROW in item.stash:
+        report.user_properties.append((ROW_PROPERTY, dataclasses.asdict(item.stash[ROW])))
     return report
-
-
-def pytest_terminal_summary(
-    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
-) -> None:
-    rows = config.stash.get(ROWS, [])
-    if not rows:
-        return
-    table = render_table(rows)
-    path = table_path(Path(config.rootpath))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(table)
-    terminalreporter.section(f"drills: {len(rows)} (table also in {path})")
-    terminalreporter.write(table)

@@ -22,6 +22,7 @@ from modelfs.store.health import PROBE_INTERVAL
 from modelfs.store.s3 import PROBE_TIMEOUT
 from support import SeaweedServer, make_config, unique_bucket_name
 from support.drills import Drill
+from support.marks import page_cache
 from support.mounting import MountEnv, drop_page_cache, is_mounted, run_cli
 from support.outage import Outage
 from support.sharedmount import MiB, payload
@@ -149,6 +150,7 @@ def test_the_store_down_at_mount_time_with_a_snapshot(
     drill.finish()
 
 
+@page_cache
 @pytest.mark.drill("store down longer than the TTL during reads", limit=REFUSED_READ_LIMIT)
 def test_the_store_down_longer_than_the_ttl(drill: Drill, served: Served) -> None:
     """A file read once is in the block cache: with the store gone for several TTLs, an app

@@ -22,8 +22,9 @@ What counts as acknowledged depends on the promise the call makes, and each dril
 it counts: by default a `write()` followed by a successful `close()` (write-back keeps a closed
 file across kill -9); across a power loss, only what `fsync()` confirmed.
 
-`DrillRow`s are collected in the pytest config's stash; `render_table` makes the one Markdown
-table that `tests/drills/conftest.py` prints at the end of the run and writes to a file.
+A `DrillRow` reaches the session as a property of its test's teardown report (`ROW_PROPERTY`,
+also from pytest-xdist workers); `render_table` makes the one Markdown table that
+`tests/conftest.py` prints at the end of the run and writes to a file.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 READ_CHUNK = 1 << 20  # what a model loader asks for per read()
+ROW_PROPERTY = "drill_row"  # the name of a drill's row among its report's user_properties
 
 HEADER = (
     "drill",
