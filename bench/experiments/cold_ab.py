@@ -1,18 +1,22 @@
-"""Cold `dd` through fresh mounts of several source trees, interleaved: CPU-s per GiB by thread.
+"""Cold reads through fresh mounts of several source trees, interleaved: mount CPU by thread.
 
-    python bench/experiments/cold_ab.py LABEL=SRC[:OPTIONS] LABEL=SRC[:OPTIONS] ...
+    python bench/experiments/cold_ab.py LABEL=SRC[:WORDS] LABEL=SRC[:WORDS] ...
 
-Each variant is a `src/` directory (PYTHONPATH of its `python -m modelfs`) and optional mount
-options (space-separated, after a colon), or `s3fs` (s3fs-fuse with a cache directory, as
-bench/mounters.py mounts it). Every repeat runs every variant once, in turn, each
-on a fresh mount with an empty cache after `drop_caches`, so a slow patch of a shared machine
-hits every variant alike. Prints, per read: MB/s, the mount's CPU seconds per GiB (utime +
-stime from /proc/<pid>/stat) split by thread role (event loop, GET streams, cache writers),
-and the server's; then per variant the range over the repeats. Env: SIZE_MB (1024), REPS (3),
-KEY (big.dat; a model suffix such as big.bin also starts the whole-object fetch), WORKLOAD
-(dd, or fio128 / fio4: `fio` random reads of 128 or 4 KiB for FIO_S seconds, default 5; the
-first column is then its MB/s or IOPS, and CPU is per GiB of the object). Starts its
-own SeaweedFS. Run as root, with py-spy on the PATH (it names the threads).
+Each variant is a `src/` directory (PYTHONPATH of its `python -m modelfs`) with optional mount
+options and NAME=VALUE environment variables (space-separated words after a colon), or `s3fs`
+(s3fs-fuse with a cache directory, as bench/mounters.py mounts it). Every repeat runs every
+variant once, in turn, each on a fresh mount with an empty cache after `drop_caches`, so a slow
+patch of a shared machine hits every variant alike. Prints per run the workload's figure, the
+mount's CPU seconds (utime + stime from /proc/<pid>/stat) split by thread role (event loop, GET
+streams, cache writers) and the server's, then per variant the range over the repeats.
+Env: SIZE_MB (1024), REPS (3), KEY (big.dat; a model suffix such as big.bin also starts the
+whole-object fetch), WORKLOAD:
+- dd (default): `dd bs=1M` of the object; MB/s, CPU-s per GiB;
+- fio128 / fio4: `fio` random reads of 128 or 4 KiB for FIO_S seconds (5); MB/s or IOPS, CPU-s
+  per GiB of the object;
+- tree: `ls -lR` and a read of each of 2,000 small files under tree/; ms, CPU-s of the run;
+- ls: the `ls -lR` alone.
+Starts its own SeaweedFS. Run as root, with py-spy on the PATH (it names the threads).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -33,6 +38,7 @@ from cold_profile import python_threads_of
 SIZE = int(os.environ.get("SIZE_MB", "1024")) << 20
 REPS = int(os.environ.get("REPS", "3"))
 KEY = os.environ.get("KEY", "big.dat")
+TREE_FILES = 2000
 WORKLOAD = os.environ.get("WORKLOAD", "dd")
 FIO_S = int(os.environ.get("FIO_S", "5"))
 GIB = 1 << 30
@@ -124,15 +130,25 @@ def one_read(mountpoint: Path, server_pid: int) -> dict[str, float]:
     start = time.perf_counter()
     if WORKLOAD.startswith("fio"):
         rate = fio(path)
+    elif WORKLOAD in ("tree", "ls"):
+        tree = mountpoint / "tree"
+        subprocess.run(["sh", "-c", 'exec ls -lR "$0" > /dev/null', str(tree)], check=True)
+        for directory, _, names in os.walk(tree) if WORKLOAD == "tree" else ():
+            for name in names:
+                with open(os.path.join(directory, name), "rb", buffering=0) as file:
+                    while file.read(1 << 20):
+                        pass
     else:
         dd = ["dd", f"if={path}", "of=/dev/null", "bs=1M"]
         subprocess.run(dd, capture_output=True, check=True)
     wall = time.perf_counter() - start
-    if not WORKLOAD.startswith("fio"):
+    if WORKLOAD in ("tree", "ls"):
+        rate = wall * 1e3  # ms for the listing (and every file)
+    elif not WORKLOAD.startswith("fio"):
         rate = SIZE / wall / 1e6
     threads1 = thread_cpu(pid)
     roles = roles_of(pid) if "s3fs" not in Path(f"/proc/{pid}/comm").read_text() else {}
-    per_gib = GIB / SIZE
+    per_gib = 1.0 if WORKLOAD in ("tree", "ls") else GIB / SIZE
     figures = {
         "MB/s": rate,
         "mount": (cpu_seconds(pid) - mount0) * per_gib,
@@ -154,17 +170,30 @@ def shown(figures: dict[str, float]) -> str:
     )
 
 
+def put_tree(server: SeaweedServer) -> None:
+    """TREE_FILES small files (256 B - 64 KiB, log-uniform) in 10 directories under tree/."""
+    client, rng = server.client(), random.Random(3)
+    for number in range(TREE_FILES):
+        size = int(256 * 256 ** rng.random())
+        key = f"tree/d{number % 10:02}/f{number:04}.bin"
+        client.put_object(Bucket="perf", Key=key, Body=rng.randbytes(size))
+
+
 def main(argv: list[str]) -> int:
     variants = []
     for spec in argv[1:]:
         label, _, rest = spec.partition("=")
-        src, _, options = rest.partition(":")
-        variants.append((label, os.path.abspath(src), options.split()))
-    results: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in variants}
+        src, _, words = rest.partition(":")
+        env = dict(word.split("=", 1) for word in words.split() if "=" in word)
+        options = [word for word in words.split() if "=" not in word]
+        variants.append((label, os.path.abspath(src), options, env))
+    results: dict[str, list[dict[str, float]]] = {label: [] for label, _, _, _ in variants}
     with serving(KEY, SIZE) as (server, work, remotes):
+        if WORKLOAD in ("tree", "ls"):
+            put_tree(server)
         for rep in range(REPS):
-            for label, src, options in variants:
-                env = {"PYTHONPATH": src}
+            for label, src, options, extra_env in variants:
+                env = {"PYTHONPATH": src, **extra_env}
                 mount = (
                     s3fs_mounted(server, work)
                     if src.endswith("/s3fs")

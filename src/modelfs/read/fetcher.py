@@ -10,6 +10,7 @@ Owns the in-flight table. Invariants:
   the slots a reader needs), and RAM for in-flight chunks comes from the `MemoryBudget`;
 - a GET may be abandoned (its reader seeked away); its unfinished blocks then fail with
   `Abandoned`, and anyone still waiting on them issues a demand GET of its own;
+- a reader's own GETs go first (`tickets.DemandFirst`): background GETs hold back meanwhile;
 - a reader does not wait for a block that a background GET (readahead, whole-object fetch)
   will reach only after `STEAL_DISTANCE` or more blocks: it takes the block over with a demand
   GET of its own (`_steal`), and the background GET reads past it. Each block has one owner,
@@ -40,7 +41,7 @@ from modelfs.cache.protocol import DataCache
 from modelfs.cache.writer import CacheWriter
 from modelfs.memory import MemoryBudget
 from modelfs.objects import ObjectId, ObjectInfo
-from modelfs.read.tickets import Abandoned, Claims, FetchTicket, Inflight
+from modelfs.read.tickets import Abandoned, Claims, DemandFirst, FetchTicket, Inflight
 from modelfs.store.protocol import RangeReads
 from modelfs.store.s3errors import error_code
 
@@ -81,6 +82,7 @@ class BlockFetcher:
         self._writer = CacheWriter(cache)
         self._inflight: dict[tuple[ObjectId, int], Inflight] = {}
         self._claims = Claims()
+        self._demand_first = DemandFirst()
         # Blocks now on disk, to drop from the in-flight table (appended by writer threads,
         # drained by the trio thread: deque appends and pops are atomic).
         self._written: collections.deque[tuple[ObjectId, int]] = collections.deque()
@@ -251,6 +253,7 @@ class BlockFetcher:
         self, info: ObjectInfo, ticket: FetchTicket, limiter: trio.CapacityLimiter
     ) -> None:
         error: BaseException = Abandoned()
+        self._demand_first.started(ticket)
         try:
             await trio.to_thread.run_sync(self._stream_run, info, ticket, limiter=limiter)
         except Exception as exc:
@@ -263,6 +266,7 @@ class BlockFetcher:
         finally:
             ticket.finished = True
             self._fail_unfinished(ticket, error)
+            self._demand_first.demote(ticket)
 
     def _stream_run(self, info: ObjectInfo, ticket: FetchTicket) -> None:
         """Worker thread: one ranged GET, published block by block."""
@@ -275,6 +279,7 @@ class BlockFetcher:
         chunks = iter(self._store.iter_range(info.id, start, end, size))
         try:
             for index, entry in enumerate(ticket.entries, ticket.first):
+                self._demand_first.hold_back(ticket)
                 ours = entry.owner is ticket  # else taken over: read past it
                 if ours and not self._budget.acquire(size, ticket.cancel):
                     raise Abandoned()
@@ -299,6 +304,7 @@ class BlockFetcher:
                     self._token.run_sync_soon(self._publish, info.id, index, data)
                     written = self._written_callback(info.id, index)
                     self._writer.submit(info.id, index, data, written)
+                    self._demand_first.demote(ticket)  # its reader has its block
                 if ticket.cancel.is_set():
                     self._abandoned += 1
                     raise Abandoned()

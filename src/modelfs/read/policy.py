@@ -36,6 +36,7 @@ from cachetools import TTLCache
 
 from modelfs.objects import ObjectId, ObjectInfo
 from modelfs.read import dropbehind, pagecache
+from modelfs.read.concurrency import AdaptiveLimit
 from modelfs.read.dropbehind import DropBehind
 from modelfs.read.fetcher import BlockFetcher
 from modelfs.read.pagecache import PageCacheAdvisor
@@ -51,7 +52,8 @@ MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".gguf", ".onn
 
 @dataclass(frozen=True, slots=True)
 class ReadOptions:
-    transfers: int = 16
+    transfers: int = 16  # background GETs at once at most (and a reader's own, apart)
+    adaptive_transfers: bool = False  # probe how many of them pay (see `concurrency`)
     part_size: int = 8 << 20  # one GET of readahead; 8 MiB amortises request latency
     readahead_max: int = 128 << 20  # 16 parts in flight at once
     model_suffixes: tuple[str, ...] = MODEL_SUFFIXES
@@ -94,7 +96,9 @@ Siblings = Callable[[str], Awaitable[Iterable[ObjectInfo]]]
 MemoryProbe = Callable[[int], int | None]
 """Bytes of memory a process (by pid) may still fill with page cache; None: unknown."""
 
+ADAPTIVE_MINIMUM = 4  # background GETs a probe starts from: a WAN link must not crawl at first
 MEMORY_TTL = 1.0  # seconds a process's memory figure is reused (asked at most per drop step)
+REFILL_INTERVAL = 1.0  # seconds between two fills of one version started by random reads
 
 
 class ReadPolicy:
@@ -121,6 +125,9 @@ class ReadPolicy:
         self._readers: dict[ObjectReader, OpenFile] = {}
         self._whole: dict[ObjectId, WholeObjectFetch] = {}
         self._filling: dict[ObjectId, trio.Event] = {}  # set when the fill under way ends
+        self._refilled: TTLCache[ObjectId, bool] = TTLCache(
+            maxsize=1024, ttl=REFILL_INTERVAL, timer=clock
+        )
         # Directories whose small files were fetched in one burst, forgotten with the listing.
         self._burst_dirs: TTLCache[str, bool] = TTLCache(
             maxsize=4096, ttl=max(options.burst_ttl, 1e-9), timer=clock
@@ -131,6 +138,15 @@ class ReadPolicy:
         """Run the fetcher and the background fetches until cancelled."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.fetcher.run)
+            if self.options.adaptive_transfers:
+                transfers = self.options.transfers
+                adaptive = AdaptiveLimit(
+                    self.fetcher.prefetch_limiter,
+                    lambda: self.fetcher.statistics().bytes_fetched,
+                    minimum=min(ADAPTIVE_MINIMUM, transfers),
+                    maximum=transfers,
+                )
+                nursery.start_soon(adaptive.run)
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
@@ -169,7 +185,11 @@ class ReadPolicy:
             drop=self._drop_behind_for(info, pid),
             request_drop=self._request_drop,
             verification=self.verifications.of(info.id),
+            on_random_read=self._refill,
+            pid=pid,
         )
+        whole = self._whole.get(info.id)
+        reader.whole_fetch = whole is not None and not whole.done.is_set()
         self._readers[reader] = file
         if options.prefetch_small and info.size <= options.small_file_max:
             await self._burst_small_siblings(directory, info)
@@ -289,6 +309,18 @@ class ReadPolicy:
                 filling.set()
 
         return fill
+
+    def _refill(self, reader: ObjectReader) -> None:
+        """A random read reached the mount: the page cache lacks that page. If the version
+        was fetched whole (and so filled), its pages were evicted or dropped since (an app's
+        own POSIX_FADV_DONTNEED, `drop_caches`): fill it again, at most once per
+        REFILL_INTERVAL, if memory allows (`_maybe_fetch_whole` decides)."""
+        info, file = reader.info, self._readers.get(reader)
+        fetch = self._whole.get(info.id)
+        if file is None or fetch is None or not fetch.done.is_set() or info.id in self._refilled:
+            return
+        self._refilled[info.id] = True
+        self._maybe_fetch_whole(info, file, reader.pid)
 
     def _drop_behind_for(self, info: ObjectInfo, pid: int) -> DropBehind | None:
         options = self.options

@@ -1,4 +1,5 @@
-"""The fetcher's GETs in flight and its blocks in flight: who owns (delivers) each block.
+"""The fetcher's GETs in flight and its blocks in flight: who owns (delivers) each block, and
+which GETs go first.
 
 A `FetchTicket` is one ranged GET of a run of consecutive blocks; each block it claimed has an
 `Inflight` entry in the fetcher's table, owned by the ticket until the ticket delivers it. A
@@ -20,6 +21,8 @@ from modelfs.objects import ObjectId
 # A reader takes over a block from a background GET still this many blocks away from it: one
 # block away, waiting costs less than a request of its own and the bytes read twice.
 STEAL_DISTANCE = 2
+# A background GET holds back its next block this long at most while a reader's own GET runs.
+DEMAND_FIRST = 0.05
 
 
 class Abandoned(Exception):
@@ -75,3 +78,38 @@ class Claims:
                 return None  # delivered meanwhile
             entry.owner = ticket
         return ticket
+
+
+class DemandFirst:
+    """A reader's own GET goes first until it delivers its first block (the one the reader
+    waits for): meanwhile background GETs hold back their next block (DEMAND_FIRST at most, so
+    they never starve), and the rest of its run is background like them (`demote`). A random
+    reader of a file being fetched whole otherwise waited behind a dozen streams for the GIL,
+    the server and the link."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # the count and the tickets' `prefetch` flags
+        self._running = 0
+        self._none = threading.Event()  # set while no demand GET waits for its first block
+        self._none.set()
+
+    def started(self, ticket: FetchTicket) -> None:
+        with self._lock:
+            if not ticket.prefetch:
+                self._running += 1
+                self._none.clear()
+
+    def demote(self, ticket: FetchTicket) -> None:
+        """`ticket` delivered its first block (or ended): it is background from now on."""
+        with self._lock:
+            if ticket.prefetch:
+                return
+            ticket.prefetch = True
+            self._running -= 1
+            if self._running == 0:
+                self._none.set()
+
+    def hold_back(self, ticket: FetchTicket) -> None:
+        """Worker thread, before each block of `ticket`'s stream."""
+        if ticket.prefetch:
+            self._none.wait(DEMAND_FIRST)
