@@ -26,21 +26,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import netns
 from baselines import S3Target
-from seaweed_support import find_weed
+from netns import ns_exec
+from seaweed_support import find_weed, seaweed
 from sysutil import (
     Cleanup,
     die_with_parent,
     log,
-    pid_alive,
     run,
     safe_rmtree,
     stop_popen,
@@ -51,10 +50,8 @@ _NS_PREFIX = "mfsbench"
 _VETH_PREFIX = "mfb"
 _SUBNET_SECOND_OCTET = 213  # 10.213.N.0/30: arbitrary private range, checked unused at start
 # Ports inside the namespace: it is empty, so the SeaweedFS defaults cannot clash.
-_S3_PORT = 8333
+_S3_PORT = 8333  # seaweed.DEFAULT_PORTS.s3
 _PROXY_PORT = 8334
-_WEED_PORTS = {"master": 9333, "volume": 8080, "filer": 8888, "admin": 23646}
-_METRICS_PORT = 9327
 _READY_TIMEOUT_S = 60.0
 _NETEM_LIMIT_PACKETS = 100_000  # default 1,000 would drop at 40 ms x multi-Gbit/s of ACKs+data
 
@@ -69,32 +66,6 @@ class WanProfile:
             f"{self.rtt_ms:.0f} ms RTT, "
             f"{self.per_connection_bytes_per_s / 1e6:.0f} MB/s per connection"
         )
-
-
-def _ns_exec(namespace: str, *cmd: str) -> list[str]:
-    return ["ip", "netns", "exec", namespace, *cmd]
-
-
-def remove_stale_namespaces() -> None:
-    """Namespaces (and their veths) of earlier runs whose benchmark process is gone."""
-    listing = run(["ip", "netns", "list"], check=False).stdout
-    for name in re.findall(rf"^({_NS_PREFIX}(\d+))\b", listing, re.MULTILINE):
-        namespace, pid = name
-        if pid_alive(int(pid)):
-            continue
-        log(f"removing stale namespace {namespace} of a dead benchmark run")
-        for leftover in run(["ip", "netns", "pids", namespace], check=False).stdout.split():
-            run(["kill", "-9", leftover], check=False)
-        run(["ip", "link", "del", f"{_VETH_PREFIX}{pid}c"], check=False)
-        run(["ip", "netns", "del", namespace], check=False)
-
-
-def _free_subnet() -> int:
-    used = run(["ip", "-4", "-o", "addr"], check=False).stdout
-    for third in range(1, 255):
-        if f" 10.{_SUBNET_SECOND_OCTET}.{third}." not in used:
-            return third
-    raise RuntimeError(f"no free 10.{_SUBNET_SECOND_OCTET}.N.0/30 subnet")
 
 
 class WanLink:
@@ -122,8 +93,8 @@ class WanLink:
     # -- link ----------------------------------------------------------------------------------
 
     def up(self) -> None:
-        remove_stale_namespaces()
-        third = _free_subnet()
+        netns.remove_stale(_NS_PREFIX, veth_of=_VETH_PREFIX + "{pid}c")
+        third = netns.free_subnet(_SUBNET_SECOND_OCTET)
         self._client_ip = f"10.{_SUBNET_SECOND_OCTET}.{third}.1"
         self._server_ip = f"10.{_SUBNET_SECOND_OCTET}.{third}.2"
         self._cleanup.push(f"delete namespace {self.namespace}", self._delete_namespace)
@@ -143,7 +114,7 @@ class WanLink:
             ["ip", "link", "set", self._server_veth, "netns", self.namespace],
             ["ip", "addr", "add", f"{self._client_ip}/30", "dev", self._client_veth],
             ["ip", "link", "set", self._client_veth, "up"],
-            _ns_exec(
+            ns_exec(
                 self.namespace,
                 "ip",
                 "addr",
@@ -152,17 +123,15 @@ class WanLink:
                 "dev",
                 self._server_veth,
             ),
-            _ns_exec(self.namespace, "ip", "link", "set", self._server_veth, "up"),
-            _ns_exec(self.namespace, "ip", "link", "set", "lo", "up"),
+            ns_exec(self.namespace, "ip", "link", "set", self._server_veth, "up"),
+            ns_exec(self.namespace, "ip", "link", "set", "lo", "up"),
         ]
         for step in steps:
             run(step)
         log(f"namespace {self.namespace}: {self._client_ip} <-> {self._server_ip}")
 
     def _delete_namespace(self) -> None:
-        pids = run(["ip", "netns", "pids", self.namespace], check=False).stdout.split()
-        for pid in pids:  # only ours: nothing else runs in a namespace we created
-            run(["kill", "-9", pid], check=False)
+        netns.kill_all(self.namespace, grace=0.0)  # only ours: nothing else runs there
         run(["ip", "link", "del", self._client_veth], check=False)
         run(["ip", "netns", "del", self.namespace], check=False)
 
@@ -175,39 +144,15 @@ class WanLink:
         self._cleanup.push(f"remove {data}", lambda: safe_rmtree(data))  # after weed stops
         identities = data / "identities.json"
         access, secret = self._keys
-        identities.write_text(
-            json.dumps(
-                {
-                    "identities": [
-                        {
-                            "name": "bench",
-                            "credentials": [{"accessKey": access, "secretKey": secret}],
-                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                        }
-                    ]
-                }
-            )
-        )
-        cmd = _ns_exec(
+        identities.write_text(json.dumps(seaweed().identities((access, secret))))
+        ports = seaweed().DEFAULT_PORTS
+        cmd = ns_exec(
             self.namespace,
-            find_weed(),
-            "mini",
-            f"-dir={data}",
-            f"-ip={self._server_ip}",
-            f"-ip.bind={self._server_ip}",
-            f"-s3.port={_S3_PORT}",
-            *(f"-{name}.port={port}" for name, port in _WEED_PORTS.items()),
-            f"-metricsPort={_METRICS_PORT}",
-            f"-s3.config={identities}",
-            "-webdav=false",
-            "-admin.ui=false",
-            "-master.telemetry=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
+            *seaweed().mini_command(find_weed(), data, self._server_ip, ports, identities),
         )
         self._spawn("weed mini (namespace)", cmd, data / "weed.log")
         target = S3Target(f"http://{self._server_ip}:{_S3_PORT}", "", access, secret)
-        if not wait_until(lambda: _lists_buckets(target), _READY_TIMEOUT_S, interval=0.2):
+        if not wait_until(target.answers, _READY_TIMEOUT_S, interval=0.2):
             raise RuntimeError(f"SeaweedFS in {self.namespace} not ready: see {data}/weed.log")
         return target
 
@@ -267,7 +212,7 @@ class WanLink:
             log(f"tc netem unavailable ({netem.stderr.strip()})")
             return False
         fq = run(
-            _ns_exec(
+            ns_exec(
                 self.namespace,
                 "tc",
                 "qdisc",
@@ -289,7 +234,7 @@ class WanLink:
 
     def _start_proxy(self) -> None:
         script = Path(__file__).with_name("wanproxy.py")
-        cmd = _ns_exec(
+        cmd = ns_exec(
             self.namespace,
             sys.executable,
             str(script),
@@ -313,12 +258,3 @@ def _accepts(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _lists_buckets(target: S3Target) -> bool:
-    try:
-        target.client(1).list_buckets()
-    except Exception:
-        time.sleep(0.1)
-        return False
-    return True

@@ -19,12 +19,19 @@ Model, per accepted connection (client = mounter, server = S3):
 * Flow control stands in for the TCP window: a direction holds at most `_HIGH_WATER` bytes in
   flight; above that it stops reading from its source until it drains below `_LOW_WATER`, and it
   also stops while the destination socket's own buffer is full.
-* Not modelled: slow start, loss, and any aggregate limit (fq maxrate has none either: only
-  the per-connection cap).
+* An uplink shared by every connection (`--total-rate`, the fleet simulation's): responses of
+  all connections also queue, in arrival order, on one FIFO `Link` of that rate, and while it
+  holds more than `_LINK_HIGH_WATER` bytes no connection reads more from its server.
+* Not modelled: slow start, loss, and fairness between connections beyond arrival order.
+* Counted (`--stats FILE`, JSON rewritten every `_STATS_INTERVAL_S` and at exit): the bytes
+  servers sent (`down`, the origin's egress), those of them dropped undelivered because their
+  client had gone (`dropped`), the bytes clients sent (`up`), and connections.
 
 Usage (foreground; SIGTERM/SIGINT end it):
     python wanproxy.py --listen 10.0.0.2:8334 --target 10.0.0.2:8333 --delay-ms 20 \
         --rate 10000000
+    python wanproxy.py --listen 10.0.0.2:8333 --target 10.0.0.2:8334 --delay-ms 20 \
+        --total-rate 25000000 --stats /tmp/egress.json
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
+import os
 import signal
 import sys
 
@@ -50,17 +59,63 @@ _CONNECT_TIMEOUT_S = 10.0
 # Queue markers: half-close (shutdown SHUT_WR) or close the sink, in order with the data.
 _EOF = "eof"
 _CLOSE = "close"
+# The shared uplink's queue, all connections together: a few bandwidth-delay products of a
+# 200 Mbit/s, 40 ms path (1 MB), so a new connection's first bytes do not wait behind seconds
+# of other connections' data, as they would behind per-connection windows.
+_LINK_HIGH_WATER = 4 * 1024 * 1024
+_LINK_LOW_WATER = 2 * 1024 * 1024
+_STATS_INTERVAL_S = 0.5
+
+
+class Link:
+    """An uplink every connection's responses share: FIFO at `rate` bytes/s, and counters."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self.busy_until = 0.0
+        self.queued = 0
+        self.down = 0  # bytes the servers sent
+        self.up = 0  # bytes the clients sent
+        self.dropped = 0  # of `down`: never delivered, their client had gone
+        self.connections = 0
+        self.waiting: set[DelayLine] = set()  # lines that stopped reading until it drains
+
+    def reserve(self, now: float, size: int) -> float:
+        """When `size` bytes pushed now leave the link."""
+        if self.rate:
+            self.busy_until = max(now, self.busy_until) + size / self.rate
+            return self.busy_until
+        return now
+
+    def drained(self) -> None:
+        if self.queued < _LINK_LOW_WATER:
+            for line in list(self.waiting):
+                line.update_flow()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "down": self.down,
+            "up": self.up,
+            "dropped": self.dropped,
+            "connections": self.connections,
+        }
 
 
 class DelayLine:
     """One direction of one connection: FIFO at `rate` bytes/s, then `delay` seconds."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, delay: float, rate: float | None, not_before: float
+        self,
+        loop: asyncio.AbstractEventLoop,
+        delay: float,
+        rate: float | None,
+        not_before: float,
+        link: Link | None = None,
     ) -> None:
         self._loop = loop
         self._delay = delay
         self._rate = rate
+        self._link = link  # responses only: the shared uplink
         self._busy_until = not_before
         self._queue: collections.deque[tuple[float, bytes | str]] = collections.deque()
         self._queued_bytes = 0
@@ -96,13 +151,24 @@ class DelayLine:
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._link is not None:
+            self._link.queued -= self._queued_bytes
+            self._link.dropped += self._queued_bytes
+            self._link.waiting.discard(self)
+            self._link.drained()
+        self._queued_bytes = 0
         self._queue.clear()
 
     def _enqueue(self, chunk: bytes | str) -> None:
+        if self.closed:
+            return  # its sink is gone: nothing queued here would ever leave (nor drain a link)
         now = self._loop.time()
         size = len(chunk) if isinstance(chunk, bytes) else 0
         wire_time = size / self._rate if self._rate else 0.0
         self._busy_until = max(now, self._busy_until) + wire_time
+        if self._link is not None:
+            self._busy_until = max(self._busy_until, self._link.reserve(now, size))
+            self._link.queued += size
         self._queue.append((self._busy_until + self._delay, chunk))
         self._queued_bytes += size
         if len(self._queue) == 1:
@@ -128,6 +194,8 @@ class DelayLine:
                 break
             batch.append(chunk)
             self._queued_bytes -= len(chunk)
+            if self._link is not None:
+                self._link.queued -= len(chunk)
         if batch and not self._sink.is_closing():
             self._sink.write(b"".join(batch))
         if marker and not self._sink.is_closing():
@@ -136,19 +204,34 @@ class DelayLine:
             else:
                 self._sink.close()
         self._update_source_flow()
+        if self._link is not None:
+            self._link.drained()
         self._reschedule()
+
+    def update_flow(self) -> None:
+        self._update_source_flow()
 
     def _update_source_flow(self) -> None:
         if self._source is None or self._source.is_closing():
             return
-        should_pause = self._sink_blocked or self._queued_bytes > _HIGH_WATER
-        should_resume = not self._sink_blocked and self._queued_bytes < _LOW_WATER
+        link = self._link
+        link_full = link is not None and link.queued > _LINK_HIGH_WATER
+        link_open = link is None or link.queued < _LINK_LOW_WATER
+        should_pause = self._sink_blocked or self._queued_bytes > _HIGH_WATER or link_full
+        should_resume = not self._sink_blocked and self._queued_bytes < _LOW_WATER and link_open
         if should_pause and not self._source_paused:
             self._source.pause_reading()
             self._source_paused = True
         elif should_resume and self._source_paused:
             self._source.resume_reading()
             self._source_paused = False
+        if link is not None:
+            # A paused line may wait for the link alone, with nothing of its own left to
+            # deliver (no timer of its own would wake it): the link's drain wakes every one.
+            if self._source_paused:
+                link.waiting.add(self)
+            else:
+                link.waiting.discard(self)
 
 
 class _Side(asyncio.Protocol):
@@ -184,20 +267,45 @@ class _Side(asyncio.Protocol):
         self.outbound.push_close()
 
 
+class _Counted(_Side):
+    """A side whose received bytes are counted on the link (`down`: it is the server's)."""
+
+    def __init__(self, outbound: DelayLine, inbound: DelayLine, link: Link, down: bool) -> None:
+        super().__init__(outbound, inbound)
+        self._link = link
+        self._down = down
+
+    def data_received(self, data: bytes) -> None:
+        if self._down:
+            self._link.down += len(data)
+        else:
+            self._link.up += len(data)
+        super().data_received(data)
+
+
 class WanProxy:
-    def __init__(self, target_host: str, target_port: int, delay: float, rate: float) -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        delay: float,
+        rate: float | None,
+        link: Link | None = None,
+    ) -> None:
         self._target = (target_host, target_port)
         self._delay = delay
         self._rate = rate
+        self.link = link or Link(None)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def accept(self) -> asyncio.Protocol:
         loop = asyncio.get_running_loop()
         accepted = loop.time()
+        self.link.connections += 1
         # Requests wait out the emulated handshake (one RTT) before their own one-way delay.
         to_server = DelayLine(loop, self._delay, None, not_before=accepted + 2 * self._delay)
-        to_client = DelayLine(loop, self._delay, self._rate, not_before=accepted)
-        client_side = _Side(outbound=to_server, inbound=to_client)
+        to_client = DelayLine(loop, self._delay, self._rate, not_before=accepted, link=self.link)
+        client_side = _Counted(to_server, to_client, self.link, down=False)
         task = loop.create_task(self._connect_upstream(client_side, to_server, to_client))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -207,7 +315,7 @@ class WanProxy:
         self, client_side: _Side, to_server: DelayLine, to_client: DelayLine
     ) -> None:
         loop = asyncio.get_running_loop()
-        server_side = _Side(outbound=to_client, inbound=to_server)
+        server_side = _Counted(to_client, to_server, self.link, down=True)
         try:
             await asyncio.wait_for(
                 loop.create_connection(lambda: server_side, *self._target), _CONNECT_TIMEOUT_S
@@ -228,22 +336,41 @@ def _split_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _write_stats(path: str, link: Link) -> None:
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as file:
+        json.dump(link.stats(), file)
+    os.replace(temporary, path)
+
+
+async def _report(path: str, link: Link) -> None:
+    while True:
+        _write_stats(path, link)
+        await asyncio.sleep(_STATS_INTERVAL_S)
+
+
 async def _serve(args: argparse.Namespace) -> None:
     listen_host, listen_port = _split_address(args.listen)
     target_host, target_port = _split_address(args.target)
-    proxy = WanProxy(target_host, target_port, args.delay_ms / 1000.0, args.rate)
+    link = Link(args.total_rate or None)
+    proxy = WanProxy(target_host, target_port, args.delay_ms / 1000.0, args.rate or None, link)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(proxy.accept, listen_host, listen_port, reuse_address=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reporter = loop.create_task(_report(args.stats, link)) if args.stats else None
     print(
         f"wanproxy: {args.listen} -> {args.target}, one-way delay {args.delay_ms} ms, "
-        f"{args.rate / 1e6:.1f} MB/s per connection",
+        f"{args.rate / 1e6:.1f} MB/s per connection (0: no cap), "
+        f"{args.total_rate / 1e6:.1f} MB/s in all (0: no cap)",
         flush=True,
     )
     async with server:
         await stop.wait()
+    if reporter is not None:
+        reporter.cancel()
+        _write_stats(args.stats, link)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,8 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", required=True, help="HOST:PORT of the real server")
     parser.add_argument("--delay-ms", type=float, required=True, help="one-way delay")
     parser.add_argument(
-        "--rate", type=float, required=True, help="server->client bytes/s per connection"
+        "--rate", type=float, default=0.0, help="server->client bytes/s per connection (0: none)"
     )
+    parser.add_argument(
+        "--total-rate", type=float, default=0.0, help="server->client bytes/s in all (0: none)"
+    )
+    parser.add_argument("--stats", metavar="FILE", help="write the byte counters here (JSON)")
     asyncio.run(_serve(parser.parse_args(argv)))
     return 0
 

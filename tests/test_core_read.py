@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -30,7 +31,7 @@ from modelfs.daemon.fuse_ops import FuseOperations
 from modelfs.daemon.warmup import warm_up as warm_up_mount
 from modelfs.errors import InvalidArgument, NotFound, ReadOnly, StaleObject
 from modelfs.memory import MemoryBudget
-from modelfs.objects import ObjectId, ObjectInfo
+from modelfs.objects import ListPage, ObjectId, ObjectInfo
 from modelfs.read import dropbehind, pagecache
 from modelfs.read.dropbehind import DropBehind
 from modelfs.read.fetcher import BlockFetcher
@@ -472,6 +473,43 @@ async def test_negative_lookups_are_cached_until_ttl(store: MemoryStore) -> None
         assert (await fs.lookup(ROOT_INODE, "missing.txt")).size == 8
         assert store.ops["list_page"] == 2
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("where", ["dir", "dir/sub"])
+async def test_a_listing_that_an_upload_overtook_is_not_cached(where: str) -> None:
+    """A LIST in flight while write-back uploads a key in it (and invalidates the directory)
+    may have seen the old version: it is sent again, never cached for the TTL (else an open
+    would ask for the old ETag, and get ESTALE, until the TTL runs out)."""
+    listed = threading.Event()
+    go_on = threading.Event()
+
+    class ListsThenWaits(MemoryStore):
+        def list_page(self, *args: Any, **kwargs: Any) -> ListPage:
+            page = super().list_page(*args, **kwargs)  # the bucket as it is now
+            if not listed.is_set():
+                listed.set()
+                go_on.wait(10)  # the answer still on its way
+            return page
+
+    store = ListsThenWaits()
+    old = store.put_bytes(f"{where}/app.log", b"old")
+    namespace = Namespace(store, "", ttl=60.0, limiter=trio.CapacityLimiter(4))
+    async with trio.open_nursery() as nursery:
+        found: list[ObjectInfo] = []
+
+        async def look() -> None:
+            listing = await namespace.listing("dir", subtree=True)
+            found.append(listing.files["app.log"] if where == "dir" else old)
+
+        nursery.start_soon(look)
+        await trio.to_thread.run_sync(listed.wait)
+        new = store.put_bytes(f"{where}/app.log", b"new, uploaded meanwhile")
+        namespace.uploaded(f"{where}/app.log", new)
+        go_on.set()
+    seen = (await namespace.listing(where)).files["app.log"]
+    assert seen.etag == new.etag
+    if where == "dir":
+        assert found[0].etag == new.etag
 
 
 async def test_listing_pages_through_many_keys() -> None:

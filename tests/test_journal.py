@@ -1,4 +1,5 @@
-"""The write-back journal and the staging helpers, on real files (no store, no trio).
+"""The write-back journal and the staging helpers, on real files (no store, no trio); one test
+runs the journal on the power-loss simulator (tests/support/lazyfs.py).
 
 The full-disk cases mount a tiny tmpfs (root only): as root, permissions cannot fake ENOSPC.
 """
@@ -6,6 +7,7 @@ The full-disk cases mount a tiny tmpfs (root only): as root, permissions cannot 
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,17 +17,20 @@ from hypothesis import strategies as st
 
 from fakes.memstore import md5_etag, multipart_etag
 from modelfs.errors import ConfigError, MountError, NoSpace
+from modelfs.host.locks import hold_lock
 from modelfs.store.etag import same_etag
 from modelfs.store.protocol import PendingUpload
-from modelfs.write.journal import RESERVE_NAME, Journal, JournalRow
+from modelfs.write.journal import JOURNAL_NAME, RESERVE_NAME, Journal, JournalRow, Synced
 from modelfs.write.staging import (
     S3_MAX_PARTS,
     StagingArea,
     content_etag,
     part_size_for,
     read_at,
+    take_over,
     write_at,
 )
+from support.lazydisk import LazyDisk
 
 MIB = 1 << 20
 
@@ -105,8 +110,67 @@ def test_a_root_keeps_its_identity(tmp_path: Path) -> None:
 
 def test_sync_makes_commits_durable_without_error(tmp_path: Path, journal: Journal) -> None:
     journal.insert(row("s1", "a"))
-    journal.sync()  # fsyncs the WAL and the database; a power loss cannot be simulated here
+    journal.sync()  # fsyncs the WAL, the database and their directory
     assert (tmp_path / "journal.sqlite3-wal").exists()
+
+
+@pytest.mark.mount
+def test_synced_commits_survive_a_power_loss_and_later_ones_may_not(tmp_path: Path) -> None:
+    """On the power-loss simulator (tests/support/lazyfs.py): what `sync` covered is there
+    after the power cut; a commit after it is lost (nothing synced it)."""
+    with LazyDisk(tmp_path / "disk", tmp_path / "lazy") as disk:
+        journal = Journal(disk.mountpoint)
+        journal.insert(row("s1", "a"))
+        journal.set_synced("s1", Synced(10, "digest"))
+        journal.sync()
+        journal.insert(row("s2", "b"))
+        disk.power_off("drop")
+        journal.close()
+        disk.power_on()
+        assert reopened_rows(disk.mountpoint) == [
+            JournalRow("s1", "a", None, None, 1000.0, synced=Synced(10, "digest"))
+        ]
+
+
+def test_the_synced_state_stays_with_the_staging_file(tmp_path: Path, journal: Journal) -> None:
+    journal.insert(row("s1", "a.tmp"))
+    journal.set_synced("s1", Synced(42, "d42"))
+    journal.move(JournalRow("s1", "a", "etag", None, 1000.0))  # a rename
+    journal.set_base("s1", "etag-2")  # an upload landed
+    assert reopened_rows(tmp_path) == [
+        JournalRow("s1", "a", "etag-2", None, 1000.0, synced=Synced(42, "d42"))
+    ]
+
+
+def test_the_boot_of_the_last_check_is_kept(tmp_path: Path, journal: Journal) -> None:
+    assert journal.boot() is None
+    journal.set_boot("boot-1")
+    journal.set_boot("boot-2")
+    other = Journal(tmp_path)
+    try:
+        assert other.boot() == "boot-2"
+    finally:
+        other.close()
+
+
+def test_a_journal_of_an_earlier_version_gets_the_new_columns(tmp_path: Path) -> None:
+    """Written before `ours` and the synced state: its rows read as never synced, with no
+    boot, so recovery checks them (and sets them aside: nothing says what was durable)."""
+    old = sqlite3.connect(tmp_path / JOURNAL_NAME)
+    old.executescript(
+        "CREATE TABLE dirty (staging TEXT PRIMARY KEY, key TEXT NOT NULL UNIQUE, base_etag TEXT,"
+        " upload_key TEXT, upload_id TEXT, since REAL NOT NULL);"
+        "INSERT INTO dirty VALUES ('s1', 'a', 'etag', NULL, NULL, 1000.0);"
+    )
+    old.close()
+    journal = Journal(tmp_path)
+    try:
+        assert journal.rows() == [row("s1", "a", "etag")]
+        assert journal.boot() is None
+        journal.set_synced("s1", Synced(1, "d"))
+        assert journal.rows()[0].synced == Synced(1, "d")
+    finally:
+        journal.close()
 
 
 # -- a full disk ---------------------------------------------------------------------------------
@@ -225,3 +289,34 @@ def test_etags_compare_without_quotes() -> None:
     assert same_etag('"abc"', "abc")
     assert not same_etag("abc", None)
     assert not same_etag("abc", "abd")
+
+
+def test_a_journal_of_the_old_identity_is_taken_over_by_its_bucket(tmp_path: Path) -> None:
+    """Journals used to belong to `REMOTE:BUCKET[/PREFIX]`; now to the cache root's
+    `ENDPOINT|BUCKET`, so a mount of another prefix of the bucket may take one over."""
+    Journal(tmp_path, identity="hub:models/v23").close()
+    Journal(tmp_path, identity="http://s3.lan|models").close()  # same bucket: taken over
+    Journal(tmp_path, identity="http://s3.lan|models").close()
+    with pytest.raises(ConfigError, match="models"):
+        Journal(tmp_path, identity="http://s3.lan|other")
+    (tmp_path / "b").mkdir()
+    Journal(tmp_path / "b", identity="hub:other/v1").close()  # an old journal of another bucket
+    with pytest.raises(ConfigError, match="hub:other/v1"):
+        Journal(tmp_path / "b", identity="http://s3.lan|models")
+
+
+def test_the_old_write_back_root_moves_whole_to_a_mounts_own(tmp_path: Path) -> None:
+    old, root = tmp_path / "writeback", tmp_path / "writeback-1234"
+    old.mkdir()
+    journal = Journal(old, identity="hub:models")
+    journal.insert(row("s1", "logs/a.log"))
+    journal.close()
+    held = hold_lock(old, "write-back root")  # an older modelfs still uses it: left alone
+    assert not take_over(old, root)
+    os.close(held)
+    assert take_over(old, root)
+    assert not old.exists()
+    moved = Journal(root, identity="http://s3.lan|models")
+    assert [r.key for r in moved.rows()] == ["logs/a.log"]
+    moved.close()
+    assert not take_over(old, root)  # nothing left to take over

@@ -8,44 +8,20 @@ store" is a count of zero, and signed links point at it (so their GETs are seen 
 from __future__ import annotations
 
 import errno
-import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from modelfs.pull.partfiles import PULL_DIR
 from support import SECRET_KEY, FaultProxy, SeaweedServer, make_config
-from support.mounting import MODELFS, run_cli
-
-MiB = 1 << 20
-TOKEN = "tok-" + "7" * 40
-
-
-@dataclass
-class Bucket:
-    seaweed: SeaweedServer
-    name: str
-    proxy: FaultProxy
-    config: Path
-    tmp: Path
-    files: dict[str, bytes] = field(default_factory=dict)
-
-    def put(self, key: str, data: bytes) -> None:
-        self.seaweed.client().put_object(Bucket=self.name, Key=key, Body=data)
-        self.files[key] = data
-
-    def cli(self, *args: str | Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        return run_cli("--config", self.config, *args, timeout=timeout)
+from support.linkserver import TOKEN, Bucket, LinkServer, MiB, follow, free_port, status_of
+from support.mounting import MODELFS
 
 
 @pytest.fixture
@@ -59,60 +35,6 @@ def store(seaweed: SeaweedServer, bucket: str, tmp_path: Path) -> Iterator[Bucke
         yield found
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class LinkServer:
-    """`modelfs serve` in a subprocess, stopped (SIGTERM) at the end."""
-
-    def __init__(self, store: Bucket, *options: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.tokens = store.tmp / "tokens"
-        self.access_log = store.tmp / "access.log"
-        command = [*MODELFS, "--config", str(store.config), "serve", f"a:{store.name}"]
-        command += ["--listen", f"127.0.0.1:{self.port}", "--access-log", str(self.access_log)]
-        self.process = subprocess.Popen(
-            [*command, *options], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"serve exited: {self.process.stderr.read()}")  # type: ignore[union-attr]
-            try:
-                if self.request("GET", "/healthz")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError("serve did not answer /healthz")
-
-    def request(
-        self, method: str, path: str, token: str | None = None, **headers: str
-    ) -> tuple[int, dict[str, str], bytes]:
-        """One request with the path sent exactly as given (no client normalisation)."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        try:
-            connection.putrequest(method, path, skip_accept_encoding=True)
-            for name, value in headers.items():
-                connection.putheader(name, value)
-            connection.endheaders()
-            response = connection.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            connection.close()
-
-    def stop(self) -> str:
-        self.process.send_signal(signal.SIGTERM)
-        _, stderr = self.process.communicate(timeout=20)
-        return stderr
-
-
 @pytest.fixture
 def served(store: Bucket) -> Iterator[LinkServer]:
     (store.tmp / "tokens").write_text(f"{TOKEN} alice\n# a comment\n")
@@ -121,22 +43,6 @@ def served(store: Bucket) -> Iterator[LinkServer]:
     yield server
     if server.process.poll() is None:
         server.stop()
-
-
-def follow(url: str, token: str | None = TOKEN) -> bytes:
-    request = urllib.request.Request(url)
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return bytes(answer.read())
-
-
-def status_of(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as answer:
-            return int(answer.status)
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 # -- presign ----------------------------------------------------------------------------------
@@ -387,13 +293,18 @@ def test_expired_links_of_a_manifest_url_are_renewed_by_fetching_it_again(
             stderr=subprocess.PIPE,
             text=True,
         )
-        deadline = time.monotonic() + 30
-        while not any(r.status == 206 for r in store.proxy.requests):
-            assert time.monotonic() < deadline
-            assert pull.poll() is None
-            time.sleep(0.02)
-        os.replace(week, site / "m.json")
-        _, stderr = pull.communicate(timeout=120)
+        try:  # the nightly job runs once the pull's first GET is in (answered 0.5 s later)
+            deadline = time.monotonic() + 60
+            while not store.proxy.requests:
+                assert time.monotonic() < deadline
+                assert pull.poll() is None
+                time.sleep(0.01)
+            os.replace(week, site / "m.json")
+            _, stderr = pull.communicate(timeout=120)
+        finally:
+            if pull.poll() is None:
+                pull.kill()
+            pull.communicate()
         assert pull.returncode == 0, stderr
         assert static.paths.count("/m.json") >= 2
     assert (dest / "big.bin").read_bytes() == big

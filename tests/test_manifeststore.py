@@ -13,7 +13,7 @@ import pytest
 from modelfs.errors import NotFound, ReadOnly, StoreUnavailable
 from modelfs.objects import ObjectId
 from modelfs.pull.manifeststore import ManifestStore, manifest_store
-from modelfs.pull.plan import SourceSettings
+from modelfs.store.sourcespec import SourceSettings
 from support.statichttp import StaticHttp
 
 FILES = {

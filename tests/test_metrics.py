@@ -17,24 +17,22 @@ import socket
 import subprocess
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from prometheus_client.parser import text_string_to_metric_families
 
 from modelfs.core.latency import LatencyHistogram
 from modelfs.daemon.metrics import is_loopback
 from modelfs.errors import AccessDenied, StoreUnavailable
 from modelfs.store.s3errors import error_code
 from support import FaultProxy, SeaweedServer, path_contains
+from support.metrics import free_port, scrape, value
 from support.mounting import MODELFS, MountEnv, is_mounted, run_cli
 
 MiB = 1 << 20
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 # -- without a mount ---------------------------------------------------------------------------
@@ -88,27 +86,6 @@ def env(
     make_config: Callable[..., Path],
 ) -> MountEnv:
     return MountEnv.create(seaweed, proxy, bucket, tmp_path, make_config)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def scrape(port: int) -> tuple[str, Samples]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return text, samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
 
 
 def settle(mountpoint: Path) -> None:

@@ -262,7 +262,7 @@ def test_install_unknown_section(tmp_path: Path, config_file: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip() == (
-        f"modelfs: error: no [mount:nope] or [run:nope] section in {config_file}"
+        f"modelfs: error: no [mount:nope], [run:nope] or [serve:nope] section in {config_file}"
     )
 
 

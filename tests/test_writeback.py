@@ -693,6 +693,40 @@ async def test_a_delete_denied_for_good_does_not_hold_a_drain_forever(
     assert store.keys() == ["new"]
 
 
+async def test_retry_failed_tries_what_failed_for_good_once_more_without_a_drain(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """New credentials (the daemon's store watch calls `retry_failed`): the uploads and the
+    deletes refused for good go out again on their own, once; what fails again stays held."""
+    store = make_store()
+    expired = AccessDenied("ExpiredToken")
+    denied_put, denied_delete = Outage("put_bytes", expired), Outage("delete", expired)
+
+    def refuse(op: str) -> None:
+        denied_put(op)
+        denied_delete(op)
+
+    async with running(make_engine(store, tmp_path, upload_delay=0.0)) as wb:
+        await write_file(wb, "old", b"x")
+        await wb.drain()
+        store.delay = refuse
+        await write_file(wb, "a", b"data")
+        await wb.rename("old", "new")
+        await trio.sleep(3600)
+        assert (denied_put.calls, denied_delete.calls) == (1, 1)
+        assert sorted(wb.statistics().failures) == ["a: ExpiredToken", "delete old: ExpiredToken"]
+        wb.retry_failed()  # the keys are still refused: one more try each, then held again
+        await trio.sleep(3600)
+        assert (denied_put.calls, denied_delete.calls) == (2, 2)
+        assert len(wb.statistics().failures) == 2
+        denied_put.error = denied_delete.error = None
+        wb.retry_failed()  # refreshed keys
+        await trio.sleep(60)
+        assert wb.statistics().failures == ()
+    assert store.data_of("a") == b"data"
+    assert store.keys() == ["a", "new"]
+
+
 async def test_a_failed_multipart_is_aborted(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -1273,14 +1307,14 @@ async def test_the_block_cache_gives_room_back_to_write_back_on_a_full_disk(
             make_engine(store, tiny_disk / "writeback", make_room=make_room, upload_delay=60.0)
         ) as wb:
             blocks = fill_with_blocks(cache)
-            handle = await wb.open("out.bin", None)
-            if not room:  # as before: ENOSPC, or a short write of what fit
-                try:
-                    written = wb.write(handle, 0, data)
+            if not room:  # as before: ENOSPC (at the open's journal row or the write), or
+                try:  # a short write of what fit
+                    written = wb.write(await wb.open("out.bin", None), 0, data)
                 except NoSpace:
                     written = 0
                 assert written < len(data)
                 return
+            handle = await wb.open("out.bin", None)
             assert wb.write(handle, 0, data) == len(data)
             appended = await wb.open("log.txt", base, append=True)  # a copy into staging
             assert wb.read(appended, 0, base.size) == store.data_of("log.txt")

@@ -279,7 +279,9 @@ CHILD = textwrap.dedent(
 
 
 def start_child(endpoint: str, bucket: str, root: Path, mode: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
+    # The child imports the modelfs the parent does (PYTHONPATH kept), and tests/ for support.
+    paths = [str(TESTS_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, endpoint, bucket, str(root), mode],
         stdout=subprocess.PIPE,

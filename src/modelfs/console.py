@@ -43,6 +43,10 @@ def error_line(message: str) -> None:
     print(f"modelfs: error: {message}", file=sys.stderr, flush=True)
 
 
+def warning_line(message: str) -> None:
+    print(f"modelfs: warning: {message}", file=sys.stderr, flush=True)
+
+
 def setup_logging(
     *,
     level: str = "INFO",

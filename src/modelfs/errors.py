@@ -63,6 +63,10 @@ class StoreUnavailable(ModelfsError):
     errno = _errno.EIO
 
 
+class StoreOffline(StoreUnavailable):
+    """The store is known to be unreachable: refused at once, without sending a request."""
+
+
 class Corrupt(ModelfsError):
     """Bytes that do not match what they must be (a manifest's sha256): never served."""
 

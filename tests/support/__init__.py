@@ -17,12 +17,21 @@ from pathlib import Path
 from modelfs.config.remote import RemoteConfig
 
 from .proxy import FaultProxy, ProxyRequest, method_is, path_contains
-from .seaweed import ACCESS_KEY, REGION, SECRET_KEY, SeaweedError, SeaweedServer
+from .seaweed import (
+    ACCESS_KEY,
+    REGION,
+    SECRET_KEY,
+    SITE_ARGS,
+    SeaweedError,
+    SeaweedServer,
+    remote_mount_commands,
+)
 
 __all__ = [
     "ACCESS_KEY",
     "REGION",
     "SECRET_KEY",
+    "SITE_ARGS",
     "FaultProxy",
     "ProxyRequest",
     "SeaweedError",
@@ -31,6 +40,7 @@ __all__ = [
     "method_is",
     "path_contains",
     "remote_config",
+    "remote_mount_commands",
     "unique_bucket_name",
 ]
 

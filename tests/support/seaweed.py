@@ -4,7 +4,7 @@
 directory with its own identities file, on ports nobody else uses:
 
     WORKDIR/
-    ├── identities.json   one admin identity (ACCESS_KEY / SECRET_KEY)
+    ├── identities.json   one admin identity (ACCESS_KEY / SECRET_KEY, or `set_keys`)
     ├── data/             SeaweedFS volumes and filer metadata (kept across stop/start)
     └── weed.log          server output; its tail is quoted when startup fails
 
@@ -13,6 +13,10 @@ chosen from 10000-22767, where both it and its gRPC twin stay below the kernel's
 range (32768+) and no outgoing connection can grab them. Several engineers run servers at
 once, so a clash is still possible: startup retries with fresh ports. `stop()` + `start()`
 reuse the SAME ports and data, so a test can take the server away and bring it back.
+
+Keys can be rotated live (`set_keys`): SeaweedFS re-reads its `-s3.config` file on SIGHUP
+(it never watches the file), and `set_keys` waits until the server answers with the new keys
+and refuses the dropped ones.
 
 The process is killed at interpreter exit (atexit) and, when started from the main thread,
 also when the parent dies (PR_SET_PDEATHSIG), so a crashed test run leaves no server behind.
@@ -43,6 +47,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import boto3
+import botocore.exceptions
 from botocore.config import Config
 
 if TYPE_CHECKING:
@@ -64,6 +69,27 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 _LIVE_SERVERS: weakref.WeakSet[SeaweedServer] = weakref.WeakSet()
 
+# A site cache (docs/fleet.md): without these a SeaweedFS refuses an origin on a loopback or
+# private address ("reject remote endpoint").
+SITE_ARGS = (
+    "-filer.allowUntrustedRemoteEndpoints",
+    "-s3.allowUntrustedRemoteEndpoints",
+    "-volume.allowUntrustedRemoteEndpoints",
+)
+
+
+def remote_mount_commands(
+    origin_endpoint: str, bucket: str, access_key: str, secret_key: str, name: str = "origin"
+) -> list[str]:
+    """The `weed shell` commands that make a site's bucket `bucket` a read-through cache of the
+    origin's bucket of that name (the recipe of docs/fleet.md)."""
+    return [
+        f"remote.configure -name={name} -type=s3 -s3.access_key={access_key}"
+        f" -s3.secret_key={secret_key} -s3.endpoint={origin_endpoint}"
+        f" -s3.region={REGION} -s3.force_path_style=true",
+        f"remote.mount -dir=/buckets/{bucket} -remote={name}/{bucket}",
+    ]
+
 
 class SeaweedError(RuntimeError):
     """The server could not be started (binary missing, ports, startup timeout)."""
@@ -77,6 +103,63 @@ class SeaweedPorts:
     s3: int
     admin: int
     metrics: int
+
+
+# A server alone in a network namespace (bench/wan.py, bench/fleet.py) takes the defaults.
+DEFAULT_PORTS = SeaweedPorts(
+    master=9333, volume=8080, filer=8888, s3=8333, admin=23646, metrics=9327
+)
+
+
+def identities(*keys: tuple[str, str]) -> dict[str, Any]:
+    """The `-s3.config` file's content: one identity that may do everything, with these
+    (access key, secret key) pairs."""
+    return {
+        "identities": [
+            {
+                "name": "modelfs-test",
+                "credentials": [
+                    {"accessKey": access, "secretKey": secret} for access, secret in keys
+                ],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+
+
+def mini_command(
+    weed: str,
+    data_dir: Path,
+    ip: str,
+    ports: SeaweedPorts,
+    s3_config: Path,
+    extra_args: tuple[str, ...] = (),
+) -> list[str]:
+    """`weed mini` serving S3 on ip:ports.s3 (bound to `ip` alone), its data in `data_dir`."""
+    return [
+        weed,
+        "mini",
+        f"-dir={data_dir}",
+        f"-ip={ip}",
+        f"-ip.bind={ip}",
+        f"-master.port={ports.master}",
+        f"-volume.port={ports.volume}",
+        f"-filer.port={ports.filer}",
+        f"-s3.port={ports.s3}",
+        f"-admin.port={ports.admin}",
+        f"-metricsPort={ports.metrics}",
+        f"-s3.config={s3_config}",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-master.telemetry=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",  # else a second server on this machine dies on its fixed port
+        # Every bucket gets its own volume, and by default the volume count is capped at
+        # free disk / volume size (~77 here), after which new buckets fail with
+        # InternalError. Volumes are sparse files, so a high cap costs nothing.
+        f"-volume.max={_MAX_VOLUMES}",
+        *extra_args,
+    ]
 
 
 def find_weed() -> str:
@@ -154,6 +237,7 @@ class SeaweedServer:
         self._ports: SeaweedPorts | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._admin: S3Client | None = None
+        self._keys: list[tuple[str, str]] = [(access_key, secret_key)]
 
     # -- addresses ---------------------------------------------------------------------------
 
@@ -256,6 +340,61 @@ class SeaweedServer:
         self._admin.create_bucket(Bucket=name)
         return name
 
+    def shell(self, *commands: str, timeout: float = 120.0) -> str:
+        """Run `weed shell` commands against this server; their output (raises on failure)."""
+        weed = self._weed or find_weed()
+        script = "\n".join([*commands, "exit"]) + "\n"
+        result = subprocess.run(
+            [
+                weed,
+                "shell",
+                f"-master=127.0.0.1:{self.ports.master}",
+                f"-filer=127.0.0.1:{self.ports.filer}",
+            ],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        output = result.stdout + result.stderr
+        if result.returncode != 0 or "error" in output.lower():
+            raise SeaweedError(f"weed shell {commands}: {output.strip()[-_LOG_TAIL_CHARS:]}")
+        return output
+
+    def set_keys(self, *keys: tuple[str, str], timeout: float = 30.0) -> None:
+        """Give the identity exactly these (access key, secret key) pairs, live (see the
+        module docstring); `client()` uses the first. Returns once the first pair works and
+        every pair dropped is refused."""
+        dropped = [pair for pair in self._keys if pair not in keys]
+        self._keys = list(keys)
+        self.access_key, self.secret_key = keys[0]
+        self._admin = None
+        self._write_identities()
+        os.kill(self.pid, signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while not (self._accepts(keys[0]) and not any(map(self._accepts, dropped))):
+            if time.monotonic() > deadline:
+                raise SeaweedError(f"SeaweedFS did not take the new keys in {timeout:.0f}s")
+            time.sleep(0.05)
+
+    def _accepts(self, pair: tuple[str, str]) -> bool:
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=pair[0],
+            aws_secret_access_key=pair[1],
+            region_name=REGION,
+            config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
+        )
+        try:
+            client.list_buckets()
+        except botocore.exceptions.ClientError:
+            return False
+        finally:
+            client.close()
+        return True
+
     def metrics(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
             text: str = response.read().decode()
@@ -287,42 +426,12 @@ class SeaweedServer:
     # -- internals ---------------------------------------------------------------------------
 
     def _write_identities(self) -> None:
-        identities = {
-            "identities": [
-                {
-                    "name": "modelfs-test",
-                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
-            ]
-        }
-        (self.workdir / "identities.json").write_text(json.dumps(identities))
+        text = json.dumps(identities(*self._keys))
+        (self.workdir / "identities.json").write_text(text)
 
     def _command(self, weed: str, ports: SeaweedPorts) -> list[str]:
-        return [
-            weed,
-            "mini",
-            f"-dir={self.data_dir}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            f"-master.port={ports.master}",
-            f"-volume.port={ports.volume}",
-            f"-filer.port={ports.filer}",
-            f"-s3.port={ports.s3}",
-            f"-admin.port={ports.admin}",
-            f"-metricsPort={ports.metrics}",
-            f"-s3.config={self.workdir / 'identities.json'}",
-            "-webdav=false",
-            "-admin.ui=false",
-            "-master.telemetry=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            # Every bucket gets its own volume, and by default the volume count is capped at
-            # free disk / volume size (~77 here), after which new buckets fail with
-            # InternalError. Volumes are sparse files, so a high cap costs nothing.
-            f"-volume.max={_MAX_VOLUMES}",
-            *self._extra_args,
-        ]
+        identities = self.workdir / "identities.json"
+        return mini_command(weed, self.data_dir, "127.0.0.1", ports, identities, self._extra_args)
 
     def _start_on(self, weed: str, ports: SeaweedPorts) -> None:
         self._wait_ports_free(ports)
@@ -409,18 +518,23 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=_STOP_TIMEOUT)
 
 
-_SAMPLE = re.compile(r"^SeaweedFS_s3_request_total\{(?P<labels>[^}]*)\}\s+(?P<value>\S+)$")
+_SAMPLE = re.compile(r"^(?P<name>\w+)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
-def _request_samples(metrics: str) -> list[tuple[dict[str, str], float]]:
-    samples = []
+def samples(metrics: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of metric `name` in a Prometheus text exposition: (labels, value)."""
+    found = []
     for line in metrics.splitlines():
         match = _SAMPLE.match(line)
-        if match:
-            labels = dict(_LABEL.findall(match["labels"]))
-            samples.append((labels, float(match["value"])))
-    return samples
+        if match and match["name"] == name:
+            labels = dict(_LABEL.findall(match["labels"] or ""))
+            found.append((labels, float(match["value"])))
+    return found
+
+
+def _request_samples(metrics: str) -> list[tuple[dict[str, str], float]]:
+    return samples(metrics, "SeaweedFS_s3_request_total")
 
 
 @atexit.register

@@ -5,7 +5,8 @@ Search order (the first that exists wins): `--config FILE`, `$MODELFS_CONFIG`,
 XDG_CONFIG_HOME defaults to `~/.config`. A file named explicitly (argument or environment) that
 does not exist is an error rather than a silent fall-through to another file. The format is
 rclone's INI (see `config.remote`): sections without ':' are remotes, `[run:NAME]` and
-`[mount:NAME]` belong to `modelfs run` (see `run.plan`).
+`[mount:NAME]` belong to `modelfs run` (see `run.plan`), `[serve:NAME]` to `modelfs serve`
+(see `links.commands`); `find_section` reads any of them.
 
 An app's own `modelfs.conf`, beside its start script, is read by `run` too (`project_config`):
 it holds run and mount sections only, never a remote (keys stay in the config file), and its
@@ -125,6 +126,25 @@ def lay_over(base: configparser.ConfigParser, top: configparser.ConfigParser) ->
                 base.set(section, key, value)
 
 
+def section_items(config: configparser.ConfigParser, section: str) -> dict[str, str]:
+    """The section's own keys (not DEFAULT's), normalized to dash form."""
+    return {
+        key.strip().lower().replace("_", "-"): value
+        for key, value in config.items(section, raw=True)
+        if key not in config.defaults()
+    }
+
+
+def find_section(config: configparser.ConfigParser, kind: str, name: str) -> dict[str, str]:
+    """The items of `[KIND:NAME]`, or a ConfigError naming the sections of that kind."""
+    section = f"{kind}:{name}"
+    if not config.has_section(section):
+        have = sorted(s for s in config.sections() if s.startswith(f"{kind}:"))
+        hint = f" (have: {', '.join(have)})" if have else ""
+        raise ConfigError(f"no [{section}] section in the config file{hint}")
+    return section_items(config, section)
+
+
 def write_section(path: Path, section: str, lines: Sequence[str]) -> bool:
     """Add `[section]` with `lines` to the file at `path` (created if missing), replacing a
     section of that name; the rest of the file is kept as written. True if one was replaced.
@@ -202,9 +222,16 @@ def new_parser() -> configparser.ConfigParser:
 
 def load_remotes(explicit: str | None) -> dict[str, RemoteConfig]:
     """Every remote section (name without ':') of the config, whatever its type."""
-    parser = load_config(explicit)
+    path = config_path(explicit)
+    return {} if path is None else remotes_in(path)
+
+
+def remotes_in(path: Path) -> dict[str, RemoteConfig]:
+    """Every remote section of the config file at `path`, each knowing its file."""
+    parser = read_file(path)
+    where = os.path.abspath(path)  # not resolved: a symlink swapped to new keys is followed
     return {
-        name: RemoteConfig.from_section(name, parser[name])
+        name: RemoteConfig.from_section(name, parser[name], config_file=where)
         for name in parser.sections()
         if ":" not in name
     }

@@ -177,6 +177,23 @@ MOUNT_OPTIONS: tuple[MountOption, ...] = (
         "(default auto)",
     ),
     _value(
+        "fill-timeout",
+        parse_duration,
+        "10m",
+        "DUR",
+        "with several sources, how long a read waits for a site cache to fetch a large file "
+        "from its origin, so the fleet behind it reads the file from the origin once "
+        "(docs/fleet.md; 0: never wait; default 10m)",
+    ),
+    _value(
+        "min-rate",
+        parse_size,
+        "0",
+        "SIZE",
+        "with several sources, bytes/s below which a read (over 10 s) moves to the next "
+        "source (default 0: no floor)",
+    ),
+    _value(
         "write-back", parse_duration, "5s", "DUR", "delay between close and upload (default 5s)"
     ),
     _value(
@@ -185,6 +202,15 @@ MOUNT_OPTIONS: tuple[MountOption, ...] = (
         "30s",
         "DUR",
         "upload files held open at least this often (default 30s)",
+    ),
+    _value(
+        "store-timeout",
+        parse_duration,
+        "60s",
+        "DUR",
+        "how long a request to the store may wait for an answer or its next bytes before it "
+        "is retried; a store that never answers fails a read after a few of these; with "
+        "several sources, the next one takes over (default 60s)",
     ),
     _value(
         "log-file",

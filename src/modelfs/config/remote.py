@@ -11,6 +11,8 @@ The config file is rclone's INI format, so an existing `rclone.conf` works uncha
     endpoint = https://s3.example.com     <- empty means AWS
     region = cn-wlcb
     ca_bundle = /etc/ssl/private-ca.pem   <- optional: the CAs HTTPS trusts, in every lane
+    sources = site:models, compshare:models   <- optional, for mounts: read from these first
+                                                 (`config.sourcelist`; rclone ignores it)
 
     [run:indextts]              <- sections with ':' belong to other modelfs commands
     [mount:models]
@@ -79,6 +81,10 @@ class RemoteConfig:
     region: str = ""
     env_auth: bool = False
     ca_bundle: str = ""  # a PEM file of the CAs HTTPS trusts; "": AWS_CA_BUNDLE, ..., botocore's
+    sources: tuple[str, ...] = ()  # the `sources` key, as written (see `config.sourcelist`)
+    # The file the section was read from ("" if none): its keys are re-read from there when
+    # it changes (see `config.keys`). Not part of what a remote is.
+    config_file: str = field(default="", compare=False)
 
     @property
     def uses_default_credentials(self) -> bool:
@@ -86,7 +92,9 @@ class RemoteConfig:
         return self.env_auth or not self.access_key_id
 
     @classmethod
-    def from_section(cls, name: str, section: configparser.SectionProxy) -> RemoteConfig:
+    def from_section(
+        cls, name: str, section: configparser.SectionProxy, *, config_file: str = ""
+    ) -> RemoteConfig:
         endpoint = section.get("endpoint", "").strip()
         if endpoint and "://" not in endpoint:
             endpoint = f"https://{endpoint}"  # rclone accepts a bare host and means https
@@ -101,6 +109,10 @@ class RemoteConfig:
             region=section.get("region", "").strip(),
             ca_bundle=os.path.expanduser(section.get("ca_bundle", "").strip()),
             env_auth=parse_bool(section.get("env_auth", ""), f"[{name}] env_auth"),
+            sources=tuple(
+                word.strip() for word in section.get("sources", "").split(",") if word.strip()
+            ),
+            config_file=config_file,
         )
 
     def describe(self) -> str:
@@ -113,6 +125,7 @@ class RemoteConfig:
             ("endpoint", self.endpoint or "(AWS)"),
             ("region", self.region),
             ("ca_bundle", self.ca_bundle),
+            ("sources", ",".join(self.sources)),
         ):
             if value:
                 parts.append(f"{label}={value}")

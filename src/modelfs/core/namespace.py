@@ -5,7 +5,8 @@ recursive listings alike), the listing cache (`cachetools.TTLCache`, timer injec
 control time), and sharing one LIST among concurrent callers of the same directory. The cache
 is written on the trio thread only (cachetools caches are not thread safe): worker threads
 send the LIST requests and return what they found. Write-back tells it when a key it uploaded
-makes a cached listing stale (`uploaded`, `conflicted`).
+makes a cached listing stale (`uploaded`, `conflicted`); a LIST in flight at that moment may
+have missed the change, so it is sent again, and never cached if overtaken twice.
 
 Rules:
 - A listing is authoritative for its TTL: a name absent from it is a cached negative lookup.
@@ -13,6 +14,13 @@ Rules:
 - A name that is both an object and a prefix is shown as the directory (the file is shadowed,
   with a warning), because the directory may hold many files and the object is usually a marker.
 - Keys that cannot be paths are skipped (see `paths`).
+- When the store cannot be reached (`StoreUnavailable`: connection refused or reset,
+  timeouts, 5xx after retries, or the store known to be offline), a directory listed before
+  is served from its last known listing, however old; one never listed fails as the store
+  did. Refusals (403) and missing buckets are never answered this way. The last known
+  listings are kept for as many directories as the cache holds (least recently listed go
+  first), survive `invalidate`, and can be saved and restored (`known`, `restore`: the
+  mount's metadata snapshot).
 
 Reading a directory first asks for its whole subtree, without a delimiter, for at most
 `SUBTREE_PAGES` pages: model trees are small, and one request then answers every directory
@@ -27,13 +35,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import trio
 from cachetools import TTLCache
 
 from modelfs.core import paths
+from modelfs.errors import StoreUnavailable
 from modelfs.objects import ObjectInfo
 from modelfs.store.protocol import ObjectStore
 
@@ -57,6 +67,8 @@ class NamespaceStatistics:
     cached_dirs: int
     list_requests: int
     hits: int
+    known_dirs: int  # last known listings, served while the store cannot be reached
+    served_stale: int  # listings served that way
 
 
 @dataclass
@@ -64,6 +76,7 @@ class _Pending:
     done: trio.Event = field(default_factory=trio.Event)
     result: DirListing | None = None
     error: BaseException | None = None
+    overtaken: bool = False  # invalidated while its LIST was in flight
 
 
 class Namespace:
@@ -88,11 +101,18 @@ class Namespace:
             maxsize=_MAX_CACHED_DIRS, ttl=max(ttl, 1e-9), timer=clock
         )
         self._pending: dict[str, _Pending] = {}
+        self._known: OrderedDict[str, DirListing] = OrderedDict()  # least recently listed first
+        self.generation = 0  # counts changes of the last known listings
         self._list_requests = 0
         self._hits = 0
+        self._served_stale = 0
 
     def key_of(self, path: str) -> str:
         return self._prefix + path
+
+    def path_of(self, key: str) -> str | None:
+        """The path of `key` in the mount, or None if it is not under the mount's prefix."""
+        return key[len(self._prefix) :] if key.startswith(self._prefix) else None
 
     def dir_prefix(self, path: str) -> str:
         return self._prefix + path + "/" if path else self._prefix
@@ -128,15 +148,28 @@ class Namespace:
     async def _fetch(self, path: str, subtree: bool) -> DirListing:
         pending = self._pending[path] = _Pending()
         try:
-            found, requests = await trio.to_thread.run_sync(
-                self._list_dir, path, subtree, limiter=self._limiter
-            )
-            self._list_requests += requests
-            if self._ttl > 0:
+            for _ in range(2):  # again if a change overtook the LIST: it may have missed it
+                pending.overtaken = False
+                try:
+                    found, requests = await trio.to_thread.run_sync(
+                        self._list_dir, path, subtree, limiter=self._limiter
+                    )
+                except StoreUnavailable:
+                    known = self._known.get(path)
+                    if known is None:
+                        raise
+                    self._served_stale += 1
+                    pending.result = known
+                    return known
+                self._list_requests += requests
+                if not pending.overtaken:
+                    break
+            if self._ttl > 0 and not pending.overtaken:
                 for directory, listing in found.items():
                     self._cache[directory] = listing
                 if subtree:
                     self._subtree_listed[path] = True
+            self._remember(found.items())
             pending.result = found[path]
             return found[path]
         except BaseException as exc:
@@ -194,9 +227,32 @@ class Namespace:
             if token is None:
                 return infos, prefixes, pages
 
+    def _remember(self, listings: Iterable[tuple[str, DirListing]]) -> None:
+        for directory, listing in listings:
+            self._known[directory] = listing
+            self._known.move_to_end(directory)
+        while len(self._known) > _MAX_CACHED_DIRS:
+            self._known.popitem(last=False)
+        self.generation += 1
+
+    def known(self) -> list[tuple[str, DirListing]]:
+        """The last known listing of every directory remembered, most recently listed last."""
+        return list(self._known.items())
+
+    def restore(self, listings: Iterable[tuple[str, DirListing]]) -> None:
+        """Take `listings` (a saved `known()`) as the last known ones: a mount that starts
+        without its store serves them. Not a change: nothing new to save."""
+        generation = self.generation
+        self._remember(listings)
+        self.generation = generation
+
     def invalidate(self, path: str) -> None:
+        """Forget the listing of `path`, and of every LIST in flight that covers it."""
         self._cache.pop(path, None)
         self._subtree_listed.pop(path, None)
+        for listed, pending in self._pending.items():
+            if listed == path or not listed or path.startswith(listed + "/"):
+                pending.overtaken = True
 
     # -- what write-back tells us (a `WriteBackListener`) --------------------------------------
 
@@ -209,12 +265,14 @@ class Namespace:
         self._invalidate_key(conflict_key)
 
     def _invalidate_key(self, key: str) -> None:
-        prefix = self._prefix
-        if key.startswith(prefix):
-            self.invalidate(paths.parent_of(key[len(prefix) :]))
+        path = self.path_of(key)
+        if path is not None:
+            self.invalidate(paths.parent_of(path))
 
     def statistics(self) -> NamespaceStatistics:
-        return NamespaceStatistics(len(self._cache), self._list_requests, self._hits)
+        return NamespaceStatistics(
+            len(self._cache), self._list_requests, self._hits, len(self._known), self._served_stale
+        )
 
 
 def _build_tree(

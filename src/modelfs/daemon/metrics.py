@@ -32,10 +32,18 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from modelfs.daemon.figures import MountFigures
 from modelfs.errors import MountError
+from modelfs.store.health import StoreState
 
 log = logging.getLogger(__name__)
 
 _PREFIX = "modelfs_"
+# (the `reason` label, `SourceList`'s counter)
+_FALLBACK_REASONS = (
+    ("failure", "failures"),
+    ("slow", "slow"),
+    ("missing", "missing"),
+    ("other_version", "other_version"),
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -53,6 +61,33 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(_PREFIX + name, doc, value=value)
+
+
+def _source_families(figures: MountFigures) -> list[Metric]:
+    """Per source of a mount that reads from several: bytes, and what each did not serve (a
+    read moved on: `failure`, `slow`; an object skipped: `missing`, `other_version`)."""
+    if figures.sources is None:
+        return []
+    read = CounterMetricFamily(
+        _PREFIX + "source_bytes", "Bytes read from each of the mount's sources", labels=["source"]
+    )
+    fallbacks = CounterMetricFamily(
+        _PREFIX + "source_fallbacks",
+        "Reads or objects a source did not serve, sent to the next source, by reason: failure "
+        "(down, an error, a stall), slow (below --min-rate), missing, other_version",
+        labels=["source", "reason"],
+    )
+    waits = CounterMetricFamily(
+        _PREFIX + "source_fetch_waits",
+        "Objects a source (a site cache) was waited for while it fetched them from its origin",
+        labels=["source"],
+    )
+    for name, counts in figures.sources.by_source.items():
+        read.add_metric([name], counts["bytes"])
+        waits.add_metric([name], counts["fetch_waits"])
+        for reason, counter in _FALLBACK_REASONS:
+            fallbacks.add_metric([name, reason], counts[counter])
+    return [read, fallbacks, waits]
 
 
 def families(figures: MountFigures) -> list[Metric]:
@@ -87,7 +122,12 @@ def families(figures: MountFigures) -> list[Metric]:
     return [
         info,
         _gauge("uptime_seconds", "Seconds since the mount started", figures.uptime),
-        _gauge("offline", "1 while the mount serves from its cache alone", int(figures.offline)),
+        _gauge("offline", "1 while the store cannot be reached", int(figures.offline)),
+        _gauge(
+            "credentials_refused",
+            "1 while the store refuses the mount's credentials",
+            int(figures.store.state == StoreState.REFUSED.value),
+        ),
         _counter("cache_hits", "Blocks read from the block cache", cache.hits),
         _counter("cache_misses", "Blocks not in the block cache", cache.misses),
         _counter("cache_evictions", "Blocks evicted (least recently used)", cache.evictions),
@@ -123,6 +163,7 @@ def families(figures: MountFigures) -> list[Metric]:
         _gauge("memory_in_use_bytes", "RAM held by data in flight", memory.in_use),
         _gauge("memory_limit_bytes", "The memory budget (--max-memory)", memory.limit),
         _gauge("memory_peak_bytes", "Most RAM data in flight has held", memory.peak),
+        *_source_families(figures),
     ]
 
 

@@ -4,18 +4,25 @@ Order of a mount:
 1. `preflight` (see there): every check that can fail, before anything is mounted.
    (Wiring that crosses layers is done here: on a full cache disk the writer asks for room,
    and the block cache gives blocks back; write/ never imports cache/.)
-2. `Mount` builds store -> cache -> fetcher -> read policy, namespace, writer -> filesystem
-   core -> FUSE adapter. The writer is the write-back engine, or on a read-only mount the
-   null writer that answers EROFS. Nothing is wired after construction.
+2. `Mount` builds store (guarded: its health is known, see `store.health`) -> cache ->
+   fetcher -> read policy, namespace, writer -> filesystem core -> FUSE adapter. The writer is
+   the write-back engine, or on a read-only mount the null writer that answers EROFS. A mount
+   whose store cannot be reached at mount time starts offline: its namespace holds the
+   metadata snapshot of its prefix, and its write-back engine is gated read-only until the
+   store answers (`daemon.storewatch`). Nothing is wired after construction.
 3. `serve` starts the `--metrics` server (a thread; failing to listen fails the mount before
    anything is mounted), mounts, then runs in one nursery: the read policy (GETs, whole-file
-   fetches), the writer's uploads, the mount-time warm-up, signal handling, and readiness;
-   the FUSE session runs until unmounted.
+   fetches), the writer's uploads, the store watch (probes, snapshots, uploads refused before
+   new keys), the mount-time warm-up, signal handling, and readiness; the control socket
+   answers `status`, `sync`, `warm` (`daemon.warm`) and `replay` (`daemon.replay`: a start
+   profile fetched ahead of `modelfs run`'s app, the start recorded); the FUSE session runs
+   until unmounted.
 4. Ready: once a stat of the mountpoint answers (from a worker thread: the stat goes through
    our own loop), the kernel readahead is raised, the control socket opens, READY=1 goes to
    systemd and the `--daemon` parent is told.
-5. SIGINT/SIGTERM (or `modelfs unmount`): STOPPING=1, leave the FUSE loop, upload everything
-   written (`drain`, with a progress line), close the writer, unmount, stop the metrics server.
+5. SIGINT/SIGTERM (or `modelfs unmount`): STOPPING=1, leave the FUSE loop, save the metadata
+   snapshot and a start profile being recorded, upload everything written (`drain`, with a
+   progress line), close the writer, unmount, stop the metrics server.
 What the mount reports (`status`, `/metrics`) is one `figures()` snapshot (`daemon.figures`).
 This module is the only owner of these lifecycles: nothing else starts, drains or closes them.
 """
@@ -43,10 +50,13 @@ from modelfs.core.namespace import Namespace
 from modelfs.daemon import control_server
 from modelfs.daemon.figures import MountFigures
 from modelfs.daemon.fuse_ops import FuseOperations
-from modelfs.daemon.preflight import preflight
+from modelfs.daemon.preflight import make_sources, preflight
+from modelfs.daemon.replay import Replays
 from modelfs.daemon.settings import MountConfig
+from modelfs.daemon.storewatch import StoreWatch, start_offline
+from modelfs.daemon.warm import Warmer
 from modelfs.daemon.warmup import warm_up
-from modelfs.errors import ModelfsError, NotFound, UploadFailed
+from modelfs.errors import ModelfsError, NotFound, StoreUnavailable, UploadFailed
 from modelfs.host import control, mountinfo, notify
 from modelfs.host.meminfo import available_memory
 from modelfs.memory import MemoryBudget, tune_malloc
@@ -57,10 +67,16 @@ from modelfs.read.fetcher import BlockFetcher
 from modelfs.read.pagecache import PageCacheAdvisor
 from modelfs.read.policy import ReadPolicy
 from modelfs.read.verify import Verifications
+from modelfs.store.guarded import GuardedStore
+from modelfs.store.health import StoreHealth
 from modelfs.store.protocol import ObjectStore
+from modelfs.store.s3 import S3Store
+from modelfs.store.sources import SourceStatistics
 from modelfs.write.engine import WriteBack
+from modelfs.write.gate import GatedWriter
 from modelfs.write.protocol import ReadOnlyWriter, Writer
 from modelfs.write.queue import WriteBackStatistics
+from modelfs.write.staging import take_over
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +97,23 @@ def fuse_options(config: MountConfig) -> set[str]:
     return options
 
 
+Ready = Callable[[str | None], None]
+"""Called once the mount answers, with a warning for the user (it started offline) or None."""
+
+
 class Mount:
     def __init__(
-        self, config: MountConfig, store: ObjectStore, on_ready: Callable[[], None]
+        self,
+        config: MountConfig,
+        unguarded: ObjectStore,
+        on_ready: Ready,
+        offline: StoreUnavailable | None = None,
     ) -> None:
         self.config = config
-        self.store = store
+        self.health = StoreHealth(offline=offline)
+        self.store = store = GuardedStore(unguarded, self.health)
         self._on_ready = on_ready
+        self.warning: str | None = None
         self.real_mountpoint = control.canonical_mountpoint(config.mountpoint)
         self.mount_id = control.mount_id(self.real_mountpoint)
         transfers = config.read.transfers
@@ -95,8 +121,17 @@ class Mount:
             config.cache_root() / "blocks", BLOCK_SIZE, config.cache_max_size
         )
         self.budget = MemoryBudget(config.max_memory)
+        # Reads from the sources in order (the primary alone by default); listings, the
+        # manifest and writes from the primary only.
+        self.sources = make_sources(config, store)
+        # Offline: the guard refuses at once, and nothing is verified (logged).
+        expectations = manifest_expectations(unguarded if offline is None else store, config.spec)
+        if self.sources is not None:
+            log.info("reading from %s", ", then ".join(s.name for s in self.sources.sources))
+            for key, (size, _) in expectations.items():
+                self.sources.verified(key, size)
         self.fetcher = BlockFetcher(
-            store,
+            self.sources or store,
             self.cache,
             demand_limiter=trio.CapacityLimiter(transfers),
             prefetch_limiter=trio.CapacityLimiter(transfers),
@@ -108,6 +143,11 @@ class Mount:
             ttl=config.fs.dir_cache_time,
             limiter=trio.CapacityLimiter(_LISTING_THREADS),
         )
+        snapshot = config.snapshot_file()
+        if offline is not None:
+            self.warning = start_offline(
+                self.namespace, snapshot, offline, config.source, read_only=config.read_only
+            )
         # Advice on the page cache (filled while memory is plentiful, dropped behind while
         # short) needs the mount's own path; `--drop-behind 0` keeps it as the kernel has it.
         advisor = None
@@ -119,13 +159,23 @@ class Mount:
             siblings=self._files_in,
             page_cache=advisor,
             memory=available_memory,
-            verifications=Verifications(manifest_expectations(store, config.spec)),
+            verifications=Verifications(expectations),
+        )
+        self.warmer = Warmer(self.namespace, self.reads, self.cache)
+        self.replays = Replays(
+            store,
+            self.namespace,
+            self.reads,
+            read_only=config.read_only,
+            max_bytes=config.cache_max_size // 2,  # a replay never churns the whole cache
         )
         self.writer: Writer = ReadOnlyWriter()
         if not config.read_only:
+            if take_over(config.cache_root() / "writeback", config.writeback_root()):
+                log.info("write-back: took over %s", config.cache_root() / "writeback")
             self.writer = WriteBack(
                 store,
-                config.cache_root() / "writeback",
+                config.writeback_root(),  # this mount's alone; the block cache is shared
                 upload_delay=config.write_back_delay,
                 flush_interval=config.flush_interval,
                 listener=self.namespace,
@@ -134,7 +184,14 @@ class Mount:
                 budget=self.budget,  # upload bodies count against --max-memory too
                 make_room=self._room_for_write_back,
             )
+        gate = None
+        if offline is not None and not config.read_only:
+            self.writer = gate = GatedWriter(self.writer)
         self.fs = Filesystem(self.namespace, self.reads, self.writer, config.fs)
+        keys = unguarded.session.keys_changes if isinstance(unguarded, S3Store) else None
+        self.watch = StoreWatch(
+            store, self.namespace, snapshot, self.writer, gate=gate, keys_changes=keys
+        )
         self.started = time.time()
 
     def _room_for_write_back(self, needed: int) -> int:
@@ -173,18 +230,21 @@ class Mount:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.reads.run)
+                await nursery.start(self.replays.run)
                 nursery.start_soon(self.writer.run)
+                nursery.start_soon(self.watch.run)
                 if self.config.warm_up:
                     nursery.start_soon(warm_up, self.namespace, self.fetcher)
                 nursery.start_soon(self._handle_signals)
                 nursery.start_soon(self._become_ready, nursery)
                 await pyfuse3.main()
+                await self.watch.save_now()
                 await self._drain_before_exit()
                 nursery.cancel_scope.cancel()
         finally:
             self.writer.close()
             notify.notify("STOPPING=1")
-            control.remove_state(self.mount_id)
+            control.remove_state(self.mount_id, pid=os.getpid())
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)
 
@@ -212,10 +272,12 @@ class Mount:
             },
         )
         notify.notify("READY=1", f"STATUS=serving {self.config.source} on {mountpoint}")
-        self._on_ready()
+        self._on_ready(self.warning)
 
     async def _drain_before_exit(self) -> None:
-        """Upload everything written before exiting, with a progress line while it takes."""
+        """Save a start being recorded, and upload everything written before exiting, with a
+        progress line while it takes."""
+        await self.replays.finish()
         pending = self.writer.statistics()
         if pending is None:
             return
@@ -236,8 +298,12 @@ class Mount:
         if pending.files or pending.deletes:
             log.info("all written files are in the bucket")
 
-    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _control(self, request: dict[str, Any], send: control_server.Send) -> dict[str, Any]:
         command = request.get("cmd")
+        if command == "warm":
+            return await self.warmer.handle(request, send)
+        if command == "replay":
+            return await self.replays.handle(request, send)
         if command == "status":
             return {"ok": True, **self.status()}
         if command == "sync":
@@ -277,7 +343,17 @@ class Mount:
             reads=self.reads.statistics(),
             read_latency=self.fs.read_latency.statistics(),
             writeback=self.writer.statistics(),
+            store=self.health.statistics(),
+            read_only=self.writer.read_only,
+            sources=self._source_statistics(),
         )
+
+    def _source_statistics(self) -> SourceStatistics | None:
+        """Bytes and fallbacks per source, for a mount of several (a manifest's: its own)."""
+        sources = self.sources
+        if sources is None and isinstance(self.store.store, ManifestStore):
+            sources = self.store.store.sources
+        return sources.statistics() if sources is not None else None
 
 
 def manifest_expectations(store: ObjectStore, spec: RemoteSpec) -> dict[str, tuple[int, str]]:
@@ -310,12 +386,9 @@ def raise_kernel_readahead(real_mountpoint: str) -> None:
         log.info("could not raise readahead via %s: %s (reads stay 128 KiB)", path, exc)
 
 
-def run(config: MountConfig, on_ready: Callable[[], None]) -> None:
+def run(config: MountConfig, on_ready: Ready) -> None:
     """Mount and serve until unmounted or signalled. Raises ModelfsError before mounting."""
     tune_malloc(config.max_memory)
-    store, lock_fd = preflight(config)
-    try:
-        mount = Mount(config, store, on_ready)
-        trio.run(mount.serve)
-    finally:
-        os.close(lock_fd)
+    store, offline = preflight(config)
+    mount = Mount(config, store, on_ready, offline)
+    trio.run(mount.serve)

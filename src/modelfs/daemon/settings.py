@@ -8,6 +8,10 @@ SPEC is `REMOTE:BUCKET[/PREFIX]`, or the URL of a manifest (`manifest_url`): a r
 the manifest's files, read from its sources (`pull.manifeststore`). Such a mount is named by the
 URL without its query (a signed manifest URL's signature never reaches mountinfo or a log), and
 its cache root is that name's, so every renewal of a signed URL finds the same cache.
+
+Several mounts may use one cache root at once (two prefixes of a bucket, two mountpoints of
+one): they share its block cache, and each has a write-back root of its own in it, by
+mountpoint (`writeback_root`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from modelfs.config.files import resolve
-from modelfs.config.remote import RemoteConfig, RemoteSpec
+from modelfs.config.remote import RemoteConfig, RemoteSpec, parse_spec
+from modelfs.config.sourcelist import mount_sources
 from modelfs.core.attributes import FsOptions
+from modelfs.daemon.snapshot import SnapshotFile
+from modelfs.host.control import mount_id
 from modelfs.read.policy import ReadOptions
 
 
@@ -44,6 +51,13 @@ class MountConfig:
     manifest_url: str | None = None  # SPEC was a manifest URL (read-only)
     token_file: str | None = None  # the link service's token, for `manifest_url`
     metrics: tuple[str, int] | None = None  # where /metrics listens; None: off
+    store_timeout: float = 60.0  # seconds a store request may wait for its next bytes
+    # Where reads come from, first to last, the primary (`spec`) among them (one: just it).
+    # A manifest URL's mount: the `--source` ones, read before the manifest's own sources.
+    sources: tuple[RemoteSpec, ...] = ()
+    config_path: str | None = None  # where the sources' remotes are found
+    min_rate: float = 0.0
+    fill_timeout: float = 600.0  # see `store.sitefill`
 
     @property
     def source(self) -> str:
@@ -53,9 +67,9 @@ class MountConfig:
 
     @property
     def cache_identity(self) -> str:
-        """What one cache root (blocks and write-back journal) belongs to: endpoint and bucket,
-        so mounts of different prefixes share blocks and each other's pending uploads; a
-        manifest URL's mount, its URL without the query."""
+        """What one cache root (blocks, write-back journals) belongs to: endpoint and bucket,
+        so mounts of different prefixes, or on different mountpoints, share blocks; a manifest
+        URL's mount, its URL without the query."""
         if self.manifest_url is not None:
             return f"url|{self.source}"
         return f"{self.remote.endpoint or 'aws'}|{self.spec.bucket}"
@@ -65,14 +79,30 @@ class MountConfig:
         digest = hashlib.sha256(self.cache_identity.encode()).hexdigest()[:16]
         return self.cache_dir / f"{(self.spec.bucket or URL_REMOTE)[:32]}-{digest}"
 
+    def snapshot_file(self) -> SnapshotFile:
+        """The metadata snapshot of this mount's prefix (see `daemon.snapshot`)."""
+        return SnapshotFile(self.cache_root(), self.source, self.spec.prefix)
+
+    def writeback_root(self) -> Path:
+        """This mount's write-back root, by mountpoint: mounts that share a cache root never
+        share staging files or a journal, and a mount again on the same mountpoint finds what
+        the last one left to upload."""
+        return self.cache_root() / f"writeback-{mount_id(self.mountpoint)}"
+
 
 def mount_config(args: argparse.Namespace) -> MountConfig:
     """The settings of `modelfs mount`, from its parsed arguments (see `config.options`)."""
+    given: tuple[str, ...] = tuple(getattr(args, "source", None) or ())
     manifest_url = args.spec if args.spec.startswith(("http://", "https://")) else None
     if manifest_url is not None:
         remote, spec = RemoteConfig(name=URL_REMOTE), RemoteSpec(URL_REMOTE, "", "")
+        sources = [parse_spec(text) for text in given]  # before the manifest's own
     else:
         remote, spec = resolve(args.spec, args.config)
+        sources = mount_sources(spec, given, remote.sources)
+    for other in sources:
+        if other != spec:
+            resolve(str(other), args.config)  # an unknown remote fails here, before mounting
     return MountConfig(
         spec=spec,
         remote=remote,
@@ -103,6 +133,11 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         manifest_url=manifest_url,
         token_file=args.token_file,
         metrics=args.metrics,
+        store_timeout=args.store_timeout,
+        sources=tuple(sources),
+        config_path=args.config,
+        min_rate=args.min_rate,
+        fill_timeout=args.fill_timeout,
     )
 
 

@@ -2,8 +2,9 @@
 
 The parent runs `python -m modelfs ... mount` (the same words without `--daemon`, with a log
 file) in a new session, and waits on a pipe whose write end the child inherits (its number in
-`MODELFS_READY_FD`). The child writes "ok" once the mount answers a stat, or "error: ..." if
-mounting failed; the parent then exits 0, or prints that one line and exits non-zero. A child
+`MODELFS_READY_FD`). The child writes "ok" once the mount answers a stat ("ok: ..." with a
+warning, e.g. a mount started offline), or "error: ..." if mounting failed; the parent then
+prints the warning line and exits 0, or prints the error line and exits non-zero. A child
 that dies without a word, or says nothing within `_READY_TIMEOUT`, is an error too, pointing at
 the log file.
 """
@@ -52,7 +53,9 @@ def spawn_daemon(args: argparse.Namespace, cache_dir: Path) -> int:
     os.close(write_end)
     answer = _wait_for_answer(read_end, child)
     os.close(read_end)
-    if answer == "ok":
+    if answer == "ok" or answer.startswith("ok: "):
+        if answer != "ok":
+            console.warning_line(answer.removeprefix("ok: "))
         return console.EXIT_OK
     with contextlib.suppress(subprocess.TimeoutExpired):
         child.wait(timeout=10)  # it exits right after saying why: its code (2: bad input)
@@ -99,7 +102,7 @@ def parent_pipe() -> int:
 
 
 def tell_parent(fd: int, message: str) -> None:
-    """ "ok", or "error: ..." (never raises: the parent may be gone)."""
+    """ "ok", "ok: WARNING", or "error: ..." (never raises: the parent may be gone)."""
     if fd < 0:
         return
     try:

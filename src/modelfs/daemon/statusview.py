@@ -1,12 +1,13 @@
 """`modelfs status`: a mount's figures as lines, once or (`--watch`) refreshed every second.
 
 The figures are the control socket's `status` answer (`daemon.figures.MountFigures`), the same
-snapshot `/metrics` serves: cache, reads and their latency, fetches and errors by code, memory,
-the upload queue, offline. `status_lines` words them; `--watch` adds what changed in the last
-interval (rates, and the latency quantiles of the reads made in it) and redraws them in place
-with rich on a terminal, or prints them as plain blocks, one per interval, when stdout is not
-a terminal (a log, a pipe). `--watch --json` prints one JSON object per line. Ctrl-C ends the
-watch with exit 0; a mount that stops answering ends it with an error line and exit 1.
+snapshot `/metrics` serves: the store (online, offline, credentials refused: since when and
+why), cache, reads and their latency, fetches and errors by code, memory, the upload queue.
+`status_lines` words them; `--watch` adds what changed in the last interval (rates, and the
+latency quantiles of the reads made in it) and redraws them in place with rich on a terminal,
+or prints them as plain blocks, one per interval, when stdout is not a terminal (a log, a
+pipe). `--watch --json` prints one JSON object per line. Ctrl-C ends the watch with exit 0; a
+mount that stops answering ends it with an error line and exit 1.
 """
 
 from __future__ import annotations
@@ -24,12 +25,19 @@ from rich.table import Table
 from rich.text import Text
 
 from modelfs import console
-from modelfs.config.units import format_size
+from modelfs.config.units import format_duration, format_size
 from modelfs.core.latency import LatencyStatistics
 from modelfs.errors import ModelfsError
 
 Answer = dict[str, Any]
 _QUANTILES = (0.5, 0.9, 0.99)
+_SOURCE_EVENTS = (
+    ("failures", "failed"),
+    ("slow", "below the floor"),
+    ("missing", "missing"),
+    ("other_version", "other versions"),
+    ("fetch_waits", "waited for while it fetched from its origin"),
+)
 
 
 def _latency(answer: Answer) -> LatencyStatistics | None:
@@ -60,11 +68,36 @@ def _errors(counts: dict[str, int]) -> str:
     return ", ".join(f"{code} {count}" for code, count in sorted(counts.items())) or "none"
 
 
+def _sources(sources: Answer) -> str:
+    parts = [
+        f"{name} {format_size(counts['bytes'])}"
+        + "".join(f", {counts[what]} {label}" for what, label in _SOURCE_EVENTS if counts.get(what))
+        for name, counts in sources["by_source"].items()
+    ]
+    return f"{'; '.join(parts)}; {sources['fallbacks']} reads moved on"
+
+
+def store_line(store: dict[str, Any]) -> str:
+    """'online', or 'offline since 2025-01-02 10:00:00 (5m ago): REASON' (likewise
+    'credentials refused since ...')."""
+    text = str(store.get("state", "unknown"))
+    since = store.get("since")
+    if isinstance(since, int | float):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+        text += f" since {when} ({format_duration(time.time() - since)} ago)"
+    if store.get("reason"):
+        text += f": {store['reason']}"
+    return text
+
+
 def status_lines(answer: Answer) -> list[str]:
     """The figures of one `status` answer, a header line first."""
-    state = "offline" if answer.get("offline") else "online"
+    store = answer.get("store") or {}
+    state = store.get("state", "offline" if answer.get("offline") else "online")
     where = f"{answer.get('source')} on {answer.get('mountpoint')}"
     lines = [f"{where} (pid {answer.get('pid')}, up {answer.get('uptime')}s, {state})"]
+    if store:
+        lines.append(f"store: {store_line(store)}")
     cache = answer.get("cache", {})
     if cache:
         used, limit = format_size(cache["bytes"]), format_size(cache["max_bytes"])
@@ -72,6 +105,7 @@ def status_lines(answer: Answer) -> list[str]:
             f"cache: {used} of {limit} in {cache['blocks']} blocks, {cache['hits']} hits,"
             f" {cache['misses']} misses, {cache['evictions']} evictions,"
             f" {cache['corrupt']} corrupt, {format_size(cache.get('pinned_bytes', 0))} pinned"
+            f" ({cache.get('pinned_files', 0)} file(s))"
         )
     fs = answer.get("fs", {})
     if fs:
@@ -89,6 +123,9 @@ def status_lines(answer: Answer) -> list[str]:
             f"fetched: {format_size(fetcher['bytes_fetched'])} in {fetcher['gets']} GETs,"
             f" errors: {_errors(fetcher.get('errors', {}))}"
         )
+    sources = answer.get("sources")
+    if sources:
+        lines.append(f"sources: {_sources(sources)}")
     memory = answer.get("memory", {})
     if memory:
         lines.append(

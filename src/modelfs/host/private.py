@@ -9,10 +9,14 @@ put a symlink where modelfs is about to write. So, one rule each:
   effective user, with none of the `forbidden` mode bits; else `UnsafePath`, one line naming
   what is wrong and what to do;
 - `own_dir(path, what)`: a directory modelfs alone uses (a cache root, the write-back root):
-  made, checked, and narrowed to 0700 if an older version left it wider;
+  made, checked like `require_dir` (what another user could have planted in it would be
+  trusted, so it is refused, not narrowed), and narrowed to 0700 if an older version left it
+  readable by others;
 - `open_new(path, flags)`: a new file, 0600, with O_EXCL|O_NOFOLLOW, so a planted file or
   symlink makes the open fail instead of being followed;
-- `replace_file(path, data)`: atomically replace `path` through a new temp file;
+- `replace_file(path, data, durable)`: atomically replace `path` through a new temp file
+  (named after the process and thread, so two threads never share one), synced first if
+  `durable`;
 - `open_owned(path, flags)`: a file modelfs keeps (a log, the journal): created 0600, never
   opened through a symlink, narrowed to 0600 if an older version left it wider (`narrow`).
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import threading
 from pathlib import Path
 
 from modelfs.errors import UnsafePath
@@ -70,9 +75,10 @@ def _problem(st: os.stat_result, forbidden: int) -> str | None:
 
 
 def own_dir(path: Path, what: str) -> None:
-    """A directory modelfs alone uses: create it (0700), check it is ours, narrow it to 0700."""
+    """A directory modelfs alone uses: create it (0700), check it is ours and writable by no
+    other user (UnsafePath), narrow it to 0700."""
     make_dirs(path)
-    require_dir(path, what, forbidden=0)
+    require_dir(path, what)
     if stat.S_IMODE(os.stat(path).st_mode) & GROUP_OR_OTHERS_ANY:
         os.chmod(path, DIR_MODE)
 
@@ -82,17 +88,23 @@ def open_new(path: Path | str, flags: int = os.O_WRONLY) -> int:
     return os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
 
 
-def replace_file(path: Path, data: bytes) -> None:
-    """Write `data` to a new 0600 temp file beside `path`, then rename it over `path`."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def replace_file(path: Path, data: bytes, *, durable: bool = False) -> None:
+    """Write `data` to a new 0600 temp file beside `path` (synced if `durable`: a power
+    loss then leaves the old file or the new one, never a torn one), rename it over `path`."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(temporary)  # left by a crash of this pid's predecessor: ours to remove
     fd = open_new(temporary)
     try:
         with os.fdopen(fd, "wb", closefd=False) as out:
             out.write(data)
-    finally:
+        if durable:
+            os.fsync(fd)
+    except BaseException:
         os.close(fd)
+        os.unlink(temporary)
+        raise
+    os.close(fd)
     os.replace(temporary, path)
 
 

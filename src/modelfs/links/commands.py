@@ -5,6 +5,9 @@ on trio natively, so the service lives in one trio loop like the mount does, wit
 event loop or a framework: the app is a plain ASGI callable. It sends READY=1 to systemd once
 it listens (a `Type=notify` unit), and stops cleanly on SIGINT/SIGTERM.
 
+Settings come from flags, or from a `[serve:NAME]` section of the config file (`--section
+NAME`: what the `modelfs-serve@NAME` unit runs), flags winning over the section.
+
 Listening on anything but loopback without a token file must be asked for with `--public`:
 an open link service signs links for anyone who can reach it.
 """
@@ -19,8 +22,8 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
-from modelfs.config.units import parse_duration
-from modelfs.errors import UsageError
+from modelfs.config.units import parse_bool, parse_duration
+from modelfs.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     import trio
@@ -32,6 +35,7 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 log = logging.getLogger("modelfs.links")
 
 DEFAULT_LISTEN = "127.0.0.1:8088"
+DEFAULT_LINK_TTL = 3600.0
 
 
 def register(commands: Subparsers) -> None:
@@ -47,7 +51,12 @@ def register(commands: Subparsers) -> None:
     serve = commands.add_parser(
         "serve", help="stable links to a bucket's files: a 302 to a freshly signed URL"
     )
-    serve.add_argument("spec", metavar="REMOTE:BUCKET[/PREFIX]")
+    serve.add_argument("spec", nargs="?", metavar="REMOTE:BUCKET[/PREFIX]")
+    serve.add_argument(
+        "--section",
+        metavar="NAME",
+        help="read these settings from the config file's [serve:NAME] (flags still win)",
+    )
     serve.add_argument(
         "--prefix",
         action="append",
@@ -55,7 +64,7 @@ def register(commands: Subparsers) -> None:
         metavar="PREFIX",
         help="serve only under this prefix of SPEC (repeatable; default: everything)",
     )
-    serve.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
+    serve.add_argument("--listen", metavar="HOST:PORT", help=f"default {DEFAULT_LISTEN}")
     serve.add_argument("--tokens", type=Path, metavar="FILE", help="bearer tokens, one a line")
     serve.add_argument(
         "--public", action="store_true", help="listen beyond loopback without tokens"
@@ -63,7 +72,6 @@ def register(commands: Subparsers) -> None:
     serve.add_argument(
         "--link-ttl",
         type=parse_duration,
-        default="1h",
         metavar="DUR",
         help="how long each signed link lives (default 1h, at most 7d)",
     )
@@ -74,6 +82,41 @@ def register(commands: Subparsers) -> None:
         "--access-log", metavar="FILE", help="one line a request, mode 0600 (default: stderr)"
     )
     serve.set_defaults(func=cmd_serve)
+
+
+# `[serve:NAME]` keys: each is the flag of the same name; `source` is SPEC, `prefix` may list
+# several prefixes separated by spaces, `public` is a boolean.
+SERVE_KEYS = (
+    "source",
+    "prefix",
+    "listen",
+    "tokens",
+    "public",
+    "link-ttl",
+    "public-url",
+    "access-log",
+)
+
+
+def apply_section(args: argparse.Namespace, items: dict[str, str], section: str) -> None:
+    """Fill what the command line left unset from a `[serve:NAME]` section's `items`."""
+    unknown = sorted(set(items) - set(SERVE_KEYS))
+    if unknown:
+        raise ConfigError(f"[{section}]: unknown key {unknown[0]!r}")
+    if args.spec is None:
+        args.spec = items.get("source")
+    if not args.prefix:
+        args.prefix = items.get("prefix", "").split()
+    if args.link_ttl is None and "link-ttl" in items:
+        args.link_ttl = parse_duration(items["link-ttl"].strip())
+    if args.tokens is None and "tokens" in items:
+        args.tokens = Path(items["tokens"].strip())
+    for key in ("listen", "public-url", "access-log"):
+        name = key.replace("-", "_")
+        if getattr(args, name) is None and key in items:
+            setattr(args, name, items[key].strip())
+    if not args.public and "public" in items:
+        args.public = parse_bool(items["public"], f"[{section}] public")
 
 
 def listen_address(text: str, *, tokens: bool, public: bool) -> tuple[str, int]:
@@ -107,19 +150,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
     from modelfs import console
-    from modelfs.config.files import resolve
+    from modelfs.config.files import find_section, load_config, resolve
     from modelfs.links.presign import SIGV4_MAX_EXPIRES
     from modelfs.links.service import LinkService, ServiceSettings
     from modelfs.links.tokens import TokenFile
-    from modelfs.pull.plan import SourceSettings, s3_store
+    from modelfs.store.sourcespec import SourceSettings, s3_store
 
     console.setup_logging(verbose=args.verbose)
+    if args.section is not None:
+        items = find_section(load_config(args.config), "serve", args.section)
+        apply_section(args, items, f"serve:{args.section}")
+    if args.spec is None:
+        raise UsageError("serve needs REMOTE:BUCKET[/PREFIX], or --section NAME")
     if args.access_log is not None:
         _log_access_to(Path(args.access_log))
-    host, port = listen_address(args.listen, tokens=args.tokens is not None, public=args.public)
-    ttl = int(args.link_ttl)
+    listen = args.listen or DEFAULT_LISTEN
+    host, port = listen_address(listen, tokens=args.tokens is not None, public=args.public)
+    ttl = int(args.link_ttl if args.link_ttl is not None else DEFAULT_LINK_TTL)
     if not 1 <= ttl <= SIGV4_MAX_EXPIRES:
-        raise UsageError(f"--link-ttl {args.link_ttl:g}s: a signed link lives 1 s to 7 days")
+        raise UsageError(f"--link-ttl {ttl}s: a signed link lives 1 s to 7 days")
     if args.tokens is not None and not args.tokens.is_file():
         raise UsageError(f"token file {args.tokens} does not exist")
     remote, spec = resolve(args.spec, args.config)

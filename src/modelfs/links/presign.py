@@ -22,7 +22,8 @@ from modelfs.config.files import resolve
 from modelfs.errors import UsageError
 from modelfs.pull.hashing import hash_remote
 from modelfs.pull.manifest import MANIFEST_NAME, Manifest, ManifestFile, dump_manifest
-from modelfs.pull.plan import SourceSettings, list_prefix, manifest_in, s3_store
+from modelfs.pull.plan import list_prefix, manifest_in
+from modelfs.store.sourcespec import SourceSettings, s3_store
 
 SIGV4_MAX_EXPIRES = 7 * 24 * 3600  # S3 refuses a presigned URL that claims to live longer
 _HASH_THREADS = 8

@@ -24,7 +24,8 @@ from modelfs.pull.manifest import (
     ManifestSource,
     dump_manifest,
 )
-from modelfs.pull.plan import SourceSettings, list_prefix, s3_store
+from modelfs.pull.plan import list_prefix
+from modelfs.store.sourcespec import SourceSettings, s3_store
 
 
 def cmd_create(args: argparse.Namespace) -> int:

@@ -24,16 +24,17 @@ from collections.abc import Iterator, Sequence
 from modelfs.errors import InvalidArgument, NotFound
 from modelfs.objects import ListPage, ObjectId, ObjectInfo
 from modelfs.pull.manifest import Manifest
-from modelfs.pull.plan import SourceSettings, make_plan
+from modelfs.pull.plan import make_plan
 from modelfs.store.readonly import RefusesWrites
 from modelfs.store.sources import SourceList
+from modelfs.store.sourcespec import SourceSettings
 
 
 class ManifestStore(RefusesWrites):
     def __init__(self, manifest: Manifest, sources: SourceList, name: str) -> None:
         self.name = name
         self.manifest = manifest
-        self._sources = sources
+        self.sources = sources
         self._files = manifest.by_path()
         self._keys = sorted(self._files)
         self._mtime = time.time()
@@ -57,7 +58,7 @@ class ManifestStore(RefusesWrites):
     def iter_range(self, obj: ObjectId, start: int, end: int, chunk: int) -> Iterator[bytes]:
         if obj.key not in self._files:
             raise NotFound(f"{obj.key}: not in the manifest {self.name}")
-        return self._sources.iter_range(ObjectId(obj.key, ""), start, end, chunk)
+        return self.sources.iter_range(ObjectId(obj.key, ""), start, end, chunk)
 
     def get_range(self, obj: ObjectId, start: int, end: int) -> bytes:
         return b"".join(self.iter_range(obj, start, end, max(1, end - start)))

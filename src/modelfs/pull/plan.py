@@ -24,10 +24,10 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urljoin
+from urllib.parse import urljoin
 
 from modelfs.config.files import resolve
-from modelfs.config.remote import RemoteConfig, RemoteSpec
+from modelfs.config.remote import RemoteSpec
 from modelfs.core import paths
 from modelfs.errors import ConfigError, ModelfsError, UsageError
 from modelfs.objects import ObjectInfo
@@ -35,6 +35,15 @@ from modelfs.pull.engine import PullFile
 from modelfs.pull.manifest import MANIFEST_NAME, Manifest, ManifestError, parse_manifest
 from modelfs.store.s3 import S3Store
 from modelfs.store.sources import Source, SourceList
+from modelfs.store.sourcespec import (
+    SourceSettings,
+    base_url_source,
+    is_url,
+    remote_source,
+    s3_store,
+    under,
+    url_source,
+)
 from modelfs.store.urlstore import UrlStore, redact
 
 log = logging.getLogger(__name__)
@@ -44,23 +53,11 @@ _MANIFEST_LIMIT = 64 << 20  # a manifest larger than this is not one
 
 
 @dataclass(frozen=True)
-class SourceSettings:
-    transfers: int = 16
-    stall_timeout: float = 30.0  # seconds without a byte: the source is stalled
-    min_rate: float = 0.0  # bytes/s below which a source is left (0: no floor)
-    headers: tuple[tuple[str, str], ...] = ()  # sent to URL sources (a link service token)
-
-
-@dataclass(frozen=True)
 class PullPlan:
     files: list[PullFile]
     sources: SourceList
     manifest: Manifest | None
     description: str
-
-
-def is_url(text: str) -> bool:
-    return text.startswith(("http://", "https://"))
 
 
 def make_plan(
@@ -104,7 +101,7 @@ def _from_remote(
         one = store.head(key)  # NotFound: the one-line error for a wrong prefix
         prefix = key.rpartition("/")[0] + "/" if "/" in key else ""
         infos, spec = [one], RemoteSpec(spec.remote, spec.bucket, prefix)
-    own = Source(spec.source, store, _under(spec.prefix))
+    own = Source(spec.source, store, under(spec.prefix))
     relative = {info.key[len(spec.prefix) :]: info for info in infos}
     manifest = manifest_in(store, spec.prefix, relative)
     files = []
@@ -255,10 +252,10 @@ def _plan_of(
 ) -> PullPlan:
     sources = list(_extra_sources(extra, config, settings))
     if any(file.urls for file in manifest.files):
-        sources.append(_url_source("links in the manifest", links[0], settings, renew=links[1]))
+        sources.append(url_source("links in the manifest", links[0], settings, renew=links[1]))
     sources += _manifest_sources(manifest, config, settings)
     if not manifest.sources and beside is not None:
-        sources.append(_base_url_source(beside, settings))
+        sources.append(base_url_source(beside, settings))
     if not sources:
         raise ConfigError(
             f"manifest {description} names no source: add `sources`, or give --source"
@@ -273,11 +270,11 @@ def _manifest_sources(
     sources = []
     for entry in manifest.ordered_sources():
         if entry.url is not None:
-            sources.append(_base_url_source(entry.url, settings))
+            sources.append(base_url_source(entry.url, settings))
             continue
         assert entry.remote is not None
         try:
-            sources.append(_remote_source(entry.remote, config, settings))
+            sources.append(remote_source(entry.remote, config, settings))
         except ModelfsError as exc:
             log.warning("leaving out source %s: %s", entry.remote, exc)
     return sources
@@ -289,47 +286,7 @@ def _extra_sources(
     sources = []
     for text in texts:
         if is_url(text):
-            sources.append(_base_url_source(text if text.endswith("/") else text + "/", settings))
+            sources.append(base_url_source(text if text.endswith("/") else text + "/", settings))
         else:
-            sources.append(_remote_source(text, config, settings))
+            sources.append(remote_source(text, config, settings))
     return sources
-
-
-def _remote_source(text: str, config: str | None, settings: SourceSettings) -> Source:
-    remote, spec = resolve(text, config)
-    return Source(spec.source, s3_store(remote, spec, settings), _under(spec.prefix), False)
-
-
-def _base_url_source(base: str, settings: SourceSettings) -> Source:
-    return _url_source(redact(base), lambda key: base + quote(key), settings)
-
-
-def _url_source(
-    name: str,
-    url_of: Callable[[str], str | None],
-    settings: SourceSettings,
-    *,
-    renew: Callable[[str, str], bool] | None = None,
-) -> Source:
-    store = UrlStore(
-        url_of,
-        name=name,
-        headers=dict(settings.headers),
-        read_timeout=settings.stall_timeout,
-        max_connections=2 * settings.transfers,
-        renew=renew,
-    )
-    return Source(name, store, lambda key: key, lookup=False)
-
-
-def s3_store(remote: RemoteConfig, spec: RemoteSpec, settings: SourceSettings) -> S3Store:
-    return S3Store(
-        remote,
-        spec.bucket,
-        max_connections=2 * settings.transfers + 4,
-        read_timeout=settings.stall_timeout,
-    )
-
-
-def _under(prefix: str) -> Callable[[str], str]:
-    return lambda key: prefix + key

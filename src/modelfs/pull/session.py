@@ -19,9 +19,10 @@ from modelfs.pull.engine import (
     bytes_to_fetch,
     check_space,
 )
-from modelfs.pull.plan import SourceSettings, auth_headers, make_plan
+from modelfs.pull.plan import auth_headers, make_plan
 from modelfs.pull.progress import Counters, PlainEvents, events_for
 from modelfs.pull.state import PullState
+from modelfs.store.sourcespec import SourceSettings
 
 _TICK = 0.2  # seconds between two looks at the progress counters
 
@@ -57,7 +58,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
         files_at_once=args.transfers,
     )
     puller = Puller(plan.sources, dest, options, events)
-    result = trio.run(_pull_with_progress, puller, needed, skipped, events)
+    try:
+        result = trio.run(_pull_with_progress, puller, needed, skipped, events)
+    except BaseExceptionGroup as group:  # trio's nurseries wrap what their tasks raise
+        if group.subgroup(KeyboardInterrupt) is not None:
+            raise KeyboardInterrupt from None  # Ctrl-C: exit 130, no traceback
+        raise
     return _summary(puller, result, events)
 
 

@@ -24,15 +24,13 @@ from modelfs.errors import ConfigError, UsageError
 from modelfs.pull.hashing import Hashed, hash_local, hash_remote, local_files
 from modelfs.pull.manifest import MANIFEST_NAME, Manifest, ManifestFile
 from modelfs.pull.plan import (
-    SourceSettings,
     auth_headers,
     fetch_manifest,
-    is_url,
     list_prefix,
     manifest_in,
     read_manifest,
-    s3_store,
 )
+from modelfs.store.sourcespec import SourceSettings, is_url, s3_store
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -10,6 +10,9 @@ back on release (`closed`); every decision about fetching lives here:
   that version streams through it;
 - the first open of a small file within `burst_ttl` fetches its directory's other small files
   in one burst (listing order, starting after the opened file; at most `small_burst_max_files`);
+- `modelfs warm` fetches files whole on request (`fetch_whole`), sharing a running fetch;
+- while a `recorder` is set (`modelfs run` recording an app's start, `daemon.replay`), every
+  read that reaches a reader is noted in it (`read.profile`);
 - the kernel's page cache (see `pagecache`): while memory is plentiful for a model file, the
   whole-object fetch also brings it into the page cache, part by part; while memory is short
   for a large file (`drop_behind_auto`), or always for files of `drop_behind_min` or more, the
@@ -40,6 +43,7 @@ from modelfs.read.concurrency import AdaptiveLimit
 from modelfs.read.dropbehind import DropBehind
 from modelfs.read.fetcher import BlockFetcher
 from modelfs.read.pagecache import PageCacheAdvisor
+from modelfs.read.profile import Recorder
 from modelfs.read.readahead import HandlePrefetcher, ReadaheadPolicy
 from modelfs.read.reader import ObjectReader
 from modelfs.read.verify import Verifications
@@ -133,6 +137,7 @@ class ReadPolicy:
             maxsize=4096, ttl=max(options.burst_ttl, 1e-9), timer=clock
         )
         self._nursery: trio.Nursery | None = None
+        self.recorder: Recorder | None = None  # the start being recorded, if any
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the fetcher and the background fetches until cancelled."""
@@ -185,6 +190,7 @@ class ReadPolicy:
             drop=self._drop_behind_for(info, pid),
             request_drop=self._request_drop,
             verification=self.verifications.of(info.id),
+            observe=self._observe,
             on_random_read=self._refill,
             pid=pid,
         )
@@ -194,6 +200,10 @@ class ReadPolicy:
         if options.prefetch_small and info.size <= options.small_file_max:
             await self._burst_small_siblings(directory, info)
         return reader
+
+    def _observe(self, info: ObjectInfo, offset: int, end: int) -> None:
+        if self.recorder is not None:
+            self.recorder.note(info, offset, end)
 
     async def flush(self, reader: ObjectReader) -> None:
         """close(2) waits for this: no descriptor of ours on the file outlives its last
@@ -231,16 +241,39 @@ class ReadPolicy:
         fill = self._filler(info, file, pid)
         if fill is None and self.fetcher.fully_present(info):
             return
+        self._background().start_soon(self._new_whole_fetch(info, fill).run)
+
+    async def fetch_whole(
+        self, info: ObjectInfo, started: Callable[[WholeObjectFetch], None] = lambda _: None
+    ) -> WholeObjectFetch:
+        """All of version `info` into the cache, now (`modelfs warm`), in the caller's task (so
+        cancelling it stops the fetch): the whole-object fetch running for it already, or a new
+        one, handed to `started` first. Returns it once every block fetched was offered to the
+        cache (and is no longer held in RAM for a reader)."""
+        fetch = self._whole.get(info.id)
+        if fetch is None or fetch.done.is_set():
+            fetch = self._new_whole_fetch(info, None)
+            started(fetch)
+            await fetch.run()
+        else:
+            started(fetch)
+            await fetch.done.wait()
+        await self.fetcher.settle(info.id)
+        for index in range(self.fetcher.block_count(info)):  # on disk: no RAM kept for them
+            self.fetcher.done_with(info.id, index)
+        return fetch
+
+    def _new_whole_fetch(self, info: ObjectInfo, fill: Fill | None) -> WholeObjectFetch:
         fetch = WholeObjectFetch(
             self.fetcher,
             info,
-            part_size=options.part_size,
-            parallel=options.transfers,
+            part_size=self.options.part_size,
+            parallel=self.options.transfers,
             reader_streaming=lambda: self._streaming_reader(info.id),
             fill=fill,
         )
         self._whole[info.id] = fetch
-        self._background().start_soon(fetch.run)
+        return fetch
 
     def readers_of(self, obj: ObjectId) -> list[ObjectReader]:
         """The open readers of version `obj`."""

@@ -13,7 +13,8 @@ The filesystem core's `read` is one call into this. A read of [offset, offset + 
    the policy of a random read (`on_random_read`): one that reaches the mount has missed the
    page cache, which the policy may then fill again;
 6. for a file the manifest lists, obeys its verification (see `verify`): EIO once it failed,
-   and a read of the last block waits for the verdict.
+   and a read of the last block waits for the verdict;
+7. tells `observe` (the policy: a start being recorded, `read.profile`) what it read.
 
 Invariant: every byte returned is of the version in `info` (the fetcher's GETs carry If-Match);
 a replaced object surfaces as `StaleObject`, never as a mix.
@@ -38,7 +39,8 @@ STREAMING_IDLE = 0.2
 
 DropRequest = Callable[["ObjectReader", int, int], None]
 """Asks the policy to drop the page cache of [start, stop) behind this reader."""
-
+Observe = Callable[[ObjectInfo, int, int], None]
+"""Told of every read: the version, and [offset, end) read of it."""
 RandomRead = Callable[["ObjectReader"], None]
 """Tells the policy that this reader's read was not sequential."""
 
@@ -54,11 +56,13 @@ class ObjectReader:
         drop: DropBehind | None = None,
         request_drop: DropRequest | None = None,
         verification: Verification | None = None,
+        observe: Observe | None = None,
         on_random_read: RandomRead | None = None,
         pid: int = 0,
     ) -> None:
         self.info = info
         self.pid = pid  # the process that opened it
+        self._observe = observe
         self.verification = verification
         self.prefetcher = prefetcher
         self.drop = drop
@@ -84,6 +88,8 @@ class ObjectReader:
         self.prefetcher.on_read(offset, end - offset)
         if self._on_random_read is not None and not self.prefetcher.sequential:
             self._on_random_read(self)
+        if self._observe is not None:
+            self._observe(info, offset, end)
         block_size = self._fetcher.block_size
         first, last = offset // block_size, (end - 1) // block_size
         if self.verification is not None:

@@ -1,16 +1,20 @@
 """`WholeObjectFetch`: every missing block of one object version, fetched in the background.
 
 Used on open for large model files, which loaders read through mmap in scattered 4 KiB faults:
-with the whole file in the cache, those faults hit local blocks. Up to `parallel` parts are in
-flight at once. It pauses while a reader streams through the object sequentially (that reader's
-readahead then fetches, at the pace it reads), and fills in the rest when the reader stops or
-seeks. Block 0 goes first: an app's first read is almost always there (a safetensors header).
+with the whole file in the cache, those faults hit local blocks. It is a `RangeFetch` (the
+engine, `ranges`) of one range, the whole object, with up to `parallel` parts in flight at
+once; the first failed part stops it. It pauses while a reader streams through the object
+sequentially (that reader's readahead then fetches, at the pace it reads), and fills in the
+rest when the reader stops or seeks. Block 0 goes first: an app's first read is almost always
+there (a safetensors header). `fetched` counts the bytes of blocks found present and of parts
+completed (`modelfs warm`'s progress).
 
-With `fill` (memory to spare, see `pagecache`), each part is then brought into the kernel's page
-cache, in order, once all its blocks are there (fetched now, or cached before: an open of a
-cached file fills it too), so a random or mmap reader finds it in memory instead of asking the
-mount page by page. Fills wait, like parts, while a reader streams (it fills the page cache
-itself), and a part that failed is not filled.
+With `fill` (memory to spare, see `pagecache`), each run of blocks the engine covers (a part it
+started, or at most FILL_MAX of blocks cached before: an open of a cached file fills it too) is
+then brought into the kernel's page cache, in order, once all its blocks are there, so a random
+or mmap reader finds it in memory instead of asking the mount page by page. Fills wait, like
+parts, while a reader streams (it fills the page cache itself), and a part that failed is not
+filled. `done` is set once the fetch and its fills have ended.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import trio
 
 from modelfs.objects import ObjectInfo
 from modelfs.read.fetcher import BlockFetcher
-from modelfs.read.tickets import FetchTicket
+from modelfs.read.ranges import RangeFetch
 
 log = logging.getLogger(__name__)
 
@@ -49,52 +53,46 @@ class WholeObjectFetch:
         self._fetcher = fetcher
         self._info = info
         self._reader_streaming = reader_streaming
-        self._part_blocks = max(1, part_size // fetcher.block_size)
-        self._parallel = max(1, parallel)
         self._fill = fill
-        self._last_fill: trio.Event | None = None  # the fill of the part before the next one
+        self._fills: trio.Nursery | None = None
+        self._last_fill: trio.Event | None = None  # the fill of the run before the next one
+        self._ranges = RangeFetch(
+            fetcher,
+            [(info, 0, info.size)],
+            part_size=part_size,
+            parallel=parallel,
+            stop_on_error=True,
+            pace=self._pace,
+            then=self._then_fill if fill is not None else None,
+        )
         self.done = trio.Event()
-        self.error: BaseException | None = None
+
+    @property
+    def fetched(self) -> int:
+        """Bytes of blocks present or fetched so far."""
+        return self._ranges.present + self._ranges.fetched
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._ranges.error
 
     async def run(self) -> None:
         try:
-            await self._run()
+            async with trio.open_nursery() as fills:
+                self._fills = fills
+                await self._ranges.run()
             if self.error is not None:
                 log.warning("background fetch of %s stopped: %s", self._info.key, self.error)
         finally:
             self.done.set()
 
-    async def _run(self) -> None:
-        fetcher, info = self._fetcher, self._info
-        total = fetcher.block_count(info)
-        slots = trio.Semaphore(self._parallel)
-        index = 0
-        async with trio.open_nursery() as nursery:
-            while index < total and self.error is None:
-                present, most = 0, max(self._part_blocks, FILL_MAX // fetcher.block_size)
-                while index + present < total and present < most:
-                    if not fetcher.is_present(info.id, index + present):
-                        break
-                    present += 1
-                if present:  # cached, or being fetched by someone else
-                    self._then_fill(nursery, index, present)
-                    index += present
-                    continue
-                if index > 0:
-                    # The app's first read is almost always at 0 (a safetensors header): let
-                    # block 0 arrive, whoever asked for it, before the other parts compete
-                    # with it for the server and the CPU (started all at once, they made the
-                    # first byte of a large file wait for many of them).
-                    await fetcher.wait_for(info.id, 0)
-                    await self._yield_to_streaming_reader()
-                await slots.acquire()
-                ticket = fetcher.start_fetch(info, index, self._part_blocks, prefetch=True)
-                if ticket is None:
-                    slots.release()
-                    continue
-                nursery.start_soon(self._await_part, ticket, slots)
-                self._then_fill(nursery, index, ticket.count)
-                index += ticket.count
+    async def _pace(self, index: int) -> None:
+        # The app's first read is almost always at 0 (a safetensors header): let block 0
+        # arrive, whoever asked for it, before the other parts compete with it for the server
+        # and the CPU (started all at once, they made the first byte of a large file wait for
+        # many of them).
+        await self._fetcher.wait_for(self._info.id, 0)
+        await self._yield_to_streaming_reader()
 
     async def _yield_to_streaming_reader(self) -> None:
         """Start no part while a reader streams through the object: its readahead fetches as
@@ -106,21 +104,23 @@ class WholeObjectFetch:
         while self._reader_streaming():  # noqa: ASYNC110
             await trio.sleep(STREAMING_POLL)
 
-    def _then_fill(self, nursery: trio.Nursery, first: int, count: int) -> None:
+    def _then_fill(self, info: ObjectInfo, first: int, count: int) -> None:
         """Fill blocks [first, first + count) into the page cache once they are all there,
-        after the part before them."""
-        if self._fill is None:
-            return
-        before, self._last_fill = self._last_fill, trio.Event()
-        nursery.start_soon(self._fill_part, before, self._last_fill, first, count)
+        after the run before them, FILL_MAX at a time."""
+        assert self._fills is not None
+        most = max(1, FILL_MAX // self._fetcher.block_size)
+        for start in range(first, first + count, most):
+            before, self._last_fill = self._last_fill, trio.Event()
+            run = min(most, first + count - start)
+            self._fills.start_soon(self._fill_run, before, self._last_fill, start, run)
 
-    async def _fill_part(
+    async def _fill_run(
         self, before: trio.Event | None, filled: trio.Event, first: int, count: int
     ) -> None:
         try:
             for index in range(first, first + count):
                 if await self._fetcher.wait_for(self._info.id, index) is not None:
-                    return  # failed: `_await_part` reports it
+                    return  # failed: the engine reports it
             if before is not None:
                 await before.wait()
             await self._yield_to_streaming_reader()
@@ -129,12 +129,3 @@ class WholeObjectFetch:
             await self._fill(first * block, min(size, (first + count) * block))
         finally:
             filled.set()
-
-    async def _await_part(self, ticket: FetchTicket, slots: trio.Semaphore) -> None:
-        try:
-            # The last block of a part is published last: once it is done, the part is.
-            error = await self._fetcher.wait_for(ticket.obj, ticket.first + ticket.count - 1)
-            if error is not None and self.error is None:
-                self.error = error
-        finally:
-            slots.release()

@@ -6,7 +6,9 @@ cannot take the supervisor down with it. `MountKeeper` decides from `host.health
 a healthy mount of this spec is used as it is; a dead or hung one has its stuck daemon killed,
 is detached and mounted again; a missing one is mounted; anything else is an error, never a
 takeover. `Watchdog` checks every `watch_interval` while the app runs and heals a dead mount
-at once, a hung one after a few hung probes in a row.
+at once, a hung one after a few hung probes in a row. On a live one it also reads a sample
+through the mount (`host.health.read_probe`) and reports when reads fail (keys refused, store
+down) and when they work again: that never heals, since mounting again would not help.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from collections.abc import Callable, Sequence
 
 from modelfs.errors import ModelfsError, MountError
 from modelfs.host import control
-from modelfs.host.health import MountCheck, MountStatus, check_mount
+from modelfs.host.health import (
+    Health,
+    MountCheck,
+    MountStatus,
+    ProbeResult,
+    check_mount,
+    read_probe,
+)
 from modelfs.host.mountinfo import detach
 from modelfs.host.notify import child_environment
 from modelfs.run.plan import MountTarget
@@ -157,6 +166,9 @@ class MountKeeper:
     def check(self) -> MountCheck:
         return check_mount(self.target.mountpoint, self.target.spec, timeout=self.probe_timeout)
 
+    def check_reads(self) -> ProbeResult:
+        return read_probe(self.target.mountpoint, self.probe_timeout)
+
     def ensure(self) -> None:
         """Step 1 of a run: leave a healthy mount alone, heal a dead one, mount a missing one;
         with `external`, only use a healthy one (its owner, e.g. its unit, does the rest)."""
@@ -239,7 +251,8 @@ class MountKeeper:
 class Watchdog:
     """Calls `check` every `interval` seconds in a thread, and `heal` when the mount is gone:
     at once when it is dead or not mounted, after `hung_probes` hung probes in a row when it
-    does not answer (one slow stat on a loaded machine must not kill a live mount)."""
+    does not answer (one slow stat on a loaded machine must not kill a live mount). On a
+    healthy mount it calls `check_reads` too, reporting each change of its verdict once."""
 
     def __init__(
         self,
@@ -247,12 +260,15 @@ class Watchdog:
         heal: Callable[[MountCheck], None],
         interval: float,
         hung_probes: int = HUNG_PROBES_BEFORE_HEAL,
+        check_reads: Callable[[], ProbeResult] | None = None,
     ) -> None:
         self._check = check
         self._heal = heal
         self._interval = interval
         self._hung_probes = hung_probes
         self._misses = 0  # hung probes in a row
+        self._check_reads = check_reads
+        self._reads_failing: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="modelfs watchdog", daemon=True)
         self._reported: MountStatus | None = None
@@ -282,7 +298,20 @@ class Watchdog:
                 log.error("cannot heal the mount (will retry): %s", exc)
         elif state.status is not MountStatus.HEALTHY and state.status is not self._reported:
             log.error("mount is %s: %s", state.status.value, state.detail)
+        if state.status is MountStatus.HEALTHY and self._check_reads is not None:
+            self._report_reads(self._check_reads())
         self._reported = state.status
+
+    def _report_reads(self, result: ProbeResult) -> None:
+        failing = None if result.health is Health.HEALTHY else result.detail
+        if failing is not None and self._reads_failing is None:
+            log.error(
+                "the mount answers, but reading through it fails: %s (`modelfs status` says why)",
+                failing,
+            )
+        elif failing is None and self._reads_failing is not None:
+            log.warning("reading through the mount works again")
+        self._reads_failing = failing
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):

@@ -1,14 +1,15 @@
 """systemd units for modelfs, and `modelfs systemd install NAME` which writes them.
 
-What it owns: the text of the two template units (the files shipped in `systemd/` are this
+What it owns: the text of the three template units (the files shipped in `systemd/` are this
 module's output for the default paths; a test keeps them equal) and the per-instance drop-ins.
 
     /etc/systemd/system/                       (--dest)
     ├── modelfs@.service                       mount template: one foreground `modelfs mount`
     ├── modelfs@tts.service.d/modelfs.conf     Environment= MODELFS_SOURCE/MOUNTPOINT/OPTIONS
     ├── modelfs-run@.service                   app template: `modelfs run %i`
-    └── modelfs-run@index-tts.service.d/modelfs.conf   with modelfs@tts (if named): the
-                                               run's --external-mount and its sandbox
+    ├── modelfs-run@index-tts.service.d/modelfs.conf   with modelfs@tts (if named): the
+    │                                          run's --external-mount and its sandbox
+    └── modelfs-serve@.service                 link service: `modelfs serve --section %i`
 
 Invariants: no secret ever appears in a unit; units name the remote, and the keys stay in the
 config file (`--config` with an absolute path). The mount unit is `Type=notify`: `modelfs
@@ -50,6 +51,10 @@ Sandboxing, what each unit can live with (checked with `systemd-analyze verify`)
   and ProtectHome=yes when no path the run needs (workdir, mountpoint, config, the modelfs
   command, the app user's home) is under /home, /root or /run/user.
   The app's umask is left alone: its files are its own business.
+- the serve unit (no FUSE, no mount namespace to share): ProtectSystem=strict, ProtectHome=
+  read-only, PrivateTmp, PrivateDevices, no capabilities but binding a low port, and one
+  writable directory, LogsDirectory= /var/log/modelfs (0700) for its access log. Its settings
+  are the `[serve:NAME]` section, so tokens and keys stay in files, never in the unit.
 """
 
 from __future__ import annotations
@@ -62,12 +67,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelfs.config.files import find_section
 from modelfs.errors import ConfigError
-from modelfs.run.plan import (
-    MountTarget,
-    find_section,
-    mount_target_from_section,
-)
+from modelfs.run.plan import MountTarget, mount_target_from_section
 
 DEFAULT_MODELFS = "/usr/local/bin/modelfs"
 DEFAULT_CONFIG = "/etc/modelfs/modelfs.conf"
@@ -75,6 +77,7 @@ DEFAULT_UNIT_DIR = "/etc/systemd/system"
 FUSERMOUNT = "/usr/bin/fusermount3"
 MOUNT_TEMPLATE = "modelfs@.service"
 RUN_TEMPLATE = "modelfs-run@.service"
+SERVE_TEMPLATE = "modelfs-serve@.service"
 DROP_IN = "modelfs.conf"
 # A stop drains write-back before the unit is killed: minutes for GBs of pending uploads.
 STOP_TIMEOUT_SECONDS = 600
@@ -158,6 +161,38 @@ WantedBy=multi-user.target
 """
 
 
+def serve_unit(modelfs: str = DEFAULT_MODELFS, config: str = DEFAULT_CONFIG) -> str:
+    return f"""\
+# The link service of one [serve:NAME] section: modelfs-serve@NAME.service
+# `modelfs serve --section NAME` answers stable links with redirects to freshly signed ones.
+# Keys stay in the config file and tokens in their file; an access log belongs under
+# /var/log/modelfs/ (access-log = /var/log/modelfs/NAME.log), the one path it may write.
+[Unit]
+Description=modelfs link service %i
+Wants=network-online.target
+After=network-online.target
+{_START_LIMITS}
+[Service]
+Type=notify
+NotifyAccess=main
+Environment=MODELFS_CONFIG={config}
+ExecStart={modelfs} --config ${{MODELFS_CONFIG}} serve --section %i
+LogsDirectory=modelfs
+LogsDirectoryMode=0700
+UMask=0077
+{_HARDENING}ProtectSystem=strict
+ProtectHome=read-only
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectControlGroups=yes
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE
+{_STOP_AND_RESTART}
+[Install]
+WantedBy=multi-user.target
+"""
+
+
 def _quote(value: str) -> str:
     """A value for a systemd `Environment="K=V"`: escape what systemd would interpret."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
@@ -233,12 +268,19 @@ def modelfs_command() -> str:
 def plan_installation(
     config: configparser.ConfigParser, name: str, dest: Path, modelfs: str, config_path: str
 ) -> Installation:
-    """The files for `[mount:NAME]` or `[run:NAME]` (a run section brings its mount section)."""
+    """The files for `[mount:NAME]`, `[run:NAME]` (a run section brings its mount section) or
+    `[serve:NAME]`."""
     files: list[UnitFile] = []
     has_mount = config.has_section(f"mount:{name}")
     has_run = config.has_section(f"run:{name}")
-    if not has_mount and not has_run:
-        raise ConfigError(f"no [mount:{name}] or [run:{name}] section in {config_path}")
+    serve_name = name.removeprefix("serve:")
+    if name != serve_name or not (has_mount or has_run):  # `serve:NAME` says which one
+        if not config.has_section(f"serve:{serve_name}"):
+            raise ConfigError(
+                f"no [mount:{name}], [run:{name}] or [serve:{serve_name}] section in {config_path}"
+            )
+        serve = UnitFile(dest / SERVE_TEMPLATE, serve_unit(modelfs, config_path))
+        return Installation((serve,), f"modelfs-serve@{serve_name}.service")
     mount_name = name if has_mount else None
     if has_run:
         words = find_section(config, "run", name).get("mount", "").split()

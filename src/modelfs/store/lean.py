@@ -15,6 +15,11 @@ on any answer but a 206 whose Content-Range and Content-Length are those of the 
 for. A failed request so costs one extra request, a successful one is never answered with
 bytes of another range or version: If-Match travels the same way.
 
+Credentials are never kept: every request is signed with the keys botocore's credentials
+object gives for it (`get_frozen_credentials`, frozen so one request never mixes two keys), so
+refreshed temporary keys and keys rotated in the config file (`s3client`) reach this lane as
+they reach botocore's.
+
 The URL is learnt from botocore itself (`learn`): the URL of a real GetObject request minus the
 quoted key is the prefix every key of the bucket shares, with botocore's own choice of scheme,
 host and addressing style. HTTPS trusts the CA bundle the store resolved for botocore
@@ -86,7 +91,7 @@ class LeanGetter:
         # Resolved when the URL is learnt, after botocore found them for its own GET: asking
         # earlier could mean a slow search (e.g. the EC2 metadata service) at construction.
         self._find_credentials = credentials
-        self._credentials: Any = None  # botocore Credentials, maybe refreshable
+        self._credentials: Any = None  # botocore Credentials, asked for keys per request
         self._signer = SigV4Signer(region)
         self._base: str | None = None
         self._list_url: str | None = None  # the bucket's URL for ListObjectsV2, no query

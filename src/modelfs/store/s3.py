@@ -93,8 +93,8 @@ class S3Store:
         self._probe_timeout = probe_timeout
         self._copy_object_limit = copy_object_limit
         self._copy_part_size = copy_part_size
-        self._session = S3Session(config, ca_bundle)
-        self._client = self._session.new_client(
+        self.session = S3Session(config, ca_bundle)
+        self._client = self.session.new_client(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_attempts=max_attempts,
@@ -104,12 +104,12 @@ class S3Store:
         self._translator = S3Errors(config.name, bucket, self.endpoint)
         self._writes = ConditionalWrites(self._translator)
         self._lean = LeanGetter(
-            self._session.boto3.get_credentials,
+            self.session.boto3.get_credentials,
             self._client.meta.region_name,
             max_connections=max_connections,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            ca_bundle=self._session.lean_ca_bundle,
+            ca_bundle=self.session.lean_ca_bundle,
         )
         self._get_urls = threading.local()  # the URL of this thread's last botocore GET
         self._client.meta.events.register("before-send.s3.GetObject", self._note_get_url)
@@ -153,7 +153,7 @@ class S3Store:
     def _probe_client(self) -> S3Client:
         with self._probe_lock:
             if self._probe is None:
-                self._probe = self._session.new_client(
+                self._probe = self.session.new_client(
                     connect_timeout=min(self._connect_timeout, self._probe_timeout),
                     read_timeout=min(self._read_timeout, self._probe_timeout),
                     max_attempts=1,
@@ -382,12 +382,8 @@ class S3Store:
 
 
 def _object_info(item: ObjectTypeDef) -> ObjectInfo:
-    return ObjectInfo(
-        key=item["Key"],
-        size=item["Size"],
-        etag=etag.unquote(item["ETag"]),
-        mtime=item["LastModified"].timestamp(),
-    )
+    mtime = item["LastModified"].timestamp()
+    return ObjectInfo(item["Key"], item["Size"], etag.unquote(item["ETag"]), mtime)
 
 
 def _server_time(response: Any) -> float:

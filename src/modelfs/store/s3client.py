@@ -10,7 +10,9 @@ Client settings, and why:
   its pool (the lean lane's has one, see `http`); urllib3 checks that a pooled connection is
   still open before it reuses it, and a request on one dropped silently is retried;
 - no per-request checksums: they cost CPU on every byte and break on S3-compatible servers that
-  do not know them; a ranged GET carries If-Match, so the bytes are of the version asked for.
+  do not know them; a ranged GET carries If-Match, so the bytes are of the version asked for;
+- but every PutObject and UploadPart carries Content-MD5 (`_add_content_md5`), which every S3
+  server checks, so a body that did not arrive whole is refused, not kept (see `etag`).
 
 TLS trust (`trusted_ca_bundle`): both lanes must trust the same CAs, or the lean lane's
 handshakes fail where botocore's succeed and every request pays a failed handshake before
@@ -20,6 +22,13 @@ AWS_CA_BUNDLE or the profile's `ca_bundle`, else REQUESTS_CA_BUNDLE. A bundle na
 argument or the remote must exist (ConfigError otherwise, before any request). The client
 gets it as `verify` (None when there is none, leaving botocore's default, its own bundle,
 untouched); the lean lane gets `lean_ca_bundle`, which names that default bundle explicitly.
+
+Credentials: keys read from a config file are `ConfigFileCredentials`, which take them from
+`config.keys.KeyFile` for every request, so keys rotated in the file reach new requests of
+both lanes without a remount. Without keys, boto3's default chain finds them (environment,
+profile, web identity, container or instance role); the temporary ones it finds are
+refreshable, and both lanes ask them for frozen keys per request too (`get_frozen_credentials`),
+so they are renewed before they expire.
 """
 
 from __future__ import annotations
@@ -30,10 +39,18 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import botocore.session
 from botocore.config import Config
+from botocore.credentials import (
+    CredentialProvider,
+    CredentialResolver,
+    Credentials,
+    ReadOnlyCredentials,
+)
 from botocore.httpsession import get_cert_path
 
+from modelfs.config.keys import KeyFile
 from modelfs.config.remote import RemoteConfig
 from modelfs.errors import ConfigError
+from modelfs.store import etag
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -48,8 +65,18 @@ class S3Session:
         self._config = config
         arguments = _session_arguments(config)
         core = botocore.session.get_session()  # what boto3 would create; kept to read settings
+        self._keys: KeyFile | None = None
+        if config.config_file and "aws_access_key_id" in arguments:
+            self._keys = KeyFile(config)
+            keys = ConfigFileCredentials(self._keys)
+            core.register_component("credential_provider", CredentialResolver([_Fixed(keys)]))
+            arguments = {"region_name": arguments["region_name"]}
         self.boto3 = boto3.session.Session(botocore_session=core, **arguments)
         self.ca_bundle = trusted_ca_bundle(ca_bundle or config.ca_bundle or None, core)
+
+    def keys_changes(self) -> int:
+        """How many times the config file brought new keys (0: keys from elsewhere)."""
+        return 0 if self._keys is None else self._keys.generation
 
     @property
     def lean_ca_bundle(self) -> str:
@@ -71,12 +98,55 @@ class S3Session:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        return self.boto3.client(
+        client = self.boto3.client(
             "s3",
             endpoint_url=self._config.endpoint or None,
             config=config,
             verify=self.ca_bundle,
         )
+        for operation in ("PutObject", "UploadPart"):
+            client.meta.events.register(f"before-parameter-build.s3.{operation}", _add_content_md5)
+        return client
+
+
+def _add_content_md5(params: dict[str, Any], **_: Any) -> None:
+    """Send the MD5 of an upload's body along (Content-MD5) unless the caller gave one."""
+    body = params.get("Body")
+    if isinstance(body, bytes | bytearray | memoryview) and "ContentMD5" not in params:
+        params["ContentMD5"] = etag.content_md5(body)
+
+
+class ConfigFileCredentials(Credentials):
+    """A remote's keys as its config file holds them now (see the module docstring)."""
+
+    def __init__(self, keys: KeyFile) -> None:
+        remote = keys.current()
+        token = remote.session_token or None
+        super().__init__(remote.access_key_id, remote.secret_access_key, token, "config-file")
+        self._keys = keys
+
+    def get_frozen_credentials(self) -> ReadOnlyCredentials:
+        remote = self._keys.current()
+        # Readers of the attributes see the keys of the last request signed.
+        self.access_key, self.secret_key = remote.access_key_id, remote.secret_access_key
+        self.token = remote.session_token or None
+        return ReadOnlyCredentials(
+            remote.access_key_id, remote.secret_access_key, remote.session_token or None
+        )
+
+
+class _Fixed(CredentialProvider):
+    """The credential chain of a remote with keys in its config file: those keys only."""
+
+    METHOD = "config-file"
+    CANONICAL_NAME = "customModelfsConfigFile"
+
+    def __init__(self, credentials: Credentials) -> None:
+        super().__init__()
+        self._credentials = credentials
+
+    def load(self) -> Credentials:
+        return self._credentials
 
 
 def trusted_ca_bundle(explicit: str | None, core: botocore.session.Session) -> str | None:

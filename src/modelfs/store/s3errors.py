@@ -83,6 +83,8 @@ ERROR_FOR_CODE: dict[str, type[ModelfsError]] = {
     "Throttling": StoreUnavailable,
     "ThrottlingException": StoreUnavailable,
     "RequestTimeout": StoreUnavailable,
+    "BadDigest": StoreUnavailable,  # the body arrived damaged or short: send it again
+    "IncompleteBody": StoreUnavailable,
     "InternalError": StoreUnavailable,
     "ServiceUnavailable": StoreUnavailable,
     "429": StoreUnavailable,
@@ -124,6 +126,19 @@ def error_code(exc: BaseException) -> str:
             return code_and_status(current)[0]
         current = current.__cause__
     return type(exc).__name__
+
+
+def answered(exc: BaseException) -> bool:
+    """Whether the server answered the request behind `exc` (an S3 error response, a 5xx
+    among them), rather than the connection failing or timing out."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ClientError):
+            return True
+        current = current.__cause__
+    return False
 
 
 def write_condition_failed(exc: ClientError, *, if_match: bool) -> bool:

@@ -15,6 +15,7 @@ Parts, one module each:
 - `staging`: the staging area on disk (layout drawn there) and byte-level helpers;
 - `journal`: the SQLite journal of dirty keys (why SQLite, durability argument);
 - `files`: the table of staged files and their states (clean, dirty, detached), and handles;
+- `durable`, `recovery`: what an fsync made durable, and what startup trusts after a reboot;
 - `queue`: when each file is uploaded, retries, drain, statistics;
 - `uploader`: one upload attempt (conflict check, PUT or multipart, abort on failure).
 
@@ -25,8 +26,10 @@ unlinked file or land under an old name.
 
 Durability promise (docs/writeback.md): a write() returns once its bytes are in the staging
 file and the file's journal row exists, so kill -9 loses nothing; fsync() returns once both
-are on disk, so a power loss after fsync loses nothing; fsync of a directory (fsync_names)
-makes the renames and unlinks before it durable; nothing is dropped after failures.
+are on disk, with the file's size and digest in the row, so after a power loss the key gets
+exactly what was fsynced, and anything a power loss may have torn goes to a conflict copy
+(`recovery`), never over the object; fsync of a directory (fsync_names) makes the renames and
+unlinks before it durable; nothing is dropped after failures.
 """
 
 from __future__ import annotations
@@ -46,10 +49,12 @@ from modelfs.memory import MemoryBudget
 from modelfs.objects import ObjectInfo
 from modelfs.store.protocol import ObjectStore
 from modelfs.write import staging
+from modelfs.write.durable import current_boot
 from modelfs.write.files import StagedFile, StagedFiles, StagedInfo, WriteHandle
 from modelfs.write.journal import Journal
 from modelfs.write.names import NameChanges
 from modelfs.write.queue import UploadQueue, WriteBackListener, WriteBackStatistics
+from modelfs.write.recovery import recover
 from modelfs.write.staging import StagingArea
 from modelfs.write.threads import ThreadRunner, to_thread
 from modelfs.write.uploader import Uploader
@@ -139,7 +144,8 @@ class WriteBack:
             wall_clock=wall_clock,
         )
         self._names = NameChanges(self._files, self._queue, store, self._store_call, listener)
-        recovered = self._files.recover()
+        area.fsync_tree()
+        recovered = recover(self._files, current_boot(), wall_clock)
         for file in recovered:
             self._queue.expedite(file)
         self.recovered: tuple[str, ...] = tuple(file.key for file in recovered if file.key)
@@ -212,12 +218,10 @@ class WriteBack:
             self.release(handle)
 
     async def fsync(self, handle: WriteHandle) -> None:
-        """Return once the handle's bytes and journal row survive a power loss."""
+        """Return once the handle's bytes and journal row, with what is now durable, survive a
+        power loss."""
         file = handle.file
-        await self._run_sync(os.fsync, file.fd)
-        if not file.dir_synced:
-            await self._run_sync(self._files.area.fsync_dir)
-            file.dir_synced = True
+        await self._files.make_durable(file, self._run_sync)
         if file.journaled:
             await self._run_sync(self._files.journal.sync)
 
@@ -273,6 +277,11 @@ class WriteBack:
         has it all. `progress` gets statistics every `interval` seconds while waiting. Needs
         `run()` running; cancel it to give up: what is pending stays journaled for next time."""
         await self._queue.drain(progress, interval)
+
+    def retry_failed(self) -> None:
+        """Try every upload and delete that failed for good once more, now, without waiting
+        (the store takes our credentials again). What fails again stays failed."""
+        self._queue.retry_failed()
 
     def statistics(self) -> WriteBackStatistics:
         return self._queue.statistics()

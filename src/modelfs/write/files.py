@@ -3,7 +3,9 @@
 A `StagedFile` is one file's local state: its staging file (full content, see `staging`), the
 bucket version its changes start from, counters saying what the bucket has, and the handles
 open on it. `StagedFiles` is the table of them and the only code that changes their journal
-rows, so the rule "a dirty file has a row" lives in one place.
+rows once the engine runs (before, `recovery` rebuilds the table from them), so the rule "a
+dirty file has a row" lives in one place. `make_durable` is the one place a row's synced state
+is recorded (its invariant is in `durable`).
 
 States of a staged file:
 - clean: the bucket has its bytes (or it was fetched and not written yet); no journal row;
@@ -20,6 +22,8 @@ it. Only the trio thread touches this table.
 `low_water` is how an upload knows its snapshot is intact: the upload resets it to "nothing
 written" when it takes `(generation, size)`, every change lowers it to the lowest offset it
 touched, and the snapshot is intact while `low_water >= size` (appends never tear it).
+
+Lock order: `StagedFile.sync_lock` (one `make_durable` of a file at a time) is the only lock.
 """
 
 from __future__ import annotations
@@ -30,14 +34,15 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
 from modelfs.errors import NoSpace
 from modelfs.store.protocol import PendingUpload
 from modelfs.write import staging
-from modelfs.write.journal import Journal, JournalRow
+from modelfs.write.durable import Digests
+from modelfs.write.journal import Journal, JournalRow, Synced
 from modelfs.write.staging import StagingArea
 from modelfs.write.threads import ThreadRunner
 
@@ -77,6 +82,9 @@ class StagedFile:
     ours: str | None = None
     low_water: int = NOTHING_WRITTEN
     dir_synced: bool = False
+    digests: Digests = field(default_factory=Digests)  # of the staging file, for fsyncs
+    synced_generation: int = -1  # the generation whose synced state the row records
+    sync_lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
     def dirty(self) -> bool:
@@ -118,37 +126,6 @@ class StagedFiles:
         # Set by the engine from the mount: frees at least N bytes of the cache disk (the
         # block cache gives blocks back) and says how many it freed; None: nothing to give.
         self.make_room: Callable[[int], int] | None = None
-
-    def recover(self) -> list[StagedFile]:
-        """Files the journal says are dirty (an earlier process died); stray staging files
-        no row names are removed. The caller queues them before anything else."""
-        recovered: list[StagedFile] = []
-        for row in self.journal.rows():
-            fd = self.area.open(row.staging)
-            if fd is None:
-                log.error("write-back: staging file of %s is gone; its changes are lost", row.key)
-                self.journal.delete(row.staging)
-                continue
-            stat = os.fstat(fd)
-            file = StagedFile(
-                row.staging,
-                fd,
-                row.key,
-                row.base_etag,
-                stat.st_size,
-                stat.st_mtime,
-                generation=1,
-                journaled=True,
-                dirty_wall=row.since,
-                dirty_since=-math.inf,
-                leftover_upload=row.upload,
-                ours=row.ours,
-            )
-            self.by_key[row.key] = file
-            recovered.append(file)
-        for name in self.area.sweep({file.staging for file in recovered}):
-            log.debug("write-back: removed stale staging file %s", name)
-        return recovered
 
     def add(self, file: StagedFile) -> None:
         assert file.key is not None
@@ -206,10 +183,40 @@ class StagedFiles:
     def changed(self, file: StagedFile, low: int) -> None:
         file.generation += 1
         file.low_water = min(file.low_water, low)
+        file.digests.changed(low)
         file.mtime = self._wall()
         if file.dirty_since == math.inf:
             file.dirty_since = trio.current_time()
             self.reschedule(file)
+
+    # -- durability ----------------------------------------------------------------------------
+
+    async def make_durable(self, file: StagedFile, run_sync: ThreadRunner) -> bool:
+        """fsync `file`'s staging file (and once, its directory entry); if it has a journal
+        row, record there what is now durable (size and digest), to be synced with the journal.
+        False if a change below its size landed meanwhile: then nothing is recorded (the older
+        state stays, which the file no longer matches: after a reboot it goes aside)."""
+        async with file.sync_lock:
+            if not file.journaled:
+                await self._fsync(file, run_sync)  # clean: the bucket has it; nothing to record
+                return True
+            if file.synced_generation == file.generation:
+                return True  # recorded, and nothing changed since
+            generation, size, start = file.generation, file.size, file.digests.begin()
+            digest = await run_sync(file.digests.update, file.fd, start, size)
+            await self._fsync(file, run_sync)
+            if file.digests.low < size:
+                return False
+            if file.journaled:
+                self.journal.set_synced(file.staging, Synced(size, digest))
+                file.synced_generation = generation
+            return True
+
+    async def _fsync(self, file: StagedFile, run_sync: ThreadRunner) -> None:
+        await run_sync(os.fsync, file.fd)
+        if not file.dir_synced:
+            await run_sync(self.area.fsync_dir)
+            file.dir_synced = True
 
     # -- after an upload -----------------------------------------------------------------------
 
@@ -325,3 +332,6 @@ class UploadHooksOf:
 
     async def sync_journal(self) -> None:
         await self.run_sync(self.files.journal.sync)
+
+    async def make_durable(self) -> bool:
+        return await self.files.make_durable(self.file, self.run_sync)

@@ -11,15 +11,17 @@ the upload of the last change has completed. At startup every row is pending wor
           upload_key TEXT,           -- multipart upload in flight: its key (ours, or a
           upload_id TEXT,            --   conflict copy's) and id, '' while being created
           since REAL,                -- wall-clock time the key became dirty (for status)
-          ours TEXT)                 -- ETag our upload in flight gives the key once it lands
+          ours TEXT,                 -- ETag our upload in flight gives the key once it lands
+          synced_size INTEGER,       -- what the last fsync of the staging file made durable:
+          synced_digest TEXT)        --   its size and `durable` digest; NULL = never synced
     deletes(key TEXT PRIMARY KEY)    -- bucket keys a rename must still remove (retried)
-    meta(name TEXT PRIMARY KEY, value TEXT)   -- 'identity': the bucket this root belongs to
+    meta(name TEXT PRIMARY KEY, value TEXT)   -- 'identity': the bucket this root belongs to;
+                                              -- 'boot': the boot its rows were last checked in
 
-The identity is the one of the cache root the journal lives in, `ENDPOINT|BUCKET` (a mount
-passes it): mounts of different prefixes of one bucket share the root, the journal, and so
-each other's pending files (keys are full bucket keys). A journal of another bucket is
-refused. Journals written before held `REMOTE:BUCKET[/PREFIX]`; one of the same bucket is
-taken over (its identity rewritten), since its root was already chosen by endpoint and bucket.
+The identity is the cache root's, `ENDPOINT|BUCKET` (a mount passes it): a mount of another
+prefix of the bucket may take over a journal (keys are full bucket keys). A journal of another
+bucket is refused. Journals written before held `REMOTE:BUCKET[/PREFIX]`; one of the same
+bucket is taken over (its identity rewritten).
 
 Why SQLite and not an append-only log file: a row changes in place (rename, new base ETag,
 upload id), and SQLite gives atomic multi-row transactions (rename over a dirty key deletes one
@@ -36,7 +38,13 @@ microseconds and runs on the trio thread; it survives the death of the process (
 keeps the page cache) but not a power loss. `sync()` (called by fsync, in a worker thread)
 fsyncs the WAL and the database file: every commit so far is then in one of them, because in
 this mode SQLite syncs the WAL before a checkpoint copies it into the database and syncs the
-database after. After `sync()` returns, every earlier commit survives a power loss too.
+database after. After `sync()` returns, every earlier commit survives a power loss too, and so
+do the directory entries of the database and its WAL (SQLite syncs neither when it creates
+them, and a WAL is created anew after the last connection closed).
+
+So after a power loss a row may survive while its staging file lost what was written after its
+last fsync: the row's synced state and the 'boot' record say what recovery may trust (see
+`durable` and `recovery`).
 """
 
 from __future__ import annotations
@@ -76,11 +84,31 @@ CREATE TABLE IF NOT EXISTS dirty (
     upload_key TEXT,
     upload_id TEXT,
     since REAL NOT NULL,
-    ours TEXT
+    ours TEXT,
+    synced_size INTEGER,
+    synced_digest TEXT
 );
 CREATE TABLE IF NOT EXISTS deletes (key TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+_COLUMNS = "staging, key, base_etag, upload_key, upload_id, since, ours, synced_size, synced_digest"
+_PLACES = ", ".join("?" * len(_COLUMNS.split(", ")))
+_ADDED_COLUMNS = {"ours": "TEXT", "synced_size": "INTEGER", "synced_digest": "TEXT"}
+
+RowValues = tuple[
+    str, str, str | None, str | None, str | None, float, str | None, int | None, str | None
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """What an fsync made durable of a staging file: its size then and the digest of those
+    bytes (`durable.Digests`)."""
+
+    size: int
+    digest: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +119,13 @@ class JournalRow:
     upload: PendingUpload | None
     since: float
     ours: str | None = None
+    synced: Synced | None = None
 
-    def values(self) -> tuple[str, str, str | None, str | None, str | None, float, str | None]:
+    def values(self) -> RowValues:
         upload_key = self.upload.key if self.upload else None
         upload_id = self.upload.upload_id if self.upload else None
+        synced_size = self.synced.size if self.synced else None
+        synced_digest = self.synced.digest if self.synced else None
         return (
             self.staging,
             self.key,
@@ -103,7 +134,16 @@ class JournalRow:
             upload_id,
             self.since,
             self.ours,
+            synced_size,
+            synced_digest,
         )
+
+    @classmethod
+    def of(cls, values: RowValues) -> JournalRow:
+        staging, key, base, upload_key, upload_id, since, ours, size, digest = values
+        upload = PendingUpload(upload_key, upload_id or "") if upload_key else None
+        synced = Synced(size, digest) if size is not None and digest is not None else None
+        return cls(staging, key, base, upload, since, ours, synced)
 
 
 def _legacy_of_same_bucket(found: str, identity: str) -> bool:
@@ -140,10 +180,15 @@ class Journal:
         self.restore_reserve()
 
     def _upgrade(self) -> None:
-        """Journals written before the `ours` column get it (empty: no upload in flight)."""
+        """Journals written before a column get it, empty: no upload in flight, never synced
+        (and no 'boot': recovery checks their rows, see `recovery`)."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(dirty)")}
-        if "ours" not in columns:
-            self._write(lambda db: db.execute("ALTER TABLE dirty ADD COLUMN ours TEXT"))
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in columns:
+                self._add_column(name, kind)
+
+    def _add_column(self, name: str, kind: str) -> None:
+        self._write(lambda db: db.execute(f"ALTER TABLE dirty ADD COLUMN {name} {kind}"))
 
     def _check_identity(self, identity: str) -> None:
         found = self._db.execute("SELECT value FROM meta WHERE name='identity'").fetchone()
@@ -159,29 +204,14 @@ class Journal:
         )
 
     def rows(self) -> list[JournalRow]:
-        cursor = self._db.execute(
-            "SELECT staging, key, base_etag, upload_key, upload_id, since, ours FROM dirty "
-            "ORDER BY since"
-        )
-        return [
-            JournalRow(
-                staging,
-                key,
-                base,
-                PendingUpload(upload_key, upload_id) if upload_key else None,
-                since,
-                ours,
-            )
-            for staging, key, base, upload_key, upload_id, since, ours in cursor.fetchall()
-        ]
+        cursor = self._db.execute(f"SELECT {_COLUMNS} FROM dirty ORDER BY since")
+        return [JournalRow.of(values) for values in cursor.fetchall()]
 
-    def insert(self, row: JournalRow) -> None:
-        """A key became dirty. The only write that may not use the reserve: it is what lets
-        the application fill the disk further."""
-        self._write(
-            lambda db: db.execute("INSERT INTO dirty VALUES (?, ?, ?, ?, ?, ?, ?)", row.values()),
-            reserve=False,
-        )
+    def insert(self, row: JournalRow, *, reserve: bool = False) -> None:
+        """A key became dirty. May not use the reserve (unless `reserve`: recovery): it is what
+        lets the application fill the disk further."""
+        statement = f"INSERT INTO dirty ({_COLUMNS}) VALUES ({_PLACES})"
+        self._write(lambda db: db.execute(statement, row.values()), reserve=reserve)
 
     def delete(self, staging: str) -> None:
         self._write(lambda db: db.execute("DELETE FROM dirty WHERE staging=?", (staging,)))
@@ -197,6 +227,15 @@ class Journal:
     def set_ours(self, staging: str, etag: str | None) -> None:
         self._write(
             lambda db: db.execute("UPDATE dirty SET ours=? WHERE staging=?", (etag, staging))
+        )
+
+    def set_synced(self, staging: str, synced: Synced) -> None:
+        """An fsync made `synced` durable (commit this only after that fsync returned)."""
+        self._write(
+            lambda db: db.execute(
+                "UPDATE dirty SET synced_size=?, synced_digest=? WHERE staging=?",
+                (synced.size, synced.digest, staging),
+            )
         )
 
     def set_upload(self, staging: str, upload: PendingUpload | None) -> None:
@@ -215,7 +254,7 @@ class Journal:
         def work(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM dirty WHERE key=? AND staging<>?", (row.key, row.staging))
             db.execute(
-                "INSERT INTO dirty VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(staging) DO UPDATE "
+                f"INSERT INTO dirty ({_COLUMNS}) VALUES ({_PLACES}) ON CONFLICT(staging) DO UPDATE "
                 "SET key=excluded.key, base_etag=excluded.base_etag, ours=excluded.ours",
                 row.values(),
             )
@@ -240,9 +279,24 @@ class Journal:
     def forget_delete(self, key: str) -> None:
         self._write(lambda db: db.execute("DELETE FROM deletes WHERE key=?", (key,)))
 
+    def boot(self) -> str | None:
+        """The boot the rows were last checked in (None: never, a journal from before)."""
+        found = self._db.execute("SELECT value FROM meta WHERE name='boot'").fetchone()
+        return None if found is None else str(found[0])
+
+    def set_boot(self, boot: str) -> None:
+        self._write(
+            lambda db: db.execute(
+                "INSERT INTO meta VALUES ('boot', ?) ON CONFLICT(name) DO UPDATE "
+                "SET value=excluded.value",
+                (boot,),
+            )
+        )
+
     def sync(self) -> None:
         """Make every commit so far survive a power loss (blocking: run it in a thread)."""
-        for path in (self._path, self._path.with_name(self._path.name + "-wal")):
+        wal = self._path.with_name(self._path.name + "-wal")
+        for path in (self._path, wal, self._path.parent):
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:

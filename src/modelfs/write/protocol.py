@@ -63,6 +63,9 @@ class Writer(Protocol):
         interval: float = 1.0,
     ) -> None: ...
 
+    def retry_failed(self) -> None:
+        """Try once more, in the background, what failed for good (new credentials)."""
+
     def statistics(self) -> WriteBackStatistics | None: ...
 
     def close(self) -> None: ...
@@ -124,6 +127,9 @@ class ReadOnlyWriter:
         progress: Callable[[WriteBackStatistics], None] | None = None,
         interval: float = 1.0,
     ) -> None:
+        return None
+
+    def retry_failed(self) -> None:
         return None
 
     def statistics(self) -> WriteBackStatistics | None:

@@ -18,10 +18,15 @@ token):
   until an upload succeeds;
 - after a permanent failure (`ModelfsError.permanent`: access denied, key too long, bucket
   gone): never on its own. The file stays staged and journaled (data is never dropped) and
-  the error shows in `statistics().failures` until `drain` (`modelfs sync`, unmount) tries it
-  once more, or the next mount does. `drain` ends with `UploadFailed` once only such files
-  (and deletes that failed so) are left, instead of waiting forever.
+  the error shows in `statistics().failures` until `drain` (`modelfs sync`, unmount) or
+  `retry_failed` (new keys) tries it once more, or the next mount does. `drain` ends with
+  `UploadFailed` once only such files (and deletes that failed so) are left, not waiting.
 At most `transfers` files upload at once; the limiter bounds the threads (and parts) of all.
+
+Durability (see `durable`): an attempt commits nothing the cache disk does not hold with its
+synced state journaled (`UploadHooksOf.make_durable`, called by the uploader). A retry first
+does the same and syncs the journal, whatever the store answers: a file whose uploads kept
+failing until a power cut (a store down at the time) is then trusted after the reboot.
 """
 
 from __future__ import annotations
@@ -43,14 +48,7 @@ from modelfs.store.s3errors import error_code
 from modelfs.write.deletes import PendingDeletes, backoff
 from modelfs.write.files import NOTHING_WRITTEN, StagedFile, StagedFiles, UploadHooksOf
 from modelfs.write.threads import ThreadRunner
-from modelfs.write.uploader import (
-    Conflicted,
-    Raced,
-    Snapshot,
-    Torn,
-    Uploaded,
-    Uploader,
-)
+from modelfs.write.uploader import Conflicted, Raced, Snapshot, Torn, Uploaded, Uploader
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +251,9 @@ class UploadQueue:
         started = trio.current_time()
         try:
             hooks = UploadHooksOf(self._files, file, size, self._run_sync)
+            if item.attempts:  # a retry: durable first, whatever the store answers
+                await hooks.make_durable()
+                await hooks.sync_journal()
             outcome = await self._uploader.upload_once(snapshot, hooks)
             if not self._files.is_live(file):
                 return  # unlinked or renamed meanwhile: they clean up the bucket
@@ -349,6 +350,12 @@ class UploadQueue:
                 await self._progress.wait()
             if waited.cancelled_caught and progress is not None:
                 progress(self.statistics())
+
+    def retry_failed(self) -> None:
+        """Make the files and deletes that failed for good due now, once more."""
+        for file in [file for file, item in self._items.items() if item.failure is not None]:
+            self.expedite(file)
+        self.deletes.retry_failed()
 
     def _failure_message(self) -> str:
         failures = self._failures()

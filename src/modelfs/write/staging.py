@@ -1,7 +1,8 @@
 """The staging area: one local file per file being written, holding its full content.
 
-On-disk layout under the write-back root (one root per remote, chosen by the caller), every
-directory 0700 and every file 0600 (`host.private`):
+On-disk layout under the write-back root (one root per mount, chosen by the caller; an
+earlier version kept one per remote, which `take_over` moves to a mount's), every directory
+0700 and every file 0600 (`host.private`):
 
     ROOT/
     ├── lock                      flock()ed by the live WriteBack; freed by the kernel on kill -9
@@ -33,7 +34,7 @@ from typing import NoReturn
 
 import trio
 
-from modelfs.errors import NoSpace, StaleObject
+from modelfs.errors import MountError, NoSpace, StaleObject
 from modelfs.host import private
 from modelfs.host.locks import hold_lock
 from modelfs.objects import ObjectInfo
@@ -91,14 +92,43 @@ class StagingArea:
 
     def fsync_dir(self) -> None:
         """Make the creation of staging files survive a power loss (blocking)."""
-        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(self.dir)
+
+    def fsync_tree(self) -> None:
+        """Make the entries of the staging directory, of the root and of the root's parent
+        survive a power loss: a first mount creates them (blocking; at startup)."""
+        for directory in (self.dir, self.root, self.root.parent):
+            fsync_directory(directory)
 
     def close(self) -> None:
         os.close(self._lock_fd)
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def take_over(old: Path, root: Path) -> bool:
+    """Move the write-back root `old` (where an earlier version kept one per cache root) to
+    `root`, whole, with one rename, if `root` does not exist yet and no process holds `old`'s
+    lock: its pending files then are this root's to upload. True if it was moved."""
+    if root.exists() or not old.is_dir():
+        return False
+    try:
+        fd = hold_lock(old, "write-back root")
+    except (MountError, OSError):  # in use by an older modelfs, or taken over just now
+        return False
+    try:
+        os.rename(old, root)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def write_at(fd: int, offset: int, data: bytes) -> int:

@@ -23,8 +23,11 @@ Algorithm of `upload_once`:
    ours is uploaded to KEY.
 3. PUT in one request up to `part_size`, else multipart with the id journaled before any part
    is sent (so recovery can abort it) and cleared after completion; on any failure or
-   cancellation the upload is aborted (shielded), never left billing. The ETag the PUT (or the
-   completion) will give the key is journaled as `ours` just before that request is sent.
+   cancellation the upload is aborted (shielded), never left billing. Before the PUT (or the
+   completion) is sent, the staging file is made durable with its synced state journaled
+   (`hooks.make_durable`; for a multipart upload, while the parts are sent), then the ETag that
+   request will give the key is journaled as `ours`. So an upload of ours that landed is never
+   newer than what recovery after a power loss finds synced (see `durable`).
 The PUT (or the completion) carries what the HEAD found as its condition (`Expect`: that ETag,
 or no object), so a change made in the bucket between HEAD and PUT is not overwritten: the
 store refuses the write, the attempt returns `Raced` and the next one starts again from the
@@ -82,6 +85,10 @@ class UploadHooks(Protocol):
 
     def expect_ours(self, etag: str) -> None:
         """Journal the ETag the request about to be sent gives the snapshot's key."""
+
+    async def make_durable(self) -> bool:
+        """The staging file on the cache disk, its synced state journaled; False if it was
+        rewritten meanwhile (nothing recorded: the attempt must not commit)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +163,11 @@ class Uploader:
         return Conflicted(conflict_key, remote, outcome.info)
 
     async def _free_conflict_key(self, key: str) -> str:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.wall_clock()))
-        candidate = f"{key}.conflict-{stamp}"
-        number = 1
+        when, number = self.wall_clock(), 1
+        candidate = conflict_key(key, when)
         while await self._head(candidate) is not None:
             number += 1
-            candidate = f"{key}.conflict-{stamp}-{number}"
+            candidate = conflict_key(key, when, number)
         return candidate
 
     async def _put(
@@ -171,7 +177,7 @@ class Uploader:
             return await self._multipart(key, snap, hooks, expect)
         async with self._memory(snap.size):
             data, digest = await self._thread(_read_and_digest, snap.fd, 0, snap.size)
-            if not hooks.intact():
+            if not await hooks.make_durable() or not hooks.intact():
                 return Torn()
             if key == snap.key:
                 hooks.expect_ours(from_md5(digest))
@@ -188,8 +194,8 @@ class Uploader:
         upload_id = await self._thread(self.store.create_multipart, key)
         hooks.record_upload(PendingUpload(key, upload_id))
         try:
-            parts, digests = await self._send_parts(key, upload_id, snap)
-            if not hooks.intact():
+            parts, digests, durable = await self._send_parts(key, upload_id, snap, hooks)
+            if not durable or not hooks.intact():
                 await self._abort(key, upload_id)
                 hooks.record_upload(None)
                 return Torn()
@@ -211,9 +217,10 @@ class Uploader:
         return Uploaded(info)
 
     async def _send_parts(
-        self, key: str, upload_id: str, snap: Snapshot
-    ) -> tuple[list[UploadedPart], list[bytes]]:
-        """The parts sent, and the MD5 digest of each (in order)."""
+        self, key: str, upload_id: str, snap: Snapshot, hooks: UploadHooks
+    ) -> tuple[list[UploadedPart], list[bytes], bool]:
+        """The parts sent, the MD5 digest of each (in order), and whether the staging file was
+        made durable meanwhile (`hooks.make_durable`, run alongside the parts)."""
         step = part_size_for(snap.size, self.part_size)
         starts = range(0, snap.size, step)
         parts: list[UploadedPart | None] = [None] * len(starts)
@@ -227,13 +234,19 @@ class Uploader:
                     self.store.upload_part, key, upload_id, index + 1, data
                 )
 
+        durable = [False]
+
+        async def flush() -> None:
+            durable[0] = await hooks.make_durable()
+
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(flush)
                 for index, start in enumerate(starts):
                     nursery.start_soon(send, index, start)
         except ExceptionGroup as group:
             raise _first_leaf(group) from group  # callers handle one error, as for a PUT
-        return [part for part in parts if part is not None], digests
+        return [part for part in parts if part is not None], digests, durable[0]
 
     async def _abort_quietly(self, key: str, upload_id: str, hooks: UploadHooks) -> None:
         """Abort after a failure; if even that fails, the journal keeps the id for later."""
@@ -289,6 +302,13 @@ class Uploader:
     async def _thread(self, fn: Callable[[*Args], T], *args: *Args) -> T:
         """Run a blocking call (boto3, large file I/O) off the trio thread, within the limiter."""
         return await self.run_sync(fn, *args, limiter=self.limiter)
+
+
+def conflict_key(key: str, when: float, number: int = 1) -> str:
+    """The name of a conflict copy of `key` made at wall-clock time `when`: the `number`-th
+    of that second (`KEY.conflict-YYYYMMDDTHHMMSSZ`, then `-2`, `-3`, ...)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
+    return f"{key}.conflict-{stamp}" + (f"-{number}" if number > 1 else "")
 
 
 def _read_and_digest(fd: int, start: int, length: int) -> tuple[bytes, bytes]:
