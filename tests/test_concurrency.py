@@ -1,12 +1,16 @@
 """Which background GETs run when: `read.concurrency.Probe` (how many pay, on a saturated link
-and a WAN one) and `read.tickets.DemandFirst` (a reader's own GETs go first)."""
+and a WAN one), `AdaptiveLimit` (the probe applied to a limiter) and `read.tickets.DemandFirst`
+(a reader's own GETs go first)."""
 
 from __future__ import annotations
 
 import time
 
+import trio
+import trio.testing
+
 from modelfs.objects import ObjectId
-from modelfs.read.concurrency import HOLD, Probe
+from modelfs.read.concurrency import HOLD, WINDOW, AdaptiveLimit, Probe
 from modelfs.read.tickets import DEMAND_FIRST, DemandFirst, FetchTicket
 
 
@@ -54,3 +58,32 @@ def test_background_gets_hold_back_while_a_readers_own_get_runs() -> None:
     started = time.monotonic()
     first.hold_back(background)
     assert time.monotonic() - started < DEMAND_FIRST / 2
+
+
+async def test_the_limiter_settles_where_the_link_is_full(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Background GETs always waiting, on a link that 3 GETs fill: the limiter's slots go
+    1, 2, 4, then 8 is tried, does not pay, and 4 is kept."""
+    limiter = trio.CapacityLimiter(16)
+    fetched, last = [0.0], [trio.current_time()]
+
+    def link() -> int:  # bytes fetched so far: 1 MB/s per slot in use, 3 at most
+        now = trio.current_time()
+        fetched[0] += (now - last[0]) * min(limiter.total_tokens, 3) * 1e6
+        last[0] = now
+        return int(fetched[0])
+
+    adaptive = AdaptiveLimit(limiter, link, minimum=1, maximum=16)
+    seen = [limiter.total_tokens]
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):  # GETs queueing for a slot, all the time
+            nursery.start_soon(limiter.acquire_on_behalf_of, object())
+        nursery.start_soon(adaptive.run)
+        await trio.sleep(WINDOW / 2)  # look in the middle of each window
+        for _ in range(6):
+            await trio.sleep(WINDOW)
+            seen.append(limiter.total_tokens)
+        nursery.cancel_scope.cancel()
+    assert seen[:5] == [1, 2, 4, 8, 4]
+    assert seen[-1] == 4
