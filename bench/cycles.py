@@ -6,11 +6,11 @@ mount with its cache full, after dropping the page cache again.
 
 | cycle  | loopback                                                  | WAN       |
 |--------|-----------------------------------------------------------|-----------|
-| seq    | cold dd, warm dd, hot dd, warm first byte, warm fio x2    | cold dd   |
+| seq    | cold dd (+ CPU), warm dd, hot dd, warm first byte, fio x2 | cold dd   |
 | ttfb   | cold first byte                                           | same      |
 | fio128 | cold fio 128 KiB                                          | same      |
 | fio4   | cold fio 4 KiB                                            | same      |
-| large  | cold dd of the 4 GiB object + peak RSS                    | -         |
+| large  | cold dd of the 4 GiB object (+ CPU) + peak RSS            | -         |
 | stseq  | cold dd of the safetensors file                           | -         |
 | st     | cold load_file, warm load_file                            | cold only |
 | tree   | ls -lR + read all, cold then warm                         | cold only |
@@ -32,7 +32,7 @@ from baselines import S3Target
 from dataset import Dataset
 from mounters import MountedFs
 from report import WAN
-from sysutil import RssSampler, drop_page_cache
+from sysutil import RssSampler, cpu_seconds, drop_page_cache
 
 # Row groups selectable with --rows, and the cycles each one runs.
 ROW_GROUPS = ("seq", "ttfb", "fio", "large", "safetensors", "tree")
@@ -137,11 +137,22 @@ class CycleRun:
         )
 
 
+def cold_dd(run: CycleRun, row: str, key: str) -> None:
+    """`dd` of `key` on the fresh mount: its rate under `row`, and the CPU seconds per GiB
+    the mounter's processes spent meanwhile (/proc/PID/stat) under `row`_cpu."""
+    pids = run.mounted.pids()
+    before = cpu_seconds(pids)
+    result = workloads.dd_read(run.path(key), read_timeout(run.profile.data.size_of(key)))
+    per_gib = (cpu_seconds(pids) - before) / (result.nbytes / (1 << 30))
+    run.throughput(row, result)
+    run.value(f"{row}_cpu", per_gib, f"{per_gib:8.2f} CPU-s per GiB ({run.mounted.name})")
+
+
 def cycle_seq(run: CycleRun) -> None:
     """Cold read, then (loopback) warm, hot, first byte warm and fio warm on the same mount."""
     path = run.path(dataset.MEDIUM_KEY)
     timeout = read_timeout(run.profile.data.size_of(dataset.MEDIUM_KEY))
-    run.throughput("seq_cold_medium", workloads.dd_read(path, timeout))
+    cold_dd(run, "seq_cold_medium", dataset.MEDIUM_KEY)
     if run.profile.wan:
         return
     drop_page_cache()
@@ -170,10 +181,8 @@ def cycle_fio4(run: CycleRun) -> None:
 
 def cycle_large(run: CycleRun) -> None:
     """Cold read of the large object while sampling the mounter's memory."""
-    timeout = read_timeout(run.profile.data.size_of(dataset.LARGE_KEY))
     with RssSampler(run.mounted.pids) as rss:
-        result = workloads.dd_read(run.path(dataset.LARGE_KEY), timeout)
-    run.throughput("seq_cold_large", result)
+        cold_dd(run, "seq_cold_large", dataset.LARGE_KEY)
     run.value("rss_large", rss.peak_mib, f"{rss.peak_mib:8.0f} MiB peak RSS")
 
 

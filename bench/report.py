@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-MB_S, MS, MIB, IOPS = "MB/s", "ms", "MiB", "IOPS"
+MB_S, MS, MIB, IOPS, CPU = "MB/s", "ms", "MiB", "IOPS", "CPU-s/GiB"
+PASSTHROUGH = "passthrough"  # the Python FUSE ceiling: a bare pyfuse3 fs over the local copy
 LOOPBACK, WAN = "loopback", "wan"
 BOTO3, LOCAL = "boto3", "local"
 
@@ -37,6 +38,8 @@ class RowSpec:
 ROWS = (
     RowSpec("seq_cold_medium", "1. cold seq read {medium} (dd bs=1M)", MB_S, "best boto3"),
     RowSpec("seq_cold_large", "1. cold seq read {large} (dd bs=1M)", MB_S, "best boto3"),
+    RowSpec("seq_cold_medium_cpu", "1. CPU of the mounter per GiB, cold {medium}", CPU, ""),
+    RowSpec("seq_cold_large_cpu", "1. CPU of the mounter per GiB, cold {large}", CPU, ""),
     RowSpec("seq_warm", "2. warm seq read {medium} (page cache dropped)", MB_S, "best boto3"),
     RowSpec("seq_hot", "2. hot seq read {medium} (page cache kept)", MB_S, "best boto3"),
     RowSpec("ttfb_cold", "3. first 4 KiB, cold", MS, "boto3 ranged GET, new connection"),
@@ -93,6 +96,8 @@ class Results:
 
 
 def _format_value(value: float, unit: str) -> str:
+    if unit == CPU:
+        return f"{value:.2f}"
     if unit == MS:
         return f"{value:.1f}" if value < 100 else f"{value:.0f}"
     return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
@@ -176,6 +181,22 @@ def evaluate_targets(results: Results, subject: str = "modelfs") -> list[Target]
             unit=MB_S,
             factor=0.7,
         )
+    for row in ("seq_cold_medium", "seq_cold_large"):
+        check(
+            f"cold seq ({row}) >= 0.9x the Python FUSE ceiling (passthrough)",
+            get(row),
+            get(row, PASSTHROUGH),
+            at_least=True,
+            unit=MB_S,
+            factor=0.9,
+        )
+        check(
+            f"mount CPU per cold GiB ({row}) <= 0.6 CPU-s",
+            get(f"{row}_cpu"),
+            0.6,
+            at_least=False,
+            unit=CPU,
+        )
     check(
         "WAN cold seq >= 0.7x link aggregate limit (measured)",
         get("seq_cold_medium", profile=WAN),
@@ -235,6 +256,14 @@ def evaluate_targets(results: Results, subject: str = "modelfs") -> list[Target]
         unit=MS,
         factor=1.3,
     )
+    for row in ("fio128_cold", "fio4_cold"):
+        check(
+            f"cold random reads ({row}) >= s3fs",
+            get(row),
+            get(row, "s3fs"),
+            at_least=True,
+            unit=IOPS if row == "fio4_cold" else MB_S,
+        )
     check(
         "read every small file cold >= 2x faster than s3fs",
         get("tree_cold"),

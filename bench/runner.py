@@ -213,6 +213,7 @@ class Bench:
             profile.rclone_conf,
             base / "mount.log",
             self.cleanup,
+            profile.data.root,
         )
 
     def run_cycle(self, mounter: Mounter, profile: Profile, cycle: str, repeat: int) -> None:
@@ -249,6 +250,8 @@ class Bench:
             except Exception as exc:  # a broken baseline must not cost the mounter rows
                 self.fail(f"{profile.name} r{repeat} baselines: {exc!r}")
             for mounter in active:
+                if profile.wan and not mounter.remote:
+                    continue  # a local copy: nothing to learn over a shaped link
                 log(f"{profile.name} repeat {repeat}/{repeats}: {mounter.name}")
                 for cycle in cycles:
                     self.run_cycle(mounter, profile, cycle, repeat)

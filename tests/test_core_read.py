@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import logging
@@ -31,9 +32,10 @@ from modelfs.daemon.warmup import warm_up as warm_up_mount
 from modelfs.errors import InvalidArgument, NotFound, ReadOnly, StaleObject
 from modelfs.memory import MemoryBudget
 from modelfs.objects import ListPage, ObjectId, ObjectInfo
-from modelfs.read import dropbehind as pagecache
-from modelfs.read.dropbehind import DropBehind, PageCacheTrimmer
+from modelfs.read import dropbehind, pagecache
+from modelfs.read.dropbehind import DropBehind
 from modelfs.read.fetcher import BlockFetcher
+from modelfs.read.pagecache import PageCacheAdvisor
 from modelfs.read.policy import MEMORY_TTL, MemoryProbe, ReadOptions, ReadPolicy
 from modelfs.read.readahead import ReadaheadPolicy
 from modelfs.write.engine import WriteBack
@@ -319,7 +321,7 @@ async def test_block_read_to_its_end_leaves_ram_once_on_disk() -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(fetcher.run)
         fetcher.start_fetch(info, 0, 16, prefetch=True)
-        await fetcher.block(info, 15)  # everything delivered, nothing read to its end yet
+        await fetcher.wait_for(info.id, 15)  # everything delivered, nothing read to its end yet
         await wait_until(lambda: all(cache.contains(info.id, i) for i in range(16)))
         await wait_until(lambda: fetcher.statistics().held_blocks == 16)  # kept for the reader
         assert budget.statistics().in_use == 16 * BLOCK
@@ -329,6 +331,62 @@ async def test_block_read_to_its_end_leaves_ram_once_on_disk() -> None:
         assert fetcher.statistics().held_blocks == 0
         assert budget.statistics().in_use == 0
         assert store.ops["iter_range"] == 1  # all of it from RAM: no second GET
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_reader_takes_over_a_block_a_background_get_reaches_late() -> None:
+    """A background GET stuck at its first block: a reader of a block far ahead of it gets it
+    from a GET of its own, the background GET reads past it, and it reaches the cache once; a
+    block right behind the stream's position is waited for instead."""
+    first_stream: list[int] = []
+    hold = threading.Event()
+
+    def delay(op: str) -> None:
+        if op == "iter_range" and not first_stream:
+            first_stream.append(threading.get_ident())
+        elif op == "iter_range.chunk" and first_stream == [threading.get_ident()]:
+            hold.wait(10)
+
+    store = MemoryStore(delay=delay)
+    data = os.urandom(BLOCK * 16)
+    info = store.put_bytes("sixteen.bin", data)
+    cache = MemoryDataCache(BLOCK, 1 << 30)
+    puts: collections.Counter[int] = collections.Counter()
+    real_put = cache.put
+
+    def counted_put(obj: ObjectId, index: int, block: bytes) -> None:
+        puts[index] += 1
+        real_put(obj, index, block)
+
+    cache.put = counted_put  # type: ignore[method-assign]
+    fetcher = make_fetcher(store, cache, budget=MemoryBudget(32 * BLOCK))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fetcher.run)
+        fetcher.start_fetch(info, 0, 16, prefetch=True)
+        await wait_until(lambda: bool(first_stream))
+        with trio.fail_after(5):
+            assert await fetcher.block(info, 10) == data[10 * BLOCK : 11 * BLOCK]
+        assert fetcher.statistics().taken_over == 1
+        assert store.ops["iter_range"] == 2
+        near = trio.Event()
+
+        async def read_near() -> None:
+            assert await fetcher.block(info, 1) == data[BLOCK : 2 * BLOCK]
+            near.set()
+
+        nursery.start_soon(read_near)
+        await trio.sleep(0.05)
+        assert not near.is_set()  # one block from the stream: it waits
+        hold.set()
+        with trio.fail_after(5):
+            await near.wait()
+        await wait_until(lambda: len(puts) == 16)
+        await trio.sleep(0.05)  # a second write of a block would come now
+        assert fetcher.statistics().taken_over == 1
+        assert puts == dict.fromkeys(range(16), 1)
+        for index in range(16):
+            assert await fetcher.block(info, index) == data[index * BLOCK : (index + 1) * BLOCK]
+        assert store.ops["iter_range"] == 2
         nursery.cancel_scope.cancel()
 
 
@@ -918,13 +976,21 @@ async def test_reading_the_root_during_the_warm_up_does_not_list_the_whole_tree(
 # -- drop-behind (the kernel's side is tested in test_mount.py) ------------------------------------
 
 
-class RecordingTrimmer(PageCacheTrimmer):
-    """Records the drops asked for instead of advising the kernel; `gate` holds them."""
+class RecordingTrimmer(PageCacheAdvisor):
+    """Records the drops (and fills) asked for instead of advising the kernel; `gate` holds
+    the drops."""
 
     def __init__(self) -> None:
         super().__init__("/nonexistent")
         self.calls: list[tuple[str, int, int]] = []
+        self.fills: list[tuple[str, int, int]] = []
         self.gate: trio.Event | None = None
+        self.fill_gate: trio.Event | None = None
+
+    async def fill(self, path: str, start: int, end: int) -> None:
+        self.fills.append((path, start, end))
+        if self.fill_gate is not None:
+            await self.fill_gate.wait()
 
     async def drop(self, path: str, start: int, end: int) -> None:
         self.calls.append((path, start, end))
@@ -935,8 +1001,8 @@ class RecordingTrimmer(PageCacheTrimmer):
 
 @pytest.fixture
 def small_drop_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pagecache, "DROP_LAG", 4 * BLOCK)
-    monkeypatch.setattr(pagecache, "DROP_STEP", 4 * BLOCK)
+    monkeypatch.setattr(dropbehind, "DROP_LAG", 4 * BLOCK)
+    monkeypatch.setattr(dropbehind, "DROP_STEP", 4 * BLOCK)
 
 
 def read_blocks(drop: DropBehind, first: int, last: int) -> list[tuple[int, int] | None]:
@@ -967,13 +1033,13 @@ def test_drop_behind_drops_only_what_the_current_run_read(small_drop_steps: None
 
 async def drop_fs(store: MemoryStore, nursery: trio.Nursery, **options: object) -> Filesystem:
     fs = await start_fs(nursery, store, drop_behind_min=16 * BLOCK, **options)
-    fs.reads.trimmer = RecordingTrimmer()
+    fs.reads.page_cache = RecordingTrimmer()
     return fs
 
 
 def trimmer_of(fs: Filesystem) -> RecordingTrimmer:
-    assert isinstance(fs.reads.trimmer, RecordingTrimmer)
-    return fs.reads.trimmer
+    assert isinstance(fs.reads.page_cache, RecordingTrimmer)
+    return fs.reads.page_cache
 
 
 @pytest.mark.usefixtures("small_drop_steps")
@@ -1045,7 +1111,7 @@ async def test_drop_behind_auto_asks_the_memory_of_the_reader_at_each_step(
     clock = FakeClock()
     async with trio.open_nursery() as nursery:
         fs = await start_fs(nursery, store, clock=clock, memory=memory)
-        fs.reads.trimmer = trimmer = RecordingTrimmer()
+        fs.reads.page_cache = trimmer = RecordingTrimmer()
         ino = (await fs.lookup(ROOT_INODE, "big.bin")).ino
         fh, _ = await fs.open(ino, os.O_RDONLY, 4242)
         for offset in range(0, 16 * BLOCK, BLOCK):
@@ -1058,6 +1124,113 @@ async def test_drop_behind_auto_asks_the_memory_of_the_reader_at_each_step(
         await fs.flush(fh)
         assert trimmer.calls == [("big.bin", 0, 12 * BLOCK)]  # 4 blocks behind, from the start
         assert asked == [4242, 4242]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_whole_fetch_fills_the_page_cache_part_by_part_while_memory_allows(
+    store: MemoryStore,
+) -> None:
+    """Parts go into the page cache in order once fetched, while a reader has the file open;
+    an open of the cached file fills it again, in larger pieces (the kernel skips what it
+    holds); with memory short nothing is filled, and a
+    cached file then needs no background fetch at all."""
+    data = os.urandom(BLOCK * 10)
+    store.put_bytes("m.bin", data)
+    info = store.head("m.bin")
+    available = [4 * len(data)]
+    clock = FakeClock()
+    parts = [
+        ("m.bin", 0, 4 * BLOCK),
+        ("m.bin", 4 * BLOCK, 8 * BLOCK),
+        ("m.bin", 8 * BLOCK, 10 * BLOCK),
+    ]
+    async with trio.open_nursery() as nursery:
+        fs = await start_fs(
+            nursery,
+            store,
+            clock=clock,
+            model_min_size=BLOCK,
+            prefetch_small=False,
+            memory=lambda pid: available[0],
+        )
+        fs.reads.page_cache = advisor = RecordingTrimmer()
+        fh = await open_path(fs, "m.bin")
+        await whole_fetch_done(fs, info)
+        assert advisor.fills == parts
+        await fs.flush(fh)
+        fs.release(fh)
+        advisor.fills.clear()
+        fs.release(await open_path(fs, "m.bin"))  # closed at once: nobody to fill it for
+        await whole_fetch_done(fs, info)
+        assert advisor.fills == []
+        fh = await open_path(fs, "m.bin")
+        await whole_fetch_done(fs, info)
+        assert advisor.fills == [("m.bin", 0, len(data))]  # cached: one fill (up to FILL_MAX)
+        fs.release(fh)
+        advisor.fills.clear()
+        available[0] -= 1
+        clock.now += MEMORY_TTL
+        fetch = fs.reads.whole_fetch(info.id)
+        fs.release(await open_path(fs, "m.bin"))
+        assert fs.reads.whole_fetch(info.id) is fetch  # no new one
+        assert advisor.fills == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_last_readers_close_waits_for_the_fill_under_way(store: MemoryStore) -> None:
+    """No descriptor of ours on the file outlives the close(2) of its last reader."""
+    store.put_bytes("m.bin", os.urandom(BLOCK * 4))
+    async with trio.open_nursery() as nursery:
+        fs = await start_fs(nursery, store, model_min_size=BLOCK, prefetch_small=False)
+        fs.reads.page_cache = advisor = RecordingTrimmer()
+        advisor.fill_gate = trio.Event()
+        first, second = await open_path(fs, "m.bin"), await open_path(fs, "m.bin")
+        await wait_until(lambda: bool(advisor.fills))
+        with trio.fail_after(5):
+            await fs.flush(first)  # another reader remains: no wait
+        fs.release(first)
+        flushed = trio.Event()
+
+        async def close_last() -> None:
+            await fs.flush(second)
+            flushed.set()
+
+        nursery.start_soon(close_last)
+        await trio.sleep(0.05)
+        assert not flushed.is_set()
+        advisor.fill_gate.set()
+        with trio.fail_after(5):
+            await flushed.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_open_of_a_new_version_waits_for_the_advisors_handles(store: MemoryStore) -> None:
+    """The advice gate: the kernel's invalidation of the old version's pages must come after
+    every fill of them, so the open that causes it waits until the advisor's handles close."""
+    store.put_bytes("f", b"x" * 4096)
+    async with trio.open_nursery() as nursery:
+        fs = await start_fs(nursery, store, dir_cache_time=0.0)
+        fs.reads.page_cache = advisor = RecordingTrimmer()
+        ino = (await fs.lookup(ROOT_INODE, "f")).ino
+        fs.release((await fs.open(ino, os.O_RDONLY))[0])
+        advisor._threads.add(4242)
+        internal, _ = await fs.open(ino, os.O_RDONLY, 4242)
+        store.put_bytes("f", b"y" * 4096)
+        fs.namespace.invalidate("")
+        opened: list[tuple[int, bool]] = []
+
+        async def open_new_version() -> None:
+            opened.append(await fs.open(ino, os.O_RDONLY))
+
+        nursery.start_soon(open_new_version)
+        await trio.sleep(0.05)
+        assert opened == []  # waits for the advisor's handle
+        assert await fs.open(ino, os.O_RDONLY, 4242) == (INTERNAL_FH, True)  # no new fill
+        fs.release(internal)
+        await wait_until(lambda: bool(opened))
+        fh, keep_cache = opened[0]
+        assert keep_cache is False
+        assert await fs.read(fh, 0, 4096) == b"y" * 4096
         nursery.cancel_scope.cancel()
 
 
@@ -1097,8 +1270,8 @@ async def test_own_opens_are_recognised_by_thread_while_they_open(
         ino = (await fs.lookup(ROOT_INODE, "f")).ino
         me = threading.get_native_id()
         assert (await fs.open(ino, os.O_RDONLY, me))[0] != INTERNAL_FH  # no trimmer: not ours
-        trimmer = PageCacheTrimmer(str(tmp_path))
-        fs.reads.trimmer = trimmer
+        trimmer = PageCacheAdvisor(str(tmp_path))
+        fs.reads.page_cache = trimmer
         real_open = os.open
 
         def open_and_look(path: str, flags: int) -> int:
@@ -1114,9 +1287,15 @@ async def test_own_opens_are_recognised_by_thread_while_they_open(
         assert not trimmer._threads  # and no longer after: its id may be reused elsewhere
         assert (await fs.open(ino, os.O_RDONLY, me))[0] != INTERNAL_FH  # the trio thread is not
         trimmer._threads.add(me)
-        opened = fs.statistics().open_files
-        assert await fs.open(ino, os.O_RDONLY, me) == (INTERNAL_FH, True)  # ours: no handle
-        assert fs.statistics().open_files == opened
+        reads = fs.statistics().reads
+        fh, keep_cache = await fs.open(ino, os.O_RDONLY, me)  # ours: a reader, no user read
+        assert (fh != INTERNAL_FH, keep_cache) == (True, True)
+        assert await fs.read(fh, 0, 4096) == b"x" * 4096
+        assert fs.statistics().reads == reads
+        fs.release(fh)
+        store.put_bytes("f", b"y" * 4096)  # another version, not yet opened by anyone
+        fs.inodes.get(ino).info = store.head("f")
+        assert await fs.open(ino, os.O_RDONLY, me) == (INTERNAL_FH, True)  # nothing to fill
         nursery.cancel_scope.cancel()
 
 

@@ -12,17 +12,20 @@ delegates, and holds no policy:
 Returns plain values (`Attr`, bytes) and raises `ModelfsError`s; the FUSE adapter
 (`daemon.fuse_ops`) only translates. Each `read` is timed into `read_latency`.
 
-The kernel keeps its page cache across opens while the ETag is unchanged (keep_cache).
+The kernel keeps its page cache across opens while the ETag is unchanged (keep_cache). The page
+cache advisor's opens (`_open_internal`) and the gate that keeps its fills of an old version out
+of a changed file are `core.handles`'.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from modelfs.core import paths
 from modelfs.core.attributes import Attr, DirEntry, FsOptions, attributes
+from modelfs.core.handles import INTERNAL_FH, DirHandle, FileHandle, Handles
 from modelfs.core.inodes import ROOT_INODE, InodeTable, Node
 from modelfs.core.latency import LatencyHistogram
 from modelfs.core.namespace import Namespace
@@ -40,30 +43,12 @@ from modelfs.errors import (
 )
 from modelfs.objects import ObjectInfo
 from modelfs.read.policy import ReadPolicy
-from modelfs.read.reader import ObjectReader
-from modelfs.write.files import StagedInfo, WriteHandle
+from modelfs.write.files import StagedInfo
 from modelfs.write.protocol import Writer
 
-INTERNAL_FH = 0  # the handle of drop-behind's own opens; `_new_fh` starts at 1
 _RENAME_NOREPLACE = 1  # renameat2 flags, as the kernel passes them
 _RENAME_EXCHANGE = 2
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC
-
-
-@dataclass
-class FileHandle:
-    """An open file: a reader of one object version, or a handle on staged content."""
-
-    fh: int
-    node: Node
-    reader: ObjectReader | None = None
-    staged: WriteHandle | None = None
-
-
-@dataclass
-class DirHandle:
-    fh: int
-    entries: list[DirEntry] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +69,7 @@ class Filesystem:
         self.options = options
         self.view = Overlay(namespace, writer)
         self.inodes = InodeTable()
-        self._files: dict[int, FileHandle] = {}
-        self._dirs: dict[int, DirHandle] = {}
-        self._next_fh = 1
+        self.handles = Handles()
         self._reads = 0
         self._bytes_read = 0
         self.read_latency = LatencyHistogram()
@@ -165,28 +148,28 @@ class Filesystem:
         files: dict[str, ObjectInfo | StagedInfo | None] = dict(listing.files)
         files.update(dict.fromkeys(listing.dirs))
         files.update(self.view.staged_children(node.path))
-        handle = DirHandle(self._new_fh())
+        handle = DirHandle(self.handles.new_fh())
         for name in sorted(files):
             info = files[name]
             child = self.inodes.upsert(paths.join(node.path, name), info is None, info)
             handle.entries.append(DirEntry(name, self.attr_of(child)))
-        self._dirs[handle.fh] = handle
+        self.handles.dirs[handle.fh] = handle
         return handle.fh
 
     def readdir(self, fh: int, start: int) -> list[DirEntry]:
         """Entries from index `start` on (the adapter passes index+1 as the next offset)."""
-        return self._dirs[fh].entries[start:]
+        return self.handles.dirs[fh].entries[start:]
 
     def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        self.handles.dirs.pop(fh, None)
 
     # -- files ---------------------------------------------------------------------------------
 
     async def open(self, ino: int, flags: int, pid: int = 0) -> tuple[int, bool]:
         """Open a file for the thread `pid`; returns (fh, keep_cache)."""
-        if self.reads.is_internal(pid):
-            return INTERNAL_FH, True  # drop-behind's descriptor: never read, keeps the cache
         node = self.inodes.get(ino)
+        if self.reads.is_internal(pid):
+            return self._open_internal(node), True
         if node.is_dir:
             raise IsADirectory(node.path)
         if flags & _WRITE_FLAGS:
@@ -197,27 +180,44 @@ class Filesystem:
             # No checkpoint between `_refresh` finding it staged and this call, so the writer
             # still holds it: open() must never stage a new empty file in its place.
             staged = await self.writer.open(info.key, None)
-            return self._add_handle(FileHandle(self._new_fh(), node, staged=staged)), False
+            return self._add_handle(FileHandle(self.handles.new_fh(), node, staged=staged)), False
         assert info is not None
         keep_cache = node.last_open_etag == info.etag
+        if not keep_cache:  # the kernel drops the old version's pages: no fill may follow
+            await self.handles.settled(node)
         node.last_open_etag = info.etag
-        handle = FileHandle(self._new_fh(), node)
+        handle = FileHandle(self.handles.new_fh(), node)
         node.opens += 1  # before the policy looks at it: this reader counts
         try:
             handle.reader = await self.reads.open(info, node, paths.parent_of(node.path), pid)
         except BaseException:
             self.inodes.release(node)
             raise
-        self._files[handle.fh] = handle
+        self.handles.files[handle.fh] = handle
         return handle.fh, keep_cache
+
+    def _open_internal(self, node: Node) -> int:
+        """The page cache advisor's open (see `read.pagecache`): a reader of the version the
+        kernel's page cache holds, with no refresh and no fetch of its own; INTERNAL_FH (no
+        handle, reads fail) for anything else, e.g. a file being written."""
+        info = node.info
+        if not isinstance(info, ObjectInfo) or node.last_open_etag != info.etag:
+            return INTERNAL_FH
+        handle = FileHandle(self.handles.new_fh(), node, internal=True)
+        handle.reader = self.reads.open_internal(info)
+        return self._add_handle(handle)
 
     def _add_handle(self, handle: FileHandle) -> int:
         handle.node.opens += 1
-        self._files[handle.fh] = handle
-        return handle.fh
+        return self.handles.add(handle)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
-        handle = self._files[fh]
+        handle = self.handles.files.get(fh)
+        if handle is None:
+            raise InvalidArgument(f"read of handle {fh}, which is not open for reading")
+        if handle.internal:  # the advisor's reads are no user's
+            assert handle.reader is not None
+            return await handle.reader.read(offset, size)
         self._reads += 1
         started = time.perf_counter()
         try:
@@ -233,12 +233,12 @@ class Filesystem:
 
     async def flush(self, fh: int) -> None:
         """close(2) waits for this: no descriptor of ours on the file outlives it."""
-        handle = self._files.get(fh)
-        if handle is not None and handle.reader is not None:
-            await handle.reader.flush()
+        handle = self.handles.files.get(fh)
+        if handle is not None and handle.reader is not None and not handle.internal:
+            await self.reads.flush(handle.reader)
 
     def release(self, fh: int) -> None:
-        handle = self._files.pop(fh, None)
+        handle = self.handles.pop(fh)
         if handle is None:
             return
         if handle.reader is not None:
@@ -262,7 +262,8 @@ class Filesystem:
             key, await self.view.base(node.path), truncate=truncate, append=append
         )
         self._staged_now(node)
-        return self._add_handle(FileHandle(self._new_fh(), node, staged=staged))
+        await self.handles.settled(node)  # no fill of the old bytes after the kernel's invalidation
+        return self._add_handle(FileHandle(self.handles.new_fh(), node, staged=staged))
 
     async def create(self, parent_ino: int, name: str, flags: int) -> tuple[int, Attr]:
         parent = self.inodes.get(parent_ino)
@@ -278,12 +279,13 @@ class Filesystem:
         )
         node = self.inodes.upsert(path, False, None)
         self._staged_now(node)
+        await self.handles.settled(node)
         node.lookups += 1
-        fh = self._add_handle(FileHandle(self._new_fh(), node, staged=staged))
+        fh = self._add_handle(FileHandle(self.handles.new_fh(), node, staged=staged))
         return fh, self.attr_of(node)
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
-        handle = self._files[fh]
+        handle = self.handles.files[fh]
         if handle.staged is None:
             raise ReadOnly(f"{handle.node.path}: not open for writing")
         written = self.writer.write(handle.staged, offset, data)
@@ -294,17 +296,18 @@ class Filesystem:
         node = self.inodes.get(ino)
         if node.is_dir:
             raise IsADirectory(node.path)
-        handle = self._files.get(fh) if fh is not None else None
+        handle = self.handles.files.get(fh) if fh is not None else None
         if handle is not None and handle.staged is not None:
             await self.writer.truncate(handle.staged, size)
         else:
             key = self.namespace.key_of(node.path)
             await self.writer.truncate(key, size, await self.view.base(node.path))
         self._staged_now(node)
+        await self.handles.settled(node)
         return self.attr_of(node)
 
     async def fsync(self, fh: int) -> None:
-        handle = self._files.get(fh)
+        handle = self.handles.files.get(fh)
         if handle is not None and handle.staged is not None:
             await self.writer.fsync(handle.staged)
 
@@ -381,13 +384,10 @@ class Filesystem:
 
     # -- misc ----------------------------------------------------------------------------------
 
-    def _new_fh(self) -> int:
-        fh = self._next_fh
-        self._next_fh += 1
-        return fh
-
     def statistics(self) -> FsStatistics:
-        return FsStatistics(len(self.inodes), len(self._files), self._reads, self._bytes_read)
+        return FsStatistics(
+            len(self.inodes), len(self.handles.files), self._reads, self._bytes_read
+        )
 
 
 def _check_name(name: str, key: str) -> None:

@@ -63,8 +63,8 @@ from modelfs.memory import MemoryBudget, tune_malloc
 from modelfs.objects import ObjectInfo
 from modelfs.pull.manifest import MANIFEST_NAME, parse_manifest
 from modelfs.pull.manifeststore import ManifestStore
-from modelfs.read.dropbehind import PageCacheTrimmer
 from modelfs.read.fetcher import BlockFetcher
+from modelfs.read.pagecache import PageCacheAdvisor
 from modelfs.read.policy import ReadPolicy
 from modelfs.read.verify import Verifications
 from modelfs.store.guarded import GuardedStore
@@ -148,14 +148,16 @@ class Mount:
             self.warning = start_offline(
                 self.namespace, snapshot, offline, config.source, read_only=config.read_only
             )
-        trimmer = None
+        # Advice on the page cache (filled while memory is plentiful, dropped behind while
+        # short) needs the mount's own path; `--drop-behind 0` keeps it as the kernel has it.
+        advisor = None
         if config.read.drop_behind_auto or config.read.drop_behind_min:
-            trimmer = PageCacheTrimmer(self.real_mountpoint)
+            advisor = PageCacheAdvisor(self.real_mountpoint)
         self.reads = ReadPolicy(
             self.fetcher,
             config.read,
             siblings=self._files_in,
-            trimmer=trimmer,
+            page_cache=advisor,
             memory=available_memory,
             verifications=Verifications(expectations),
         )

@@ -114,6 +114,7 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         ),
         read=ReadOptions(
             transfers=args.transfers,
+            adaptive_transfers=True,
             part_size=args.part_size,
             readahead_max=args.part_size * args.transfers,
             whole_fetch_max=args.cache_max_size // 2,

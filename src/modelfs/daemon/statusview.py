@@ -111,8 +111,8 @@ def status_lines(answer: Answer) -> list[str]:
     if fs:
         lines.append(
             f"reads: {fs['reads']} requests, {format_size(fs['bytes_read'])} served,"
-            f" {fs['open_files']} files open, {format_size(fs['dropped_behind'])} of page cache"
-            " dropped behind readers"
+            f" {fs['open_files']} files open, page cache: {format_size(fs['filled_ahead'])}"
+            f" filled ahead, {format_size(fs['dropped_behind'])} dropped behind readers"
         )
     latency = _latency(answer)
     if latency is not None:

@@ -2,14 +2,20 @@
 
 Owns the in-flight table. Invariants:
 - at most one GET is in flight for a given (object version, block); concurrent readers of that
-  block wait on the same `_Inflight` entry ("concurrent misses on one block share one GET");
+  block wait on the same `Inflight` entry ("concurrent misses on one block share one GET");
 - a GET covers a run of consecutive blocks and streams them: each block is written to the cache
   and handed to its waiters as soon as it is complete, so a reader waits only for its own block;
 - GETs run as background tasks in the fetcher's nursery; store calls run in worker threads under
   a `CapacityLimiter` (demand reads and prefetch have separate limiters so prefetch never takes
   the slots a reader needs), and RAM for in-flight chunks comes from the `MemoryBudget`;
 - a GET may be abandoned (its reader seeked away); its unfinished blocks then fail with
-  `_Abandoned`, and anyone still waiting on them issues a demand GET of its own;
+  `Abandoned`, and anyone still waiting on them issues a demand GET of its own;
+- a reader's own GETs go first (`tickets.DemandFirst`): background GETs hold back meanwhile;
+- a reader does not wait for a block that a background GET (readahead, whole-object fetch)
+  will reach only after `STEAL_DISTANCE` or more blocks: it takes the block over with a demand
+  GET of its own (`_steal`), and the background GET reads past it. Each block has one owner,
+  which alone delivers it (`tickets.Claims`), so it is written to the cache and published
+  once;
 - a delivered block stays in the table, in RAM, until it is on disk and then until a reader
   has read past its end (`done_with`) or it is among the oldest once more than half the
   budget is held by such "clean" blocks, or a stream needs the budget. So a sequential reader
@@ -26,9 +32,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import threading
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -36,36 +41,13 @@ from modelfs.cache.protocol import DataCache
 from modelfs.cache.writer import CacheWriter
 from modelfs.memory import MemoryBudget
 from modelfs.objects import ObjectId, ObjectInfo
+from modelfs.read.tickets import Abandoned, Claims, DemandFirst, FetchTicket, Inflight
 from modelfs.store.protocol import RangeReads
 from modelfs.store.s3errors import error_code
 
 log = logging.getLogger(__name__)
 
 _SETTLE_POLL = 0.005  # seconds; a block's cache write takes about that long
-
-
-class _Abandoned(Exception):
-    """The GET that owned this block stopped before reaching it (not an error for readers)."""
-
-
-@dataclass
-class _Inflight:
-    done: trio.Event = field(default_factory=trio.Event)
-    data: bytes | None = None
-    error: BaseException | None = None
-    on_disk: bool = False  # the cache write finished (it may overtake the publish callback)
-    consumed: bool = False  # a reader has read to its end: drop it once it is on disk
-
-
-@dataclass
-class FetchTicket:
-    """Handle on a background GET, used to abandon it when its reader seeks away."""
-
-    obj: ObjectId
-    first: int
-    count: int
-    cancel: threading.Event = field(default_factory=threading.Event)
-    finished: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +60,7 @@ class FetcherStatistics:
     inflight_blocks: int  # claimed, not yet delivered
     held_blocks: int  # delivered and still in RAM (not yet on disk, or kept for a reader)
     errors: dict[str, int]  # failed GETs by error code (`store.s3errors.error_code`)
+    taken_over: int = 0  # blocks a reader took over from a background GET far from them
 
 
 class BlockFetcher:
@@ -97,7 +80,9 @@ class BlockFetcher:
         self.prefetch_limiter = prefetch_limiter
         self._budget = budget
         self._writer = CacheWriter(cache)
-        self._inflight: dict[tuple[ObjectId, int], _Inflight] = {}
+        self._inflight: dict[tuple[ObjectId, int], Inflight] = {}
+        self._claims = Claims()
+        self._demand_first = DemandFirst()
         # Blocks now on disk, to drop from the in-flight table (appended by writer threads,
         # drained by the trio thread: deque appends and pops are atomic).
         self._written: collections.deque[tuple[ObjectId, int]] = collections.deque()
@@ -108,6 +93,7 @@ class BlockFetcher:
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._gets = self._blocks = self._bytes = self._shared = self._abandoned = 0
+        self._stolen = 0
         self._errors: collections.Counter[str] = collections.Counter()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -144,8 +130,10 @@ class BlockFetcher:
             entry = self._inflight.get((obj, index))
             if entry is not None:
                 self._shared += 1
+                if not entry.done.is_set():
+                    self._steal(info, index, entry)
                 await entry.done.wait()
-                if isinstance(entry.error, _Abandoned):
+                if isinstance(entry.error, Abandoned):
                     continue
                 if entry.error is not None:
                     raise entry.error
@@ -172,19 +160,30 @@ class BlockFetcher:
         first block already cached or in flight) and GET it in the background."""
         obj = info.id
         last = min(first + count, self.block_count(info))
-        run = 0
+        ticket = FetchTicket(obj, first, 0, prefetch, position=first)
         for index in range(first, last):
             if self.is_present(obj, index):
                 break
-            self._inflight[(obj, index)] = _Inflight()
-            run += 1
-        if run == 0:
+            entry = self._inflight[(obj, index)] = Inflight(owner=ticket)
+            ticket.entries.append(entry)
+        ticket.count = len(ticket.entries)
+        if ticket.count == 0:
             return None
-        ticket = FetchTicket(obj, first, run)
-        limiter = self.prefetch_limiter if prefetch else self.demand_limiter
+        self._start(info, ticket)
+        return ticket
+
+    def _start(self, info: ObjectInfo, ticket: FetchTicket) -> None:
+        limiter = self.prefetch_limiter if ticket.prefetch else self.demand_limiter
         assert self._nursery is not None, "BlockFetcher.run() is not running"
         self._nursery.start_soon(self._get_run, info, ticket, limiter)
-        return ticket
+
+    def _steal(self, info: ObjectInfo, index: int, entry: Inflight) -> None:
+        """Take block `index` over from a background GET that is still far from it (see the
+        module docstring), with a demand GET of this one block."""
+        ticket = self._claims.take_over(entry, index)
+        if ticket is not None:
+            self._stolen += 1
+            self._start(info, ticket)
 
     def fully_present(self, info: ObjectInfo) -> bool:
         """Every block of `info` is cached or being fetched."""
@@ -196,7 +195,7 @@ class BlockFetcher:
         if entry is None:
             return None
         await entry.done.wait()
-        return None if isinstance(entry.error, _Abandoned) else entry.error
+        return None if isinstance(entry.error, Abandoned) else entry.error
 
     def advise_cached(self, info: ObjectInfo, first: int, last: int) -> None:
         """Ask the cache to start loading the cached blocks in [first, last), once the read
@@ -253,12 +252,13 @@ class BlockFetcher:
     async def _get_run(
         self, info: ObjectInfo, ticket: FetchTicket, limiter: trio.CapacityLimiter
     ) -> None:
-        error: BaseException = _Abandoned()
+        error: BaseException = Abandoned()
+        self._demand_first.started(ticket)
         try:
             await trio.to_thread.run_sync(self._stream_run, info, ticket, limiter=limiter)
         except Exception as exc:
             error = exc
-            if not isinstance(exc, _Abandoned):
+            if not isinstance(exc, Abandoned):
                 self._errors[error_code(exc)] += 1
                 log.warning(
                     "GET %s blocks %d+%d failed: %s", info.key, ticket.first, ticket.count, exc
@@ -266,38 +266,48 @@ class BlockFetcher:
         finally:
             ticket.finished = True
             self._fail_unfinished(ticket, error)
+            self._demand_first.demote(ticket)
 
     def _stream_run(self, info: ObjectInfo, ticket: FetchTicket) -> None:
         """Worker thread: one ranged GET, published block by block."""
         if ticket.cancel.is_set():
-            raise _Abandoned()
+            raise Abandoned()
         size = self.block_size
         start = ticket.first * size
         end = min(info.size, (ticket.first + ticket.count) * size)
         self._gets += 1
         chunks = iter(self._store.iter_range(info.id, start, end, size))
         try:
-            for index in range(ticket.first, ticket.first + ticket.count):
-                if not self._budget.acquire(size, ticket.cancel):
-                    raise _Abandoned()
+            for index, entry in enumerate(ticket.entries, ticket.first):
+                self._demand_first.hold_back(ticket)
+                ours = entry.owner is ticket  # else taken over: read past it
+                if ours and not self._budget.acquire(size, ticket.cancel):
+                    raise Abandoned()
                 try:
                     data = next(chunks)
                 except BaseException:
-                    self._budget.release(size)
+                    if ours:
+                        self._budget.release(size)
                     raise
-                self._blocks += 1
+                ticket.position = index + 1
                 self._bytes += len(data)
-                # Readers first: the block goes to its waiters now, to the disk in the
-                # background. Its entry stays in the table (done) until it is on disk, so a
-                # reader arriving in between does not start a second GET for it.
-                # Fire and forget: the stream goes back to its socket without waiting for the
-                # event loop, which runs these callbacks in order.
-                assert self._token is not None
-                self._token.run_sync_soon(self._publish, info.id, index, data)
-                self._writer.submit(info.id, index, data, self._written_callback(info.id, index))
+                if ours and not self._claims.deliver(entry, ticket):
+                    self._budget.release(size)  # taken over while it arrived
+                elif ours:
+                    self._blocks += 1
+                    # Readers first: the block goes to its waiters now, to the disk in the
+                    # background. Its entry stays in the table (done) until it is on disk, so
+                    # a reader arriving in between does not start a second GET for it.
+                    # Fire and forget: the stream goes back to its socket without waiting for
+                    # the event loop, which runs these callbacks in order.
+                    assert self._token is not None
+                    self._token.run_sync_soon(self._publish, info.id, index, data)
+                    written = self._written_callback(info.id, index)
+                    self._writer.submit(info.id, index, data, written)
+                    self._demand_first.demote(ticket)  # its reader has its block
                 if ticket.cancel.is_set():
                     self._abandoned += 1
-                    raise _Abandoned()
+                    raise Abandoned()
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:
@@ -333,7 +343,7 @@ class BlockFetcher:
         if entry.on_disk:
             self._now_clean((obj, index), entry)
 
-    def _now_clean(self, key: tuple[ObjectId, int], entry: _Inflight) -> None:
+    def _now_clean(self, key: tuple[ObjectId, int], entry: Inflight) -> None:
         """`entry` is delivered and on disk: drop it if read, else keep it while RAM allows."""
         if entry.consumed:
             self._drop(key)
@@ -362,12 +372,13 @@ class BlockFetcher:
     def _fail_unfinished(self, ticket: FetchTicket, error: BaseException) -> None:
         """Fail the blocks this GET never delivered. Delivered ones stay in the table until
         they are on disk and read or evicted (see `_now_clean`)."""
-        for index in range(ticket.first, ticket.first + ticket.count):
-            entry = self._inflight.get((ticket.obj, index))
-            if entry is not None and not entry.done.is_set():
+        for index, entry in enumerate(ticket.entries, ticket.first):
+            if not self._claims.deliver(entry, ticket):
+                continue  # delivered, or taken over by another GET
+            if self._inflight.get((ticket.obj, index)) is entry:
                 del self._inflight[(ticket.obj, index)]
-                entry.error = error
-                entry.done.set()
+            entry.error = error
+            entry.done.set()
 
     def statistics(self) -> FetcherStatistics:
         held = sum(1 for entry in self._inflight.values() if entry.done.is_set())
@@ -380,4 +391,5 @@ class BlockFetcher:
             inflight_blocks=len(self._inflight) - held,
             held_blocks=held,
             errors=dict(self._errors),
+            taken_over=self._stolen,
         )

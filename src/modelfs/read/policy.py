@@ -6,15 +6,18 @@ back on release (`closed`); every decision about fetching lives here:
   `readahead_max`, see `readahead`);
 - a model file (by suffix, between `model_min_size` and `whole_fetch_max`) is fetched whole
   in the background on open (`WholeObjectFetch`), once per object version at a time, unless
-  it is cached already; it waits while a reader of that version streams through it;
+  it is cached already (and needs no filling into the page cache); it waits while a reader of
+  that version streams through it;
 - the first open of a small file within `burst_ttl` fetches its directory's other small files
   in one burst (listing order, starting after the opened file; at most `small_burst_max_files`);
 - `modelfs warm` fetches files whole on request (`fetch_whole`), sharing a running fetch;
 - while a `recorder` is set (`modelfs run` recording an app's start, `daemon.replay`), every
   read that reaches a reader is noted in it (`read.profile`);
-- a large file read by its only reader has the page cache behind that reader dropped while
-  memory is short for it (`drop_behind_auto`), or always for files of `drop_behind_min` or
-  more (see `dropbehind`); the trimmer's own opens get no handle (`is_internal`);
+- the kernel's page cache (see `pagecache`): while memory is plentiful for a model file, the
+  whole-object fetch also brings it into the page cache, part by part; while memory is short
+  for a large file (`drop_behind_auto`), or always for files of `drop_behind_min` or more, the
+  page cache behind its only reader is dropped (see `dropbehind`). The advisor's own opens get
+  a reader with no readahead and no fetch of their own (`is_internal`, `open_internal`);
 - a file the mount's manifest lists is verified against its sha256 on open, as it is fetched
   (whole, for a model file; reading it all for a small one), and its readers wait for, and
   obey, the verdict (`verify`).
@@ -35,14 +38,16 @@ import trio
 from cachetools import TTLCache
 
 from modelfs.objects import ObjectId, ObjectInfo
-from modelfs.read import dropbehind
-from modelfs.read.dropbehind import DropBehind, PageCacheTrimmer
+from modelfs.read import dropbehind, pagecache
+from modelfs.read.concurrency import AdaptiveLimit
+from modelfs.read.dropbehind import DropBehind
 from modelfs.read.fetcher import BlockFetcher
+from modelfs.read.pagecache import PageCacheAdvisor
 from modelfs.read.profile import Recorder
 from modelfs.read.readahead import HandlePrefetcher, ReadaheadPolicy
 from modelfs.read.reader import ObjectReader
 from modelfs.read.verify import Verifications
-from modelfs.read.whole import WholeObjectFetch
+from modelfs.read.whole import Fill, WholeObjectFetch
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,8 @@ MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".gguf", ".onn
 
 @dataclass(frozen=True, slots=True)
 class ReadOptions:
-    transfers: int = 16
+    transfers: int = 16  # background GETs at once at most (and a reader's own, apart)
+    adaptive_transfers: bool = False  # probe how many of them pay (see `concurrency`)
     part_size: int = 8 << 20  # one GET of readahead; 8 MiB amortises request latency
     readahead_max: int = 128 << 20  # 16 parts in flight at once
     model_suffixes: tuple[str, ...] = MODEL_SUFFIXES
@@ -70,6 +76,7 @@ class ReadStatistics:
     open_readers: int
     background_fetches: int  # whole-object fetches running
     dropped_behind: int  # bytes of page cache dropped behind readers
+    filled_ahead: int  # bytes brought into the page cache by whole-object fetches
     verified: int  # model files that matched the manifest's sha256
     verify_failed: int  # ... that did not (their reads fail with EIO)
 
@@ -83,6 +90,9 @@ class OpenFile(Protocol):
     @property
     def opens(self) -> int: ...  # handles open on it, of any kind
 
+    @property
+    def last_open_etag(self) -> str | None: ...  # the version the kernel's page cache holds
+
 
 Siblings = Callable[[str], Awaitable[Iterable[ObjectInfo]]]
 """The files directly in a directory (a path relative to the mount root)."""
@@ -90,7 +100,9 @@ Siblings = Callable[[str], Awaitable[Iterable[ObjectInfo]]]
 MemoryProbe = Callable[[int], int | None]
 """Bytes of memory a process (by pid) may still fill with page cache; None: unknown."""
 
+ADAPTIVE_MINIMUM = 4  # background GETs a probe starts from: a WAN link must not crawl at first
 MEMORY_TTL = 1.0  # seconds a process's memory figure is reused (asked at most per drop step)
+REFILL_INTERVAL = 1.0  # seconds between two fills of one version started by random reads
 
 
 class ReadPolicy:
@@ -100,7 +112,7 @@ class ReadPolicy:
         options: ReadOptions,
         *,
         siblings: Siblings,
-        trimmer: PageCacheTrimmer | None = None,
+        page_cache: PageCacheAdvisor | None = None,
         verifications: Verifications | None = None,
         memory: MemoryProbe = lambda pid: None,
         clock: Callable[[], float] = time.monotonic,
@@ -108,7 +120,7 @@ class ReadPolicy:
         self.fetcher = fetcher
         self.verifications = verifications or Verifications({})
         self.options = options
-        self.trimmer = trimmer
+        self.page_cache = page_cache
         self._siblings = siblings
         self._memory = memory
         self._memory_of: TTLCache[int, int | None] = TTLCache(
@@ -116,6 +128,10 @@ class ReadPolicy:
         )
         self._readers: dict[ObjectReader, OpenFile] = {}
         self._whole: dict[ObjectId, WholeObjectFetch] = {}
+        self._filling: dict[ObjectId, trio.Event] = {}  # set when the fill under way ends
+        self._refilled: TTLCache[ObjectId, bool] = TTLCache(
+            maxsize=1024, ttl=REFILL_INTERVAL, timer=clock
+        )
         # Directories whose small files were fetched in one burst, forgotten with the listing.
         self._burst_dirs: TTLCache[str, bool] = TTLCache(
             maxsize=4096, ttl=max(options.burst_ttl, 1e-9), timer=clock
@@ -127,13 +143,31 @@ class ReadPolicy:
         """Run the fetcher and the background fetches until cancelled."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.fetcher.run)
+            if self.options.adaptive_transfers:
+                transfers = self.options.transfers
+                adaptive = AdaptiveLimit(
+                    self.fetcher.prefetch_limiter,
+                    lambda: self.fetcher.statistics().bytes_fetched,
+                    minimum=min(ADAPTIVE_MINIMUM, transfers),
+                    maximum=transfers,
+                )
+                nursery.start_soon(adaptive.run)
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
 
     def is_internal(self, pid: int) -> bool:
-        """An open by drop-behind's own thread: it gets no handle and keeps the page cache."""
-        return self.trimmer is not None and self.trimmer.is_own(pid)
+        """An open by the page cache advisor's own thread (see `open_internal`)."""
+        return self.page_cache is not None and self.page_cache.is_own(pid)
+
+    def open_internal(self, info: ObjectInfo) -> ObjectReader:
+        """A reader for the advisor's own open: it reads blocks (a fill's readahead is
+        answered like any read, verification included) but fetches nothing ahead and
+        drops nothing."""
+        policy = ReadaheadPolicy(self.options.part_size, 0, tolerance=0)
+        prefetcher = HandlePrefetcher(self.fetcher, info, policy, self.options.part_size, 0)
+        verification = self.verifications.of(info.id)
+        return ObjectReader(self.fetcher, info, prefetcher, part_size=0, verification=verification)
 
     async def open(
         self, info: ObjectInfo, file: OpenFile, directory: str, pid: int = 0
@@ -147,7 +181,7 @@ class ReadPolicy:
         prefetcher = HandlePrefetcher(
             self.fetcher, info, policy, options.part_size, options.transfers
         )
-        self._maybe_fetch_whole(info)
+        self._maybe_fetch_whole(info, file, pid)
         reader = ObjectReader(
             self.fetcher,
             info,
@@ -157,7 +191,11 @@ class ReadPolicy:
             request_drop=self._request_drop,
             verification=self.verifications.of(info.id),
             observe=self._observe,
+            on_random_read=self._refill,
+            pid=pid,
         )
+        whole = self._whole.get(info.id)
+        reader.whole_fetch = whole is not None and not whole.done.is_set()
         self._readers[reader] = file
         if options.prefetch_small and info.size <= options.small_file_max:
             await self._burst_small_siblings(directory, info)
@@ -167,19 +205,29 @@ class ReadPolicy:
         if self.recorder is not None:
             self.recorder.note(info, offset, end)
 
+    async def flush(self, reader: ObjectReader) -> None:
+        """close(2) waits for this: no descriptor of ours on the file outlives its last
+        reader's close (the reader's drop under way, and the fill of its version)."""
+        await reader.flush()
+        filling = self._filling.get(reader.info.id)
+        others = any(r is not reader and r.info.id == reader.info.id for r in self._readers)
+        if filling is not None and not others:
+            await filling.wait()
+
     def closed(self, reader: ObjectReader) -> None:
         reader.close()
         self._readers.pop(reader, None)
 
     def statistics(self) -> ReadStatistics:
         running = sum(1 for fetch in self._whole.values() if not fetch.done.is_set())
-        dropped = self.trimmer.dropped if self.trimmer is not None else 0
+        advisor = self.page_cache
+        dropped, filled = (advisor.dropped, advisor.filled) if advisor is not None else (0, 0)
         verified, failed = self.verifications.counts()
-        return ReadStatistics(len(self._readers), running, dropped, verified, failed)
+        return ReadStatistics(len(self._readers), running, dropped, filled, verified, failed)
 
     # -- whole-object fetches --------------------------------------------------------------------
 
-    def _maybe_fetch_whole(self, info: ObjectInfo) -> None:
+    def _maybe_fetch_whole(self, info: ObjectInfo, file: OpenFile, pid: int) -> None:
         options = self.options
         if info.size > options.whole_fetch_max:
             return  # fetching it whole (or reading it all to verify it) would thrash the cache
@@ -190,17 +238,10 @@ class ReadPolicy:
         running = self._whole.get(info.id)
         if running is not None and not running.done.is_set():
             return
-        if self.fetcher.fully_present(info):
+        fill = self._filler(info, file, pid)
+        if fill is None and self.fetcher.fully_present(info):
             return
-        fetch = WholeObjectFetch(
-            self.fetcher,
-            info,
-            part_size=options.part_size,
-            parallel=options.transfers,
-            reader_streaming=lambda: self._streaming_reader(info.id),
-        )
-        self._whole[info.id] = fetch
-        self._background().start_soon(fetch.run)
+        self._background().start_soon(self._new_whole_fetch(info, fill).run)
 
     async def fetch_whole(
         self, info: ObjectInfo, started: Callable[[WholeObjectFetch], None] = lambda _: None
@@ -211,14 +252,7 @@ class ReadPolicy:
         cache (and is no longer held in RAM for a reader)."""
         fetch = self._whole.get(info.id)
         if fetch is None or fetch.done.is_set():
-            fetch = WholeObjectFetch(
-                self.fetcher,
-                info,
-                part_size=self.options.part_size,
-                parallel=self.options.transfers,
-                reader_streaming=lambda: self._streaming_reader(info.id),
-            )
-            self._whole[info.id] = fetch
+            fetch = self._new_whole_fetch(info, None)
             started(fetch)
             await fetch.run()
         else:
@@ -227,6 +261,18 @@ class ReadPolicy:
         await self.fetcher.settle(info.id)
         for index in range(self.fetcher.block_count(info)):  # on disk: no RAM kept for them
             self.fetcher.done_with(info.id, index)
+        return fetch
+
+    def _new_whole_fetch(self, info: ObjectInfo, fill: Fill | None) -> WholeObjectFetch:
+        fetch = WholeObjectFetch(
+            self.fetcher,
+            info,
+            part_size=self.options.part_size,
+            parallel=self.options.transfers,
+            reader_streaming=lambda: self._streaming_reader(info.id),
+            fill=fill,
+        )
+        self._whole[info.id] = fetch
         return fetch
 
     def readers_of(self, obj: ObjectId) -> list[ObjectReader]:
@@ -270,11 +316,48 @@ class ReadPolicy:
             # file read in the directory waited for the whole burst.
             await trio.lowlevel.checkpoint()
 
-    # -- drop-behind -----------------------------------------------------------------------------
+    # -- the page cache: filled while memory is plentiful, dropped behind while short -----------
+
+    def _filler(self, info: ObjectInfo, file: OpenFile, pid: int) -> Fill | None:
+        """How a whole-object fetch of `info` fills the page cache, or None: not while memory
+        is short, nor for a file that always drops behind its reader."""
+        advisor = self.page_cache
+        if advisor is None or 0 < self.options.drop_behind_min <= info.size:
+            return None
+        if not pagecache.keeps_page_cache(self._memory_for(pid), info.size):
+            return None
+
+        async def fill(start: int, end: int) -> None:
+            # Asked again at every part: the file may show another version by now, memory may
+            # have run short, or its last reader closed it (what it read stays in the cache).
+            if file.last_open_etag != info.etag or not self.readers_of(info.id):
+                return
+            if not pagecache.keeps_page_cache(self._memory_for(pid), info.size):
+                return
+            self._filling[info.id] = filling = trio.Event()
+            try:
+                await advisor.fill(file.path, start, end)
+            finally:
+                del self._filling[info.id]
+                filling.set()
+
+        return fill
+
+    def _refill(self, reader: ObjectReader) -> None:
+        """A random read reached the mount: the page cache lacks that page. If the version
+        was fetched whole (and so filled), its pages were evicted or dropped since (an app's
+        own POSIX_FADV_DONTNEED, `drop_caches`): fill it again, at most once per
+        REFILL_INTERVAL, if memory allows (`_maybe_fetch_whole` decides)."""
+        info, file = reader.info, self._readers.get(reader)
+        fetch = self._whole.get(info.id)
+        if file is None or fetch is None or not fetch.done.is_set() or info.id in self._refilled:
+            return
+        self._refilled[info.id] = True
+        self._maybe_fetch_whole(info, file, reader.pid)
 
     def _drop_behind_for(self, info: ObjectInfo, pid: int) -> DropBehind | None:
         options = self.options
-        if self.trimmer is None:
+        if self.page_cache is None:
             return None
         if options.drop_behind_min > 0:
             return DropBehind(pid) if info.size >= options.drop_behind_min else None
@@ -285,20 +368,20 @@ class ReadPolicy:
     def _request_drop(self, reader: ObjectReader, start: int, stop: int) -> None:
         drop, file = reader.drop, self._readers.get(reader)
         # Only for the file's one reader: another one may still need the pages behind this one.
-        if drop is None or file is None or file.opens != 1 or self.trimmer is None:
+        if drop is None or file is None or file.opens != 1 or self.page_cache is None:
             return
-        if drop.by_memory and dropbehind.keeps_page_cache(
+        if drop.by_memory and pagecache.keeps_page_cache(
             self._memory_for(drop.pid), reader.info.size
         ):
             return  # asked again at the next read: memory may run short meanwhile
         drop.pending = trio.Event()
-        self._background().start_soon(self._drop_behind, self.trimmer, file, drop, start, stop)
+        self._background().start_soon(self._drop_behind, self.page_cache, file, drop, start, stop)
 
     async def _drop_behind(
-        self, trimmer: PageCacheTrimmer, file: OpenFile, drop: DropBehind, start: int, stop: int
+        self, advisor: PageCacheAdvisor, file: OpenFile, drop: DropBehind, start: int, stop: int
     ) -> None:
         try:
-            await trimmer.drop(file.path, start, stop)
+            await advisor.drop(file.path, start, stop)
         finally:
             drop.finished(start, stop)
 

@@ -9,6 +9,9 @@ being fetched here waits for that GET instead of sending its own. Ranges go in o
 split into parts of at most `part_size`, with `parallel` parts in flight at once, so the first
 ranges arrive first. `pace(index)`, if given, is awaited before each part after the first
 (a whole-object fetch lets block 0 arrive first, and yields to a streaming reader).
+`then(info, first, count)`, if given, is told of each run of blocks in order as it is
+covered: a run found cached or in flight already, or a part just started (a whole-object fetch
+then fills them into the page cache).
 
 A part that fails is counted, and its first error kept (`error`); with `stop_on_error` (a
 whole-object fetch) no part starts after it, else the fetch goes on with the next ranges (a
@@ -23,7 +26,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 from modelfs.objects import ObjectInfo
-from modelfs.read.fetcher import BlockFetcher, FetchTicket
+from modelfs.read.fetcher import BlockFetcher
+from modelfs.read.tickets import FetchTicket
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,7 @@ class RangeFetch:
         parallel: int,
         stop_on_error: bool = False,
         pace: Callable[[int], Awaitable[None]] | None = None,
+        then: Callable[[ObjectInfo, int, int], None] | None = None,
     ) -> None:
         self._fetcher = fetcher
         self._ranges = ranges
@@ -47,6 +52,7 @@ class RangeFetch:
         self._parallel = max(1, parallel)
         self._stop_on_error = stop_on_error
         self._pace = pace
+        self._then = then
         self.fetched = 0  # bytes of parts this fetch completed
         self.present = 0  # bytes found cached or in flight already
         self.failed = 0  # parts that failed
@@ -69,9 +75,13 @@ class RangeFetch:
                 while index < stop:
                     if self._stop_on_error and self.error is not None:
                         return
-                    if fetcher.is_present(info.id, index):
-                        self.present += self._bytes_of(info, index, 1)
-                        index += 1
+                    present = 0
+                    while index + present < stop and fetcher.is_present(info.id, index + present):
+                        present += 1
+                    if present:
+                        self.present += self._bytes_of(info, index, present)
+                        self._covered(info, index, present)
+                        index += present
                         continue
                     if self._pace is not None and index > 0:
                         await self._pace(index)
@@ -82,10 +92,15 @@ class RangeFetch:
                         slots.release()
                         continue
                     nursery.start_soon(self._await_part, info, ticket, slots)
+                    self._covered(info, index, ticket.count)
                     index += ticket.count
                     # One GET task per scheduling batch: trio may start the tasks of one batch
                     # in any order, and they must queue for the limiter in this order.
                     await trio.lowlevel.checkpoint()
+
+    def _covered(self, info: ObjectInfo, first: int, count: int) -> None:
+        if self._then is not None:
+            self._then(info, first, count)
 
     def _bytes_of(self, info: ObjectInfo, first: int, count: int) -> int:
         size = self._fetcher.block_size

@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelfs.objects import ObjectInfo
-from modelfs.read.fetcher import BlockFetcher, FetchTicket
+from modelfs.read.fetcher import BlockFetcher
+from modelfs.read.tickets import FetchTicket
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,7 @@ class HandlePrefetcher:
         self._info = info
         self._policy = policy
         self._part_blocks = max(1, part_size // fetcher.block_size)
-        self._max_parts = max(1, max_parts)
+        self._max_parts = max(0, max_parts)  # 0: reads only, nothing ahead
         self._tickets: list[FetchTicket] = []
         self._cursor = 0  # block index
         self._target = 0  # block index (exclusive)

@@ -9,7 +9,9 @@ The filesystem core's `read` is one call into this. A read of [offset, offset + 
 3. remembers the last block it used: the kernel's requests are often smaller than a block and
    hit the same one several times in a row;
 4. tells the fetcher which blocks it has read to their end, so they need not stay in RAM;
-5. notes the read for drop-behind (see `dropbehind`), which the policy schedules;
+5. notes the read for drop-behind (see `dropbehind`), which the policy schedules, and tells
+   the policy of a random read (`on_random_read`): one that reaches the mount has missed the
+   page cache, which the policy may then fill again;
 6. for a file the manifest lists, obeys its verification (see `verify`): EIO once it failed,
    and a read of the last block waits for the verdict;
 7. tells `observe` (the policy: a start being recorded, `read.profile`) what it read.
@@ -39,6 +41,8 @@ DropRequest = Callable[["ObjectReader", int, int], None]
 """Asks the policy to drop the page cache of [start, stop) behind this reader."""
 Observe = Callable[[ObjectInfo, int, int], None]
 """Told of every read: the version, and [offset, end) read of it."""
+RandomRead = Callable[["ObjectReader"], None]
+"""Tells the policy that this reader's read was not sequential."""
 
 
 class ObjectReader:
@@ -53,8 +57,11 @@ class ObjectReader:
         request_drop: DropRequest | None = None,
         verification: Verification | None = None,
         observe: Observe | None = None,
+        on_random_read: RandomRead | None = None,
+        pid: int = 0,
     ) -> None:
         self.info = info
+        self.pid = pid  # the process that opened it
         self._observe = observe
         self.verification = verification
         self.prefetcher = prefetcher
@@ -62,9 +69,11 @@ class ObjectReader:
         self._fetcher = fetcher
         self._part_blocks = max(1, part_size // fetcher.block_size)
         self._request_drop = request_drop
+        self._on_random_read = on_random_read
         self._memo_index = -1
         self._memo_data = b""
         self.last_read = -math.inf  # trio.current_time() of the last read
+        self.whole_fetch = False  # its version is being fetched whole (set by the policy)
 
     def streaming(self, now: float) -> bool:
         """Reading sequentially, and recently: its readahead is fetching for it."""
@@ -77,6 +86,8 @@ class ObjectReader:
         if offset >= end:
             return b""
         self.prefetcher.on_read(offset, end - offset)
+        if self._on_random_read is not None and not self.prefetcher.sequential:
+            self._on_random_read(self)
         if self._observe is not None:
             self._observe(info, offset, end)
         block_size = self._fetcher.block_size
@@ -84,8 +95,11 @@ class ObjectReader:
         if self.verification is not None:
             await self.verification.check(first, last)
         # On a miss, one GET covers the rest of this read and, for a sequential reader, a
-        # whole part: the readahead's parts start further ahead.
-        run = max(last - first + 1, self._part_blocks if self.prefetcher.sequential else 1)
+        # whole part: the readahead's parts start further ahead. A random reader's miss in a
+        # file being fetched whole fetches the part from there too: those blocks come anyway,
+        # and a request's latency, not its size, is what a random miss costs.
+        reach = self.prefetcher.sequential or self.whole_fetch
+        run = max(last - first + 1, self._part_blocks if reach else 1)
         pieces: list[bytes] = []
         for index in range(first, last + 1):
             base = index * block_size

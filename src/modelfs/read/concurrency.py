@@ -1,0 +1,87 @@
+"""How many background GETs run at once: found by probing the throughput they reach.
+
+On loopback or a LAN a few long GETs fill the link, and more only add contention: for the GIL
+with the event loop, for the server, and for a reader's own GETs, which then wait behind them
+(a random reader of a file being fetched whole waited hundreds of milliseconds per read). On a
+WAN with a per-connection limit every GET adds its share until the link is full. One policy
+serves both (as aria2's and the CRT's throughput targets do): probe.
+
+`Probe` is the rule, pure (no I/O, no time of its own), tested on its own. Each window:
+- no background GET waited for a slot: the slots are not what limits; nothing is learnt, and
+  the next window with GETs waiting starts a probe afresh;
+- after a raise, throughput rose by GAIN or more: the raise paid, keep it and double again
+  (up to `maximum`);
+- after a raise, it did not: go back to the last number that paid and hold it for HOLD
+  windows, then probe again (the link, the server and the readers change);
+- the first window with GETs waiting: remember its throughput and double.
+It starts at `minimum`, enough for a WAN link's first second not to crawl.
+
+`AdaptiveLimit` applies it to the fetcher's prefetch `CapacityLimiter` (readahead, whole-object
+fetches, small-file bursts); a reader's own GETs have a limiter of their own and are not shaped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+WINDOW = 0.5  # seconds of throughput per decision: several blocks per GET even on a WAN link
+GAIN = 0.15  # a raise must add this much throughput to pay for its contention
+HOLD = 10  # windows a number that could not be raised is kept before probing again
+
+
+class Probe:
+    def __init__(self, minimum: int, maximum: int) -> None:
+        self.maximum = max(1, maximum)
+        self.limit = min(max(1, minimum), self.maximum)
+        self._paid = self.limit  # the last number whose throughput was measured and paid
+        self._rate: float | None = None  # throughput at `_paid`, if measured
+        self._hold = 0
+
+    def window(self, rate: float, waiting: bool) -> int:
+        """The number of slots after a window of `rate` bytes/s; `waiting`: a background GET
+        waited for a slot during it."""
+        if not waiting:  # the slots did not limit: nothing learnt, an unjudged raise dropped
+            self.limit, self._rate = self._paid, None
+            return self.limit
+        if self._hold > 0:
+            self._hold -= 1
+            return self.limit
+        judging_a_raise = self._rate is not None and self.limit > self._paid
+        if judging_a_raise and rate < (self._rate or 0.0) * (1 + GAIN):
+            self.limit, self._hold = self._paid, HOLD
+            return self.limit
+        self._paid, self._rate = self.limit, rate
+        self.limit = min(self.maximum, self.limit * 2)
+        return self.limit
+
+
+class AdaptiveLimit:
+    """Runs a `Probe` over `limiter` from the bytes the background GETs fetch."""
+
+    def __init__(
+        self,
+        limiter: trio.CapacityLimiter,
+        fetched: Callable[[], int],
+        *,
+        minimum: int,
+        maximum: int,
+    ) -> None:
+        self.probe = Probe(minimum, maximum)
+        self._limiter = limiter
+        self._fetched = fetched  # bytes the background GETs fetched so far
+        limiter.total_tokens = self.probe.limit
+
+    async def run(self) -> None:
+        before, start = self._fetched(), trio.current_time()
+        waited = False
+        while True:
+            deadline = start + WINDOW
+            while trio.current_time() < deadline:  # sampled: no event says a task waits
+                waited = waited or self._limiter.statistics().tasks_waiting > 0
+                await trio.sleep(WINDOW / 10)
+            now, fetched = trio.current_time(), self._fetched()
+            rate = (fetched - before) / max(now - start, 1e-9)
+            self._limiter.total_tokens = self.probe.window(rate, waited)
+            before, start, waited = fetched, now, False
