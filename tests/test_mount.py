@@ -485,6 +485,7 @@ def wait_for_status(mounted: Any, condition: Callable[[dict[str, Any]], bool]) -
         time.sleep(0.1)
 
 
+@page_cache
 def test_a_model_file_is_filled_into_the_page_cache_with_memory_to_spare(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
