@@ -247,7 +247,7 @@ def test_status_watch_plain_lines_until_ctrl_c(mounted_with_a_file: MountEnv) ->
             assert "fetched: 2.0M in " in later
             assert "reads/s" in later
             watch.send_signal(signal.SIGINT)
-            assert watch.wait(timeout=10) == 0
+            assert watch.wait(timeout=30) == 0
         finally:
             watch.kill()
 
@@ -264,7 +264,7 @@ def test_status_watch_json_lines(mounted_with_a_file: MountEnv) -> None:
             assert watch.stdout is not None
             answers = [json.loads(watch.stdout.readline()) for _ in range(2)]
             watch.send_signal(signal.SIGINT)
-            assert watch.wait(timeout=10) == 0
+            assert watch.wait(timeout=30) == 0
         finally:
             watch.kill()
     assert answers[1]["uptime"] > answers[0]["uptime"]
@@ -293,7 +293,7 @@ def test_status_watch_live_on_a_terminal(mounted_with_a_file: MountEnv) -> None:
         assert b"\x1b[" in shown  # drawn by rich, not printed as plain lines
         assert b"--- " not in shown
         watch.send_signal(signal.SIGINT)
-        assert watch.wait(timeout=10) == 0
+        assert watch.wait(timeout=30) == 0
     finally:
         watch.kill()
         os.close(controller)

@@ -269,13 +269,13 @@ def test_writes_are_refused_read_only(env: Env) -> None:
 
 
 def settled_reads(mounted: Mounted) -> int:
-    """The mount's read count once it has not changed for half a second (at most 10 s)."""
-    reads, deadline = mounted.status()["fs"]["reads"], time.monotonic() + 10
-    while time.monotonic() < deadline:
+    """The mount's read count once it has not changed for 1.5 s (at most 20 s): the kernel's
+    readahead and the page-cache fill pause for longer than a moment on a busy machine."""
+    reads, deadline, still = mounted.status()["fs"]["reads"], time.monotonic() + 20, 0
+    while time.monotonic() < deadline and still < 3:
         time.sleep(0.5)
         now = mounted.status()["fs"]["reads"]
-        if now == reads:
-            break
+        still = still + 1 if now == reads else 0
         reads = now
     return int(reads)
 
