@@ -17,11 +17,14 @@ Model, per accepted connection (client = mounter, server = S3):
 * Connection setup costs one RTT, as a TCP handshake would: the first request bytes are not
   delivered before `accept + 2 * delay + delay`.
 * Flow control stands in for the TCP window: a direction holds at most `_HIGH_WATER` bytes in
-  flight; above that it stops reading from its source until it drains below `_LOW_WATER`, and it
+  flight; above that it stops reading from its source until it drains below half of it, and it
   also stops while the destination socket's own buffer is full.
 * An uplink shared by every connection (`--total-rate`, the fleet simulation's): responses of
-  all connections also queue, in arrival order, on one FIFO `Link` of that rate, and while it
-  holds more than `_LINK_HIGH_WATER` bytes no connection reads more from its server.
+  all connections also queue, in arrival order, on one FIFO `Link` of that rate. The window of
+  each connection is then its share of `_LINK_BUDGET` (at least `_MIN_SHARE`), so the link
+  holds a few bandwidth-delay products in all and a new connection's first bytes do not wait
+  behind seconds of the others'. Every decision to read again is a connection's own, taken
+  when it delivers (a paused connection always has bytes queued, so it always gets there).
 * Not modelled: slow start, loss, and fairness between connections beyond arrival order.
 * Counted (`--stats FILE`, JSON rewritten every `_STATS_INTERVAL_S` and at exit): the bytes
   servers sent (`down`, the origin's egress), those of them dropped undelivered because their
@@ -54,16 +57,14 @@ _SLICE_BYTES = 64 * 1024
 # bandwidth-delay product of the default profile (10 MB/s * 40 ms = 400 KB), as a TCP window
 # that has grown to fit the path would be.
 _HIGH_WATER = 1024 * 1024
-_LOW_WATER = 512 * 1024
 _CONNECT_TIMEOUT_S = 10.0
 # Queue markers: half-close (shutdown SHUT_WR) or close the sink, in order with the data.
 _EOF = "eof"
 _CLOSE = "close"
 # The shared uplink's queue, all connections together: a few bandwidth-delay products of a
-# 200 Mbit/s, 40 ms path (1 MB), so a new connection's first bytes do not wait behind seconds
-# of other connections' data, as they would behind per-connection windows.
-_LINK_HIGH_WATER = 4 * 1024 * 1024
-_LINK_LOW_WATER = 2 * 1024 * 1024
+# 200 Mbit/s, 40 ms path (1 MB), split evenly between the connections that share it.
+_LINK_BUDGET = 4 * 1024 * 1024
+_MIN_SHARE = 64 * 1024
 _STATS_INTERVAL_S = 0.5
 
 
@@ -78,7 +79,11 @@ class Link:
         self.up = 0  # bytes the clients sent
         self.dropped = 0  # of `down`: never delivered, their client had gone
         self.connections = 0
-        self.waiting: set[DelayLine] = set()  # lines that stopped reading until it drains
+        self.lines: set[DelayLine] = set()  # the open lines that share it
+
+    def share(self) -> int:
+        """The window of one of its lines."""
+        return max(_MIN_SHARE, min(_HIGH_WATER, _LINK_BUDGET // max(1, len(self.lines))))
 
     def reserve(self, now: float, size: int) -> float:
         """When `size` bytes pushed now leave the link."""
@@ -86,11 +91,6 @@ class Link:
             self.busy_until = max(now, self.busy_until) + size / self.rate
             return self.busy_until
         return now
-
-    def drained(self) -> None:
-        if self.queued < _LINK_LOW_WATER:
-            for line in list(self.waiting):
-                line.update_flow()
 
     def stats(self) -> dict[str, int]:
         return {
@@ -116,6 +116,8 @@ class DelayLine:
         self._delay = delay
         self._rate = rate
         self._link = link  # responses only: the shared uplink
+        if link is not None:
+            link.lines.add(self)
         self._busy_until = not_before
         self._queue: collections.deque[tuple[float, bytes | str]] = collections.deque()
         self._queued_bytes = 0
@@ -154,8 +156,7 @@ class DelayLine:
         if self._link is not None:
             self._link.queued -= self._queued_bytes
             self._link.dropped += self._queued_bytes
-            self._link.waiting.discard(self)
-            self._link.drained()
+            self._link.lines.discard(self)
         self._queued_bytes = 0
         self._queue.clear()
 
@@ -204,34 +205,20 @@ class DelayLine:
             else:
                 self._sink.close()
         self._update_source_flow()
-        if self._link is not None:
-            self._link.drained()
         self._reschedule()
-
-    def update_flow(self) -> None:
-        self._update_source_flow()
 
     def _update_source_flow(self) -> None:
         if self._source is None or self._source.is_closing():
             return
-        link = self._link
-        link_full = link is not None and link.queued > _LINK_HIGH_WATER
-        link_open = link is None or link.queued < _LINK_LOW_WATER
-        should_pause = self._sink_blocked or self._queued_bytes > _HIGH_WATER or link_full
-        should_resume = not self._sink_blocked and self._queued_bytes < _LOW_WATER and link_open
+        high = _HIGH_WATER if self._link is None else self._link.share()
+        should_pause = self._sink_blocked or self._queued_bytes > high
+        should_resume = not self._sink_blocked and self._queued_bytes < high // 2
         if should_pause and not self._source_paused:
             self._source.pause_reading()
             self._source_paused = True
         elif should_resume and self._source_paused:
             self._source.resume_reading()
             self._source_paused = False
-        if link is not None:
-            # A paused line may wait for the link alone, with nothing of its own left to
-            # deliver (no timer of its own would wake it): the link's drain wakes every one.
-            if self._source_paused:
-                link.waiting.add(self)
-            else:
-                link.waiting.discard(self)
 
 
 class _Side(asyncio.Protocol):
