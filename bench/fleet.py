@@ -231,6 +231,8 @@ class Fleet:
         for _, directory in nodes:
             result = directory / "result.json"
             phase.results.append(json.loads(result.read_text()) if result.exists() else {})
+        if phase.site:
+            self._log_site_errors()
         for number, answer in enumerate(phase.results, 1):
             if not answer.get("exact"):
                 log(f"  node {number}: {answer.get('error') or 'no result'}")
@@ -277,6 +279,14 @@ class Fleet:
         )  # fmt: skip
         path.chmod(0o600)
         return path
+
+    def _log_site_errors(self) -> None:
+        """The site's error lines (a fetch that failed and was made again costs egress)."""
+        log_path = self.work / f"site{self.sites}" / "weed.log"
+        lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+        errors = [line for line in lines if line.startswith("E")]
+        if errors:
+            log(f"  site: {len(errors)} error lines, the first: {errors[0][:300]}")
 
     def _site_sent(self) -> float:
         """Bytes the site has sent to the nodes (its S3 metrics; 0 while it does not answer)."""
