@@ -51,7 +51,12 @@ BUCKET, PREFIX = "models", "llama/"
 FILES = ("config.json", "model.safetensors")  # read in this order; the model last
 _SHAPED = 8333  # the origin's proxy: what the nodes and the site reach the origin at
 _PART = 64 << 20
-_NODE_OPTIONS = ("--read-only", "--max-memory", "128M", "--cache-max-size", "256M")
+# Four GETs at a time per node (modelfs's default is 16): 16 nodes x 16 GETs on two CPU cores
+# keep the site's own reads past SeaweedFS's 2 s first-byte deadline, after which it serves
+# them from the origin instead (docs/fleet.md: size a site's CPU and disks for its nodes).
+_NODE_OPTIONS = (
+    "--read-only", "--max-memory", "128M", "--cache-max-size", "256M", "--transfers", "4",
+)  # fmt: skip
 _BENCH = Path(__file__).resolve().parent
 
 
@@ -362,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("fleet: needs root (network namespaces, FUSE)", file=sys.stderr)
         return 2
+    args.node_options = " ".join(_NODE_OPTIONS)  # for the table
     load = os.getloadavg()[0]
     cleanup = Cleanup()
     cleanup.install()

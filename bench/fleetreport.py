@@ -80,7 +80,8 @@ def table(phases: list[Phase], args: argparse.Namespace, load: float) -> str:
     lines = [
         f"fleet simulation: {args.nodes} nodes, model {args.model_mb} MiB (+ config, manifest), "
         f"origin uplink {args.uplink_mbit:g} Mbit/s shared by all, RTT {args.rtt_ms:g} ms, "
-        f"{os.cpu_count()} CPUs, load average {load:.1f} at the start",
+        f"{os.cpu_count()} CPUs, load average {load:.1f} at the start; each node: modelfs mount "
+        f"{args.node_options}",
         "",
     ]
     rows = [
