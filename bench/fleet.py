@@ -41,7 +41,7 @@ from typing import Any
 import xxhash
 from baselines import S3Target
 from fleetnet import FleetNet
-from fleetreport import Phase, as_json, table
+from fleetreport import Phase, as_json, nodes_text, table
 from netns import ns_exec
 from seaweed_support import find_weed, seaweed
 from sysutil import Cleanup, die_with_parent, log, safe_rmtree, stop_popen, wait_until
@@ -337,13 +337,14 @@ def _remote(name: str, endpoint: str) -> str:
 
 def plan(args: argparse.Namespace) -> list[Phase]:
     """The phases to run (see the module docstring)."""
-    phases = [Phase("1 node, site", 1)]
+    phases = [Phase(f"{nodes_text(1)}, site", 1)]
     if args.nodes > 1:
         phases.append(Phase(f"{args.nodes} nodes, site", args.nodes))
-    phases.append(Phase(f"{args.nodes} nodes, site killed halfway", args.nodes, kill_site=True))
+    many = nodes_text(args.nodes)
+    phases.append(Phase(f"{many}, site killed halfway", args.nodes, kill_site=True))
     baseline_s = args.nodes * (args.model_mb << 20) / (args.uplink_mbit * 1e6 / 8)
     if args.baseline == "on" or (args.baseline == "auto" and baseline_s < 180):
-        phases.append(Phase(f"{args.nodes} nodes, origin only", args.nodes, site=False))
+        phases.append(Phase(f"{many}, origin only", args.nodes, site=False))
     return phases
 
 

@@ -46,6 +46,11 @@ class Phase:
         return total
 
 
+def nodes_text(count: int) -> str:
+    """'1 node', '16 nodes': how phase names start."""
+    return f"{count} node" + ("" if count == 1 else "s")
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """Nearest rank (the p95 of 16 values is the 16th, of 4 the 4th)."""
     if not values:
@@ -58,7 +63,7 @@ def targets(phases: list[Phase], nodes: int) -> list[tuple[str, bool, str]]:
     """(target, met, measured) for each of the issue's targets these phases measure."""
     by_name = {phase.name: phase for phase in phases}
     one, many = by_name.get("1 node, site"), by_name.get(f"{nodes} nodes, site")
-    killed = by_name.get(f"{nodes} nodes, site killed halfway")
+    killed = by_name.get(f"{nodes_text(nodes)}, site killed halfway")
     found: list[tuple[str, bool, str]] = []
     if many is not None:
         ratio = many.egress_ratio()
