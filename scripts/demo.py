@@ -151,6 +151,8 @@ def main() -> int:
             model = mountpoint / "cache_hub_v23/models/model_v23.pt"
             cold, warm = timed_read(model), timed_read(model)
             print(f"\nread {model.name}: cold {cold:.0f} MB/s, warm (block cache) {warm:.0f} MB/s")
+            print("\ndemo: warm the whole tree into the cache and pin it (never evicted)")
+            show(*modelfs, "warm", mountpoint / "cache_hub_v23", "--pin")
             show(*modelfs, "status", mountpoint)
         finally:
             show(*modelfs, "unmount", mountpoint, check=False)

@@ -17,7 +17,6 @@ The helpers themselves live in `tests/support` so scripts can use them without p
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from modelfs.store.s3 import S3Store
 from support import FaultProxy, SeaweedServer, remote_config, unique_bucket_name
 from support import make_config as _make_config
+from support.mounting import tmpfs
 
 
 @pytest.fixture(autouse=True)
@@ -85,10 +85,5 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs: as root, only a really full disk says ENOSPC."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "tiny"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
-    try:
+    with tmpfs(tmp_path / "tiny", "1m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)

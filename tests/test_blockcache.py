@@ -27,6 +27,7 @@ from modelfs.cache import blockfile
 from modelfs.cache.disk import HEADER_SIZE, DiskBlockCache
 from modelfs.cache.protocol import DataCache
 from modelfs.errors import ConfigError, MountError
+from modelfs.host import locks
 from modelfs.objects import ObjectId
 from support.pagecache import resident_pages
 
@@ -56,12 +57,15 @@ def block_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.blk"))
 
 
+BOOKKEEPING = {"lock", "ledger", "pins.json"}  # the root's own files, not blocks
+
+
 def tree_bytes(root: Path) -> int:
     """Bytes of every file under the block tree (block and temp files alike)."""
     total = 0
     for dirpath, _, names in os.walk(root):
         for name in names:
-            if name != "lock":
+            if name not in BOOKKEEPING:
                 try:
                     total += os.stat(os.path.join(dirpath, name)).st_size
                 except FileNotFoundError:  # unlinked while we walked
@@ -142,11 +146,20 @@ def test_survives_restart(cache: DiskBlockCache, clock: FakeClock) -> None:
     restarted.close()
 
 
-def test_second_owner_of_a_root_is_refused(cache: DiskBlockCache) -> None:
-    with pytest.raises(MountError, match="in use"):
-        DiskBlockCache(cache.root, BLOCK, FILE)
-    cache.close()
-    DiskBlockCache(cache.root, BLOCK, FILE).close()
+def test_a_root_held_alone_by_another_process_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older modelfs holds the root exclusively for its whole life: not shared, refused."""
+    root = tmp_path / "c"
+    root.mkdir()
+    fd = locks.hold_lock(root, "block cache")
+    monkeypatch.setattr(locks, "JOIN_WAIT", 0.2)
+    try:
+        with pytest.raises(MountError, match="in use"):
+            DiskBlockCache(root, BLOCK, FILE)
+    finally:
+        os.close(fd)
+    DiskBlockCache(root, BLOCK, FILE).close()
 
 
 def test_root_that_is_a_file_is_a_config_error(tmp_path: Path) -> None:
@@ -391,14 +404,21 @@ def test_unreadable_block_is_a_counted_miss(cache: DiskBlockCache) -> None:
     assert not cache.contains(A, 0)
 
 
-def test_vanished_file_is_a_plain_miss(cache: DiskBlockCache) -> None:
+def test_vanished_file_is_a_plain_miss(cache: DiskBlockCache, clock: FakeClock) -> None:
+    """A file that vanished was usually evicted by another process (which took it off the
+    ledger); one deleted behind every process's back is off the ledger at the next start."""
     cache.put(A, 0, payload(A, 0))
     only_file(cache).unlink()
     assert cache.get(A, 0) is None
     stats = cache.statistics()
-    assert (stats.corrupt, stats.misses, stats.blocks, stats.bytes) == (0, 1, 0, 0)
-    cache.put(A, 0, payload(A, 0))
-    assert cache.get(A, 0) == payload(A, 0)
+    assert (stats.corrupt, stats.misses) == (0, 1)
+    assert not cache.contains(A, 0)
+    restarted = reopen(cache, clock)
+    assert (restarted.statistics().blocks, restarted.statistics().bytes) == (0, 0)
+    restarted.put(A, 0, payload(A, 0))
+    assert restarted.get(A, 0) == payload(A, 0)
+    assert restarted.statistics().bytes == FILE == tree_bytes(cache.root)
+    restarted.close()
 
 
 # -- startup -----------------------------------------------------------------------------------
@@ -414,6 +434,20 @@ def test_startup_removes_temp_and_unknown_files(cache: DiskBlockCache, clock: Fa
     assert sorted(p.name for p in fanout.iterdir()) == [only_file(restarted).name]
     assert restarted.get(A, 0) == payload(A, 0)
     assert restarted.statistics().bytes == FILE
+    restarted.close()
+
+
+def test_startup_removes_a_block_another_user_planted(
+    cache: DiskBlockCache, clock: FakeClock
+) -> None:
+    """xxh3 is not a MAC: a block with a valid header and checksum, owned by another user, was
+    planted while the directory was open to others. It is never served."""
+    cache.put(A, 0, payload(A, 0))
+    os.chown(only_file(cache), 65534, 65534)
+    restarted = reopen(cache, clock)
+    assert restarted.get(A, 0) is None
+    assert block_files(restarted.root) == []
+    assert restarted.statistics().corrupt == 1
     restarted.close()
 
 

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -29,11 +30,11 @@ from modelfs.daemon.fuse_ops import FuseOperations
 from modelfs.daemon.warmup import warm_up as warm_up_mount
 from modelfs.errors import InvalidArgument, NotFound, ReadOnly, StaleObject
 from modelfs.memory import MemoryBudget
-from modelfs.objects import ObjectId, ObjectInfo
+from modelfs.objects import ListPage, ObjectId, ObjectInfo
 from modelfs.read import dropbehind as pagecache
 from modelfs.read.dropbehind import DropBehind, PageCacheTrimmer
 from modelfs.read.fetcher import BlockFetcher
-from modelfs.read.policy import ReadOptions, ReadPolicy
+from modelfs.read.policy import MEMORY_TTL, MemoryProbe, ReadOptions, ReadPolicy
 from modelfs.read.readahead import ReadaheadPolicy
 from modelfs.write.engine import WriteBack
 from modelfs.write.protocol import ReadOnlyWriter
@@ -76,6 +77,7 @@ def make_fs(
     cache: MemoryDataCache | None = None,
     budget: int = 16 * BLOCK,
     slots: int = 4,
+    memory: MemoryProbe = lambda pid: None,
     **options: object,
 ) -> Filesystem:
     """A read-only filesystem core over `store`; `options` go to FsOptions or ReadOptions."""
@@ -91,7 +93,11 @@ def make_fs(
         return list((await namespace.listing(directory)).files.values())
 
     reads = ReadPolicy(
-        fetcher, ReadOptions(**read), siblings=files_in, clock=clock  # type: ignore[arg-type]
+        fetcher,
+        ReadOptions(**read),  # type: ignore[arg-type]
+        siblings=files_in,
+        memory=memory,
+        clock=clock,
     )
     return Filesystem(namespace, reads, ReadOnlyWriter(), FsOptions(**fs_options))  # type: ignore[arg-type]
 
@@ -409,6 +415,43 @@ async def test_negative_lookups_are_cached_until_ttl(store: MemoryStore) -> None
         assert (await fs.lookup(ROOT_INODE, "missing.txt")).size == 8
         assert store.ops["list_page"] == 2
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("where", ["dir", "dir/sub"])
+async def test_a_listing_that_an_upload_overtook_is_not_cached(where: str) -> None:
+    """A LIST in flight while write-back uploads a key in it (and invalidates the directory)
+    may have seen the old version: it is sent again, never cached for the TTL (else an open
+    would ask for the old ETag, and get ESTALE, until the TTL runs out)."""
+    listed = threading.Event()
+    go_on = threading.Event()
+
+    class ListsThenWaits(MemoryStore):
+        def list_page(self, *args: Any, **kwargs: Any) -> ListPage:
+            page = super().list_page(*args, **kwargs)  # the bucket as it is now
+            if not listed.is_set():
+                listed.set()
+                go_on.wait(10)  # the answer still on its way
+            return page
+
+    store = ListsThenWaits()
+    old = store.put_bytes(f"{where}/app.log", b"old")
+    namespace = Namespace(store, "", ttl=60.0, limiter=trio.CapacityLimiter(4))
+    async with trio.open_nursery() as nursery:
+        found: list[ObjectInfo] = []
+
+        async def look() -> None:
+            listing = await namespace.listing("dir", subtree=True)
+            found.append(listing.files["app.log"] if where == "dir" else old)
+
+        nursery.start_soon(look)
+        await trio.to_thread.run_sync(listed.wait)
+        new = store.put_bytes(f"{where}/app.log", b"new, uploaded meanwhile")
+        namespace.uploaded(f"{where}/app.log", new)
+        go_on.set()
+    seen = (await namespace.listing(where)).files["app.log"]
+    assert seen.etag == new.etag
+    if where == "dir":
+        assert found[0].etag == new.etag
 
 
 async def test_listing_pages_through_many_keys() -> None:
@@ -975,6 +1018,46 @@ async def test_no_drop_behind_for_random_reads_or_a_second_reader(store: MemoryS
         await read_all(fs, first, len(data), BLOCK)
         await fs.flush(first)
         assert trimmer_of(fs).calls
+        nursery.cancel_scope.cancel()
+
+
+def test_a_file_keeps_its_page_cache_while_four_times_its_size_is_available() -> None:
+    assert pagecache.keeps_page_cache(4 << 30, 1 << 30)
+    assert not pagecache.keeps_page_cache((4 << 30) - 1, 1 << 30)
+    assert pagecache.keeps_page_cache(None, 1 << 40)  # unknown: the kernel decides, as for any file
+
+
+@pytest.mark.usefixtures("small_drop_steps")
+async def test_drop_behind_auto_asks_the_memory_of_the_reader_at_each_step(
+    store: MemoryStore,
+) -> None:
+    """With the memory rule, nothing is dropped while 4x the file is available to its reader;
+    once that runs short, the next step drops all the reader has passed, from its start."""
+    data = os.urandom(BLOCK * 32)
+    store.put_bytes("big.bin", data)
+    asked: list[int] = []
+    available = [4 * len(data)]
+
+    def memory(pid: int) -> int | None:
+        asked.append(pid)
+        return available[0]
+
+    clock = FakeClock()
+    async with trio.open_nursery() as nursery:
+        fs = await start_fs(nursery, store, clock=clock, memory=memory)
+        fs.reads.trimmer = trimmer = RecordingTrimmer()
+        ino = (await fs.lookup(ROOT_INODE, "big.bin")).ino
+        fh, _ = await fs.open(ino, os.O_RDONLY, 4242)
+        for offset in range(0, 16 * BLOCK, BLOCK):
+            assert await fs.read(fh, offset, BLOCK) == data[offset : offset + BLOCK]
+        assert trimmer.calls == []
+        assert asked == [4242]  # the opener's memory, asked once per MEMORY_TTL
+        available[0] -= 1
+        clock.now += MEMORY_TTL
+        assert await fs.read(fh, 16 * BLOCK, BLOCK) == data[16 * BLOCK : 17 * BLOCK]
+        await fs.flush(fh)
+        assert trimmer.calls == [("big.bin", 0, 12 * BLOCK)]  # 4 blocks behind, from the start
+        assert asked == [4242, 4242]
         nursery.cancel_scope.cancel()
 
 

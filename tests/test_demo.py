@@ -4,6 +4,7 @@ Run with the default sample model (256 MiB), the size the README promises."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,9 @@ def test_the_quick_start_demo_runs_to_the_end(tmp_path: Path) -> None:
     assert "pass 1: verified 5 files" in done.stdout  # the app checked the models' sha256
     assert "written files are in the bucket; unmounted" in done.stdout
     assert "standin pid=" in done.stdout  # its log, read back from the bucket
+    assert re.search(
+        r"[1-9][0-9.]*[KMGT] pinned \([1-9][0-9]* file\(s\)\)", done.stdout
+    )  # warm --pin
     assert "X-Amz-Signature=" in done.stdout  # presign printed a signed link
     assert "sample_rate: 24000" in done.stdout  # curl -L of a stable link, with the token
     assert "bytes by source: http://127.0.0.1:" in done.stdout  # a pull through the service

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from fakes.memstore import md5_etag, multipart_etag
 from modelfs.errors import ConfigError, MountError, NoSpace
+from modelfs.host.locks import hold_lock
 from modelfs.store.etag import same_etag
 from modelfs.store.protocol import PendingUpload
 from modelfs.write.journal import JOURNAL_NAME, RESERVE_NAME, Journal, JournalRow, Synced
@@ -26,6 +27,7 @@ from modelfs.write.staging import (
     content_etag,
     part_size_for,
     read_at,
+    take_over,
     write_at,
 )
 from support.lazydisk import LazyDisk
@@ -287,3 +289,34 @@ def test_etags_compare_without_quotes() -> None:
     assert same_etag('"abc"', "abc")
     assert not same_etag("abc", None)
     assert not same_etag("abc", "abd")
+
+
+def test_a_journal_of_the_old_identity_is_taken_over_by_its_bucket(tmp_path: Path) -> None:
+    """Journals used to belong to `REMOTE:BUCKET[/PREFIX]`; now to the cache root's
+    `ENDPOINT|BUCKET`, so a mount of another prefix of the bucket may take one over."""
+    Journal(tmp_path, identity="hub:models/v23").close()
+    Journal(tmp_path, identity="http://s3.lan|models").close()  # same bucket: taken over
+    Journal(tmp_path, identity="http://s3.lan|models").close()
+    with pytest.raises(ConfigError, match="models"):
+        Journal(tmp_path, identity="http://s3.lan|other")
+    (tmp_path / "b").mkdir()
+    Journal(tmp_path / "b", identity="hub:other/v1").close()  # an old journal of another bucket
+    with pytest.raises(ConfigError, match="hub:other/v1"):
+        Journal(tmp_path / "b", identity="http://s3.lan|models")
+
+
+def test_the_old_write_back_root_moves_whole_to_a_mounts_own(tmp_path: Path) -> None:
+    old, root = tmp_path / "writeback", tmp_path / "writeback-1234"
+    old.mkdir()
+    journal = Journal(old, identity="hub:models")
+    journal.insert(row("s1", "logs/a.log"))
+    journal.close()
+    held = hold_lock(old, "write-back root")  # an older modelfs still uses it: left alone
+    assert not take_over(old, root)
+    os.close(held)
+    assert take_over(old, root)
+    assert not old.exists()
+    moved = Journal(root, identity="http://s3.lan|models")
+    assert [r.key for r in moved.rows()] == ["logs/a.log"]
+    moved.close()
+    assert not take_over(old, root)  # nothing left to take over

@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from modelfs.host.health import Health, probe
+from modelfs.host.meminfo import MEMORY_ENV
 from support import FaultProxy, SeaweedServer, method_is
-from support.mounting import MODELFS, MountEnv, drop_page_cache, is_mounted, run_cli
+from support.mounting import MODELFS, Mounted, MountEnv, drop_page_cache, is_mounted, run_cli
 from support.pagecache import resident_pages
 
 pytestmark = pytest.mark.mount
@@ -260,13 +261,25 @@ def test_writes_are_refused_read_only(env: Env) -> None:
             assert caught.value.errno == 30  # EROFS
 
 
+def settled_reads(mounted: Mounted) -> int:
+    """The mount's read count once it has not changed for half a second (at most 10 s)."""
+    reads, deadline = mounted.status()["fs"]["reads"], time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = mounted.status()["fs"]["reads"]
+        if now == reads:
+            break
+        reads = now
+    return int(reads)
+
+
 def test_keep_cache_serves_a_reopen_from_the_kernel(env: Env) -> None:
     data = os.urandom(8 * MiB)
     env.put("k.bin", data)
     with env.mount() as mounted:
         path = env.mountpoint / "k.bin"
         assert read_file(path) == data
-        reads = mounted.status()["fs"]["reads"]
+        reads = settled_reads(mounted)  # the kernel's async readahead of the first read, done
         assert read_file(path) == data
         assert mounted.status()["fs"]["reads"] == reads  # nothing reached modelfs
 
@@ -412,6 +425,39 @@ def test_without_drop_behind_a_read_file_stays_in_the_page_cache(env: Env) -> No
         assert read_sequentially(path) == data
         assert resident_pages(path) >= mostly(128 * MiB)
         assert mounted.status()["fs"]["dropped_behind"] == 0
+
+
+def test_drop_behind_auto_keeps_the_page_cache_with_memory_to_spare(env: Env) -> None:
+    """The default (`auto`) on a machine with memory to spare: a file read once stays in the
+    page cache, and a second read is answered by the kernel without a single FUSE read."""
+    data = random.Random(8).randbytes(128 * MiB)
+    env.put("model.bin", data)
+    with env.mount() as mounted:
+        path = env.mountpoint / "model.bin"
+        drop_page_cache()
+        assert read_sequentially(path) == data
+        assert resident_pages(path) >= mostly(len(data))
+        before = mounted.status()["fs"]
+        assert before["dropped_behind"] == 0
+        assert read_sequentially(path) == data  # the hot re-read
+        after = mounted.status()["fs"]
+        assert after["bytes_read"] == before["bytes_read"]  # nothing reached the mount
+
+
+def test_drop_behind_auto_drops_when_memory_is_short(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same read with less than 4x the file available (injected: a small machine, or a
+    cgroup with a low limit) keeps only the last 32 MiB behind the reader."""
+    data = random.Random(9).randbytes(128 * MiB)
+    env.put("model.bin", data)
+    monkeypatch.setenv(MEMORY_ENV, "511M")
+    with env.mount() as mounted:
+        path = env.mountpoint / "model.bin"
+        drop_page_cache()
+        assert read_sequentially(path) == data
+        assert resident_pages(path, 0, 64 * MiB) == 0
+        assert mounted.status()["fs"]["dropped_behind"] == 64 * MiB
 
 
 def test_a_file_that_does_not_match_the_manifest_gives_eio_never_wrong_bytes(env: Env) -> None:

@@ -50,6 +50,15 @@ def test_the_control_dir_is_made_0700_and_the_state_file_0600(runtime: Path) -> 
     assert sorted(p.name for p in runtime.iterdir()) == ["abc.json"]  # no temp file left
 
 
+def test_a_mount_exiting_late_leaves_the_next_mounts_state_alone(runtime: Path) -> None:
+    control.write_state("abc", {"spec": "next"})  # the next mount on the mountpoint: us
+    (runtime / "abc.sock").touch()
+    control.remove_state("abc", pid=os.getpid() + 1)  # the one before, exiting late
+    assert sorted(p.name for p in runtime.iterdir()) == ["abc.json", "abc.sock"]
+    control.remove_state("abc", pid=os.getpid())
+    assert list(runtime.iterdir()) == []
+
+
 def _owned_by_someone_else(path: Path) -> None:
     path.mkdir(mode=0o700)
     os.chown(path, OTHER_UID, OTHER_UID)
@@ -115,6 +124,25 @@ def test_the_state_file_is_never_written_through_a_planted_symlink(
     assert victim.read_text() == "precious"
     assert json.loads((runtime / "abc.json").read_text())["pid"] == os.getpid()
     assert not (runtime / "abc.json").is_symlink()
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702])
+def test_a_cache_root_others_could_write_is_refused_not_narrowed(tmp_path: Path, mode: int) -> None:
+    """Narrowing it would keep trusting what another user planted while it was open."""
+    root = tmp_path / "root"
+    root.mkdir()
+    os.chmod(root, mode)
+    with pytest.raises(UnsafePath, match=f"mode {mode:04o} lets other users in"):
+        private.own_dir(root, "cache dir")
+    assert stat.S_IMODE(root.stat().st_mode) == mode
+
+
+def test_a_cache_root_others_could_only_read_is_narrowed(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    os.chmod(root, 0o755)  # what older versions made under umask 022
+    private.own_dir(root, "cache dir")
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
 
 
 def test_new_private_files_refuse_anything_in_their_place(tmp_path: Path) -> None:

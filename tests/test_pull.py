@@ -183,6 +183,64 @@ def test_wrong_bytes_from_one_source_are_caught_and_the_next_source_used(origin:
     assert origin.gets(origin.second)  # the second source delivered
 
 
+SMALL = {f"d{i % 3}/f{i:03d}.json": os.urandom(2000 + 37 * i) for i in range(40)}
+
+
+def test_small_files_fall_back_one_by_one_and_get_the_users_mode(origin: Origin) -> None:
+    for path, data in SMALL.items():
+        origin.put(f"v1/{path}", data)
+    manifest = write_manifest(
+        origin.tmp / "m.json",
+        SMALL,
+        [
+            {"remote": f"a:{origin.bucket}/v1", "priority": 1},
+            {"remote": f"b:{origin.bucket}/v1", "priority": 2},
+        ],
+    )
+    origin.proxy.corrupt_next(at_byte=1000, times=None)  # every small file from "a" is wrong
+    dest = origin.tmp / "dest"
+    done = origin.pull(manifest, dest, "--json")
+    assert done.returncode == 0, done.stderr
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path, data in SMALL.items():
+        assert (dest / path).read_bytes() == data
+        assert (dest / path).stat().st_mode & 0o777 == 0o666 & ~umask
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    done_files = {e["path"] for e in events if e["event"] == "file" and e["state"] == "done"}
+    assert done_files == set(SMALL)
+    assert len(origin.gets(origin.second)) == len(SMALL)
+    assert not list((dest / PULL_DIR / "partial").iterdir())
+
+
+def test_an_interrupted_pull_of_small_files_leaves_only_whole_files(origin: Origin) -> None:
+    for path, data in SMALL.items():
+        origin.put(f"v1/{path}", data)
+    origin.proxy.delay_next(0.1, times=None, match=lambda r: r.range is not None)
+    dest = origin.tmp / "dest"
+    command = [*MODELFS, "--config", str(origin.config), "pull", f"a:{origin.bucket}/v1"]
+    first = subprocess.Popen([*command, str(dest), "--transfers", "2"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(dest.glob("d*/*"))) < 5:
+        time.sleep(0.02)
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=30)
+    assert first.returncode == 130, stderr  # Ctrl-C: no traceback
+    assert b"Traceback" not in stderr
+    present = {p.relative_to(dest).as_posix() for p in dest.glob("d*/*")}
+    assert 5 <= len(present) < len(SMALL)
+    for path in present:
+        assert (dest / path).read_bytes() == SMALL[path]  # never a partial file in place
+    origin.proxy.clear_faults()
+    origin.proxy.clear_requests()
+    second = origin.pull(f"a:{origin.bucket}/v1", dest)
+    assert second.returncode == 0, second.stderr
+    for path, data in SMALL.items():
+        assert (dest / path).read_bytes() == data
+    fetched_again = {path.removeprefix(f"/{origin.bucket}/v1/") for path, _ in origin.gets()}
+    assert not fetched_again & present  # recorded at the interrupted pull's last checkpoint
+
+
 def test_a_403_half_way_falls_back_to_the_next_source(origin: Origin) -> None:
     data = os.urandom(12 * MiB)
     origin.put("v1/model.bin", data)

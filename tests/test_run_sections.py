@@ -149,6 +149,7 @@ SAVED_ARGV = (
     "--link", "cache_hub=cache_hub_v23", "--link", "logs=logs",
     "--cache-max-size", "50G", "--no-warm-up", "--read-only",
     "--keep-mounted", "--watch-interval", "2s",
+    "--warm", "models/*.json", "--warm", "tokenizer", "--warm-async", "models/**/*.pt",
     "--save", "webui", "--", "python", "webui.py", "--title", "it's 100%",
 )  # fmt: skip
 
@@ -165,13 +166,16 @@ def test_save_writes_the_command_line_as_a_section_read_back_as_the_same_plan(
     text = saving.path.read_text()
     assert "[run:webui]\nremote = compshare:bucket/models\nmountpoint = /mnt/models\n" in text
     assert "link = cache_hub=cache_hub_v23\n       logs=logs\n" in text
+    assert "warm = models/*.json\n       tokenizer\nwarm-async = models/**/*.pt\n" in text
     assert "s3cr3t" not in text
     assert "secret" not in text
     assert stat.S_IMODE(saving.path.stat().st_mode) == 0o600
     # The short line: `modelfs run` here finds it and plans the same run.
     again = plan_from_args(args_of(), parse(REMOTE), project_config(tmp_path, None))
     assert again.chosen == "using [run:webui]: the run section of ./modelfs.conf"
-    for field in ("target", "links", "workdir", "command", "keep_mounted", "watch_interval"):
+    assert (again.warm, again.warm_async) == (("models/*.json", "tokenizer"), ("models/**/*.pt",))
+    fields = ("target", "links", "workdir", "command", "keep_mounted", "watch_interval", "warm")
+    for field in (*fields, "warm_async"):
         assert getattr(again, field) == getattr(first, field), field
 
 
@@ -209,3 +213,59 @@ def test_choose_section_reads_workdirs_with_tilde_and_links(tmp_path: Path) -> N
     (tmp_path / "link").symlink_to(real)
     config = parse(section("a", str(tmp_path / "link")) + section("b", "~/nowhere"))
     assert choose_section(config, None, str(real)).name == "a"
+
+
+# -- --warm ------------------------------------------------------------------------------------
+
+
+def test_warm_globs_from_a_section_and_the_command_line(tmp_path: Path) -> None:
+    config = section("app", str(tmp_path)) + "warm = models/* tokenizer/*.json\n"
+    from_section = plan_here(tmp_path, config, None, "app")
+    assert from_section.warm == ("models/*", "tokenizer/*.json")
+    assert from_section.warm_async == ()
+    replaced = plan_here(tmp_path, config, None, "app", "--warm", "voices/*", "--warm-async", "x")
+    assert (replaced.warm, replaced.warm_async) == (("voices/*",), ("x",))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--mount", "r:bucket", "/m", "--warm", "../etc/*", "--", "x"],
+            "relative to the mountpoint",
+        ),
+        (
+            ["--mount", "r:bucket", "/m", "--warm-async", "/abs", "--", "x"],
+            "relative to the mountpoint",
+        ),
+        (
+            ["--pull", "r:bucket", "--into", "/d", "--warm", "m/*", "--", "x"],
+            "--warm needs a mount",
+        ),
+    ],
+)
+def test_warm_globs_that_cannot_work(tmp_path: Path, argv: list[str], message: str) -> None:
+    os.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        plan_from_args(args_of(*argv))
+
+
+# -- start profiles ------------------------------------------------------------------------------
+
+
+def test_the_start_profile_is_the_sections_name_unless_told(tmp_path: Path) -> None:
+    config = section("app", str(tmp_path))
+    assert plan_here(tmp_path, config, None, "app").profile == "app"
+    assert plan_here(tmp_path, config, None, "app", "--profile", "other").profile == "other"
+    assert plan_here(tmp_path, config, None, "app", "--no-profile").profile is None
+    tuned = config + "profile = off\nprofile-quiet = 3s\nprofile-max-size = 1G\n"
+    off = plan_here(tmp_path, tuned, None, "app")
+    assert (off.profile, off.profile_quiet, off.profile_max) == (None, 3.0, 1 << 30)
+    assert plan_from_args(args_of("--mount", "r:bucket", "/m", "--", "x")).profile is None
+    pulled = plan_from_args(args_of("--pull", "r:b", "--into", "/d", "--profile", "p", "--", "x"))
+    assert pulled.profile is None  # a pull has no mount to replay through
+    argv = ("--mount", "r:bucket", "/m", "--profile", "p", "--profile-quiet", "3s")
+    args = args_of(*argv, "--save", "s", "--", "x")
+    saving_for(args, plan_from_args(args)).write()
+    again = plan_from_args(args_of(), parse(REMOTE), project_config(tmp_path, None))
+    assert (again.profile, again.profile_quiet) == ("p", 3.0)

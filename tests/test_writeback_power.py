@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from modelfs.write.durable import BOOT_ID_ENV
 from support import FaultProxy, SeaweedServer
-from support.lazydisk import LazyDisk
-from support.mounting import Mounted, MountEnv, run_cli
+from support.lazydisk import PowerEnv, power_env
+from support.mounting import run_cli
 
 pytestmark = pytest.mark.mount
 
@@ -29,50 +28,15 @@ SYNCED = b"new.log, line 1: written and fsynced\n"
 LATER = b"line 2: written, never fsynced\n" * 64
 
 
-class Env(MountEnv):
-    disk: LazyDisk
-
-    @property
-    def cache(self) -> Path:
-        return self.disk.mountpoint / "cache"
-
-    def mount_on_disk(self, *options: str) -> Mounted:
-        return self.mount("--write-back", "1h", *options, cache_dir=self.cache)
-
-    def objects(self) -> dict[str, bytes]:
-        client = self.seaweed.client()
-        listing = client.list_objects_v2(Bucket=self.bucket).get("Contents", [])
-        return {
-            item["Key"]: client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
-            for item in listing
-        }
-
-    def power_cut(self, mounted: Mounted, mode: str = "drop") -> None:
-        """The disk loses what `mode` says, the mount dies with it; then the disk is back."""
-        self.disk.power_off(mode)
-        mounted.kill()
-        run_cli("unmount", self.mountpoint)  # the dead mount
-        self.disk.power_on()
-
-    def after_reboot(self, monkeypatch: pytest.MonkeyPatch) -> Mounted:
-        """A mount as the machine would make it after rebooting."""
-        monkeypatch.setenv(BOOT_ID_ENV, "boot-after-the-power-cut")
-        return self.mount_on_disk()
-
-
 @pytest.fixture
 def env(
     seaweed: SeaweedServer,
     proxy: FaultProxy,
     bucket: str,
     tmp_path: Path,
-    make_config: Callable[..., Path],
     monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Env]:
-    monkeypatch.setenv(BOOT_ID_ENV, "boot-before-the-power-cut")
-    created = Env.create(seaweed, proxy, bucket, tmp_path, make_config)
-    with LazyDisk(tmp_path / "disk", tmp_path / "lazy") as disk:
-        created.disk = disk
+) -> Iterator[PowerEnv]:
+    with power_env(seaweed, proxy, bucket, tmp_path, monkeypatch) as created:
         yield created
 
 
@@ -96,7 +60,7 @@ def conflict_copies(objects: dict[str, bytes], key: str) -> list[bytes]:
     ],
 )
 def test_a_power_cut_never_leaves_less_than_the_durable_content_under_a_name(
-    env: Env,
+    env: PowerEnv,
     monkeypatch: pytest.MonkeyPatch,
     mode: str,
     old_copies: list[bytes],

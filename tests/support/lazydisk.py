@@ -7,6 +7,10 @@
 
 The simulator runs in a child process; the backing directory is "the disk". On exit it shuts
 down cleanly (held writes synced) unless the power is off.
+
+`power_env` puts a mount's cache dir on such a disk (`PowerEnv`): `power_cut` cuts the power
+and kills the mount with it, `after_reboot` mounts as the machine would after rebooting
+($MODELFS_BOOT_ID stands for the kernel's boot id, which a test cannot change).
 """
 
 from __future__ import annotations
@@ -16,10 +20,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import lazyfs
-from .mounting import force_unmount, is_mounted
+from modelfs.write.durable import BOOT_ID_ENV
+
+from . import lazyfs, make_config
+from .mounting import Mounted, MountEnv, force_unmount, is_mounted, run_cli
+from .proxy import FaultProxy
+from .seaweed import SeaweedServer
+
+if TYPE_CHECKING:
+    import pytest
 
 
 class LazyDisk:
@@ -70,3 +83,52 @@ class LazyDisk:
 
     def __exit__(self, *exc_info: object) -> None:
         self._stop(signal.SIGTERM)
+
+
+class PowerEnv(MountEnv):
+    """A MountEnv whose cache dir lives on a `LazyDisk` (see the module docstring)."""
+
+    disk: LazyDisk
+
+    @property
+    def cache(self) -> Path:
+        return self.disk.mountpoint / "cache"
+
+    def mount_on_disk(self, *options: str) -> Mounted:
+        return self.mount("--write-back", "1h", *options, cache_dir=self.cache)
+
+    def objects(self) -> dict[str, bytes]:
+        client = self.seaweed.client()
+        listing = client.list_objects_v2(Bucket=self.bucket).get("Contents", [])
+        return {
+            item["Key"]: client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
+            for item in listing
+        }
+
+    def power_cut(self, mounted: Mounted, mode: str = "drop") -> None:
+        """The disk loses what `mode` says, the mount dies with it; then the disk is back."""
+        self.disk.power_off(mode)
+        mounted.kill()
+        run_cli("unmount", self.mountpoint)  # the dead mount
+        self.disk.power_on()
+
+    def after_reboot(self, monkeypatch: pytest.MonkeyPatch) -> Mounted:
+        """A mount as the machine would make it after rebooting."""
+        monkeypatch.setenv(BOOT_ID_ENV, "boot-after-the-power-cut")
+        return self.mount_on_disk()
+
+
+@contextlib.contextmanager
+def power_env(
+    seaweed: SeaweedServer,
+    proxy: FaultProxy,
+    bucket: str,
+    directory: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[PowerEnv]:
+    """A PowerEnv in `directory`, its disk on, the boot before the power cut."""
+    monkeypatch.setenv(BOOT_ID_ENV, "boot-before-the-power-cut")
+    created = PowerEnv.create(seaweed, proxy, bucket, directory, make_config)
+    with LazyDisk(directory / "disk", directory / "lazy") as disk:
+        created.disk = disk
+        yield created

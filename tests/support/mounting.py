@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -44,6 +45,33 @@ def force_unmount(path: str | os.PathLike[str]) -> None:
     subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, check=False)
 
 
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (e.g. "8m") mounted on `path` (made 0700) for the block: a disk that
+    really fills up, so writes to it say ENOSPC (as root, only a full disk does). Needs root."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)], check=True
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_up(path: Path) -> int:
+    """Write zeros to a new file `path` until its disk is full; returns the bytes it took."""
+    taken = 0
+    with path.open("wb", buffering=0) as filler:
+        with contextlib.suppress(OSError):
+            while True:
+                taken += filler.write(bytes(1 << 20))
+        with contextlib.suppress(OSError):
+            while True:
+                taken += filler.write(bytes(4096))
+    return taken
+
+
 def drop_page_cache() -> None:
     os.sync()
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
@@ -66,12 +94,16 @@ class Mounted:
         self.pid: int | None = None
         self.stderr = ""  # what `mount --daemon` printed (a warning, when it mounts offline)
 
-    def __enter__(self) -> Mounted:
-        self.mountpoint.mkdir(parents=True, exist_ok=True)
-        result = run_cli(
+    def command(self) -> list[str | os.PathLike[str]]:
+        """The `modelfs` arguments that mount it in the background."""
+        return [
             "--config", self.config, "mount", "--daemon", "--cache-dir", self.cache_dir,
             *self.options, self.spec, self.mountpoint,
-        )  # fmt: skip
+        ]  # fmt: skip
+
+    def __enter__(self) -> Mounted:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        result = run_cli(*self.command())
         if result.returncode != 0:
             raise AssertionError(f"mount failed ({result.returncode}): {result.stderr.strip()}")
         self.stderr = result.stderr
@@ -152,6 +184,43 @@ class MountEnv:
     def mount(self, *options: str, prefix: str = "", cache_dir: Path | None = None) -> Mounted:
         spec = f"test:{self.bucket}" + (f"/{prefix}" if prefix else "")
         return Mounted(self.config, spec, self.mountpoint, cache_dir or self.cache_dir, *options)
+
+    # -- the bucket, straight from the server (not through the proxy) ----------------------------
+
+    def object(self, key: str) -> bytes:
+        body: bytes = self.seaweed.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return body
+
+    def bucket_keys(self) -> list[str]:
+        listing = self.seaweed.client().list_objects_v2(Bucket=self.bucket)
+        return sorted(item["Key"] for item in listing.get("Contents", []))
+
+    def open_uploads(self) -> list[str]:
+        uploads = self.seaweed.client().list_multipart_uploads(Bucket=self.bucket)
+        return [u["Key"] for u in uploads.get("Uploads", [])]
+
+    def unfinished_uploads(self) -> set[str]:
+        """Multipart uploads modelfs sent parts to but never completed (POST ?uploadId=) nor
+        aborted (DELETE ?uploadId=), from the requests the proxy saw. (SeaweedFS 4.48 keeps
+        listing some completed uploads in ListMultipartUploads, so the proof is client-side.)"""
+        started, finished = set(), set()
+        for request in self.proxy.requests:
+            match = re.search(r"uploadId=([^&]+)", request.path)
+            if match is None:
+                continue
+            if request.method == "PUT":
+                started.add(match.group(1))
+            elif request.method in ("POST", "DELETE") and request.status in (200, 204):
+                finished.add(match.group(1))
+        return started - finished
+
+    def wait_for_object(self, key: str, data: bytes, limit: float = 60.0) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if key in self.bucket_keys() and self.object(key) == data:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{key} never reached the bucket with the expected bytes")
 
 
 _Env = TypeVar("_Env", bound=MountEnv)

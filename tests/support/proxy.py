@@ -10,6 +10,11 @@ say exactly which GETs and ranges reached "the network". Faults apply to the nex
 - status:    answer an S3-style XML error (500, 503, ...) without forwarding;
 - reset:     forward, send the headers and `after_bytes` of the body, then reset the TCP
              connection (SO_LINGER 0); `after_bytes=None` resets before any answer;
+- truncate:  forward, send the headers (Content-Length of the whole body) and `after_bytes`
+             of the body, then close the connection cleanly (FIN): a body cut short;
+- cut:       the request's turn: send the upstream its headers and `after_bytes` of its body,
+             then close that connection and reset the client's: a client (or a connection)
+             that died while sending, as the server sees it;
 - stall:     forward, send the headers and `after_bytes` of the body, then send nothing more
              (until the proxy stops): a source that hangs mid-download;
 - corrupt:   forward, with the body's byte at offset `after_bytes` flipped: wrong bytes;
@@ -18,6 +23,11 @@ say exactly which GETs and ranges reached "the network". Faults apply to the nex
 
 Besides the delays, the first matching fault (in injection order) is the one that applies.
 
+A skewed clock: `clock_offset` (seconds, default 0) moves the X-Amz-Date (and Date) header of
+every forwarded request, as if the client's clock were that far off. The signature no longer
+matches the moved date; S3 servers (SeaweedFS included) check the time first, and answer
+RequestTimeTooSkewed, as they do for a client whose clock is wrong.
+
 Bodies are streamed both ways in 1 MiB pieces through one reused buffer per connection, so a
 1 GiB GET never sits in memory. The Host header is forwarded unchanged: SigV4 signs it, and
 the upstream verifies the signature against what it receives. Stdlib only.
@@ -25,6 +35,8 @@ the upstream verifies the signature against what it receives. Stdlib only.
 
 from __future__ import annotations
 
+import calendar
+import email.utils
 import http.client
 import socket
 import struct
@@ -37,7 +49,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Literal
 
-FaultKind = Literal["delay", "status", "reset", "stall", "corrupt", "blackhole", "throttle"]
+FaultKind = Literal[
+    "delay", "status", "reset", "truncate", "cut", "stall", "corrupt", "blackhole", "throttle"
+]
 Predicate = Callable[["ProxyRequest"], bool]
 
 _PIECE = 1 << 20  # streaming buffer: big enough for GB/s, small enough per connection
@@ -126,6 +140,7 @@ class FaultProxy:
         self._stopping = threading.Event()
         self._server = _Server(("127.0.0.1", port), _Handler, self)
         self._thread: threading.Thread | None = None
+        self.clock_offset = 0.0  # seconds added to the date of each forwarded request
 
     @property
     def port(self) -> int:
@@ -220,6 +235,16 @@ class FaultProxy:
         self, after_bytes: int | None = 0, times: int | None = 1, match: Predicate | None = None
     ) -> Fault:
         return self._add(Fault("reset", times, match, after_bytes=after_bytes))
+
+    def truncate_next(
+        self, after_bytes: int = 0, times: int | None = 1, match: Predicate | None = None
+    ) -> Fault:
+        return self._add(Fault("truncate", times, match, after_bytes=after_bytes))
+
+    def cut_request_next(
+        self, after_bytes: int = 0, times: int | None = 1, match: Predicate | None = None
+    ) -> Fault:
+        return self._add(Fault("cut", times, match, after_bytes=after_bytes))
 
     def stall_next(
         self, after_bytes: int = 0, times: int | None = 1, match: Predicate | None = None
@@ -374,20 +399,34 @@ class _Handler(BaseHTTPRequestHandler):
     def _forward(self, request: ProxyRequest, fault: Fault | None) -> None:
         upstream = self._upstream_connection()
         upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+        offset = self.server.proxy.clock_offset
         for name, value in self.headers.items():
             if name.lower() not in _HOP_BY_HOP:
-                upstream.putheader(name, value)
+                upstream.putheader(name, _shifted(name, value, offset) if offset else value)
         chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
         if chunked:
             upstream.putheader("Transfer-Encoding", "chunked")
         upstream.endheaders()
+        if fault is not None and fault.kind == "cut":
+            self._relay_request_body(upstream, chunked, limit=fault.after_bytes or 0)
+            self._drop_upstream()
+            self._reset()
+            return
         self._relay_request_body(upstream, chunked)
         response = upstream.getresponse()
         self._relay_response(request, response, fault)
         if response.will_close:
             self._drop_upstream()
 
-    def _relay_request_body(self, upstream: http.client.HTTPConnection, chunked: bool) -> None:
+    def _relay_request_body(
+        self, upstream: http.client.HTTPConnection, chunked: bool, limit: int | None = None
+    ) -> None:
+        """Copy the request body to the upstream (only its first `limit` bytes if given)."""
+        if limit is not None:
+            piece = self.rfile.read(limit) if limit else b""
+            if piece:
+                upstream.send(piece)
+            return
         if chunked:
             for piece in self._read_chunked_body():
                 upstream.send(b"%x\r\n%s\r\n" % (len(piece), piece))
@@ -422,7 +461,8 @@ class _Handler(BaseHTTPRequestHandler):
             response.read()
             return
         kind = fault.kind if fault is not None else None
-        limit = fault.after_bytes if fault is not None and kind in ("reset", "stall") else None
+        cut = ("reset", "truncate", "stall")
+        limit = fault.after_bytes if fault is not None and kind in cut else None
         flip = fault.after_bytes if fault is not None and kind == "corrupt" else None
         rate = fault.rate if fault is not None and kind == "throttle" else 0.0
         piece = _THROTTLED_PIECE if rate else _PIECE
@@ -444,7 +484,10 @@ class _Handler(BaseHTTPRequestHandler):
             if kind == "stall":
                 self.wfile.flush()
                 self.server.proxy._stopping.wait()
-            self._reset()
+            if kind == "truncate":
+                self._close_cleanly()
+            else:
+                self._reset()
             self._drop_upstream()
             return
         if rechunk:
@@ -506,6 +549,15 @@ class _Handler(BaseHTTPRequestHandler):
             pass
         self.connection.close()
 
+    def _close_cleanly(self) -> None:
+        """End the client connection with a FIN, the body short of its Content-Length."""
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
     def _upstream_connection(self) -> http.client.HTTPConnection:
         if self._upstream is None:
             host, port = self.server.proxy.upstream
@@ -516,3 +568,15 @@ class _Handler(BaseHTTPRequestHandler):
         upstream, self._upstream = self._upstream, None
         if upstream is not None:
             upstream.close()
+
+
+def _shifted(name: str, value: str, offset: float) -> str:
+    """`value` of a date header (X-Amz-Date, Date) moved by `offset` seconds; others as is."""
+    lowered = name.lower()
+    if lowered == "x-amz-date":
+        moved = calendar.timegm(time.strptime(value, "%Y%m%dT%H%M%SZ")) + offset
+        return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(moved))
+    if lowered == "date":
+        moved = email.utils.parsedate_to_datetime(value).timestamp() + offset
+        return email.utils.formatdate(moved, usegmt=True)
+    return value

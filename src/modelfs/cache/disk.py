@@ -1,52 +1,59 @@
-"""`DiskBlockCache`: the persistent, size-bounded, verified on-disk `DataCache`.
+"""`DiskBlockCache`: the persistent, size-bounded, verified on-disk `DataCache`, shared by
+every modelfs process that uses its root (several mounts, one cache).
 
-It owns one directory (`root`, one per remote) entirely; each block is one file. The pieces:
-`cache.blockfile` is one block file (name, header, checksum, the O_DIRECT writer),
-`cache.tree` is the directory tree (paths, atomic writes, removal, the startup scan), and this
-module is the cache: the in-memory index, LRU eviction, the size bound, statistics and the lock.
+The pieces: `cache.blockfile` is one block file (name, header, checksum, the O_DIRECT writer),
+`cache.tree` the directory tree (paths, temp files, the startup scan), `cache.ledger` the
+usage every process shares, `cache.pins` the pinned versions, `cache.index` what this process
+knows of the tree, `cache.evict` making room; this module is the cache: reads and writes of
+blocks, startup, statistics, and the order of the locks.
 
 Invariants
 - `get` returns only bytes whose header names the requested (key, etag, index) and whose
   checksum matches. Anything else (truncated, bit flip in header or payload, another block's
   file moved into place, EIO) is a logged miss: the file is removed and `corrupt` counts it.
-  A file that vanished (deleted behind our back, or a put raced an eviction of the same block)
-  is a plain miss: nothing bad was read, so it does not count as corrupt. Bytes past the
-  header's length are never read; a file grown behind our back is caught at the next startup,
-  whose size-derived length then disagrees with the header.
-- One owner per root: the constructor takes flock on `root/lock` (MountError if another process
-  or instance holds it); `close()` releases it.
-- A block file appears only complete (`BlockTree.write`: a temp file renamed into place).
-- Size bound, enforced at insert time: `put` reserves its block's file size and evicts
-  least-recently-used blocks until committed + reserved <= max_bytes, before writing. So the tree
-  holds at most max_bytes plus, per concurrent writer, one block (the victims it has not yet
-  unlinked). A block larger than max_bytes is not stored. Startup evicts down too.
+  A file that vanished (another process evicted it, or it was deleted behind our back) is a
+  plain miss: nothing bad was read, and the block is fetched again.
+- A block file appears only complete and never changes once in place; one (key, etag, index)
+  is stored once in the root, whichever process fetched it, and served to all of them.
+- Size bound, for the root as a whole: a block is renamed into place only after least recently
+  used blocks were unlinked until the ledger's bytes + its size <= max_bytes. So the tree holds
+  at most max_bytes plus the temp files being written (one per writer thread). A block larger
+  than max_bytes is not stored. Pinned blocks are never evicted: when only pinned blocks are
+  left, the new block is not stored. Each process keeps the root within its own
+  `--cache-max-size` when it stores a block (give every mount of a root the same one).
 - Accounting counts file bytes (header + payload), not filesystem blocks.
 - `put` never raises: write errors (ENOSPC, EROFS, ENOTDIR, ...) are counted in `write_errors`
   and logged at WARNING at most once per `_WRITE_ERROR_LOG_INTERVAL`, else DEBUG.
 
-Index: an in-memory OrderedDict (LRU first) rebuilt at startup from the tree's scan, ordered by
-file mtime; the scan stats files but never opens them. `diskcache` (SQLite) was rejected: it
-would be a second source of truth to keep consistent with the files, and costs a SQL
-transaction per hit on the hot read path. Recency survives restarts because a hit sets the
-file's mtime with `os.utime`, at most once per block per `touch_interval` seconds (a hot block is
-hit over and over; restart order only needs to be coarse). All times come from the injected
-`clock`.
+Index: each process keeps the blocks it knows, least recently used first (`cache.index`),
+built at startup from the tree's scan (by file mtime; the scan stats files, never opens them);
+a block another process stored joins it when first asked for (a stat). Recency is shared
+through file mtimes: a hit sets the file's mtime, at most once per block per `touch_interval`
+seconds. Eviction and its rescans: `cache.evict`. `diskcache` (SQLite) was rejected: a second
+source of truth to keep consistent with the files, and a transaction per hit on the hot read
+path. All times come from the injected `clock`.
 
-Lock discipline: one lock, `_lock`, guards the index, byte counts and counters. It is held only
-for dictionary work; file I/O (open/read/write/rename/unlink/utime) happens outside it. Helpers
-that need it held are named `*_locked`. `put` runs on fetcher worker threads; `get`, `contains`
-and `statistics` on the trio thread; `evict_object` and `clear` on either.
+Locks, in the order they are taken:
+1. the root's `lock` file, flock shared, held by each process for the cache's life (the first
+   process, alone, holds it exclusively while it cleans up after a crash: `host.locks`);
+2. the ledger (`Ledger.held`: a threading.Lock, then flock(LOCK_EX) on `<root>/ledger`), by
+   whichever thread of whichever process renames a block file into place or unlinks one, and
+   for pin changes: held for renames, unlinks, stats, dictionary work and the occasional
+   rescan, never for a block's data I/O;
+3. the index's lock (`BlockIndex.lock`), this process's index and counters: held only for
+   dictionary work.
+`put` runs on fetcher worker threads; `get`, `contains` and `statistics` on the trio thread
+(which takes the ledger only to remove a corrupt block); `pin` and `unpin` on a worker thread
+(they wait for the ledger); `evict_object` and `clear` on either; `give_back` on the trio
+thread, when write-back finds the disk full (rare, and worth a wait for the ledger).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 
@@ -54,39 +61,31 @@ from modelfs.cache.blockfile import (
     HEADER_SIZE,
     BlockName,
     CorruptBlock,
-    Stamp,
     block_name,
     file_stamp,
     key_digest,
     unlink_quietly,
     verify,
 )
+from modelfs.cache.evict import Evictor
+from modelfs.cache.index import BlockIndex, Entry
+from modelfs.cache.ledger import Ledger, Usage
+from modelfs.cache.pins import Pin, PinTable
 from modelfs.cache.protocol import CacheStatistics
 from modelfs.cache.tree import BlockTree, open_root, set_mtime
 from modelfs.errors import ConfigError
+from modelfs.host.locks import share
 from modelfs.objects import ObjectId
 
 __all__ = ["DEFAULT_TOUCH_INTERVAL", "HEADER_SIZE", "DiskBlockCache"]
 
 logger = logging.getLogger(__name__)
 
-# Restart order only needs to be coarse; one utime per block per minute is free.
+# Restart order, and what other processes learn of our uses, only need to be coarse.
 DEFAULT_TOUCH_INTERVAL = 60.0
 # Often enough to see a persisting disk problem in the log, rare enough not to flood it when
 # every block of a fast stream fails to be written.
 _WRITE_ERROR_LOG_INTERVAL = 60.0
-
-
-@dataclass(slots=True)
-class _Entry:
-    payload: int  # payload bytes; the file is HEADER_SIZE longer
-    touched: float  # when recency was last written to the file's mtime
-    # the file's stamp when this process last verified its whole payload, or wrote it
-    verified: Stamp | None = None
-
-    @property
-    def file_size(self) -> int:
-        return HEADER_SIZE + self.payload
 
 
 class DiskBlockCache:
@@ -109,19 +108,21 @@ class DiskBlockCache:
         self._clock = clock
         self._touch_interval = touch_interval
         self._tree = BlockTree(self.root, block_size)
-        self._lock = threading.Lock()
-        self._index: OrderedDict[BlockName, _Entry] = OrderedDict()
-        self._bytes = 0  # committed: sum of file sizes in _index
-        self._reserved = 0  # file sizes of blocks being written
-        self._hits = self._misses = self._evictions = self._corrupt = self._write_errors = 0
+        self._index = BlockIndex()
+        self._hits = self._misses = self._corrupt = self._write_errors = 0
         self._last_write_error_log = -_WRITE_ERROR_LOG_INTERVAL
-        self._lock_fd = open_root(self.root)
-        self._tree.remove_stale_trees()
-        self._tree.make_fanout_dirs()
-        self._load_index()
-        with self._lock:
-            victims = self._evict_locked()
-        self._tree.remove(victims)
+        self._lock_fd, alone = open_root(self.root)
+        self._ledger = Ledger(self.root)
+        self._pins = PinTable(self.root, block_size)
+        self._evictor = Evictor(self._tree, self._index, self._pins, max_bytes)
+        try:
+            self._start(alone)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            if alone and self._lock_fd is not None:
+                share(self._lock_fd)
 
     @property
     def direct_writes(self) -> bool:
@@ -146,16 +147,16 @@ class DiskBlockCache:
         block is verified again."""
         name = block_name(obj, index)
         now = self._clock()
-        with self._lock:
-            entry = self._index.get(name)
-            if entry is None:
+        entry = self._find(name)
+        if entry is None:
+            with self._index.lock:
                 self._misses += 1
-                return None
-            touch = self._use_locked(name, entry, now)
+            return None
+        touch = self._index.use(name, entry, now, self._touch_interval)
         path = self._tree.block_path(name)
         try:
             data = self._read_range(path, name, entry, start, length)
-        except FileNotFoundError:
+        except FileNotFoundError:  # evicted by another process: fetched again
             self._forget(name, entry, corrupt=False)
             return None
         except (CorruptBlock, OSError) as exc:
@@ -163,16 +164,17 @@ class DiskBlockCache:
                 "block cache: dropping bad block %s (%s %d): %s", path, obj.key, index, exc
             )
             if self._forget(name, entry, corrupt=True):
-                unlink_quietly(path)
+                with self._ledger.held() as usage:
+                    self._evictor.unlink(usage, name, entry)
             return None
-        with self._lock:
+        with self._index.lock:
             self._hits += 1
         if touch:
             set_mtime(path, now)
         return data
 
     def _read_range(
-        self, path: str, name: BlockName, entry: _Entry, start: int, length: int
+        self, path: str, name: BlockName, entry: Entry, start: int, length: int
     ) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -196,42 +198,46 @@ class DiskBlockCache:
             logger.debug("block cache: %d-byte block exceeds the whole cache", size)
             return
         now = self._clock()
-        touch, victims = False, []
-        with self._lock:
-            entry = self._index.get(name)
-            if entry is None:
-                self._reserved += size
-                victims = self._evict_locked()
-            else:
-                touch = self._use_locked(name, entry, now)
-        if entry is None:
-            self._store_reserved(obj, name, data, victims, now)
-        elif touch:  # same version + index = same bytes: a use, not a write
-            set_mtime(self._tree.block_path(name), now)
-
-    def _store_reserved(
-        self, obj: ObjectId, name: BlockName, data: bytes, victims: list[BlockName], now: float
-    ) -> None:
-        """Unlink `victims`, write the block, commit it and release its reservation."""
-        stamp: Stamp | None = None
+        entry = self._index.get(name)
+        if entry is not None:  # same version + index = same bytes: a use, not a write
+            if self._index.use(name, entry, now, self._touch_interval):
+                set_mtime(self._tree.block_path(name), now)
+            return
+        if self._adopt(name) is not None:  # another process stored it
+            return
+        if self._ledger.peek().bytes + size > self.max_bytes:
+            with self._ledger.held() as usage:  # room first, for a disk the size of the cache
+                if not self._evictor.make_room(usage, size):
+                    return
         try:
-            self._tree.remove(victims)
-            stamp = self._tree.write(name, data, now)
+            tmp, stamp = self._tree.write_temp(name, data, now)
         except OSError as exc:
-            self._note_write_error(obj, name.number, exc)
+            self._note_write_error(obj, index, exc)
+            return
+        try:
+            with self._ledger.held() as usage:
+                self._commit(usage, name, tmp, Entry(len(data), now, now, stamp))
+        except OSError as exc:
+            self._note_write_error(obj, index, exc)
         finally:
-            with self._lock:
-                self._reserved -= HEADER_SIZE + len(data)
-                if stamp is not None:
-                    # Written from bytes in hand by this process: as good as verified.
-                    self._insert_locked(name, _Entry(len(data), now, verified=stamp))
-                victims = self._evict_locked()
-            self._tree.remove(victims)
+            if os.path.lexists(tmp):
+                unlink_quietly(tmp)
+
+    def _commit(self, usage: Usage, name: BlockName, tmp: str, entry: Entry) -> None:
+        """Rename a written block into place, after making room (the ledger is held)."""
+        if os.path.lexists(self._tree.block_path(name)):
+            self._adopt(name)  # another process stored it meanwhile: ours is not needed
+            return
+        if not self._evictor.make_room(usage, entry.file_size):
+            return
+        self._tree.publish(tmp, name)
+        usage.bytes += entry.file_size
+        usage.blocks += 1
+        usage.links += 1
+        self._index.stored(name, entry)
 
     def contains(self, obj: ObjectId, index: int) -> bool:
-        name = block_name(obj, index)
-        with self._lock:
-            return name in self._index
+        return self._find(block_name(obj, index)) is not None
 
     def advise(self, obj: ObjectId, index: int) -> None:
         """Start reading the block into the page cache without waiting for it.
@@ -240,9 +246,8 @@ class DiskBlockCache:
         the next; a sequential reader that hints the blocks ahead keeps the disk busy with many
         reads at once instead of one at a time (see docs/performance.md)."""
         name = block_name(obj, index)
-        with self._lock:
-            if name not in self._index:
-                return
+        if self._index.get(name) is None:
+            return
         try:
             fd = os.open(self._tree.block_path(name), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -255,56 +260,78 @@ class DiskBlockCache:
             os.close(fd)
 
     def statistics(self) -> CacheStatistics:
-        with self._lock:
+        """Bytes, blocks and pins of the whole root (every process's); hits, misses and the
+        other counters of this process."""
+        usage = self._ledger.peek()
+        self._pins.refresh()
+        with self._index.lock:
             return CacheStatistics(
-                blocks=len(self._index),
-                bytes=self._bytes,
+                blocks=usage.blocks,
+                bytes=usage.bytes,
                 max_bytes=self.max_bytes,
                 hits=self._hits,
                 misses=self._misses,
-                evictions=self._evictions,
-                corrupt=self._corrupt,
+                evictions=self._evictor.evictions,
+                corrupt=self._corrupt + self._evictor.corrupt,
                 write_errors=self._write_errors,
+                pinned_bytes=self._pins.bytes,
+                pinned_files=self._pins.count,
             )
+
+    # -- pins ---------------------------------------------------------------------------------
+
+    def pin(self, versions: Iterable[tuple[ObjectId, int]]) -> None:
+        """Never evict the blocks of these (version, size)s. `PinsTooLarge`, and nothing
+        pinned, if all pins would not fit in max_bytes. Blocking (the ledger): not on trio."""
+        pins = [Pin(obj.key, obj.etag, size) for obj, size in versions]
+        with self._ledger.held():
+            self._pins.add(pins, self.max_bytes)
+
+    def unpin(self, keys: Iterable[str] = (), prefixes: Iterable[str] = ()) -> list[Pin]:
+        """Let these keys, and every key under these prefixes, be evicted again."""
+        with self._ledger.held():
+            return self._pins.remove(keys, prefixes)
+
+    def pins(self) -> list[Pin]:
+        self._pins.refresh()
+        return self._pins.pins()
 
     # -- maintenance ------------------------------------------------------------------------
 
     def evict_object(self, key: str) -> int:
-        """Drop every cached version of `key` (it was deleted or replaced); returns blocks dropped.
+        """Drop every version of `key` this process knows (it was deleted or replaced); returns
+        blocks dropped. Not counted as `evictions`.
 
         A scan of the index: this runs once per deleted/replaced object, not per read, so a
-        second per-key index is not worth keeping in step. These drops are not `evictions`.
-        A put of the key still in flight may land afterwards; its version is no longer asked
-        for, so LRU evicts it in time.
+        second per-key index is not worth keeping in step. A put of the key still in flight,
+        or a version only another process knows, may stay; it is no longer asked for, so LRU
+        evicts it in time.
         """
         digest = key_digest(key)
-        with self._lock:
-            names = [name for name in self._index if name.key == digest]
-            for name in names:
-                self._remove_locked(name)
-        self._tree.remove(names)
-        return len(names)
+        return self._drop_where(lambda name: name.key == digest)
 
     def give_back(self, nbytes: int) -> int:
         """Evict least recently used blocks of at least `nbytes` in all, now: the disk is full
         and write-back needs the room (`max_bytes` stays). Returns the bytes freed."""
-        with self._lock:
-            before = self._bytes
-            victims = self._evict_locked(max(0, self._bytes + self._reserved - nbytes))
-            freed = before - self._bytes
-        self._tree.remove(victims)
-        return freed
+        with self._ledger.held() as usage:
+            before = usage.bytes
+            self._evictor.fit(usage, max(0, before - nbytes))
+            return before - usage.bytes
 
     def clear(self) -> None:
-        """Drop every block (not counted as evictions)."""
-        with self._lock:
-            names = list(self._index)
-            for name in names:
-                self._remove_locked(name)
-        self._tree.remove(names)
+        """Drop every block this process knows (not counted as evictions)."""
+        self._drop_where(lambda name: True)
+
+    def _drop_where(self, matches: Callable[[BlockName], bool]) -> int:
+        with self._ledger.held() as usage:
+            dropped = self._index.pop_where(matches)
+            for name, entry in dropped:
+                self._evictor.unlink(usage, name, entry)
+        return len(dropped)
 
     def close(self) -> None:
-        """Release the root (another DiskBlockCache may then open it). Idempotent."""
+        """Let go of the root (other processes may go on using it). Idempotent."""
+        self._ledger.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -320,76 +347,53 @@ class DiskBlockCache:
     ) -> None:
         self.close()
 
-    # -- index (callers hold _lock) ---------------------------------------------------------
+    # -- helpers ------------------------------------------------------------------------------
 
-    def _insert_locked(self, name: BlockName, entry: _Entry) -> None:
-        old = self._index.pop(name, None)  # a concurrent put of the same block won the race
-        if old is not None:
-            self._bytes -= old.file_size
-        self._index[name] = entry
-        self._bytes += entry.file_size
+    def _find(self, name: BlockName) -> Entry | None:
+        """The block's entry, looking on disk for it if this process has not seen it."""
+        entry = self._index.get(name)
+        return entry if entry is not None else self._adopt(name)
 
-    def _use_locked(self, name: BlockName, entry: _Entry, now: float) -> bool:
-        """Mark `name` most recently used; True if its file's mtime is due for an update."""
-        self._index.move_to_end(name)
-        if now - entry.touched < self._touch_interval:
-            return False
-        entry.touched = now
-        return True
+    def _adopt(self, name: BlockName) -> Entry | None:
+        try:
+            st = os.stat(self._tree.block_path(name))
+        except OSError:
+            return None
+        return self._index.adopt(name, st)
 
-    def _remove_locked(self, name: BlockName) -> None:
-        self._bytes -= self._index.pop(name).file_size
-
-    def _evict_locked(self, limit: int | None = None) -> list[BlockName]:
-        """Pop LRU blocks until committed + reserved bytes fit `limit` (default: max_bytes);
-        the caller unlinks them."""
-        victims: list[BlockName] = []
-        limit = self.max_bytes if limit is None else limit
-        while self._index and self._bytes + self._reserved > limit:
-            name, entry = self._index.popitem(last=False)
-            self._bytes -= entry.file_size
-            self._evictions += 1
-            victims.append(name)
-        return victims
-
-    def _forget(self, name: BlockName, entry: _Entry, *, corrupt: bool) -> bool:
+    def _forget(self, name: BlockName, entry: Entry, *, corrupt: bool) -> bool:
         """Count a failed read of `entry` and drop it from the index; True if it was dropped.
 
         False if it was already evicted or replaced by a newer put, whose file must then stay.
         """
-        with self._lock:
+        with self._index.lock:
             self._misses += 1
             if corrupt:
                 self._corrupt += 1
-            if self._index.get(name) is not entry:
-                return False
-            self._remove_locked(name)
-            return True
+        return self._index.forget(name, entry)
 
-    # -- files (no lock held) -----------------------------------------------------------------
+    def _start(self, alone: bool) -> None:
+        """Index the tree and evict down to max_bytes. A process alone first cleans up after a
+        crash: stale trees, temp files, and the ledger, set from the scan."""
+        if alone:
+            self._tree.remove_stale_trees()
+        self._tree.make_fanout_dirs()
+        scan = self._tree.scan(temps=alone)
+        self._corrupt += scan.corrupt
+        with self._ledger.held() as usage:
+            entries = self._index.rebuild(scan.blocks, usage.links)
+            if alone or not self._ledger.shared:
+                usage.bytes = sum(entry.file_size for entry in entries)
+                usage.blocks = len(entries)
+            self._evictor.make_room(usage, 0)
 
     def _note_write_error(self, obj: ObjectId, index: int, exc: OSError) -> None:
         now = self._clock()
-        with self._lock:
+        with self._index.lock:
             self._write_errors += 1
             loud = now - self._last_write_error_log >= _WRITE_ERROR_LOG_INTERVAL
             if loud:
                 self._last_write_error_log = now
         level = logging.WARNING if loud else logging.DEBUG
-        logger.log(
-            level,
-            "block cache: cannot store %s block %d under %s: %s",
-            obj.key,
-            index,
-            self.root,
-            exc,
-        )
-
-    def _load_index(self) -> None:
-        """Rebuild the LRU index from the tree, oldest mtime first (before any other thread can
-        see this cache, so without the lock)."""
-        scan = self._tree.scan()
-        self._corrupt += scan.corrupt
-        for found in scan.blocks:
-            self._index[found.name] = _Entry(found.payload, found.mtime)
-            self._bytes += HEADER_SIZE + found.payload
+        message = "block cache: cannot store %s block %d under %s: %s"
+        logger.log(level, message, obj.key, index, self.root, exc)

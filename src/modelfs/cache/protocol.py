@@ -26,7 +26,8 @@ class CacheStatistics:
     evictions: int
     corrupt: int
     write_errors: int
-    pinned_bytes: int = 0  # of blocks never evicted (pinned); 0 until pins exist
+    pinned_bytes: int = 0  # block file bytes of the pinned files (never evicted)
+    pinned_files: int = 0
 
 
 class DataCache(Protocol):

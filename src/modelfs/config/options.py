@@ -68,6 +68,11 @@ def _path(text: str) -> str:
     return text
 
 
+def parse_drop_behind(text: str) -> int | None:
+    """'auto' -> None (decided from memory), else a size (0: never)."""
+    return None if text.strip().lower() == "auto" else parse_size(text)
+
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -162,20 +167,14 @@ MOUNT_OPTIONS: tuple[MountOption, ...] = (
     ),
     _value(
         "drop-behind",
-        parse_size,
-        "2G",
-        "SIZE",
-        "for files at least this large, drop the kernel's cached pages once their one "
-        "sequential reader is 32 MiB past them (pages a process has mapped stay); re-reads "
-        "come from the block cache. 0 turns it off (default 2G)",
-    ),
-    _value(
-        "stall-timeout",
-        parse_duration,
-        "60s",
-        "DUR",
-        "a read that gets no byte this long fails: with several sources, the next one takes "
-        "over (default 60s)",
+        parse_drop_behind,
+        "auto",
+        "auto|SIZE",
+        "drop the kernel's cached pages of a file once its one sequential reader is 32 MiB "
+        "past them (pages a process has mapped stay; re-reads come from the block cache): "
+        "auto, while less than 4x the file's size is available to the reader (MemAvailable "
+        "or its cgroup's limit); SIZE, always for files at least this large; 0 never "
+        "(default auto)",
     ),
     _value(
         "fill-timeout",
@@ -203,6 +202,15 @@ MOUNT_OPTIONS: tuple[MountOption, ...] = (
         "30s",
         "DUR",
         "upload files held open at least this often (default 30s)",
+    ),
+    _value(
+        "store-timeout",
+        parse_duration,
+        "60s",
+        "DUR",
+        "how long a request to the store may wait for an answer or its next bytes before it "
+        "is retried; a store that never answers fails a read after a few of these; with "
+        "several sources, the next one takes over (default 60s)",
     ),
     _value(
         "log-file",

@@ -204,7 +204,7 @@ class Filesystem:
         handle = FileHandle(self._new_fh(), node)
         node.opens += 1  # before the policy looks at it: this reader counts
         try:
-            handle.reader = await self.reads.open(info, node, paths.parent_of(node.path))
+            handle.reader = await self.reads.open(info, node, paths.parent_of(node.path), pid)
         except BaseException:
             self.inodes.release(node)
             raise

@@ -5,7 +5,8 @@ recursive listings alike), the listing cache (`cachetools.TTLCache`, timer injec
 control time), and sharing one LIST among concurrent callers of the same directory. The cache
 is written on the trio thread only (cachetools caches are not thread safe): worker threads
 send the LIST requests and return what they found. Write-back tells it when a key it uploaded
-makes a cached listing stale (`uploaded`, `conflicted`).
+makes a cached listing stale (`uploaded`, `conflicted`); a LIST in flight at that moment may
+have missed the change, so it is sent again, and never cached if overtaken twice.
 
 Rules:
 - A listing is authoritative for its TTL: a name absent from it is a cached negative lookup.
@@ -75,6 +76,7 @@ class _Pending:
     done: trio.Event = field(default_factory=trio.Event)
     result: DirListing | None = None
     error: BaseException | None = None
+    overtaken: bool = False  # invalidated while its LIST was in flight
 
 
 class Namespace:
@@ -107,6 +109,10 @@ class Namespace:
 
     def key_of(self, path: str) -> str:
         return self._prefix + path
+
+    def path_of(self, key: str) -> str | None:
+        """The path of `key` in the mount, or None if it is not under the mount's prefix."""
+        return key[len(self._prefix) :] if key.startswith(self._prefix) else None
 
     def dir_prefix(self, path: str) -> str:
         return self._prefix + path + "/" if path else self._prefix
@@ -142,19 +148,23 @@ class Namespace:
     async def _fetch(self, path: str, subtree: bool) -> DirListing:
         pending = self._pending[path] = _Pending()
         try:
-            try:
-                found, requests = await trio.to_thread.run_sync(
-                    self._list_dir, path, subtree, limiter=self._limiter
-                )
-            except StoreUnavailable:
-                known = self._known.get(path)
-                if known is None:
-                    raise
-                self._served_stale += 1
-                pending.result = known
-                return known
-            self._list_requests += requests
-            if self._ttl > 0:
+            for _ in range(2):  # again if a change overtook the LIST: it may have missed it
+                pending.overtaken = False
+                try:
+                    found, requests = await trio.to_thread.run_sync(
+                        self._list_dir, path, subtree, limiter=self._limiter
+                    )
+                except StoreUnavailable:
+                    known = self._known.get(path)
+                    if known is None:
+                        raise
+                    self._served_stale += 1
+                    pending.result = known
+                    return known
+                self._list_requests += requests
+                if not pending.overtaken:
+                    break
+            if self._ttl > 0 and not pending.overtaken:
                 for directory, listing in found.items():
                     self._cache[directory] = listing
                 if subtree:
@@ -237,8 +247,12 @@ class Namespace:
         self.generation = generation
 
     def invalidate(self, path: str) -> None:
+        """Forget the listing of `path`, and of every LIST in flight that covers it."""
         self._cache.pop(path, None)
         self._subtree_listed.pop(path, None)
+        for listed, pending in self._pending.items():
+            if listed == path or not listed or path.startswith(listed + "/"):
+                pending.overtaken = True
 
     # -- what write-back tells us (a `WriteBackListener`) --------------------------------------
 
@@ -251,9 +265,9 @@ class Namespace:
         self._invalidate_key(conflict_key)
 
     def _invalidate_key(self, key: str) -> None:
-        prefix = self._prefix
-        if key.startswith(prefix):
-            self.invalidate(paths.parent_of(key[len(prefix) :]))
+        path = self.path_of(key)
+        if path is not None:
+            self.invalidate(paths.parent_of(path))
 
     def statistics(self) -> NamespaceStatistics:
         return NamespaceStatistics(

@@ -1,25 +1,34 @@
-"""The commands that start and talk to a mount: `mount`, `unmount`, `status`, `sync`.
+"""The commands that start and talk to a mount: `mount`, `unmount`, `status`, `sync`, `warm`.
 
 `mount` runs in the foreground until unmounted, or with `--daemon` returns once the mount
 answers (see `spawn`). The others talk to a running mount through its control socket
 (`host.control`), or to the kernel (`unmount`); `status` words its figures, once or live
-(`--watch`), with `statusview`. Heavy modules (pyfuse3, boto3) are imported
-only by `mount`, so `status` and `unmount` start fast.
+(`--watch`), with `statusview`. `warm PATH...` finds the mount of each path (globs are
+expanded here, through the mount), asks it to fetch the files into its cache (`daemon.warm`
+does the work) and shows its progress as a pull does (`pull.progress`). Heavy modules
+(pyfuse3, boto3) are imported only by `mount`, so the others start fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import os
-from typing import Any, TypeAlias
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from modelfs import console
 from modelfs.config import options
-from modelfs.config.units import parse_duration
-from modelfs.errors import ModelfsError, MountError
+from modelfs.config.units import format_size, parse_duration
+from modelfs.errors import ModelfsError, MountError, UsageError
 from modelfs.host import control, mountinfo
+
+if TYPE_CHECKING:
+    from modelfs.pull.progress import PlainEvents
 
 log = logging.getLogger("modelfs")
 
@@ -68,6 +77,19 @@ def register(commands: Subparsers) -> None:
     )
     sync.set_defaults(func=cmd_sync)
 
+    warm = commands.add_parser(
+        "warm", help="fetch files of a mount into its block cache (or pin, or unpin them)"
+    )
+    warm.add_argument("paths", nargs="+", metavar="PATH", help="a file or directory (or a glob)")
+    pinning = warm.add_mutually_exclusive_group()
+    pinning.add_argument(
+        "--pin", action="store_true", help="never evict them (kept across restarts)"
+    )
+    pinning.add_argument(
+        "--unpin", action="store_true", help="let them be evicted again (fetches nothing)"
+    )
+    warm.set_defaults(func=cmd_warm)
+
 
 def cmd_mount(args: argparse.Namespace) -> int:
     from modelfs.daemon import serve, spawn
@@ -98,9 +120,14 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     return console.EXIT_OK
 
 
-def _ask(mountpoint: str, message: dict[str, Any], timeout: float | None = 10.0) -> dict[str, Any]:
+def _ask(
+    mountpoint: str,
+    message: dict[str, Any],
+    timeout: float | None = 10.0,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     try:
-        return control.request(mountpoint, message, timeout=timeout)
+        return control.request(mountpoint, message, timeout=timeout, on_progress=on_progress)
     except OSError as exc:
         raise MountError(
             f"no modelfs mount answers at {mountpoint} ({exc.strerror or exc})"
@@ -138,3 +165,99 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if not answer.get("ok"):
         raise ModelfsError(f"sync of {args.mountpoint} failed: {answer.get('error')}")
     return console.EXIT_OK
+
+
+_WARM_LINE_TIMEOUT = 60.0  # the mount sends a progress line twice a second
+
+
+def warm_targets(patterns: list[str], mounts: str) -> dict[str, list[str]]:
+    """Paths relative to their mount's root, by mountpoint. A glob is expanded (through the
+    mount); one that matches nothing, a missing path or one on no modelfs mount is a UsageError."""
+    targets: dict[str, list[str]] = {}
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else []
+        if glob.has_magic(pattern) and not found:
+            raise UsageError(f"{pattern} matches nothing")
+        if not found:
+            if not os.path.lexists(pattern):
+                raise UsageError(f"{pattern}: no such file or directory")
+            found = [pattern]
+        for path in found:
+            real = os.path.realpath(path)
+            entry = mountinfo.mount_of(real, mounts)
+            if entry is None or entry.fstype != mountinfo.MODELFS_FSTYPE:
+                raise UsageError(f"{path} is not on a modelfs mount")
+            relative = os.path.relpath(real, entry.mountpoint)
+            targets.setdefault(entry.mountpoint, []).append("" if relative == "." else relative)
+    return targets
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    targets = warm_targets(args.paths, mountinfo.read_mountinfo())
+    for mountpoint, paths in targets.items():
+        message = {"cmd": "warm", "paths": paths, "pin": args.pin, "unpin": args.unpin}
+        if args.unpin:
+            answer = _ask(mountpoint, message)
+        else:
+            with _WarmProgress() as progress:
+                answer = _ask(mountpoint, message, _WARM_LINE_TIMEOUT, progress.update)
+        if not answer.get("ok"):
+            error = str(answer.get("error"))
+            raise UsageError(error) if answer.get("bad_input") else ModelfsError(error)
+        print(_warm_summary(answer, mountpoint))
+        if answer.get("errors"):
+            errors = answer["errors"]
+            raise ModelfsError(f"{len(errors)} file(s) could not be fetched; {errors[0]}")
+        if answer.get("pinned") and answer["cached"] < answer["bytes"]:
+            raise ModelfsError(
+                f"only {format_size(answer['cached'])} of {format_size(answer['bytes'])} "
+                f"pinned on {mountpoint} is in the cache (see the mount's log)"
+            )
+    return console.EXIT_OK
+
+
+def _warm_summary(answer: dict[str, Any], mountpoint: str) -> str:
+    if "unpinned" in answer:
+        return f"unpinned {answer['unpinned']} file(s), {format_size(answer['bytes'])}"
+    total, cached = answer["bytes"], answer["cached"]
+    line = f"warmed {answer['files']} file(s), {format_size(total)}, on {mountpoint}"
+    if answer.get("pinned"):
+        return line + " (pinned)"
+    if cached < total:
+        line += (
+            f"; {format_size(cached)} of it is in the cache now (--cache-max-size "
+            f"{format_size(answer['cache_max'])} holds less than what was warmed)"
+        )
+    return line
+
+
+class _WarmProgress:
+    """The mount's progress lines as `pull` shows its own: a bar on a terminal, else a line
+    every few seconds (on stderr)."""
+
+    def __init__(self) -> None:
+        self._events: PlainEvents | None = None
+        self._since = time.monotonic()  # the rate counts from the request, not the first line
+
+    def update(self, progress: dict[str, Any]) -> None:
+        from modelfs.pull.progress import Counters, events_for  # rich, for warm alone
+
+        total = int(progress.get("total", 0))
+        if self._events is None:
+            if not total:
+                return  # still finding the files
+            counters = Counters(total, int(progress.get("of", 0)), label="warm")
+            counters.started = self._since
+            self._events = events_for(counters, json_lines=False)
+        counters = self._events.counters
+        counters.add(int(progress.get("bytes", 0)) - counters.done_bytes)
+        counters.done_files = int(progress.get("files", 0))
+        self._events.tick()
+
+    def __enter__(self) -> _WarmProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._events is not None:
+            self._events.close()
+        sys.stderr.flush()

@@ -1,4 +1,8 @@
-"""The server side of the control socket (see `control` for the layout and the protocol)."""
+"""The server side of the control socket (see `control` for the layout and the protocol).
+
+A handler gets the request and `send`, which writes a progress line before the answer (a long
+request such as `warm`); `send` raises trio.BrokenResourceError once the client has gone, which
+ends the request: the client stopped waiting for it (Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from modelfs.host.control import checked_dir, socket_path
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Handler = Callable[[dict[str, Any], Send], Awaitable[dict[str, Any]]]
 _MAX_REQUEST = 64 << 10  # a request is one small JSON object
 
 
@@ -50,8 +55,14 @@ async def _answer(stream: trio.SocketStream, handler: Handler) -> None:
             if not chunk:
                 return
             buffer += chunk
+
+        async def send(line: dict[str, Any]) -> None:
+            await stream.send_all(json.dumps(line, default=str).encode() + b"\n")
+
         try:
-            answer = await handler(json.loads(buffer))
+            answer = await handler(json.loads(buffer), send)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the client went away
         except Exception as exc:
             log.exception("control request failed")
             answer = {"ok": False, "error": str(exc)}

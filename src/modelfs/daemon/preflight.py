@@ -4,14 +4,14 @@ the stores the checks pass on to the mount.
 In order: FUSE usable; the control directory ours alone (`host.control`); the mountpoint
 usable (exists, a directory, empty unless allowed, not mounted, not a dead mount); the cache
 dir ours, writable by no other user (a block planted there would be served to the app) and
-writable by us; the cache root of this bucket ours alone (0700) and not used by another mount
-(its lock is then held for the life of the mount); the primary's bucket (or the manifest URL)
-reachable with these credentials. Nothing is mounted before all of them pass, with one
-exception: a store that cannot be reached (`StoreUnavailable`) while the cache holds a
-metadata snapshot of this prefix lets the mount start offline from it (see
-`daemon.storewatch`). The other sources of a mount (`make_sources`) are not checked: a site
-cache that is down when the mount starts is only left for the primary, read after read, as it
-would be later.
+writable by us; the cache root of this bucket ours alone (0700; other mounts may use it too:
+the block cache is shared, and each mount's write-back root, locked by the mount, is its own);
+the primary's bucket (or the manifest URL) reachable with these credentials. Nothing is mounted
+before all of them pass, with one exception: a store that cannot be reached
+(`StoreUnavailable`) while the cache holds a metadata snapshot of this prefix lets the mount
+start offline from it (see `daemon.storewatch`). The other sources of a mount (`make_sources`)
+are not checked: a site cache that is down when the mount starts is only left for the primary,
+read after read, as it would be later.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pathlib import Path
 from modelfs.daemon.settings import MountConfig
 from modelfs.errors import MountError, StoreUnavailable
 from modelfs.host import control, mountinfo, private
-from modelfs.host.locks import hold_lock
 from modelfs.pull.manifeststore import manifest_store
 from modelfs.pull.plan import auth_headers
 from modelfs.store.protocol import ObjectStore
@@ -34,6 +33,8 @@ from modelfs.store.sourcespec import SourceSettings, remote_source
 # A source that failed (down, slow, missing an object, another version) is tried again after
 # this long: a site cache that comes back, or syncs, is used again.
 SOURCE_RETRY_AFTER = 30.0
+
+CONNECT_TIMEOUT = 5.0  # seconds; less if --store-timeout is shorter
 
 
 def check_fuse() -> None:
@@ -86,7 +87,7 @@ def make_store(config: MountConfig) -> ObjectStore:
     if config.manifest_url is not None:  # fetched now: a wrong URL or token fails here
         settings = SourceSettings(
             transfers=config.read.transfers,
-            stall_timeout=config.stall_timeout,
+            stall_timeout=config.store_timeout,
             min_rate=config.min_rate,
             headers=auth_headers(config.token_file),
         )
@@ -98,7 +99,8 @@ def make_store(config: MountConfig) -> ObjectStore:
         config.remote,
         config.spec.bucket,
         max_connections=2 * config.read.transfers + 16,
-        read_timeout=config.stall_timeout,
+        connect_timeout=min(CONNECT_TIMEOUT, config.store_timeout),
+        read_timeout=config.store_timeout,
     )
 
 
@@ -110,7 +112,7 @@ def make_sources(config: MountConfig, store: ObjectStore) -> SourceList | None:
         return None
     settings = SourceSettings(
         transfers=config.read.transfers,
-        stall_timeout=config.stall_timeout,
+        stall_timeout=config.store_timeout,
         min_rate=config.min_rate,
     )
     sources = [
@@ -130,26 +132,19 @@ def make_sources(config: MountConfig, store: ObjectStore) -> SourceList | None:
     )
 
 
-def preflight(config: MountConfig) -> tuple[ObjectStore, int, StoreUnavailable | None]:
-    """Every check; returns the store, the fd of the cache root's lock (keep it open), and the
-    reason the store cannot be reached if the mount is to start offline from its snapshot."""
+def preflight(config: MountConfig) -> tuple[ObjectStore, StoreUnavailable | None]:
+    """Every check; returns the store, and the reason the store cannot be reached if the
+    mount is to start offline from its snapshot."""
     check_fuse()
     control.checked_dir(create=True)
     check_mountpoint(config.mountpoint, allow_non_empty=config.allow_non_empty)
     check_cache_dir(config.cache_dir)
-    root = config.cache_root()
-    private.own_dir(root, "cache dir")
-    lock_fd = hold_lock(root, "cache dir")
-    offline = None
+    private.own_dir(config.cache_root(), "cache dir")
+    store = make_store(config)
     try:
-        store = make_store(config)
-        try:
-            store.check_bucket()
-        except StoreUnavailable as exc:
-            if not config.snapshot_file().exists():
-                raise
-            offline = exc
-    except BaseException:
-        os.close(lock_fd)
-        raise
-    return store, lock_fd, offline
+        store.check_bucket()
+    except StoreUnavailable as exc:
+        if not config.snapshot_file().exists():
+            raise
+        return store, exc
+    return store, None

@@ -13,14 +13,16 @@ Order of a mount:
 3. `serve` starts the `--metrics` server (a thread; failing to listen fails the mount before
    anything is mounted), mounts, then runs in one nursery: the read policy (GETs, whole-file
    fetches), the writer's uploads, the store watch (probes, snapshots, uploads refused before
-   new keys), the mount-time warm-up, signal handling, and readiness; the FUSE session runs
+   new keys), the mount-time warm-up, signal handling, and readiness; the control socket
+   answers `status`, `sync`, `warm` (`daemon.warm`) and `replay` (`daemon.replay`: a start
+   profile fetched ahead of `modelfs run`'s app, the start recorded); the FUSE session runs
    until unmounted.
 4. Ready: once a stat of the mountpoint answers (from a worker thread: the stat goes through
    our own loop), the kernel readahead is raised, the control socket opens, READY=1 goes to
    systemd and the `--daemon` parent is told.
 5. SIGINT/SIGTERM (or `modelfs unmount`): STOPPING=1, leave the FUSE loop, save the metadata
-   snapshot, upload everything written (`drain`, with a progress line), close the writer,
-   unmount, stop the metrics server.
+   snapshot and a start profile being recorded, upload everything written (`drain`, with a
+   progress line), close the writer, unmount, stop the metrics server.
 What the mount reports (`status`, `/metrics`) is one `figures()` snapshot (`daemon.figures`).
 This module is the only owner of these lifecycles: nothing else starts, drains or closes them.
 """
@@ -49,11 +51,14 @@ from modelfs.daemon import control_server
 from modelfs.daemon.figures import MountFigures
 from modelfs.daemon.fuse_ops import FuseOperations
 from modelfs.daemon.preflight import make_sources, preflight
+from modelfs.daemon.replay import Replays
 from modelfs.daemon.settings import MountConfig
 from modelfs.daemon.storewatch import StoreWatch, start_offline
+from modelfs.daemon.warm import Warmer
 from modelfs.daemon.warmup import warm_up
 from modelfs.errors import ModelfsError, NotFound, StoreUnavailable, UploadFailed
 from modelfs.host import control, mountinfo, notify
+from modelfs.host.meminfo import available_memory
 from modelfs.memory import MemoryBudget, tune_malloc
 from modelfs.objects import ObjectInfo
 from modelfs.pull.manifest import MANIFEST_NAME, parse_manifest
@@ -71,6 +76,7 @@ from modelfs.write.engine import WriteBack
 from modelfs.write.gate import GatedWriter
 from modelfs.write.protocol import ReadOnlyWriter, Writer
 from modelfs.write.queue import WriteBackStatistics
+from modelfs.write.staging import take_over
 
 log = logging.getLogger(__name__)
 
@@ -143,20 +149,31 @@ class Mount:
                 self.namespace, snapshot, offline, config.source, read_only=config.read_only
             )
         trimmer = None
-        if config.read.drop_behind_min:
+        if config.read.drop_behind_auto or config.read.drop_behind_min:
             trimmer = PageCacheTrimmer(self.real_mountpoint)
         self.reads = ReadPolicy(
             self.fetcher,
             config.read,
             siblings=self._files_in,
             trimmer=trimmer,
+            memory=available_memory,
             verifications=Verifications(expectations),
+        )
+        self.warmer = Warmer(self.namespace, self.reads, self.cache)
+        self.replays = Replays(
+            store,
+            self.namespace,
+            self.reads,
+            read_only=config.read_only,
+            max_bytes=config.cache_max_size // 2,  # a replay never churns the whole cache
         )
         self.writer: Writer = ReadOnlyWriter()
         if not config.read_only:
+            if take_over(config.cache_root() / "writeback", config.writeback_root()):
+                log.info("write-back: took over %s", config.cache_root() / "writeback")
             self.writer = WriteBack(
                 store,
-                config.cache_root() / "writeback",
+                config.writeback_root(),  # this mount's alone; the block cache is shared
                 upload_delay=config.write_back_delay,
                 flush_interval=config.flush_interval,
                 listener=self.namespace,
@@ -211,6 +228,7 @@ class Mount:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.reads.run)
+                await nursery.start(self.replays.run)
                 nursery.start_soon(self.writer.run)
                 nursery.start_soon(self.watch.run)
                 if self.config.warm_up:
@@ -224,7 +242,7 @@ class Mount:
         finally:
             self.writer.close()
             notify.notify("STOPPING=1")
-            control.remove_state(self.mount_id)
+            control.remove_state(self.mount_id, pid=os.getpid())
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mountpoint)
 
@@ -255,7 +273,9 @@ class Mount:
         self._on_ready(self.warning)
 
     async def _drain_before_exit(self) -> None:
-        """Upload everything written before exiting, with a progress line while it takes."""
+        """Save a start being recorded, and upload everything written before exiting, with a
+        progress line while it takes."""
+        await self.replays.finish()
         pending = self.writer.statistics()
         if pending is None:
             return
@@ -276,8 +296,12 @@ class Mount:
         if pending.files or pending.deletes:
             log.info("all written files are in the bucket")
 
-    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _control(self, request: dict[str, Any], send: control_server.Send) -> dict[str, Any]:
         command = request.get("cmd")
+        if command == "warm":
+            return await self.warmer.handle(request, send)
+        if command == "replay":
+            return await self.replays.handle(request, send)
         if command == "status":
             return {"ok": True, **self.status()}
         if command == "sync":
@@ -363,9 +387,6 @@ def raise_kernel_readahead(real_mountpoint: str) -> None:
 def run(config: MountConfig, on_ready: Ready) -> None:
     """Mount and serve until unmounted or signalled. Raises ModelfsError before mounting."""
     tune_malloc(config.max_memory)
-    store, lock_fd, offline = preflight(config)
-    try:
-        mount = Mount(config, store, on_ready, offline)
-        trio.run(mount.serve)
-    finally:
-        os.close(lock_fd)
+    store, offline = preflight(config)
+    mount = Mount(config, store, on_ready, offline)
+    trio.run(mount.serve)

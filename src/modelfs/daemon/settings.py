@@ -8,6 +8,10 @@ SPEC is `REMOTE:BUCKET[/PREFIX]`, or the URL of a manifest (`manifest_url`): a r
 the manifest's files, read from its sources (`pull.manifeststore`). Such a mount is named by the
 URL without its query (a signed manifest URL's signature never reaches mountinfo or a log), and
 its cache root is that name's, so every renewal of a signed URL finds the same cache.
+
+Several mounts may use one cache root at once (two prefixes of a bucket, two mountpoints of
+one): they share its block cache, and each has a write-back root of its own in it, by
+mountpoint (`writeback_root`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from modelfs.config.remote import RemoteConfig, RemoteSpec, parse_spec
 from modelfs.config.sourcelist import mount_sources
 from modelfs.core.attributes import FsOptions
 from modelfs.daemon.snapshot import SnapshotFile
+from modelfs.host.control import mount_id
 from modelfs.read.policy import ReadOptions
 
 
@@ -46,11 +51,11 @@ class MountConfig:
     manifest_url: str | None = None  # SPEC was a manifest URL (read-only)
     token_file: str | None = None  # the link service's token, for `manifest_url`
     metrics: tuple[str, int] | None = None  # where /metrics listens; None: off
+    store_timeout: float = 60.0  # seconds a store request may wait for its next bytes
     # Where reads come from, first to last, the primary (`spec`) among them (one: just it).
     # A manifest URL's mount: the `--source` ones, read before the manifest's own sources.
     sources: tuple[RemoteSpec, ...] = ()
     config_path: str | None = None  # where the sources' remotes are found
-    stall_timeout: float = 60.0
     min_rate: float = 0.0
     fill_timeout: float = 600.0  # see `store.sitefill`
 
@@ -62,9 +67,9 @@ class MountConfig:
 
     @property
     def cache_identity(self) -> str:
-        """What one cache root (blocks and write-back journal) belongs to: endpoint and bucket,
-        so mounts of different prefixes share blocks and each other's pending uploads; a
-        manifest URL's mount, its URL without the query."""
+        """What one cache root (blocks, write-back journals) belongs to: endpoint and bucket,
+        so mounts of different prefixes, or on different mountpoints, share blocks; a manifest
+        URL's mount, its URL without the query."""
         if self.manifest_url is not None:
             return f"url|{self.source}"
         return f"{self.remote.endpoint or 'aws'}|{self.spec.bucket}"
@@ -77,6 +82,12 @@ class MountConfig:
     def snapshot_file(self) -> SnapshotFile:
         """The metadata snapshot of this mount's prefix (see `daemon.snapshot`)."""
         return SnapshotFile(self.cache_root(), self.source, self.spec.prefix)
+
+    def writeback_root(self) -> Path:
+        """This mount's write-back root, by mountpoint: mounts that share a cache root never
+        share staging files or a journal, and a mount again on the same mountpoint finds what
+        the last one left to upload."""
+        return self.cache_root() / f"writeback-{mount_id(self.mountpoint)}"
 
 
 def mount_config(args: argparse.Namespace) -> MountConfig:
@@ -108,7 +119,8 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
             whole_fetch_max=args.cache_max_size // 2,
             prefetch_small=args.prefetch_small,
             burst_ttl=args.dir_cache_time,
-            drop_behind_min=args.drop_behind,
+            drop_behind_auto=args.drop_behind is None,
+            drop_behind_min=args.drop_behind or 0,
         ),
         read_only=args.read_only or manifest_url is not None,
         warm_up=args.warm_up,
@@ -120,9 +132,9 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         manifest_url=manifest_url,
         token_file=args.token_file,
         metrics=args.metrics,
+        store_timeout=args.store_timeout,
         sources=tuple(sources),
         config_path=args.config,
-        stall_timeout=args.stall_timeout,
         min_rate=args.min_rate,
         fill_timeout=args.fill_timeout,
     )

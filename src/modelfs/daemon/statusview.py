@@ -105,6 +105,7 @@ def status_lines(answer: Answer) -> list[str]:
             f"cache: {used} of {limit} in {cache['blocks']} blocks, {cache['hits']} hits,"
             f" {cache['misses']} misses, {cache['evictions']} evictions,"
             f" {cache['corrupt']} corrupt, {format_size(cache.get('pinned_bytes', 0))} pinned"
+            f" ({cache.get('pinned_files', 0)} file(s))"
         )
     fs = answer.get("fs", {})
     if fs:

@@ -6,9 +6,15 @@ ${TMPDIR:-/tmp}/modelfs-EUID):
     <runtime>/    0700, owned by the effective user, or refused (see below)
       <id>.json   {"pid", "start_time", "spec", "mountpoint", "cache_dir", "started"}, 0600,
                   written once mounted (through a new temp file: O_EXCL|O_NOFOLLOW)
-      <id>.sock   JSON-lines: {"cmd": "status"} -> statistics, {"cmd": "sync"} -> waits
-where <id> = sha256(realpath(mountpoint))[:16]. Both are removed on a clean exit; a state file
+      <id>.sock   JSON-lines: {"cmd": "status"} -> statistics, {"cmd": "sync"} -> waits,
+                  {"cmd": "warm", "paths": [...], "pin"|"unpin": bool} -> progress, then done,
+                  {"cmd": "replay", "name", "quiet", "max_bytes"} -> at once (`daemon.replay`)
+where <id> = sha256(realpath(mountpoint))[:16]. Both are removed on a clean exit (by the mount
+that wrote them: one that exits late leaves the next mount's alone); a state file
 whose process is gone (dead, or its pid reused: `start_time` differs) is stale and ignored.
+
+One request per connection; the answer is one JSON line. A long request may send progress
+lines first, `{"progress": {...}}`, which `request` hands to `on_progress`.
 
 The runtime dir is checked before every use (`checked_dir`): a real directory, mode 0700,
 owned by the effective user; anything else is refused with one line (`UnsafePath`). In the
@@ -24,6 +30,7 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,19 +134,32 @@ def write_state(ident: str, state: dict[str, Any]) -> None:
     private.replace_file(state_path(ident), json.dumps(state).encode())
 
 
-def remove_state(ident: str) -> None:
+def remove_state(ident: str, *, pid: int | None = None) -> None:
+    """Remove the state file and socket of `ident`; with `pid`, only if that process wrote
+    them: a mount still exiting must not remove those of the next mount on its mountpoint."""
+    if pid is not None:
+        try:
+            owner = json.loads(state_path(ident).read_bytes()).get("pid")
+        except (OSError, ValueError, AttributeError):
+            owner = None
+        if owner != pid:
+            return
     for path in (state_path(ident), socket_path(ident)):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
 
 def request(
-    mountpoint: str | os.PathLike[str], message: dict[str, Any], timeout: float | None = 10.0
+    mountpoint: str | os.PathLike[str],
+    message: dict[str, Any],
+    timeout: float | None = 10.0,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Send one request to the mount's control socket and return its answer.
+    """Send one request to the mount's control socket and return its answer; progress lines
+    before it go to `on_progress`. `timeout` bounds each wait for a line.
 
-    Raises OSError (e.g. FileNotFoundError, ConnectionRefusedError) if no mount answers, and
-    UnsafePath if the runtime dir is not ours alone."""
+    Raises OSError (e.g. FileNotFoundError, ConnectionRefusedError, TimeoutError) if no mount
+    answers, and UnsafePath if the runtime dir is not ours alone."""
     if checked_dir(create=False) is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(runtime_dir()))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -147,10 +167,19 @@ def request(
         sock.connect(str(socket_path(mount_id(mountpoint))))
         sock.sendall(json.dumps(message).encode() + b"\n")
         buffer = b""
-        while not buffer.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            buffer += chunk
-    answer: dict[str, Any] = json.loads(buffer or b"{}")
-    return answer
+        while True:
+            line, newline, rest = buffer.partition(b"\n")
+            if not newline:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+                continue
+            buffer = rest
+            answer: dict[str, Any] = json.loads(line)
+            if "progress" not in answer:
+                return answer
+            if on_progress is not None:
+                on_progress(answer["progress"])
+    ended: dict[str, Any] = json.loads(buffer or b"{}")
+    return ended

@@ -1,7 +1,7 @@
 """Mounts as the kernel lists them, and the one way to tell and clear a dead FUSE mount.
 
-What it owns: reading `/proc/self/mountinfo` (`find_mount`), telling a dead mount (`is_dead`:
-its daemon is gone, the kernel answers ENOTCONN/ECONNABORTED), and taking a mount down
+What it owns: reading `/proc/self/mountinfo` (`find_mount`, `mount_of`), telling a dead mount
+(`is_dead`: its daemon is gone, the kernel answers ENOTCONN/ECONNABORTED), and taking a mount down
 (`unmount`, which waits for the daemon to exit, and `detach`, the lazy `fusermount3 -u -z`
 that clears a dead one). `modelfs mount`'s preflight, `modelfs unmount` and `modelfs run`
 all use these, so "dead" means the same everywhere.
@@ -90,6 +90,18 @@ def find_mount(mountpoint: str, mountinfo: str) -> MountEntry | None:
     found = None
     for entry in parse_mountinfo(mountinfo):
         if entry.mountpoint == wanted:
+            found = entry
+    return found
+
+
+def mount_of(path: str, mountinfo: str) -> MountEntry | None:
+    """The mount `path` (absolute, symlinks resolved) is on: the deepest mountpoint above it."""
+    wanted = os.path.normpath(path)
+    found = None
+    for entry in parse_mountinfo(mountinfo):
+        top = entry.mountpoint
+        inside = wanted == top or wanted.startswith(top.rstrip("/") + "/")
+        if inside and (found is None or len(top) >= len(found.mountpoint)):
             found = entry
     return found
 

@@ -9,7 +9,9 @@ put a symlink where modelfs is about to write. So, one rule each:
   effective user, with none of the `forbidden` mode bits; else `UnsafePath`, one line naming
   what is wrong and what to do;
 - `own_dir(path, what)`: a directory modelfs alone uses (a cache root, the write-back root):
-  made, checked, and narrowed to 0700 if an older version left it wider;
+  made, checked like `require_dir` (what another user could have planted in it would be
+  trusted, so it is refused, not narrowed), and narrowed to 0700 if an older version left it
+  readable by others;
 - `open_new(path, flags)`: a new file, 0600, with O_EXCL|O_NOFOLLOW, so a planted file or
   symlink makes the open fail instead of being followed;
 - `replace_file(path, data, durable)`: atomically replace `path` through a new temp file
@@ -73,9 +75,10 @@ def _problem(st: os.stat_result, forbidden: int) -> str | None:
 
 
 def own_dir(path: Path, what: str) -> None:
-    """A directory modelfs alone uses: create it (0700), check it is ours, narrow it to 0700."""
+    """A directory modelfs alone uses: create it (0700), check it is ours and writable by no
+    other user (UnsafePath), narrow it to 0700."""
     make_dirs(path)
-    require_dir(path, what, forbidden=0)
+    require_dir(path, what)
     if stat.S_IMODE(os.stat(path).st_mode) & GROUP_OR_OTHERS_ANY:
         os.chmod(path, DIR_MODE)
 

@@ -15,10 +15,12 @@ size, parallel GETs, retries and memory budget as a mount. For each file:
    the partial file away and tries again from the sources that did not deliver the bad bytes;
    with no source left, the error names the file, the expected hash and the hash received.
 
-A file of one block or less (a tokenizer, a config) takes a shorter way through the same
-store, limiter and budget: one GET, hashed and written in one worker thread, no partial file
-(its resume unit is the whole file, one request). At most `files_at_once` files are in flight;
-GETs are bounded by `transfers` across all.
+Files of one block or less (tokenizers, configs, a tree of thousands of small files) take a
+lane of their own through the same sources and memory budget: `files_at_once` worker threads,
+each taking the next file as it finishes one, with one GET per file, hashed and written in the
+same thread and no partial file (its resume unit is the whole file, one request), and no round
+trip through trio per file. The lane runs beside the larger files, whose GETs are bounded by
+`transfers` (and at most `files_at_once` of them are in flight).
 Progress is reported through `PullEvents`.
 """
 
@@ -27,6 +29,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +79,7 @@ class PullResult:
 
 
 class PullEvents(Protocol):
-    """What a pull reports while it runs (see `progress`)."""
+    """What a pull reports while it runs (see `progress`), from any of its threads."""
 
     def file_started(self, file: PullFile, present: int) -> None: ...
 
@@ -87,8 +91,13 @@ class PullEvents(Protocol):
 
 
 def bytes_to_fetch(dest: Path, files: Sequence[PullFile]) -> int:
-    """What `files` still need from the network (a resumed pull has some on disk)."""
-    return sum(file.size - recorded_bytes(dest, BLOCK_SIZE, file.path, file.size) for file in files)
+    """What `files` still need from the network (a resumed pull has some on disk; a file of
+    one block or less never has: it is fetched whole)."""
+    return sum(
+        file.size
+        - (recorded_bytes(dest, BLOCK_SIZE, file.path, file.size) if file.size > BLOCK_SIZE else 0)
+        for file in files
+    )
 
 
 def check_space(dest: Path, files: Sequence[PullFile]) -> None:
@@ -130,15 +139,19 @@ class Puller:
             self.events.file_done(file, skipped=True)
         for file in files:
             self.sources.expect(file.path, file.size)
+        small = [file for file in files if file.size <= BLOCK_SIZE]
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.fetcher.run)
                 nursery.start_soon(self._checkpoint_every, CHECKPOINT_INTERVAL)
                 slots = trio.Semaphore(self.options.files_at_once)
                 async with trio.open_nursery() as pulls:
+                    if small:
+                        pulls.start_soon(self._small_lane, small, result)
                     for file in files:
-                        await slots.acquire()
-                        pulls.start_soon(self._pull_file, file, slots, result)
+                        if file.size > BLOCK_SIZE:
+                            await slots.acquire()
+                            pulls.start_soon(self._pull_file, file, slots, result)
                 nursery.cancel_scope.cancel()
         finally:
             self.parts.close()
@@ -151,6 +164,9 @@ class Puller:
             error = await self._attempts(file)
         finally:
             slots.release()
+        self._report(file, error, result)
+
+    def _report(self, file: PullFile, error: str | None, result: PullResult) -> None:
         if error is None:
             result.fetched.append(file.path)
             self.events.file_done(file, skipped=False)
@@ -160,47 +176,97 @@ class Puller:
 
     async def _attempts(self, file: PullFile) -> str | None:
         """Pull `file`, source after source until its bytes check out; None, or the error."""
-        small = file.size <= BLOCK_SIZE
         while True:
             self.sources.forget_use(file.path)
             try:
-                digest = await (self._fetch_small(file) if small else self._fetch(file))
+                digest = await self._fetch(file)
             except ModelfsError as exc:
                 return f"{file.path}: {exc}"
             if file.sha256 is None or digest == file.sha256:
-                if not small:
-                    await trio.to_thread.run_sync(self._finish, file, digest)
+                await trio.to_thread.run_sync(self._finish, file, digest)
                 return None
-            if not small:
-                self.parts.discard(file.path)
-            bad = self.sources.used_for(file.path)
-            for name in bad:
-                self.sources.exclude(file.path, name)
-            log.warning(
-                "%s: sha256 %s, not the manifest's %s (bytes from %s); trying other sources",
-                file.path,
-                digest,
-                file.sha256,
-                ", ".join(sorted(bad)),
-            )
-            if not self.sources.usable(file.path):
-                return (
-                    f"{file.path}: sha256 mismatch: expected {file.sha256}, got {digest} "
-                    f"(from {', '.join(sorted(bad))}); no other source left"
-                )
+            self.parts.discard(file.path)
+            error = self._reject(file, digest)
+            if error is not None:
+                return error
 
-    async def _fetch_small(self, file: PullFile) -> str:
-        """A file of one block or less: one GET, hashed and (if its bytes check out) written
-        and renamed into place, all in one worker thread, under the same GET limiter and
-        memory budget as the fetcher's parts. Its partial state is the file itself: a pull
-        killed meanwhile fetches it again (it is one request)."""
-        self.events.file_started(file, 0)
-        return await trio.to_thread.run_sync(
-            self._small_in_thread, file, limiter=self.fetcher.demand_limiter
+    def _reject(self, file: PullFile, digest: str) -> str | None:
+        """`file`'s bytes hashed to `digest`, not its sha256: the sources that delivered them
+        are not used for it again. The error if no other source is left, else None."""
+        bad = self.sources.used_for(file.path)
+        for name in bad:
+            self.sources.exclude(file.path, name)
+        log.warning(
+            "%s: sha256 %s, not the manifest's %s (bytes from %s); trying other sources",
+            file.path,
+            digest,
+            file.sha256,
+            ", ".join(sorted(bad)),
+        )
+        if self.sources.usable(file.path):
+            return None
+        return (
+            f"{file.path}: sha256 mismatch: expected {file.sha256}, got {digest} "
+            f"(from {', '.join(sorted(bad))}); no other source left"
         )
 
-    def _small_in_thread(self, file: PullFile) -> str:
-        self.budget.acquire(file.size)
+    # -- files of one block or less ------------------------------------------------------------
+
+    async def _small_lane(self, files: Sequence[PullFile], result: PullResult) -> None:
+        """`files_at_once` worker threads take the next file of `files` until none is left.
+        Cancelled (Ctrl-C), each finishes the file it is on and takes no other."""
+        queue = deque(files)
+        stop = threading.Event()
+        workers = min(self.options.files_at_once, len(files))
+        limiter = trio.CapacityLimiter(workers)  # not trio's default limiter's threads
+
+        async def worker() -> None:
+            await trio.to_thread.run_sync(self._small_worker, queue, stop, result, limiter=limiter)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_set_when_cancelled, stop)
+            async with trio.open_nursery() as threads:
+                for _ in range(workers):
+                    threads.start_soon(worker)
+            nursery.cancel_scope.cancel()
+
+    def _small_worker(
+        self, queue: deque[PullFile], stop: threading.Event, result: PullResult
+    ) -> None:
+        while not stop.is_set():
+            try:
+                file = queue.popleft()
+            except IndexError:
+                return
+            self.events.file_started(file, 0)
+            try:
+                error = self._small_attempts(file, stop)
+            except _Stopped:
+                return
+            self._report(file, error, result)
+
+    def _small_attempts(self, file: PullFile, stop: threading.Event) -> str | None:
+        """As `_attempts`, for a file of one block or less (in a worker thread)."""
+        while True:
+            self.sources.forget_use(file.path)
+            try:
+                digest = self._fetch_small(file, stop)
+            except ModelfsError as exc:
+                return f"{file.path}: {exc}"
+            except OSError as exc:
+                return f"{file.path}: could not be written to {self.dest}: {exc.strerror}"
+            if file.sha256 is None or digest == file.sha256:
+                return None
+            error = self._reject(file, digest)
+            if error is not None:
+                return error
+
+    def _fetch_small(self, file: PullFile, stop: threading.Event) -> str:
+        """One GET under the memory budget, hashed, and (if its bytes check out) written and
+        renamed into place; the sha256 of its bytes. A pull killed meanwhile fetches the file
+        again: it is one request."""
+        if not self.budget.acquire(file.size, cancelled=stop):
+            raise _Stopped
         try:
             version = ObjectId(file.path, file.sha256 or file.etag or "")
             data = self.sources.get_range(version, 0, file.size) if file.size else b""
@@ -214,6 +280,8 @@ class Puller:
             return digest
         finally:
             self.budget.release(file.size)
+
+    # -- larger files ----------------------------------------------------------------------------
 
     async def _fetch(self, file: PullFile) -> str:
         """Fill the file's partial file and return the sha256 of its bytes, in order."""
@@ -259,3 +327,14 @@ class Puller:
         while True:
             await trio.sleep(interval)
             await trio.to_thread.run_sync(self.checkpoints.sync)
+
+
+class _Stopped(Exception):
+    """The small-file lane was stopped while a worker waited for the memory budget."""
+
+
+async def _set_when_cancelled(event: threading.Event) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        event.set()

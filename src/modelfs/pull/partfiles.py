@@ -97,24 +97,27 @@ class PartFiles:
         partial = self._entry(path)
         os.ftruncate(partial.fd, size)
         os.fchmod(partial.fd, 0o666 & ~self._umask)  # as any file the user creates
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial.part, target)
+        _move_into_place(partial.part, target)
         self._close(path)
         partial.log.unlink(missing_ok=True)
 
     def write_whole(self, path: str, data: bytes, target: Path) -> None:
-        """A small file fetched in one piece: written beside the partial files, then renamed
-        into place (durable at the next checkpoint, as `finish`)."""
+        """A small file fetched in one piece: written beside the partial files (created with
+        the mode any file the user creates gets), then renamed into place (durable at the next
+        checkpoint, as `finish`). Thread safe: many worker threads write files at once."""
         part, _ = self._names(path)
         temporary = part.with_suffix(".whole")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(temporary, flags, 0o666)
+        except FileExistsError:  # left by a pull killed while writing it: its mode may differ
+            temporary.unlink()
+            fd = os.open(temporary, flags, 0o666)
         try:
             _write_all(fd, data, 0)
-            os.fchmod(fd, 0o666 & ~self._umask)
         finally:
             os.close(fd)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temporary, target)
+        _move_into_place(temporary, target)
 
     def missing(self, path: str, count: int) -> int:
         """How many of the file's `count` blocks are not on disk."""
@@ -223,6 +226,16 @@ def _read_log(fd: int) -> set[int]:
     size = os.fstat(fd).st_size
     data = os.pread(fd, size - size % _RECORD.size, 0)
     return {index for (index,) in _RECORD.iter_unpack(data)}
+
+
+def _move_into_place(source: Path, target: Path) -> None:
+    """Rename `source` to `target`, making `target`'s directories first if they are missing
+    (tried after the rename fails, so a tree of many files in few directories pays nothing)."""
+    try:
+        os.replace(source, target)
+    except FileNotFoundError:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:

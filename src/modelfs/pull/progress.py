@@ -6,12 +6,14 @@
 - `--json`: one JSON object per line: `plan`, `file` (started, done, skipped, failed),
   `progress` every `interval` seconds, and `summary`.
 
-All three are `PullEvents`; `written` is called from the fetcher's writer threads, the rest on
-the trio thread, and one lock guards the counters.
+All three are `PullEvents`, called from any of the pull's threads (the fetcher's writer
+threads, the small-file lane's workers, the trio thread): one lock guards the counters, and
+another each output stream, so lines never interleave.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import threading
@@ -26,7 +28,8 @@ from modelfs.pull.engine import PullFile
 class Counters:
     """Bytes and files of a pull so far (thread safe)."""
 
-    def __init__(self, total_bytes: int, total_files: int) -> None:
+    def __init__(self, total_bytes: int, total_files: int, label: str = "pull") -> None:
+        self.label = label  # what the lines and the bar say they show (`pull`, `warm`)
         self.total_bytes = total_bytes
         self.total_files = total_files
         self.done_bytes = 0
@@ -49,6 +52,11 @@ class Counters:
             self.current.pop(file.path, None)
             self.done_files += 1
 
+    def current_paths(self, count: int) -> list[str]:
+        """Up to `count` of the files in flight."""
+        with self._lock:
+            return list(itertools.islice(self.current, count))
+
     def rate(self) -> float:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         return self.done_bytes / elapsed
@@ -61,7 +69,7 @@ class Counters:
         rate = self.rate()
         eta = (total - done) / rate if rate > 0 else 0.0
         return (
-            f"pull: {format_size(done)} of {format_size(total)} ({percent:.0f}%), "
+            f"{self.label}: {format_size(done)} of {format_size(total)} ({percent:.0f}%), "
             f"{rate / 1e6:.1f} MB/s, {eta:.0f}s left, {files}"
         )
 
@@ -74,6 +82,13 @@ class PlainEvents:
         self._out = out
         self._interval = interval
         self._last = time.monotonic()
+        self._output = threading.Lock()
+
+    def say(self, line: str) -> None:
+        """One whole line on the output, whatever thread calls."""
+        with self._output:
+            self._out.write(line + "\n")
+            self._out.flush()
 
     def file_started(self, file: PullFile, present: int) -> None:
         self.counters.start(file, present)
@@ -86,16 +101,16 @@ class PlainEvents:
 
     def file_failed(self, file: PullFile, error: str) -> None:
         self.counters.finish(file)
-        print(f"pull: failed: {error}", file=self._out, flush=True)
+        self.say(f"pull: failed: {error}")
 
     def tick(self) -> None:
         now = time.monotonic()
         if now - self._last >= self._interval:
             self._last = now
-            print(self.counters.line(), file=self._out, flush=True)
+            self.say(self.counters.line())
 
     def close(self) -> None:
-        print(self.counters.line(), file=self._out, flush=True)
+        self.say(self.counters.line())
 
 
 class BarEvents(PlainEvents):
@@ -120,7 +135,7 @@ class BarEvents(PlainEvents):
             TimeRemainingColumn(),
             transient=False,
         )
-        self._task = self._progress.add_task("pull", total=counters.total_bytes)
+        self._task = self._progress.add_task(counters.label, total=counters.total_bytes)
         self._progress.start()
 
     def file_failed(self, file: PullFile, error: str) -> None:
@@ -129,13 +144,14 @@ class BarEvents(PlainEvents):
 
     def tick(self) -> None:
         counters = self.counters
-        current = ", ".join(list(counters.current)[:2]) or "pull"
+        current = ", ".join(counters.current_paths(2)) or counters.label
         self._progress.update(
             self._task, completed=counters.done_bytes, description=_shorten(current, 40)
         )
 
     def close(self) -> None:
-        self._progress.update(self._task, completed=self.counters.done_bytes, description="pull")
+        counters = self.counters
+        self._progress.update(self._task, completed=counters.done_bytes, description=counters.label)
         self._progress.stop()
 
 
@@ -147,7 +163,7 @@ class JsonEvents(PlainEvents):
         self.emit("plan", files=counters.total_files, bytes=counters.total_bytes)
 
     def emit(self, event: str, **fields: Any) -> None:
-        print(json.dumps({"event": event, **fields}), file=self._out, flush=True)
+        self.say(json.dumps({"event": event, **fields}))
 
     def file_started(self, file: PullFile, present: int) -> None:
         super().file_started(file, present)

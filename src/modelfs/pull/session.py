@@ -58,7 +58,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
         files_at_once=args.transfers,
     )
     puller = Puller(plan.sources, dest, options, events)
-    result = trio.run(_pull_with_progress, puller, needed, skipped, events)
+    try:
+        result = trio.run(_pull_with_progress, puller, needed, skipped, events)
+    except BaseExceptionGroup as group:  # trio's nurseries wrap what their tasks raise
+        if group.subgroup(KeyboardInterrupt) is not None:
+            raise KeyboardInterrupt from None  # Ctrl-C: exit 130, no traceback
+        raise
     return _summary(puller, result, events)
 
 

@@ -1,10 +1,18 @@
-"""Drop-behind: the kernel's cached pages of a huge file, dropped once its reader is past them.
+"""Drop-behind: the kernel's cached pages of a large file, dropped once its reader is past them
+when memory is short.
 
-A checkpoint read once from start to end (an app loading its model) would otherwise leave all of
-it in the page cache. On a small server that evicts everything else, and on a VM whose free
-memory goes back to its host, filling gigabytes of fresh page cache can bound a cold read
-(`bench/experiments/drop_behind.py`, docs/performance.md). Re-reads of such a file come from
-the block cache instead.
+A checkpoint read once from start to end (an app loading its model) leaves all of it in the
+page cache. Where memory is plentiful that is what makes the next load (an app restart) fast:
+it never reaches the mount. Where it is short, it evicts everything else, and on a VM whose
+free memory goes back to its host, filling gigabytes of fresh page cache can bound a cold read
+(`bench/experiments/drop_behind.py`, docs/performance.md). So the decision is made from memory
+(`keeps_page_cache`): a file keeps its pages while at least `KEEP_FACTOR` times its size is
+available to its reader (`host.meminfo`: MemAvailable, or the room under the reader's cgroup
+limit if lower). Four times: its own pages take one share, and the rest of the machine keeps
+three times as much for everything else; MemAvailable counts reclaimable page cache too, so a
+smaller margin would let one model push out the rest of a busy machine's cache. The figure is
+looked at again before every step of dropping, so a reader that starts on a roomy machine drops
+what it read once memory runs short. Re-reads of a dropped file come from the block cache.
 
 How: `posix_fadvise(POSIX_FADV_DONTNEED)` drops the clean, unmapped pages of a range. It leaves
 pages a process has mapped alone, so an mmap reader (llama.cpp keeps its mapping for inference)
@@ -27,6 +35,13 @@ log = logging.getLogger(__name__)
 
 DROP_LAG = 32 << 20  # pages this close behind the reader stay: a small step back still hits
 DROP_STEP = 32 << 20  # one open + fadvise per this much read
+KEEP_FACTOR = 4  # a file keeps its page cache while this many times its size is available
+
+
+def keeps_page_cache(available: int | None, size: int) -> bool:
+    """Whether a file of `size` bytes keeps its page cache with `available` bytes of memory
+    left to its reader (None: unknown, as for any local file the kernel decides)."""
+    return available is None or available >= KEEP_FACTOR * size
 
 
 class PageCacheTrimmer:
@@ -74,6 +89,8 @@ class DropBehind:
     the one before (the kernel's parallel requests arrive a little out of order); only what the
     current run has read, up to DROP_LAG behind it, is dropped."""
 
+    pid: int = 0  # the process that opened the file (its cgroup's limit counts)
+    by_memory: bool = False  # drop only while memory is short (`keeps_page_cache`)
     dropped_to: int = 0  # the run's pages before this are dropped (or were never read)
     last_end: int = 0
     pending: trio.Event | None = None

@@ -235,8 +235,8 @@ class BlockFetcher:
         """Wait until no block of `obj` is in flight or waiting for its cache write: every
         block fetched so far has been offered to the cache (`put` returned)."""
         self._retire_written()
-        while any(key[0] == obj for key in self._inflight):
-            await trio.sleep(_SETTLE_POLL)
+        while any(key[0] == obj and not entry.on_disk for key, entry in self._inflight.items()):
+            await trio.sleep(_SETTLE_POLL)  # blocks kept in RAM for a reader are on disk too
             self._retire_written()
 
     def abandon(self, ticket: FetchTicket) -> None:

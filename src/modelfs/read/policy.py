@@ -9,8 +9,12 @@ back on release (`closed`); every decision about fetching lives here:
   it is cached already; it waits while a reader of that version streams through it;
 - the first open of a small file within `burst_ttl` fetches its directory's other small files
   in one burst (listing order, starting after the opened file; at most `small_burst_max_files`);
-- a huge file (`drop_behind_min`) read by its only reader has the page cache behind that reader
-  dropped (see `dropbehind`); the trimmer's own opens get no handle (`is_internal`);
+- `modelfs warm` fetches files whole on request (`fetch_whole`), sharing a running fetch;
+- while a `recorder` is set (`modelfs run` recording an app's start, `daemon.replay`), every
+  read that reaches a reader is noted in it (`read.profile`);
+- a large file read by its only reader has the page cache behind that reader dropped while
+  memory is short for it (`drop_behind_auto`), or always for files of `drop_behind_min` or
+  more (see `dropbehind`); the trimmer's own opens get no handle (`is_internal`);
 - a file the mount's manifest lists is verified against its sha256 on open, as it is fetched
   (whole, for a model file; reading it all for a small one), and its readers wait for, and
   obey, the verdict (`verify`).
@@ -31,8 +35,10 @@ import trio
 from cachetools import TTLCache
 
 from modelfs.objects import ObjectId, ObjectInfo
+from modelfs.read import dropbehind
 from modelfs.read.dropbehind import DropBehind, PageCacheTrimmer
 from modelfs.read.fetcher import BlockFetcher
+from modelfs.read.profile import Recorder
 from modelfs.read.readahead import HandlePrefetcher, ReadaheadPolicy
 from modelfs.read.reader import ObjectReader
 from modelfs.read.verify import Verifications
@@ -55,7 +61,8 @@ class ReadOptions:
     small_file_max: int = 1 << 20  # tokenizer, config and prompt files are well below this
     small_burst_max_files: int = 256  # cap one burst, so a huge directory costs no surprise bill
     burst_ttl: float = 60.0  # a directory's burst is not repeated within this (the listing TTL)
-    drop_behind_min: int = 2 << 30  # files this large keep no page cache behind a reader; 0: off
+    drop_behind_auto: bool = True  # drop behind a reader while memory is short for its file
+    drop_behind_min: int = 0  # > 0: files this large always drop behind (a fixed rule instead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +87,11 @@ class OpenFile(Protocol):
 Siblings = Callable[[str], Awaitable[Iterable[ObjectInfo]]]
 """The files directly in a directory (a path relative to the mount root)."""
 
+MemoryProbe = Callable[[int], int | None]
+"""Bytes of memory a process (by pid) may still fill with page cache; None: unknown."""
+
+MEMORY_TTL = 1.0  # seconds a process's memory figure is reused (asked at most per drop step)
+
 
 class ReadPolicy:
     def __init__(
@@ -90,6 +102,7 @@ class ReadPolicy:
         siblings: Siblings,
         trimmer: PageCacheTrimmer | None = None,
         verifications: Verifications | None = None,
+        memory: MemoryProbe = lambda pid: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fetcher = fetcher
@@ -97,6 +110,10 @@ class ReadPolicy:
         self.options = options
         self.trimmer = trimmer
         self._siblings = siblings
+        self._memory = memory
+        self._memory_of: TTLCache[int, int | None] = TTLCache(
+            maxsize=256, ttl=MEMORY_TTL, timer=clock
+        )
         self._readers: dict[ObjectReader, OpenFile] = {}
         self._whole: dict[ObjectId, WholeObjectFetch] = {}
         # Directories whose small files were fetched in one burst, forgotten with the listing.
@@ -104,6 +121,7 @@ class ReadPolicy:
             maxsize=4096, ttl=max(options.burst_ttl, 1e-9), timer=clock
         )
         self._nursery: trio.Nursery | None = None
+        self.recorder: Recorder | None = None  # the start being recorded, if any
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the fetcher and the background fetches until cancelled."""
@@ -117,8 +135,11 @@ class ReadPolicy:
         """An open by drop-behind's own thread: it gets no handle and keeps the page cache."""
         return self.trimmer is not None and self.trimmer.is_own(pid)
 
-    async def open(self, info: ObjectInfo, file: OpenFile, directory: str) -> ObjectReader:
-        """A reader of version `info` of `file` (in `directory`), and the fetches it warrants."""
+    async def open(
+        self, info: ObjectInfo, file: OpenFile, directory: str, pid: int = 0
+    ) -> ObjectReader:
+        """A reader of version `info` of `file` (in `directory`), opened by process `pid`, and
+        the fetches it warrants."""
         options = self.options
         policy = ReadaheadPolicy(
             options.part_size, options.readahead_max, tolerance=options.part_size
@@ -126,21 +147,25 @@ class ReadPolicy:
         prefetcher = HandlePrefetcher(
             self.fetcher, info, policy, options.part_size, options.transfers
         )
-        huge = self.trimmer is not None and 0 < options.drop_behind_min <= info.size
         self._maybe_fetch_whole(info)
         reader = ObjectReader(
             self.fetcher,
             info,
             prefetcher,
             part_size=options.part_size,
-            drop=DropBehind() if huge else None,
+            drop=self._drop_behind_for(info, pid),
             request_drop=self._request_drop,
             verification=self.verifications.of(info.id),
+            observe=self._observe,
         )
         self._readers[reader] = file
         if options.prefetch_small and info.size <= options.small_file_max:
             await self._burst_small_siblings(directory, info)
         return reader
+
+    def _observe(self, info: ObjectInfo, offset: int, end: int) -> None:
+        if self.recorder is not None:
+            self.recorder.note(info, offset, end)
 
     def closed(self, reader: ObjectReader) -> None:
         reader.close()
@@ -176,6 +201,33 @@ class ReadPolicy:
         )
         self._whole[info.id] = fetch
         self._background().start_soon(fetch.run)
+
+    async def fetch_whole(
+        self, info: ObjectInfo, started: Callable[[WholeObjectFetch], None] = lambda _: None
+    ) -> WholeObjectFetch:
+        """All of version `info` into the cache, now (`modelfs warm`), in the caller's task (so
+        cancelling it stops the fetch): the whole-object fetch running for it already, or a new
+        one, handed to `started` first. Returns it once every block fetched was offered to the
+        cache (and is no longer held in RAM for a reader)."""
+        fetch = self._whole.get(info.id)
+        if fetch is None or fetch.done.is_set():
+            fetch = WholeObjectFetch(
+                self.fetcher,
+                info,
+                part_size=self.options.part_size,
+                parallel=self.options.transfers,
+                reader_streaming=lambda: self._streaming_reader(info.id),
+            )
+            self._whole[info.id] = fetch
+            started(fetch)
+            await fetch.run()
+        else:
+            started(fetch)
+            await fetch.done.wait()
+        await self.fetcher.settle(info.id)
+        for index in range(self.fetcher.block_count(info)):  # on disk: no RAM kept for them
+            self.fetcher.done_with(info.id, index)
+        return fetch
 
     def readers_of(self, obj: ObjectId) -> list[ObjectReader]:
         """The open readers of version `obj`."""
@@ -220,11 +272,25 @@ class ReadPolicy:
 
     # -- drop-behind -----------------------------------------------------------------------------
 
+    def _drop_behind_for(self, info: ObjectInfo, pid: int) -> DropBehind | None:
+        options = self.options
+        if self.trimmer is None:
+            return None
+        if options.drop_behind_min > 0:
+            return DropBehind(pid) if info.size >= options.drop_behind_min else None
+        if options.drop_behind_auto and info.size > dropbehind.DROP_LAG:
+            return DropBehind(pid, by_memory=True)
+        return None
+
     def _request_drop(self, reader: ObjectReader, start: int, stop: int) -> None:
         drop, file = reader.drop, self._readers.get(reader)
         # Only for the file's one reader: another one may still need the pages behind this one.
         if drop is None or file is None or file.opens != 1 or self.trimmer is None:
             return
+        if drop.by_memory and dropbehind.keeps_page_cache(
+            self._memory_for(drop.pid), reader.info.size
+        ):
+            return  # asked again at the next read: memory may run short meanwhile
         drop.pending = trio.Event()
         self._background().start_soon(self._drop_behind, self.trimmer, file, drop, start, stop)
 
@@ -235,6 +301,11 @@ class ReadPolicy:
             await trimmer.drop(file.path, start, stop)
         finally:
             drop.finished(start, stop)
+
+    def _memory_for(self, pid: int) -> int | None:
+        if pid not in self._memory_of:
+            self._memory_of[pid] = self._memory(pid)
+        return self._memory_of[pid]
 
     def _background(self) -> trio.Nursery:
         assert self._nursery is not None, "ReadPolicy.run() is not running"

@@ -11,7 +11,8 @@ The filesystem core's `read` is one call into this. A read of [offset, offset + 
 4. tells the fetcher which blocks it has read to their end, so they need not stay in RAM;
 5. notes the read for drop-behind (see `dropbehind`), which the policy schedules;
 6. for a file the manifest lists, obeys its verification (see `verify`): EIO once it failed,
-   and a read of the last block waits for the verdict.
+   and a read of the last block waits for the verdict;
+7. tells `observe` (the policy: a start being recorded, `read.profile`) what it read.
 
 Invariant: every byte returned is of the version in `info` (the fetcher's GETs carry If-Match);
 a replaced object surfaces as `StaleObject`, never as a mix.
@@ -36,6 +37,8 @@ STREAMING_IDLE = 0.2
 
 DropRequest = Callable[["ObjectReader", int, int], None]
 """Asks the policy to drop the page cache of [start, stop) behind this reader."""
+Observe = Callable[[ObjectInfo, int, int], None]
+"""Told of every read: the version, and [offset, end) read of it."""
 
 
 class ObjectReader:
@@ -49,8 +52,10 @@ class ObjectReader:
         drop: DropBehind | None = None,
         request_drop: DropRequest | None = None,
         verification: Verification | None = None,
+        observe: Observe | None = None,
     ) -> None:
         self.info = info
+        self._observe = observe
         self.verification = verification
         self.prefetcher = prefetcher
         self.drop = drop
@@ -72,6 +77,8 @@ class ObjectReader:
         if offset >= end:
             return b""
         self.prefetcher.on_read(offset, end - offset)
+        if self._observe is not None:
+            self._observe(info, offset, end)
         block_size = self._fetcher.block_size
         first, last = offset // block_size, (end - 1) // block_size
         if self.verification is not None:

@@ -90,6 +90,42 @@ def _register_run(commands: Subparsers) -> None:
     )
     parser.add_argument("--watch-interval", metavar="DUR", default=None)
     parser.add_argument(
+        "--warm",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="fetch the files matching GLOB (relative to the mountpoint) into the cache "
+        "before the app starts (repeatable)",
+    )
+    parser.add_argument(
+        "--warm-async",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="the same, while the app starts (repeatable)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="NAME",
+        default=None,
+        help="the start profile to replay and record (default: the run section's name)",
+    )
+    parser.add_argument(
+        "--no-profile", action="store_true", help="neither replay nor record a start profile"
+    )
+    parser.add_argument(
+        "--profile-quiet",
+        metavar="DUR",
+        default=None,
+        help="a start ends after DUR without a read of anything new (default 10s)",
+    )
+    parser.add_argument(
+        "--profile-max-size",
+        metavar="SIZE",
+        default=None,
+        help="record and replay at most SIZE of a start (default 8G)",
+    )
+    parser.add_argument(
         "--drain-timeout",
         metavar="DUR",
         default=None,

@@ -16,9 +16,12 @@ without a mount.
 
 Precedence, lowest first: the `[mount:NAME]` section a run section names, the run section, the
 command line. `--link` on the command line replaces the section's links as a whole (switching
-versions is `modelfs run index-tts --link cache_hub=cache_hub_v24`); words after the section name
-replace its command. With no section name and no `--mount`/`--pull`, `run.sections` chooses
-the section (the app's own `modelfs.conf`, the one whose workdir is here, the only one).
+versions is `modelfs run index-tts --link cache_hub=cache_hub_v24`), `--warm` and `--warm-async`
+its `warm` and `warm-async` globs likewise; words after the section name replace its command.
+A run of a section replays and records the start profile of the section's name (`run.replay`)
+unless told otherwise (`profile = NAME | off`).
+With no section name and no `--mount`/`--pull`, `run.sections` chooses the section (the app's
+own `modelfs.conf`, the one whose workdir is here, the only one).
 """
 
 from __future__ import annotations
@@ -35,17 +38,19 @@ from pathlib import Path
 from modelfs.config import options
 from modelfs.config.files import find_section, lay_over, section_items
 from modelfs.config.remote import normalize_spec
-from modelfs.config.units import parse_bool, parse_duration
+from modelfs.config.units import parse_bool, parse_duration, parse_size
 from modelfs.errors import ConfigError
 from modelfs.host.control import canonical_mountpoint
 from modelfs.host.health import DEFAULT_PROBE_TIMEOUT
 from modelfs.host.mountinfo import find_mount
 from modelfs.run.links import LinkSpec, parse_link
 from modelfs.run.sections import choose_section
+from modelfs.run.warm import parse_glob
 
 _RUN_KEYS = frozenset(
     {"mount", "remote", "mountpoint", "link", "links", "workdir", "command", "pull", "into"}
     | {"move-aside", "keep-mounted", "probe-timeout", "watch-interval", "drain-timeout", "user"}
+    | {"warm", "warm-async", "profile", "profile-quiet", "profile-max-size"}
 )
 _MOUNT_KEYS = frozenset({"remote", "mountpoint"})
 # How often the watchdog stats the mount while the app runs: a dead mount is noticed within
@@ -54,6 +59,10 @@ DEFAULT_WATCH_INTERVAL = 5.0
 # How long the final drain (`modelfs sync` after the app exits) may take before the run gives
 # up, reports what is left and exits 1 (the files stay staged): the units' TimeoutStopSec.
 DEFAULT_DRAIN_TIMEOUT = 600.0
+# A start profile (`run.replay`): recorded until this long without a new read, or this much.
+DEFAULT_PROFILE_QUIET = 10.0
+DEFAULT_PROFILE_MAX = 8 << 30
+PROFILE_OFF = "off"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +97,13 @@ class RunPlan:
     mount_section: str | None = None  # the [mount:NAME] it used, for unit ordering
     pull: PullTarget | None = None
     chosen: str | None = None  # a section run chose itself: which, and why (for the log)
+    warm: tuple[str, ...] = ()  # globs under the mountpoint, warmed before the app starts
+    warm_async: tuple[str, ...] = ()  # ... and while it starts
     user: str | None = None  # the app runs as this user (`modelfs run` itself stays root)
     external_mount: bool = False  # another owner (the mount's unit) mounts and heals it
+    profile: str | None = None  # the start profile replayed and recorded (None: none)
+    profile_quiet: float = DEFAULT_PROFILE_QUIET
+    profile_max: int = DEFAULT_PROFILE_MAX
 
     @property
     def root(self) -> str:
@@ -243,6 +257,13 @@ def plan_from_args(
         text = cli_value or items.get(key)
         return default if text is None else parse_duration(text)
 
+    def globs(key: str, cli_values: list[str] | None) -> tuple[str, ...]:
+        """`--warm GLOB` (repeated) replaces the section's `warm = GLOB ...` as a whole."""
+        texts = cli_values or items.get(key, "").split()
+        if texts and pull is not None:
+            raise ConfigError(f"--{key} needs a mount, not --pull")
+        return tuple(parse_glob(text) for text in texts)
+
     return RunPlan(
         target=target,
         links=_links(link_texts if isinstance(link_texts, list) else link_texts.split()),
@@ -257,9 +278,28 @@ def plan_from_args(
         mount_section=mount_section,
         pull=pull,
         chosen=chosen,
+        warm=globs("warm", getattr(args, "warm", None)),
+        warm_async=globs("warm-async", getattr(args, "warm_async", None)),
         user=_app_user(args.user or items.get("user", "").strip() or None, target),
         external_mount=args.external_mount,
+        profile=_profile(args, items, name, target),
+        profile_quiet=seconds("profile-quiet", args.profile_quiet, DEFAULT_PROFILE_QUIET),
+        profile_max=parse_size(args.profile_max_size or items.get("profile-max-size", "8G")),
     )
+
+
+def _profile(
+    args: argparse.Namespace,
+    items: Mapping[str, str],
+    name: str | None,
+    target: MountTarget | None,
+) -> str | None:
+    """The start profile's name: `--profile NAME` or `profile = NAME`, else the run section's
+    name; none with `--no-profile`, `profile = off`, or without a mount."""
+    chosen = args.profile or items.get("profile", "").strip() or name
+    if args.no_profile or target is None or chosen == PROFILE_OFF:
+        return None
+    return chosen
 
 
 def _app_user(user: str | None, target: MountTarget | None) -> str | None:

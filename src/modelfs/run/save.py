@@ -89,16 +89,25 @@ def _lines(args: argparse.Namespace, plan: RunPlan) -> list[str]:
         assert plan.target is not None
         lines += [f"remote = {plan.target.spec}", f"mountpoint = {plan.target.mountpoint}"]
     links = [f"{link.name}={link.subpath}" for link in plan.links]
-    if links:
-        lines.append(f"link = {links[0]}")
-        lines += [f"       {text}" for text in links[1:]]
+    for key, values in (("link", links), ("warm", plan.warm), ("warm-async", plan.warm_async)):
+        if values:
+            lines.append(f"{key} = {values[0]}")
+            lines += [" " * len(f"{key} = ") + text for text in values[1:]]
     lines += [f"workdir = {plan.workdir}", f"command = {shlex.join(plan.command)}"]
     lines += options.section_lines(options.from_args(args))
     for key, given in (("keep-mounted", args.keep_mounted), ("move-aside", args.move_aside)):
         if given:
             lines.append(f"{key} = true")
-    durations = (("probe-timeout", args.probe_timeout), ("watch-interval", args.watch_interval))
-    for key, text in durations:
+    if args.no_profile:
+        lines.append("profile = off")
+    texts = (
+        ("profile", args.profile),
+        ("profile-quiet", args.profile_quiet),
+        ("profile-max-size", args.profile_max_size),
+        ("probe-timeout", args.probe_timeout),
+        ("watch-interval", args.watch_interval),
+    )
+    for key, text in texts:
         if text is not None:
             lines.append(f"{key} = {text}")
     return lines

@@ -8,8 +8,11 @@ A run, step by step:
 1. check the mountpoint: healthy modelfs mount of this spec -> use it (and leave it mounted
    at the end); dead or hung -> kill its stuck daemon, `fusermount3 -u -z`, mount again; not
    mounted -> mount; anything else mounted there -> error, never a takeover.
-2. install the links (`links.install_link`).
-3. start the app in WORKDIR with our stdin/stdout/stderr; send READY=1 if under systemd.
+2. install the links (`links.install_link`); with `--warm GLOB`, fetch the files into the
+   mount's cache and wait (`warm`).
+3. ask the mount to fetch the app's start profile ahead of it and to record this start
+   (`replay`); start the app in WORKDIR with our stdin/stdout/stderr; send READY=1 if under
+   systemd; with `--warm-async GLOB`, warm beside it (stopped when the app exits).
 4. while it runs, a watchdog thread checks the mount every `watch_interval` and mounts it
    again (same options, so the same cache) when its daemon died; it also reads a sample
    through the mount and reports reads that fail while the mount answers (see `keeper`).
@@ -44,6 +47,8 @@ from modelfs.host.notify import child_environment, notify
 from modelfs.run.keeper import MountKeeper, Watchdog, pull_files
 from modelfs.run.links import install_link
 from modelfs.run.plan import RunPlan
+from modelfs.run.replay import ask_replay
+from modelfs.run.warm import WarmBeside, warm_now
 
 log = logging.getLogger("modelfs.run")
 
@@ -190,9 +195,20 @@ def execute(plan: RunPlan, before_app: Callable[[], None] | None = None) -> int:
                 if result.backup:
                     log.warning("moved %s aside to %s", result.path, result.backup)
             forwarder.raise_if_received()
+            if plan.warm:
+                warm_now(plan.config, plan.root, plan.warm)
+                forwarder.raise_if_received()
             if before_app is not None:
                 before_app()
-            code = supervise_app(plan, forwarder, keeper)
+            ask_replay(plan)
+            beside = (
+                WarmBeside(plan.config, plan.root, plan.warm_async) if plan.warm_async else None
+            )
+            try:
+                code = supervise_app(plan, forwarder, keeper)
+            finally:
+                if beside is not None:
+                    beside.stop()
         except Interrupted as exc:
             log.warning("%s before the app started", exc)
             code = 128 + exc.signum

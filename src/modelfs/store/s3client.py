@@ -10,7 +10,9 @@ Client settings, and why:
   its pool (the lean lane's has one, see `http`); urllib3 checks that a pooled connection is
   still open before it reuses it, and a request on one dropped silently is retried;
 - no per-request checksums: they cost CPU on every byte and break on S3-compatible servers that
-  do not know them; a ranged GET carries If-Match, so the bytes are of the version asked for.
+  do not know them; a ranged GET carries If-Match, so the bytes are of the version asked for;
+- but every PutObject and UploadPart carries Content-MD5 (`_add_content_md5`), which every S3
+  server checks, so a body that did not arrive whole is refused, not kept (see `etag`).
 
 TLS trust (`trusted_ca_bundle`): both lanes must trust the same CAs, or the lean lane's
 handshakes fail where botocore's succeed and every request pays a failed handshake before
@@ -48,6 +50,7 @@ from botocore.httpsession import get_cert_path
 from modelfs.config.keys import KeyFile
 from modelfs.config.remote import RemoteConfig
 from modelfs.errors import ConfigError
+from modelfs.store import etag
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -95,12 +98,22 @@ class S3Session:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        return self.boto3.client(
+        client = self.boto3.client(
             "s3",
             endpoint_url=self._config.endpoint or None,
             config=config,
             verify=self.ca_bundle,
         )
+        for operation in ("PutObject", "UploadPart"):
+            client.meta.events.register(f"before-parameter-build.s3.{operation}", _add_content_md5)
+        return client
+
+
+def _add_content_md5(params: dict[str, Any], **_: Any) -> None:
+    """Send the MD5 of an upload's body along (Content-MD5) unless the caller gave one."""
+    body = params.get("Body")
+    if isinstance(body, bytes | bytearray | memoryview) and "ContentMD5" not in params:
+        params["ContentMD5"] = etag.content_md5(body)
 
 
 class ConfigFileCredentials(Credentials):

@@ -83,6 +83,8 @@ ERROR_FOR_CODE: dict[str, type[ModelfsError]] = {
     "Throttling": StoreUnavailable,
     "ThrottlingException": StoreUnavailable,
     "RequestTimeout": StoreUnavailable,
+    "BadDigest": StoreUnavailable,  # the body arrived damaged or short: send it again
+    "IncompleteBody": StoreUnavailable,
     "InternalError": StoreUnavailable,
     "ServiceUnavailable": StoreUnavailable,
     "429": StoreUnavailable,

@@ -18,11 +18,10 @@ the upload of the last change has completed. At startup every row is pending wor
     meta(name TEXT PRIMARY KEY, value TEXT)   -- 'identity': the bucket this root belongs to;
                                               -- 'boot': the boot its rows were last checked in
 
-The identity is the one of the cache root the journal lives in, `ENDPOINT|BUCKET` (a mount
-passes it): mounts of different prefixes of one bucket share the root, the journal, and so
-each other's pending files (keys are full bucket keys). A journal of another bucket is
-refused. Journals written before held `REMOTE:BUCKET[/PREFIX]`; one of the same bucket is
-taken over (its identity rewritten), since its root was already chosen by endpoint and bucket.
+The identity is the cache root's, `ENDPOINT|BUCKET` (a mount passes it): a mount of another
+prefix of the bucket may take over a journal (keys are full bucket keys). A journal of another
+bucket is refused. Journals written before held `REMOTE:BUCKET[/PREFIX]`; one of the same
+bucket is taken over (its identity rewritten).
 
 Why SQLite and not an append-only log file: a row changes in place (rename, new base ETag,
 upload id), and SQLite gives atomic multi-row transactions (rename over a dirty key deletes one

@@ -1,7 +1,8 @@
 """The staging area: one local file per file being written, holding its full content.
 
-On-disk layout under the write-back root (one root per remote, chosen by the caller), every
-directory 0700 and every file 0600 (`host.private`):
+On-disk layout under the write-back root (one root per mount, chosen by the caller; an
+earlier version kept one per remote, which `take_over` moves to a mount's), every directory
+0700 and every file 0600 (`host.private`):
 
     ROOT/
     ├── lock                      flock()ed by the live WriteBack; freed by the kernel on kill -9
@@ -33,7 +34,7 @@ from typing import NoReturn
 
 import trio
 
-from modelfs.errors import NoSpace, StaleObject
+from modelfs.errors import MountError, NoSpace, StaleObject
 from modelfs.host import private
 from modelfs.host.locks import hold_lock
 from modelfs.objects import ObjectInfo
@@ -109,6 +110,25 @@ def fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def take_over(old: Path, root: Path) -> bool:
+    """Move the write-back root `old` (where an earlier version kept one per cache root) to
+    `root`, whole, with one rename, if `root` does not exist yet and no process holds `old`'s
+    lock: its pending files then are this root's to upload. True if it was moved."""
+    if root.exists() or not old.is_dir():
+        return False
+    try:
+        fd = hold_lock(old, "write-back root")
+    except (MountError, OSError):  # in use by an older modelfs, or taken over just now
+        return False
+    try:
+        os.rename(old, root)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def write_at(fd: int, offset: int, data: bytes) -> int:
