@@ -21,9 +21,10 @@ Model, per accepted connection (client = mounter, server = S3):
   also stops while the destination socket's own buffer is full.
 * An uplink shared by every connection (`--total-rate`, the fleet simulation's): responses of
   all connections also queue, in arrival order, on one FIFO `Link` of that rate. The window of
-  each connection is then its share of `_LINK_BUDGET` (at least `_MIN_SHARE`), so the link
-  holds a few bandwidth-delay products in all and a new connection's first bytes do not wait
-  behind seconds of the others'. Every decision to read again is a connection's own, taken
+  each connection is then its share of the link's budget (`_LINK_BUDGET`, or `_LINK_QUEUE_S`
+  of a slower link's rate; at least `_MIN_SHARE`), so the link holds a few bandwidth-delay
+  products in all and a new connection's first bytes do not wait behind seconds of the
+  others'. Every decision to read again is a connection's own, taken
   when it delivers (a paused connection always has bytes queued, so it always gets there).
 * Not modelled: slow start, loss, and fairness between connections beyond arrival order.
 * Counted (`--stats FILE`, JSON rewritten every `_STATS_INTERVAL_S` and at exit): the bytes
@@ -62,8 +63,11 @@ _CONNECT_TIMEOUT_S = 10.0
 _EOF = "eof"
 _CLOSE = "close"
 # The shared uplink's queue, all connections together: a few bandwidth-delay products of a
-# 200 Mbit/s, 40 ms path (1 MB), split evenly between the connections that share it.
+# 200 Mbit/s, 40 ms path (1 MB), split evenly between the connections that share it. A slower
+# uplink queues as many seconds, not as many bytes (`_LINK_QUEUE_S` of its rate): 4 MiB on a
+# 5 Mbit/s link would be 6.7 s, and a HEAD behind a bulk transfer would wait that long.
 _LINK_BUDGET = 4 * 1024 * 1024
+_LINK_QUEUE_S = 0.17
 _MIN_SHARE = 64 * 1024
 _STATS_INTERVAL_S = 0.5
 
@@ -73,6 +77,8 @@ class Link:
 
     def __init__(self, rate: float | None) -> None:
         self.rate = rate
+        # The bytes its lines may hold in all (see `_LINK_QUEUE_S`).
+        self.budget = min(_LINK_BUDGET, int(rate * _LINK_QUEUE_S)) if rate else _LINK_BUDGET
         self.busy_until = 0.0
         self.queued = 0
         self.down = 0  # bytes the servers sent
@@ -83,7 +89,7 @@ class Link:
 
     def share(self) -> int:
         """The window of one of its lines."""
-        return max(_MIN_SHARE, min(_HIGH_WATER, _LINK_BUDGET // max(1, len(self.lines))))
+        return max(_MIN_SHARE, min(_HIGH_WATER, self.budget // max(1, len(self.lines))))
 
     def reserve(self, now: float, size: int) -> float:
         """When `size` bytes pushed now leave the link."""
