@@ -30,6 +30,11 @@ class Phase:
     def cold_starts(self) -> list[float]:
         return sorted(r["cold_start_s"] for r in self.results if "cold_start_s" in r)
 
+    def mount_times(self) -> list[float]:
+        """Seconds to `modelfs mount` (part of the cold start): what 2 CPU cores shared by N
+        mounts starting at once add to it, where a real fleet's nodes each have their own."""
+        return sorted(r["mount_s"] for r in self.results if "mount_s" in r)
+
     def exact(self) -> int:
         return sum(1 for r in self.results if r.get("exact"))
 
@@ -91,7 +96,7 @@ def table(phases: list[Phase], args: argparse.Namespace, load: float) -> str:
     ]
     rows = [
         ("phase", "nodes", "origin egress", "x model", "cold start p50/p95/max (s)",
-         "from site/origin (MiB)", "byte-exact"),
+         "of it mount p50/p95", "from site/origin (MiB)", "byte-exact"),
     ]  # fmt: skip
     for phase in phases:
         starts = phase.cold_starts()
@@ -102,6 +107,7 @@ def table(phases: list[Phase], args: argparse.Namespace, load: float) -> str:
                 f"{phase.egress / 2**20:.1f} MiB",
                 f"{phase.egress_ratio():.2f}",
                 "/".join(f"{percentile(starts, q):.1f}" for q in (0.5, 0.95, 1.0)),
+                "/".join(f"{percentile(phase.mount_times(), q):.1f}" for q in (0.5, 0.95)),
                 f"{phase.from_source('site') >> 20}/{phase.from_source('origin') >> 20}",
                 f"{phase.exact()}/{phase.nodes}",
             )
