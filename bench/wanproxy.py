@@ -22,10 +22,10 @@ Model, per accepted connection (client = mounter, server = S3):
 * An uplink shared by every connection (`--total-rate`, the fleet simulation's): responses of
   all connections also queue, in arrival order, on one FIFO `Link` of that rate. The window of
   each connection is then its share of the link's budget (`_LINK_BUDGET`, or `_LINK_QUEUE_S`
-  of a slower link's rate; at least `_MIN_SHARE`), so the link holds a few bandwidth-delay
-  products in all and a new connection's first bytes do not wait behind seconds of the
-  others'. Every decision to read again is a connection's own, taken
-  when it delivers (a paused connection always has bytes queued, so it always gets there).
+  of a slower link's rate; at least `_MIN_SHARE`, less on a slower link), so the link holds a
+  few bandwidth-delay products in all and a new connection's first bytes do not wait behind
+  seconds of the others'. Every decision to read again is a connection's own, taken when it
+  delivers (a paused connection always has bytes queued, so it always gets there).
 * Not modelled: slow start, loss, and fairness between connections beyond arrival order.
 * Counted (`--stats FILE`, JSON rewritten every `_STATS_INTERVAL_S` and at exit): the bytes
   servers sent (`down`, the origin's egress), those of them dropped undelivered because their
@@ -69,6 +69,7 @@ _CLOSE = "close"
 _LINK_BUDGET = 4 * 1024 * 1024
 _LINK_QUEUE_S = 0.17
 _MIN_SHARE = 64 * 1024
+_MIN_WINDOW = 8 * 1024
 _STATS_INTERVAL_S = 0.5
 
 
@@ -79,6 +80,9 @@ class Link:
         self.rate = rate
         # The bytes its lines may hold in all (see `_LINK_QUEUE_S`).
         self.budget = min(_LINK_BUDGET, int(rate * _LINK_QUEUE_S)) if rate else _LINK_BUDGET
+        # A line's least window: a slower link's is smaller too, so that tens of lines (a
+        # site's parallel fetch, many nodes) still queue well under a second in all.
+        self.least = max(_MIN_WINDOW, min(_MIN_SHARE, self.budget // 8))
         self.busy_until = 0.0
         self.queued = 0
         self.down = 0  # bytes the servers sent
@@ -89,7 +93,7 @@ class Link:
 
     def share(self) -> int:
         """The window of one of its lines."""
-        return max(_MIN_SHARE, min(_HIGH_WATER, self.budget // max(1, len(self.lines))))
+        return max(self.least, min(_HIGH_WATER, self.budget // max(1, len(self.lines))))
 
     def reserve(self, now: float, size: int) -> float:
         """When `size` bytes pushed now leave the link."""
