@@ -142,6 +142,12 @@ class DelayLine:
         self._source, self._sink = source, sink
         self._reschedule()
 
+    def read_size(self) -> int:
+        """How much to read from the source at once: no more than its window (a slow shared
+        link's is a few KiB), so a read of 256 KiB does not queue many windows at once."""
+        high = _HIGH_WATER if self._link is None else self._link.share()
+        return min(_SLICE_BYTES, high)
+
     def push(self, data: bytes) -> None:
         for start in range(0, len(data), _SLICE_BYTES):
             self._enqueue(data[start : start + _SLICE_BYTES])
@@ -231,18 +237,26 @@ class DelayLine:
             self._source_paused = False
 
 
-class _Side(asyncio.Protocol):
-    """One socket of a proxied pair: what it reads goes into `outbound`; when its own write
-    buffer fills it blocks `inbound` (the line that writes into it)."""
+class _Side(asyncio.BufferedProtocol):
+    """One socket of a proxied pair: what it reads (at most `outbound.read_size()` at a time)
+    goes into `outbound`; when its own write buffer fills it blocks `inbound` (the line that
+    writes into it)."""
 
     def __init__(self, outbound: DelayLine, inbound: DelayLine) -> None:
         self.outbound = outbound
         self.inbound = inbound
         self.transport: asyncio.Transport | None = None
+        self._buffer = memoryview(bytearray(_SLICE_BYTES))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer[: self.outbound.read_size()]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         self.outbound.push(data)
