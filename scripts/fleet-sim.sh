@@ -5,6 +5,8 @@
 #
 #   sudo scripts/fleet-sim.sh                      # 16 nodes, 1 GiB model (about 13 minutes)
 #   sudo NODES=4 MODEL_MB=64 scripts/fleet-sim.sh  # the CI size (1 to 3 minutes)
+#   sudo MODEL_MB=64 UPLINK_MBIT=5 scripts/fleet-sim.sh  # docs/fleet.md's figures: the network,
+#       not two CPU cores, bounds a node's cold start (about 22 minutes)
 #
 # Environment: NODES (16), MODEL_MB (1024), RTT_MS (40), UPLINK_MBIT (200, shared by all),
 # BASELINE (auto: also N nodes from the origin alone when that takes under ~3 minutes; on; off),
