@@ -41,7 +41,7 @@ from typing import Any
 import xxhash
 from baselines import S3Target
 from fleetnet import FleetNet
-from fleetreport import Phase, as_json, table
+from fleetreport import Phase, as_json, nodes_text, table
 from netns import ns_exec
 from seaweed_support import find_weed, seaweed
 from sysutil import Cleanup, die_with_parent, log, safe_rmtree, stop_popen, wait_until
@@ -51,7 +51,12 @@ BUCKET, PREFIX = "models", "llama/"
 FILES = ("config.json", "model.safetensors")  # read in this order; the model last
 _SHAPED = 8333  # the origin's proxy: what the nodes and the site reach the origin at
 _PART = 64 << 20
-_NODE_OPTIONS = ("--read-only", "--max-memory", "128M", "--cache-max-size", "256M")
+# Four GETs at a time per node (modelfs's default is 16): 16 nodes x 16 GETs on two CPU cores
+# keep the site's own reads past SeaweedFS's 2 s first-byte deadline, after which it serves
+# them from the origin instead (docs/fleet.md: size a site's CPU and disks for its nodes).
+_NODE_OPTIONS = (
+    "--read-only", "--max-memory", "128M", "--cache-max-size", "256M", "--transfers", "4",
+)  # fmt: skip
 _BENCH = Path(__file__).resolve().parent
 
 
@@ -231,6 +236,8 @@ class Fleet:
         for _, directory in nodes:
             result = directory / "result.json"
             phase.results.append(json.loads(result.read_text()) if result.exists() else {})
+        if phase.site:
+            self._log_site_errors()
         for number, answer in enumerate(phase.results, 1):
             if not answer.get("exact"):
                 log(f"  node {number}: {answer.get('error') or 'no result'}")
@@ -278,6 +285,14 @@ class Fleet:
         path.chmod(0o600)
         return path
 
+    def _log_site_errors(self) -> None:
+        """The site's error lines (a fetch that failed and was made again costs egress)."""
+        log_path = self.work / f"site{self.sites}" / "weed.log"
+        lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+        errors = [line for line in lines if line.startswith("E")]
+        if errors:
+            log(f"  site: {len(errors)} error lines, the first: {errors[0][:300]}")
+
     def _site_sent(self) -> float:
         """Bytes the site has sent to the nodes (its S3 metrics; 0 while it does not answer)."""
         url = f"http://{self.net.ip(self.net.site)}:{self.ports['site'].metrics}/metrics"
@@ -322,13 +337,14 @@ def _remote(name: str, endpoint: str) -> str:
 
 def plan(args: argparse.Namespace) -> list[Phase]:
     """The phases to run (see the module docstring)."""
-    phases = [Phase("1 node, site", 1)]
+    phases = [Phase(f"{nodes_text(1)}, site", 1)]
     if args.nodes > 1:
         phases.append(Phase(f"{args.nodes} nodes, site", args.nodes))
-    phases.append(Phase(f"{args.nodes} nodes, site killed halfway", args.nodes, kill_site=True))
+    many = nodes_text(args.nodes)
+    phases.append(Phase(f"{many}, site killed halfway", args.nodes, kill_site=True))
     baseline_s = args.nodes * (args.model_mb << 20) / (args.uplink_mbit * 1e6 / 8)
     if args.baseline == "on" or (args.baseline == "auto" and baseline_s < 180):
-        phases.append(Phase(f"{args.nodes} nodes, origin only", args.nodes, site=False))
+        phases.append(Phase(f"{many}, origin only", args.nodes, site=False))
     return phases
 
 
@@ -352,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("fleet: needs root (network namespaces, FUSE)", file=sys.stderr)
         return 2
+    args.node_options = " ".join(_NODE_OPTIONS)  # for the table
     load = os.getloadavg()[0]
     cleanup = Cleanup()
     cleanup.install()

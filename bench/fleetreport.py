@@ -30,6 +30,11 @@ class Phase:
     def cold_starts(self) -> list[float]:
         return sorted(r["cold_start_s"] for r in self.results if "cold_start_s" in r)
 
+    def mount_times(self) -> list[float]:
+        """Seconds to `modelfs mount` (part of the cold start): what 2 CPU cores shared by N
+        mounts starting at once add to it, where a real fleet's nodes each have their own."""
+        return sorted(r["mount_s"] for r in self.results if "mount_s" in r)
+
     def exact(self) -> int:
         return sum(1 for r in self.results if r.get("exact"))
 
@@ -46,6 +51,11 @@ class Phase:
         return total
 
 
+def nodes_text(count: int) -> str:
+    """'1 node', '16 nodes': how phase names start."""
+    return f"{count} node" + ("" if count == 1 else "s")
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """Nearest rank (the p95 of 16 values is the 16th, of 4 the 4th)."""
     if not values:
@@ -58,7 +68,7 @@ def targets(phases: list[Phase], nodes: int) -> list[tuple[str, bool, str]]:
     """(target, met, measured) for each of the issue's targets these phases measure."""
     by_name = {phase.name: phase for phase in phases}
     one, many = by_name.get("1 node, site"), by_name.get(f"{nodes} nodes, site")
-    killed = by_name.get(f"{nodes} nodes, site killed halfway")
+    killed = by_name.get(f"{nodes_text(nodes)}, site killed halfway")
     found: list[tuple[str, bool, str]] = []
     if many is not None:
         ratio = many.egress_ratio()
@@ -80,12 +90,13 @@ def table(phases: list[Phase], args: argparse.Namespace, load: float) -> str:
     lines = [
         f"fleet simulation: {args.nodes} nodes, model {args.model_mb} MiB (+ config, manifest), "
         f"origin uplink {args.uplink_mbit:g} Mbit/s shared by all, RTT {args.rtt_ms:g} ms, "
-        f"{os.cpu_count()} CPUs, load average {load:.1f} at the start",
+        f"{os.cpu_count()} CPUs, load average {load:.1f} at the start; each node: modelfs mount "
+        f"{args.node_options}",
         "",
     ]
     rows = [
         ("phase", "nodes", "origin egress", "x model", "cold start p50/p95/max (s)",
-         "from site/origin (MiB)", "byte-exact"),
+         "of it mount p50/p95", "from site/origin (MiB)", "byte-exact"),
     ]  # fmt: skip
     for phase in phases:
         starts = phase.cold_starts()
@@ -96,6 +107,7 @@ def table(phases: list[Phase], args: argparse.Namespace, load: float) -> str:
                 f"{phase.egress / 2**20:.1f} MiB",
                 f"{phase.egress_ratio():.2f}",
                 "/".join(f"{percentile(starts, q):.1f}" for q in (0.5, 0.95, 1.0)),
+                "/".join(f"{percentile(phase.mount_times(), q):.1f}" for q in (0.5, 0.95)),
                 f"{phase.from_source('site') >> 20}/{phase.from_source('origin') >> 20}",
                 f"{phase.exact()}/{phase.nodes}",
             )

@@ -17,11 +17,15 @@ Model, per accepted connection (client = mounter, server = S3):
 * Connection setup costs one RTT, as a TCP handshake would: the first request bytes are not
   delivered before `accept + 2 * delay + delay`.
 * Flow control stands in for the TCP window: a direction holds at most `_HIGH_WATER` bytes in
-  flight; above that it stops reading from its source until it drains below `_LOW_WATER`, and it
+  flight; above that it stops reading from its source until it drains below half of it, and it
   also stops while the destination socket's own buffer is full.
 * An uplink shared by every connection (`--total-rate`, the fleet simulation's): responses of
-  all connections also queue, in arrival order, on one FIFO `Link` of that rate, and while it
-  holds more than `_LINK_HIGH_WATER` bytes no connection reads more from its server.
+  all connections also queue, in arrival order, on one FIFO `Link` of that rate. The window of
+  each connection is then its share of the link's budget (`_LINK_BUDGET`, or `_LINK_QUEUE_S`
+  of a slower link's rate; at least `_MIN_SHARE`, less on a slower link), so the link holds a
+  few bandwidth-delay products in all and a new connection's first bytes do not wait behind
+  seconds of the others'. Every decision to read again is a connection's own, taken when it
+  delivers (a paused connection always has bytes queued, so it always gets there).
 * Not modelled: slow start, loss, and fairness between connections beyond arrival order.
 * Counted (`--stats FILE`, JSON rewritten every `_STATS_INTERVAL_S` and at exit): the bytes
   servers sent (`down`, the origin's egress), those of them dropped undelivered because their
@@ -54,16 +58,18 @@ _SLICE_BYTES = 64 * 1024
 # bandwidth-delay product of the default profile (10 MB/s * 40 ms = 400 KB), as a TCP window
 # that has grown to fit the path would be.
 _HIGH_WATER = 1024 * 1024
-_LOW_WATER = 512 * 1024
 _CONNECT_TIMEOUT_S = 10.0
 # Queue markers: half-close (shutdown SHUT_WR) or close the sink, in order with the data.
 _EOF = "eof"
 _CLOSE = "close"
 # The shared uplink's queue, all connections together: a few bandwidth-delay products of a
-# 200 Mbit/s, 40 ms path (1 MB), so a new connection's first bytes do not wait behind seconds
-# of other connections' data, as they would behind per-connection windows.
-_LINK_HIGH_WATER = 4 * 1024 * 1024
-_LINK_LOW_WATER = 2 * 1024 * 1024
+# 200 Mbit/s, 40 ms path (1 MB), split evenly between the connections that share it. A slower
+# uplink queues as many seconds, not as many bytes (`_LINK_QUEUE_S` of its rate): 4 MiB on a
+# 5 Mbit/s link would be 6.7 s, and a HEAD behind a bulk transfer would wait that long.
+_LINK_BUDGET = 4 * 1024 * 1024
+_LINK_QUEUE_S = 0.17
+_MIN_SHARE = 64 * 1024
+_MIN_WINDOW = 8 * 1024
 _STATS_INTERVAL_S = 0.5
 
 
@@ -72,13 +78,22 @@ class Link:
 
     def __init__(self, rate: float | None) -> None:
         self.rate = rate
+        # The bytes its lines may hold in all (see `_LINK_QUEUE_S`).
+        self.budget = min(_LINK_BUDGET, int(rate * _LINK_QUEUE_S)) if rate else _LINK_BUDGET
+        # A line's least window: a slower link's is smaller too, so that tens of lines (a
+        # site's parallel fetch, many nodes) still queue well under a second in all.
+        self.least = max(_MIN_WINDOW, min(_MIN_SHARE, self.budget // 8))
         self.busy_until = 0.0
         self.queued = 0
         self.down = 0  # bytes the servers sent
         self.up = 0  # bytes the clients sent
         self.dropped = 0  # of `down`: never delivered, their client had gone
         self.connections = 0
-        self.waiting: set[DelayLine] = set()  # lines that stopped reading until it drains
+        self.lines: set[DelayLine] = set()  # the open lines that share it
+
+    def share(self) -> int:
+        """The window of one of its lines."""
+        return max(self.least, min(_HIGH_WATER, self.budget // max(1, len(self.lines))))
 
     def reserve(self, now: float, size: int) -> float:
         """When `size` bytes pushed now leave the link."""
@@ -86,11 +101,6 @@ class Link:
             self.busy_until = max(now, self.busy_until) + size / self.rate
             return self.busy_until
         return now
-
-    def drained(self) -> None:
-        if self.queued < _LINK_LOW_WATER:
-            for line in list(self.waiting):
-                line.update_flow()
 
     def stats(self) -> dict[str, int]:
         return {
@@ -116,6 +126,8 @@ class DelayLine:
         self._delay = delay
         self._rate = rate
         self._link = link  # responses only: the shared uplink
+        if link is not None:
+            link.lines.add(self)
         self._busy_until = not_before
         self._queue: collections.deque[tuple[float, bytes | str]] = collections.deque()
         self._queued_bytes = 0
@@ -129,6 +141,12 @@ class DelayLine:
     def attach(self, source: asyncio.Transport, sink: asyncio.Transport) -> None:
         self._source, self._sink = source, sink
         self._reschedule()
+
+    def read_size(self) -> int:
+        """How much to read from the source at once: no more than its window (a slow shared
+        link's is a few KiB), so a read of 256 KiB does not queue many windows at once."""
+        high = _HIGH_WATER if self._link is None else self._link.share()
+        return min(_SLICE_BYTES, high)
 
     def push(self, data: bytes) -> None:
         for start in range(0, len(data), _SLICE_BYTES):
@@ -154,8 +172,7 @@ class DelayLine:
         if self._link is not None:
             self._link.queued -= self._queued_bytes
             self._link.dropped += self._queued_bytes
-            self._link.waiting.discard(self)
-            self._link.drained()
+            self._link.lines.discard(self)
         self._queued_bytes = 0
         self._queue.clear()
 
@@ -204,48 +221,42 @@ class DelayLine:
             else:
                 self._sink.close()
         self._update_source_flow()
-        if self._link is not None:
-            self._link.drained()
         self._reschedule()
-
-    def update_flow(self) -> None:
-        self._update_source_flow()
 
     def _update_source_flow(self) -> None:
         if self._source is None or self._source.is_closing():
             return
-        link = self._link
-        link_full = link is not None and link.queued > _LINK_HIGH_WATER
-        link_open = link is None or link.queued < _LINK_LOW_WATER
-        should_pause = self._sink_blocked or self._queued_bytes > _HIGH_WATER or link_full
-        should_resume = not self._sink_blocked and self._queued_bytes < _LOW_WATER and link_open
+        high = _HIGH_WATER if self._link is None else self._link.share()
+        should_pause = self._sink_blocked or self._queued_bytes > high
+        should_resume = not self._sink_blocked and self._queued_bytes < high // 2
         if should_pause and not self._source_paused:
             self._source.pause_reading()
             self._source_paused = True
         elif should_resume and self._source_paused:
             self._source.resume_reading()
             self._source_paused = False
-        if link is not None:
-            # A paused line may wait for the link alone, with nothing of its own left to
-            # deliver (no timer of its own would wake it): the link's drain wakes every one.
-            if self._source_paused:
-                link.waiting.add(self)
-            else:
-                link.waiting.discard(self)
 
 
-class _Side(asyncio.Protocol):
-    """One socket of a proxied pair: what it reads goes into `outbound`; when its own write
-    buffer fills it blocks `inbound` (the line that writes into it)."""
+class _Side(asyncio.BufferedProtocol):
+    """One socket of a proxied pair: what it reads (at most `outbound.read_size()` at a time)
+    goes into `outbound`; when its own write buffer fills it blocks `inbound` (the line that
+    writes into it)."""
 
     def __init__(self, outbound: DelayLine, inbound: DelayLine) -> None:
         self.outbound = outbound
         self.inbound = inbound
         self.transport: asyncio.Transport | None = None
+        self._buffer = memoryview(bytearray(_SLICE_BYTES))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer[: self.outbound.read_size()]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._buffer[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         self.outbound.push(data)

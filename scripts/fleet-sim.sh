@@ -3,8 +3,10 @@
 # (SeaweedFS with the origin's bucket remote-mounted), on one machine: network namespaces, a
 # bridge, and our own shaping proxy in front of the origin (this kernel has no netem).
 #
-#   sudo scripts/fleet-sim.sh                      # 16 nodes, 1 GiB model (about 10 minutes)
-#   sudo NODES=4 MODEL_MB=64 scripts/fleet-sim.sh  # the CI size (about 1 minute)
+#   sudo scripts/fleet-sim.sh                      # 16 nodes, 1 GiB model (about 13 minutes)
+#   sudo NODES=4 MODEL_MB=64 scripts/fleet-sim.sh  # the CI size (1 to 3 minutes)
+#   sudo MODEL_MB=64 UPLINK_MBIT=5 scripts/fleet-sim.sh  # docs/fleet.md's figures: the network,
+#       not two CPU cores, bounds a node's cold start (about 22 minutes)
 #
 # Environment: NODES (16), MODEL_MB (1024), RTT_MS (40), UPLINK_MBIT (200, shared by all),
 # BASELINE (auto: also N nodes from the origin alone when that takes under ~3 minutes; on; off),
