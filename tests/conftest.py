@@ -1,6 +1,7 @@
 """Fixtures shared by the whole suite.
 
-- `seaweed`  (session): one real SeaweedFS S3 server per test run, always killed at the end;
+- `seaweed`  (session): one real SeaweedFS S3 server per test run (per pytest-xdist worker),
+  always killed at the end;
 - `bucket`:    a fresh, empty bucket on it, named after the test;
 - `proxy`:     a FaultProxy in front of the server (counts requests, injects faults);
 - `make_config`: `make_config(tmp_path, endpoint, name="test", ...) -> Path` (rclone format);
@@ -11,12 +12,17 @@ Every S3Store a test makes is closed when the test ends (`_close_stores`): an un
 leaves sockets for the garbage collector, whose ResourceWarning (an error here) then fails
 whichever later test the collection happens to run in.
 
+Hooks: `DrillTable` prints the drills' table at the end (rows come in test reports, so from
+xdist workers too), and SIGINT is put back to Python's default when the suite inherited it
+ignored (a background job), for the tests that press Ctrl-C.
+
 The helpers themselves live in `tests/support` so scripts can use them without pytest.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -117,3 +123,8 @@ class DrillTable:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(DrillTable(config), "modelfs-drill-table")
+    # A suite started in the background by a non-interactive shell inherits SIGINT ignored, and
+    # every command a test starts would too (an ignored signal stays ignored across exec): the
+    # tests that press Ctrl-C need it as a terminal leaves it.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

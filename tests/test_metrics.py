@@ -296,4 +296,5 @@ def test_status_watch_live_on_a_terminal(mounted_with_a_file: MountEnv) -> None:
         assert watch.wait(timeout=30) == 0
     finally:
         watch.kill()
+        watch.wait()
         os.close(controller)

@@ -26,6 +26,7 @@ from modelfs.cache.blockfile import HEADER_SIZE, key_digest
 from support import SeaweedServer
 from support.drills import Drill
 from support.lanes import lane_of
+from support.marks import page_cache
 from support.mounting import drop_page_cache
 from support.proxy import Predicate, ProxyRequest
 from support.sharedmount import STORE_TIMEOUT, TTL, MiB, SharedMount, gets_of, payload, shared_mount
@@ -249,6 +250,7 @@ def damage_a_block_and_read_again(
     assert mount.mounted.status()["cache"]["corrupt"] == corrupt_before + 1
 
 
+@page_cache
 @pytest.mark.drill("corrupt block in the cache", limit=CACHED_READ_LIMIT)
 def test_a_corrupt_block(lean: SharedMount, drill: Drill) -> None:
     def flip_a_payload_byte(block: Path) -> None:
@@ -260,6 +262,7 @@ def test_a_corrupt_block(lean: SharedMount, drill: Drill) -> None:
     drill.finish()
 
 
+@page_cache
 @pytest.mark.drill("truncated block file in the cache", limit=CACHED_READ_LIMIT)
 def test_a_truncated_block_file(lean: SharedMount, drill: Drill) -> None:
     def cut_in_half(block: Path) -> None:
