@@ -282,14 +282,27 @@ def settled_reads(mounted: Mounted) -> int:
 
 @page_cache
 def test_keep_cache_serves_a_reopen_from_the_kernel(env: Env) -> None:
+    """A reopen of an unchanged file reaches modelfs only for pages the kernel no longer holds.
+
+    The kernel may reclaim idle pages by itself (a VM's proactive reclaim: DAMON's `pageout`
+    on this machine kind takes pages idle for about a second), so the pages missing just before
+    the reopen are counted; without keep_cache every open would drop all of them, and the
+    reopen would reach modelfs for the whole file."""
     data = os.urandom(8 * MiB)
     env.put("k.bin", data)
+    pages = len(data) // mmap.PAGESIZE
     with env.mount() as mounted:
         path = env.mountpoint / "k.bin"
+        for _ in range(3):  # until the kernel holds most of the file when it is reopened
+            assert read_file(path) == data
+            reads = settled_reads(mounted)
+            missing = pages - resident_pages(path)
+            if missing < pages // 2:
+                break
+        assert missing < pages // 2, f"the kernel kept {pages - missing} of {pages} pages"
         assert read_file(path) == data
-        reads = settled_reads(mounted)  # the kernel's async readahead of the first read, done
-        assert read_file(path) == data
-        assert mounted.status()["fs"]["reads"] == reads  # nothing reached modelfs
+        reached = mounted.status()["fs"]["reads"] - reads
+        assert reached <= missing  # nothing the kernel held reached modelfs
 
 
 @page_cache
