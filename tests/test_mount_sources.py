@@ -98,6 +98,23 @@ def fleet(
         yield Fleet(seaweed, proxy, bucket, seaweed, site_proxy, site_bucket, config, tmp_path)
 
 
+def node_with_a_manifest(
+    tmp_path: Path, proxy: FaultProxy, site: SeaweedServer, bucket: str
+) -> Path:
+    """A node's config (the site first, the origin through `proxy` second), and the manifest
+    of `llama/` created from the origin and uploaded there."""
+    config = write_config(
+        tmp_path,
+        {"origin": proxy.endpoint, "site": site.endpoint},
+        sources=f"site:{bucket}, origin:{bucket}",
+    )
+    created = run_cli(
+        "--config", config, "manifest", "create", f"origin:{bucket}/llama", "--upload"
+    )
+    assert created.returncode == 0, created.stderr
+    return config
+
+
 def status_sources(mounted: Mounted) -> dict[str, dict[str, int]]:
     sources = mounted.status()["sources"]
     assert sources is not None
@@ -281,15 +298,7 @@ def test_a_seaweedfs_site_serves_what_the_manifest_lists_and_fetches_it_once(
     model, later = random.Random(12).randbytes(12 * MiB), random.Random(13).randbytes(2 * MiB)
     origin = seaweed.client()
     origin.put_object(Bucket=bucket, Key="llama/model.bin", Body=model)
-    config = write_config(
-        tmp_path,
-        {"origin": proxy.endpoint, "site": site.endpoint},
-        sources=f"site:{bucket}, origin:{bucket}",
-    )
-    created = run_cli(
-        "--config", config, "manifest", "create", f"origin:{bucket}/llama", "--upload"
-    )
-    assert created.returncode == 0, created.stderr
+    config = node_with_a_manifest(tmp_path, proxy, site, bucket)
     origin.put_object(Bucket=bucket, Key="llama/later.bin", Body=later)  # not in the manifest
     proxy.clear_requests()  # `manifest create` read the model through it
     site.shell(*remote_mount_commands(uplink.endpoint, bucket, ACCESS_KEY, SECRET_KEY))
@@ -333,15 +342,7 @@ def test_nodes_wait_for_a_site_that_is_still_fetching_and_the_origin_sends_the_f
     site, uplink = site_cache
     model = random.Random(14).randbytes(24 * MiB)
     seaweed.client().put_object(Bucket=bucket, Key="llama/model.bin", Body=model)
-    config = write_config(
-        tmp_path,
-        {"origin": proxy.endpoint, "site": site.endpoint},
-        sources=f"site:{bucket}, origin:{bucket}",
-    )
-    created = run_cli(
-        "--config", config, "manifest", "create", f"origin:{bucket}/llama", "--upload"
-    )
-    assert created.returncode == 0, created.stderr
+    config = node_with_a_manifest(tmp_path, proxy, site, bucket)
     site.shell(*remote_mount_commands(uplink.endpoint, bucket, ACCESS_KEY, SECRET_KEY))
     uplink.throttle_next(384 << 10, times=None)  # each GET of the site's fetch: 384 KiB/s
     proxy.clear_requests()
