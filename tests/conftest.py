@@ -96,7 +96,6 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         yield disk
 
 
-
 class DrillTable:
     """Collects each drill's row (tests/drills/conftest.py), from this process or from an
     xdist worker, and prints them as one table at the end, also written to a file."""

@@ -29,6 +29,7 @@ from modelfs.cache.protocol import DataCache
 from modelfs.errors import ConfigError, MountError
 from modelfs.host import locks
 from modelfs.objects import ObjectId
+from support.marks import page_cache
 from support.pagecache import resident_pages
 
 BLOCK = 4096  # small blocks keep the tests fast; nothing depends on the size
@@ -721,6 +722,25 @@ def test_disk_filesystem_gets_o_direct_block_files(
     with DiskBlockCache(disk / "c", big, 1 << 30, clock=clock) as again:  # and across a restart
         assert again.get(A, 1) == payload(A, 1, 12345)
         assert again.statistics().corrupt == 0
+
+
+@page_cache
+def test_a_block_whose_file_keeps_its_page_cache_is_written_through_it(
+    tmp_path: Path, clock: FakeClock, mounts: list[Path]
+) -> None:
+    """`put(page_cache=True)` (memory to spare for the file): buffered even where O_DIRECT
+    works, so the next read of the block finds it in memory."""
+    disk = small_ext4(tmp_path, mounts, "16M")
+    big = 256 * 1024
+    with DiskBlockCache(disk / "c", big, 1 << 30, clock=clock) as cache:
+        cache.put(A, 0, payload(A, 0, big), page_cache=True)
+        cache.put(B, 0, payload(B, 0, big - 4096))
+        assert cache.direct_writes
+        kept, direct = sorted(block_files(cache.root), key=lambda p: -p.stat().st_size)
+        assert resident_pages(kept) > 0
+        assert resident_pages(direct) == 0
+        assert cache.get(A, 0) == payload(A, 0, big)
+        assert cache.get(B, 0) == payload(B, 0, big - 4096)
 
 
 def test_filesystem_refusing_o_direct_switches_the_cache_to_buffered_writes(

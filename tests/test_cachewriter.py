@@ -23,11 +23,11 @@ class GatedCache(MemoryDataCache):
         self.gate = threading.Event()
         self.fail = fail
 
-    def put(self, obj: ObjectId, index: int, data: bytes) -> None:
+    def put(self, obj: ObjectId, index: int, data: bytes, *, page_cache: bool = False) -> None:
         self.gate.wait()
         if self.fail:
             raise OSError(28, "No space left on device")
-        super().put(obj, index, data)
+        super().put(obj, index, data, page_cache=page_cache)
 
 
 def _submitter(writer: CacheWriter, first: int, count: int, done: list[int]) -> threading.Thread:

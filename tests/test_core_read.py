@@ -354,9 +354,9 @@ async def test_a_reader_takes_over_a_block_a_background_get_reaches_late() -> No
     puts: collections.Counter[int] = collections.Counter()
     real_put = cache.put
 
-    def counted_put(obj: ObjectId, index: int, block: bytes) -> None:
+    def counted_put(obj: ObjectId, index: int, block: bytes, *, page_cache: bool = False) -> None:
         puts[index] += 1
-        real_put(obj, index, block)
+        real_put(obj, index, block, page_cache=page_cache)
 
     cache.put = counted_put  # type: ignore[method-assign]
     fetcher = make_fetcher(store, cache, budget=MemoryBudget(32 * BLOCK))
@@ -1117,13 +1117,47 @@ async def test_drop_behind_auto_asks_the_memory_of_the_reader_at_each_step(
         for offset in range(0, 16 * BLOCK, BLOCK):
             assert await fs.read(fh, offset, BLOCK) == data[offset : offset + BLOCK]
         assert trimmer.calls == []
-        assert asked == [4242]  # the opener's memory, asked once per MEMORY_TTL
+        # The opener's memory, asked once per MEMORY_TTL (the mount's own, pid 0, decides how
+        # the fetched blocks are written: see the test after this one).
+        assert [pid for pid in asked if pid] == [4242]
         available[0] -= 1
         clock.now += MEMORY_TTL
         assert await fs.read(fh, 16 * BLOCK, BLOCK) == data[16 * BLOCK : 17 * BLOCK]
         await fs.flush(fh)
         assert trimmer.calls == [("big.bin", 0, 12 * BLOCK)]  # 4 blocks behind, from the start
-        assert asked == [4242, 4242]
+        assert [pid for pid in asked if pid] == [4242, 4242]
+        nursery.cancel_scope.cancel()
+
+
+async def test_blocks_go_through_the_page_cache_only_while_memory_is_plentiful_for_the_file(
+    store: MemoryStore,
+) -> None:
+    """The mount's own memory (pid 0) decides, by the page cache rule: 4x the file available,
+    and the blocks of its GETs are written to the cache through the page cache; less, and they
+    bypass it (O_DIRECT), so a model is not held twice in a small machine's RAM."""
+    files = {name: os.urandom(BLOCK * 8) for name in ("first.dat", "second.dat")}
+    for name, data in files.items():
+        store.put_bytes(name, data)
+    available, asked = [4 * BLOCK * 8], []
+
+    def memory(pid: int) -> int | None:
+        asked.append(pid)
+        return available[0]
+
+    clock, cache = FakeClock(), MemoryDataCache(BLOCK, 1 << 30)
+    async with trio.open_nursery() as nursery:
+        fs = await start_fs(
+            nursery, store, clock=clock, memory=memory, cache=cache, prefetch_small=False
+        )
+        for name, data in files.items():
+            fh = await open_path(fs, name)
+            assert await read_all(fs, fh, len(data)) == data
+            await fs.reads.fetcher.settle(store.head(name).id)
+            assert all(cache.contains(store.head(name).id, i) for i in range(8))
+            available[0] -= 1  # short from now on, for a file of this size
+            clock.now += MEMORY_TTL
+        assert cache.page_cache_puts == 8  # the first file's blocks; none of the second's
+        assert set(asked) == {0}
         nursery.cancel_scope.cancel()
 
 

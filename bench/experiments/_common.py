@@ -71,11 +71,12 @@ def fs_statistic(mountpoint: Path, name: str) -> int:
 @contextlib.contextmanager
 def serving(key: str, size: int) -> Iterator[tuple[SeaweedServer, Path, Path]]:
     """A SeaweedFS server holding a sample object (`sample_object`), a scratch directory in
-    /var/tmp and a remotes file for the server in it; all gone at exit."""
+    $SCRATCH (default /var/tmp; /dev/shm puts the block cache in memory) and a remotes file
+    for the server in it; all gone at exit."""
     server = SeaweedServer().start()
     try:
         sample_object(server, key, size)
-        with tempfile.TemporaryDirectory(dir="/var/tmp") as scratch:
+        with tempfile.TemporaryDirectory(dir=os.environ.get("SCRATCH", "/var/tmp")) as scratch:
             work = Path(scratch)
             yield server, work, write_remotes(work / "remotes.conf", server)
     finally:

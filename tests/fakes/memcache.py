@@ -15,6 +15,7 @@ class MemoryDataCache:
         self.block_size = block_size
         self.max_bytes = max_bytes
         self._blocks: OrderedDict[tuple[ObjectId, int], bytes] = OrderedDict()
+        self.page_cache_puts = 0  # puts told that memory is plentiful for their file
         self._bytes = 0
         self._hits = self._misses = self._evictions = 0
 
@@ -31,7 +32,8 @@ class MemoryDataCache:
         data = self.get(obj, index)
         return None if data is None else data[start : start + length]
 
-    def put(self, obj: ObjectId, index: int, data: bytes) -> None:
+    def put(self, obj: ObjectId, index: int, data: bytes, *, page_cache: bool = False) -> None:
+        self.page_cache_puts += page_cache
         old = self._blocks.pop((obj, index), None)
         if old is not None:
             self._bytes -= len(old)

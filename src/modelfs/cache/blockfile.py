@@ -158,11 +158,14 @@ class BlockWriter:
         self._local = threading.local()
         self.direct = hasattr(os, "O_DIRECT")
 
-    def write(self, path: str, header: bytes, payload: bytes, mtime: float) -> Stamp:
+    def write(
+        self, path: str, header: bytes, payload: bytes, mtime: float, *, page_cache: bool = False
+    ) -> Stamp:
         """Create `path` (which must not exist) holding header + payload, mtime set; return
-        the file's stamp."""
+        the file's stamp. `page_cache`: write through the page cache even where O_DIRECT
+        works (memory to spare: the block stays in memory for its next reader)."""
         fits = len(header) + len(payload) <= self._capacity
-        if self.direct and fits and len(payload) >= self._direct_min:
+        if self.direct and fits and len(payload) >= self._direct_min and not page_cache:
             try:
                 return self._write_file(path, header, payload, mtime, direct=True)
             except OSError as exc:

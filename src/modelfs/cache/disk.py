@@ -191,7 +191,7 @@ class DiskBlockCache:
         entry.verified = stamp
         return payload if start == 0 and length >= len(payload) else payload[start : start + length]
 
-    def put(self, obj: ObjectId, index: int, data: bytes) -> None:
+    def put(self, obj: ObjectId, index: int, data: bytes, *, page_cache: bool = False) -> None:
         name = block_name(obj, index)
         size = HEADER_SIZE + len(data)
         if size > self.max_bytes:
@@ -210,7 +210,7 @@ class DiskBlockCache:
                 if not self._evictor.make_room(usage, size):
                     return
         try:
-            tmp, stamp = self._tree.write_temp(name, data, now)
+            tmp, stamp = self._tree.write_temp(name, data, now, page_cache=page_cache)
         except OSError as exc:
             self._note_write_error(obj, index, exc)
             return

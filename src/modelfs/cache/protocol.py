@@ -36,8 +36,9 @@ class DataCache(Protocol):
     def get(self, obj: ObjectId, index: int) -> bytes | None:
         """The verified block, or None (a miss)."""
 
-    def put(self, obj: ObjectId, index: int, data: bytes) -> None:
-        """Store a block; never raises."""
+    def put(self, obj: ObjectId, index: int, data: bytes, *, page_cache: bool = False) -> None:
+        """Store a block; never raises. `page_cache`: memory is plentiful for the block's file,
+        write it where the next read finds it in memory (a hint)."""
 
     def get_range(self, obj: ObjectId, index: int, start: int, length: int) -> bytes | None:
         """Part of a verified block, or None (a miss)."""

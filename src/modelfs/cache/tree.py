@@ -127,12 +127,16 @@ class BlockTree:
         key_hex = name.key.hex()
         return f"{self.path}/{key_hex[:_FANOUT_HEX]}/{key_hex}-{name.etag.hex()}-{name.number}.blk"
 
-    def write_temp(self, name: BlockName, payload: bytes, mtime: float) -> tuple[str, Stamp]:
+    def write_temp(
+        self, name: BlockName, payload: bytes, mtime: float, *, page_cache: bool = False
+    ) -> tuple[str, Stamp]:
         """Write block `name` to a new temp file beside its place: (its path, its stamp; a
-        rename keeps inode, size and mtime). OSError, and no temp file left, if it cannot."""
+        rename keeps inode, size and mtime). OSError, and no temp file left, if it cannot.
+        `page_cache`: see `BlockWriter.write`."""
         tmp = self._temp_path(self.block_path(name))
+        header = encode_header(name, payload)
         try:
-            return tmp, self.writer.write(tmp, encode_header(name, payload), payload, mtime)
+            return tmp, self.writer.write(tmp, header, payload, mtime, page_cache=page_cache)
         except BaseException:
             if os.path.lexists(tmp):
                 unlink_quietly(tmp)

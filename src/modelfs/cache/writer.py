@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 WRITER_THREADS = 4
 BACKLOG_BLOCKS = 64  # 64 MiB of 1 MiB blocks: smooths bursts, bounds RAM on a slow disk
 
-_Job = tuple[ObjectId, int, bytes, Callable[[], None]]
+_Job = tuple[ObjectId, int, bytes, bool, Callable[[], None]]
 
 
 class CacheWriter:
@@ -52,10 +52,18 @@ class CacheWriter:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, obj: ObjectId, index: int, data: bytes, done: Callable[[], None]) -> None:
+    def submit(
+        self,
+        obj: ObjectId,
+        index: int,
+        data: bytes,
+        done: Callable[[], None],
+        *,
+        page_cache: bool = False,
+    ) -> None:
         """Queue a block, waiting while the backlog is full; `done` runs in a writer thread
-        once it is handled."""
-        self._jobs.put((obj, index, data, done))
+        once it is handled. `page_cache`: see `DataCache.put`."""
+        self._jobs.put((obj, index, data, page_cache, done))
 
     def close(self) -> None:
         """Finish the queued writes, then stop the threads."""
@@ -66,9 +74,9 @@ class CacheWriter:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
-            obj, index, data, done = job
+            obj, index, data, page_cache, done = job
             try:
-                self._cache.put(obj, index, data)
+                self._cache.put(obj, index, data, page_cache=page_cache)
             except Exception:
                 log.exception("cache write of %s block %d failed", obj.key, index)
             finally:

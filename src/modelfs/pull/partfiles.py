@@ -134,9 +134,10 @@ class PartFiles:
 
     # -- DataCache -------------------------------------------------------------------------
 
-    def put(self, obj: ObjectId, index: int, data: bytes) -> None:
+    def put(self, obj: ObjectId, index: int, data: bytes, *, page_cache: bool = False) -> None:
         """Write and record a block; never raises (a failed write stays unrecorded, and
-        `missing` reports it before the file could be finished)."""
+        `missing` reports it before the file could be finished). Part files are always
+        written through the page cache: `page_cache` changes nothing."""
         partial = self._entry(obj.key)
         try:
             _write_all(partial.fd, data, index * self.block_size)

@@ -19,9 +19,9 @@ Owns the in-flight table. Invariants:
 - a delivered block stays in the table, in RAM, until it is on disk and then until a reader
   has read past its end (`done_with`) or it is among the oldest once more than half the
   budget is held by such "clean" blocks, or a stream needs the budget. So a sequential reader
-  that prefetched ahead is served from memory: the cache writes go to disk with O_DIRECT and
-  never pass through the page cache (see `cache.blockfile`), and reading them back would cost a
-  disk read per block. Every block in the table holds its size in the `MemoryBudget`.
+  that prefetched ahead is served from memory even where memory is short and the cache writes
+  bypass the page cache (`page_cache_writes`, see `read.pagecache`). Every block in the table
+  holds its size in the `MemoryBudget`.
 
 All bytes are of exactly the version named by the `ObjectId` (the store sends If-Match), so a
 changed object surfaces as `StaleObject`, never as mixed bytes.
@@ -92,6 +92,9 @@ class BlockFetcher:
         budget.on_pressure = self._relieve_pressure
         self._nursery: trio.Nursery | None = None
         self._token: trio.lowlevel.TrioToken | None = None
+        # Whether the blocks of a version are written to the cache through the page cache
+        # (memory to spare for its file); the read policy sets it (`read.pagecache`).
+        self.page_cache_writes: Callable[[ObjectInfo], bool] = lambda info: False
         self._gets = self._blocks = self._bytes = self._shared = self._abandoned = 0
         self._stolen = 0
         self._errors: collections.Counter[str] = collections.Counter()
@@ -254,8 +257,9 @@ class BlockFetcher:
     ) -> None:
         error: BaseException = Abandoned()
         self._demand_first.started(ticket)
+        keep = self.page_cache_writes(info)
         try:
-            await trio.to_thread.run_sync(self._stream_run, info, ticket, limiter=limiter)
+            await trio.to_thread.run_sync(self._stream_run, info, ticket, keep, limiter=limiter)
         except Exception as exc:
             error = exc
             if not isinstance(exc, Abandoned):
@@ -268,8 +272,9 @@ class BlockFetcher:
             self._fail_unfinished(ticket, error)
             self._demand_first.demote(ticket)
 
-    def _stream_run(self, info: ObjectInfo, ticket: FetchTicket) -> None:
-        """Worker thread: one ranged GET, published block by block."""
+    def _stream_run(self, info: ObjectInfo, ticket: FetchTicket, page_cache: bool) -> None:
+        """Worker thread: one ranged GET, published block by block; its blocks go to the
+        cache through the page cache if `page_cache`."""
         if ticket.cancel.is_set():
             raise Abandoned()
         size = self.block_size
@@ -295,15 +300,13 @@ class BlockFetcher:
                     self._budget.release(size)  # taken over while it arrived
                 elif ours:
                     self._blocks += 1
-                    # Readers first: the block goes to its waiters now, to the disk in the
-                    # background. Its entry stays in the table (done) until it is on disk, so
-                    # a reader arriving in between does not start a second GET for it.
-                    # Fire and forget: the stream goes back to its socket without waiting for
-                    # the event loop, which runs these callbacks in order.
+                    # Readers first: to its waiters now (fire and forget: the loop runs these
+                    # in order), to the disk in the background. Its entry stays in the table
+                    # until it is on disk, so nobody starts a second GET for it meanwhile.
                     assert self._token is not None
                     self._token.run_sync_soon(self._publish, info.id, index, data)
                     written = self._written_callback(info.id, index)
-                    self._writer.submit(info.id, index, data, written)
+                    self._writer.submit(info.id, index, data, written, page_cache=page_cache)
                     self._demand_first.demote(ticket)  # its reader has its block
                 if ticket.cancel.is_set():
                     self._abandoned += 1

@@ -7,7 +7,12 @@ times: its own pages take one share, and the rest of the machine keeps three tim
 everything else; MemAvailable counts reclaimable page cache too, so a smaller margin would let
 one model push out the rest of a busy machine's cache. Where memory is plentiful the page cache
 is what makes a re-read (an app restart) or a random read fast: it never reaches the mount.
-Where it is short, filling it evicts everything else (see `dropbehind`).
+Where it is short, filling it evicts everything else (see `dropbehind`). The same rule decides
+how the file's fetched blocks are written to the block cache (`BlockFetcher.page_cache_writes`,
+set by the policy): through the page cache while the file keeps its pages, so the disk takes the
+writes later and merged instead of competing with the reads of a cold fetch (a local S3 server's
+among them), and a random reader's next hit is in memory; with O_DIRECT while memory is short,
+so a large model is not cached twice in RAM (see `cache.blockfile`).
 
 How (`PageCacheAdvisor`): `posix_fadvise` on a descriptor of the file in the mount.
 - `drop`: POSIX_FADV_DONTNEED drops the clean, unmapped pages of a range. It leaves pages a

@@ -13,8 +13,9 @@ back on release (`closed`); every decision about fetching lives here:
 - `modelfs warm` fetches files whole on request (`fetch_whole`), sharing a running fetch;
 - while a `recorder` is set (`modelfs run` recording an app's start, `daemon.replay`), every
   read that reaches a reader is noted in it (`read.profile`);
-- the kernel's page cache (see `pagecache`): while memory is plentiful for a model file, the
-  whole-object fetch also brings it into the page cache, part by part; while memory is short
+- the kernel's page cache (see `pagecache`): while memory is plentiful for a file, its blocks
+  are written to the cache through the page cache, and for a model file the whole-object
+  fetch also brings it into the page cache, part by part; while memory is short
   for a large file (`drop_behind_auto`), or always for files of `drop_behind_min` or more, the
   page cache behind its only reader is dropped (see `dropbehind`). The advisor's own opens get
   a reader with no readahead and no fetch of their own (`is_internal`, `open_internal`);
@@ -138,6 +139,7 @@ class ReadPolicy:
         )
         self._nursery: trio.Nursery | None = None
         self.recorder: Recorder | None = None  # the start being recorded, if any
+        fetcher.page_cache_writes = self._keeps_pages
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the fetcher and the background fetches until cancelled."""
@@ -310,10 +312,8 @@ class ReadPolicy:
     async def _fetch_in_order(self, infos: list[ObjectInfo]) -> None:
         for info in infos:
             self.fetcher.start_fetch(info, 0, 1, prefetch=True)
-            # Trio may start the tasks spawned in one scheduling batch in any order (it even
-            # reverses batches on purpose); one per batch keeps them queueing for the
-            # prefetch slots in listing order. When a batch of 200 ran reversed, the first
-            # file read in the directory waited for the whole burst.
+            # One task per scheduling batch (trio may start a batch's tasks in any order): they
+            # queue for the slots in listing order, the file read first not behind the rest.
             await trio.lowlevel.checkpoint()
 
     # -- the page cache: filled while memory is plentiful, dropped behind while short -----------
@@ -322,9 +322,7 @@ class ReadPolicy:
         """How a whole-object fetch of `info` fills the page cache, or None: not while memory
         is short, nor for a file that always drops behind its reader."""
         advisor = self.page_cache
-        if advisor is None or 0 < self.options.drop_behind_min <= info.size:
-            return None
-        if not pagecache.keeps_page_cache(self._memory_for(pid), info.size):
+        if advisor is None or not self._keeps_pages(info, pid):
             return None
 
         async def fill(start: int, end: int) -> None:
@@ -332,7 +330,7 @@ class ReadPolicy:
             # have run short, or its last reader closed it (what it read stays in the cache).
             if file.last_open_etag != info.etag or not self.readers_of(info.id):
                 return
-            if not pagecache.keeps_page_cache(self._memory_for(pid), info.size):
+            if not self._keeps_pages(info, pid):
                 return
             self._filling[info.id] = filling = trio.Event()
             try:
@@ -342,6 +340,12 @@ class ReadPolicy:
                 filling.set()
 
         return fill
+
+    def _keeps_pages(self, info: ObjectInfo, pid: int = 0) -> bool:
+        """Whether `info` keeps its page cache for process `pid` (0: the mount, writing its
+        blocks): not while memory is short (`pagecache`), nor if it always drops behind."""
+        fixed = 0 < self.options.drop_behind_min <= info.size
+        return not fixed and pagecache.keeps_page_cache(self._memory_for(pid), info.size)
 
     def _refill(self, reader: ObjectReader) -> None:
         """A random read reached the mount: the page cache lacks that page. If the version
