@@ -145,8 +145,13 @@ class BlockWriter:
     offset 0 rounded up to a whole page and then truncated to its real size. A filesystem
     that refuses O_DIRECT (EINVAL: tmpfs before Linux 6.6, some FUSE and network
     filesystems) switches this cache to buffered writes for good.
-    The block then is not in the page cache, which is what we want: the reader that caused
-    the fetch got it from memory, and a later reader's `advise` brings it in."""
+    The block then is not in the page cache, which is what we want while memory is short: the
+    reader that caused the fetch got it from memory, and a later reader's `advise` brings it
+    in. While memory is plentiful for the block's file the caller asks for a buffered write
+    instead (`page_cache`, decided by `read.pagecache`): the disk then takes the writes later,
+    merged, rather than during the cold fetch, where they competed with every other read of
+    the disk (a local S3 server's among them), and the file's next random read finds the block
+    in memory."""
 
     def __init__(self, block_size: int) -> None:
         self._capacity = _round_up(HEADER_SIZE + block_size, mmap.PAGESIZE)
