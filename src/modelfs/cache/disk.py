@@ -27,7 +27,9 @@ Invariants
 
 Index: each process keeps the blocks it knows, least recently used first (`cache.index`),
 built at startup from the tree's scan (by file mtime; the scan stats files, never opens them);
-a block another process stored joins it when first asked for (a stat). Recency is shared
+a block another process stored joins it when first asked for (a stat, only once the ledger
+counts block files this index has not seen: one mount alone never stats a missing block on the
+trio thread, where a cold directory lookup would stall every request). Recency is shared
 through file mtimes: a hit sets the file's mtime, at most once per block per `touch_interval`
 seconds. Eviction and its rescans: `cache.evict`. `diskcache` (SQLite) was rejected: a second
 source of truth to keep consistent with the files, and a transaction per hit on the hot read
@@ -203,7 +205,7 @@ class DiskBlockCache:
             if self._index.use(name, entry, now, self._touch_interval):
                 set_mtime(self._tree.block_path(name), now)
             return
-        if self._adopt(name) is not None:  # another process stored it
+        if self._find(name) is not None:  # another process stored it
             return
         if self._ledger.peek().bytes + size > self.max_bytes:
             with self._ledger.held() as usage:  # room first, for a disk the size of the cache
@@ -300,13 +302,9 @@ class DiskBlockCache:
 
     def evict_object(self, key: str) -> int:
         """Drop every version of `key` this process knows (it was deleted or replaced); returns
-        blocks dropped. Not counted as `evictions`.
-
-        A scan of the index: this runs once per deleted/replaced object, not per read, so a
-        second per-key index is not worth keeping in step. A put of the key still in flight,
-        or a version only another process knows, may stay; it is no longer asked for, so LRU
-        evicts it in time.
-        """
+        blocks dropped. Not counted as `evictions`. A scan of the index: this runs once per
+        deleted/replaced object, not per read. A put of the key still in flight, or a version
+        only another process knows, may stay; it is no longer asked for, so LRU evicts it."""
         digest = key_digest(key)
         return self._drop_where(lambda name: name.key == digest)
 
@@ -350,9 +348,11 @@ class DiskBlockCache:
     # -- helpers ------------------------------------------------------------------------------
 
     def _find(self, name: BlockName) -> Entry | None:
-        """The block's entry, looking on disk for it if this process has not seen it."""
+        """The block's entry; on disk only while others linked files unseen here."""
         entry = self._index.get(name)
-        return entry if entry is not None else self._adopt(name)
+        if entry is not None or self._ledger.peek().links == self._index.links_seen:
+            return entry
+        return self._adopt(name)
 
     def _adopt(self, name: BlockName) -> Entry | None:
         try:
