@@ -458,20 +458,29 @@ def test_without_drop_behind_a_read_file_stays_in_the_page_cache(env: Env) -> No
 @page_cache
 def test_drop_behind_auto_keeps_the_page_cache_with_memory_to_spare(env: Env) -> None:
     """The default (`auto`) on a machine with memory to spare: a file read once stays in the
-    page cache, and a second read is answered by the kernel without a single FUSE read."""
+    page cache, and a second read reaches the mount only for pages the kernel reclaimed by
+    itself meanwhile (DAMON's `pageout` on this machine kind takes pages idle for about a
+    second: see `test_keep_cache_serves_a_reopen_from_the_kernel`)."""
     data = random.Random(8).randbytes(128 * MiB)
     env.put("model.bin", data)
+    pages = len(data) // mmap.PAGESIZE
     with env.mount() as mounted:
         path = env.mountpoint / "model.bin"
         drop_page_cache()
         assert read_sequentially(path) == data
         assert resident_pages(path) >= mostly(len(data))
-        before = mounted.status()["fs"]
+        for _ in range(3):  # until the kernel holds most of the file at the re-read
+            before = mounted.status()["fs"]
+            missing = pages - resident_pages(path)
+            if missing < pages // 2:
+                break
+            assert read_sequentially(path) == data
+        assert missing < pages // 2, f"the kernel kept {pages - missing} of {pages} pages"
         assert before["dropped_behind"] == 0
         assert read_sequentially(path) == data  # the hot re-read
         after = mounted.status()["fs"]
-        # Nothing reached the mount but the few pages the kernel may have reclaimed since.
-        assert after["bytes_read"] - before["bytes_read"] < len(data) // 10
+        reached = after["bytes_read"] - before["bytes_read"]
+        assert reached <= missing * mmap.PAGESIZE + len(data) // 10, (reached, missing)
 
 
 @page_cache
