@@ -27,13 +27,12 @@ Invariants
 
 Index: each process keeps the blocks it knows, least recently used first (`cache.index`),
 built at startup from the tree's scan (by file mtime; the scan stats files, never opens them);
-a block another process stored joins it when first asked for (a stat, only once the ledger
-counts block files this index has not seen: one mount alone never stats a missing block on the
-trio thread, where a cold directory lookup would stall every request). Recency is shared
-through file mtimes: a hit sets the file's mtime, at most once per block per `touch_interval`
-seconds. Eviction and its rescans: `cache.evict`. `diskcache` (SQLite) was rejected: a second
-source of truth to keep consistent with the files, and a transaction per hit on the hot read
-path. All times come from the injected `clock`.
+a block another process stored joins it when first asked for (a stat, made only while the
+ledger counts block files unseen here: not per miss on the trio thread). Recency is shared
+through file mtimes: a hit sets a file's mtime, at most once per `touch_interval`. Eviction
+and its rescans: `cache.evict`. `diskcache` (SQLite) was rejected: a second source of truth to
+keep in step with the files, and a transaction per hit on the hot read path. All times come
+from the injected `clock`.
 
 Locks, in the order they are taken:
 1. the root's `lock` file, flock shared, held by each process for the cache's life (the first
@@ -205,9 +204,10 @@ class DiskBlockCache:
             if self._index.use(name, entry, now, self._touch_interval):
                 set_mtime(self._tree.block_path(name), now)
             return
-        if self._find(name) is not None:  # another process stored it
+        usage = self._ledger.peek()
+        if self._unseen(name, usage) is not None:  # another process stored it
             return
-        if self._ledger.peek().bytes + size > self.max_bytes:
+        if usage.bytes + size > self.max_bytes:
             with self._ledger.held() as usage:  # room first, for a disk the size of the cache
                 if not self._evictor.make_room(usage, size):
                     return
@@ -302,9 +302,8 @@ class DiskBlockCache:
 
     def evict_object(self, key: str) -> int:
         """Drop every version of `key` this process knows (it was deleted or replaced); returns
-        blocks dropped. Not counted as `evictions`. A scan of the index: this runs once per
-        deleted/replaced object, not per read. A put of the key still in flight, or a version
-        only another process knows, may stay; it is no longer asked for, so LRU evicts it."""
+        blocks dropped. Not counted as `evictions`. A scan of the index (once per object, not
+        per read). A put still in flight, or a version only others know, stays until LRU."""
         digest = key_digest(key)
         return self._drop_where(lambda name: name.key == digest)
 
@@ -348,11 +347,12 @@ class DiskBlockCache:
     # -- helpers ------------------------------------------------------------------------------
 
     def _find(self, name: BlockName) -> Entry | None:
-        """The block's entry; on disk only while others linked files unseen here."""
         entry = self._index.get(name)
-        if entry is not None or self._ledger.peek().links == self._index.links_seen:
-            return entry
-        return self._adopt(name)
+        return entry if entry is not None else self._unseen(name, self._ledger.peek())
+
+    def _unseen(self, name: BlockName, usage: Usage) -> Entry | None:
+        """A block another process stored; a stat only if `usage` counts files unseen here."""
+        return None if usage.links == self._index.links_seen else self._adopt(name)
 
     def _adopt(self, name: BlockName) -> Entry | None:
         try:
