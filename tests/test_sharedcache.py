@@ -89,6 +89,66 @@ def test_a_missing_block_costs_no_stat_until_another_cache_links_one(
     assert stats == []
 
 
+def counted_disk_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every path the block cache stats or tests for existence from now on."""
+    looked: list[str] = []
+    real_stat, real_lexists = os.stat, os.path.lexists
+
+    def counted_stat(path: str, *args: object, **kwargs: object) -> os.stat_result:
+        looked.append(str(path))
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    def counted_lexists(path: str) -> bool:
+        looked.append(str(path))
+        return real_lexists(path)
+
+    monkeypatch.setattr("modelfs.cache.disk.os.stat", counted_stat)
+    monkeypatch.setattr("modelfs.cache.disk.os.path.lexists", counted_lexists)
+    return looked
+
+
+def test_a_put_asks_the_disk_nothing_while_every_linked_file_is_known(
+    pair: tuple[DiskBlockCache, DiskBlockCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put looks for the block's file (did another process store it?) only while the ledger
+    counts files this cache has not seen: a failed lookup in a large directory cost a cold
+    small-file read about a sixth of its cache writers' CPU."""
+    first, second = pair
+    looked = counted_disk_lookups(monkeypatch)
+    for index in range(3):
+        first.put(A, index, payload(A, index))
+    assert looked == []
+    second.put(B, 0, payload(B, 0))
+    first.put(B, 0, payload(B, 0))  # found on disk and adopted: not stored twice
+    assert looked
+    assert len(block_files(first.root)) == 4
+    assert (first.statistics().blocks, first.statistics().bytes) == (4, 4 * FILE)
+    looked.clear()
+    first.put(C, 0, payload(C, 0))
+    assert looked == []
+
+
+def test_a_block_another_cache_stores_while_this_one_writes_it_is_adopted_not_counted_twice(
+    pair: tuple[DiskBlockCache, DiskBlockCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = pair
+    write_temp = first._tree.write_temp
+
+    def then_the_other_stores_it(*args: object, **kwargs: object) -> tuple[str, object]:
+        written = write_temp(*args, **kwargs)  # type: ignore[arg-type]
+        second.put(A, 0, payload(A, 0))
+        return written
+
+    monkeypatch.setattr(first._tree, "write_temp", then_the_other_stores_it)
+    first.put(A, 0, payload(A, 0))
+    assert len(block_files(first.root)) == 1
+    assert not list(first.root.rglob(".tmp-*"))  # its own copy, not needed, is gone
+    assert tree_bytes(first.root) == FILE
+    assert (first.statistics().blocks, first.statistics().bytes) == (1, FILE)
+    assert first.get(A, 0) == payload(A, 0)
+    assert first.statistics().hits == 1  # indexed: the adopted file, not a miss
+
+
 def test_the_size_bound_is_the_roots(pair: tuple[DiskBlockCache, DiskBlockCache]) -> None:
     first, second = pair
     for index in range(6):

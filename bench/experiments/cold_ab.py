@@ -14,6 +14,9 @@ whole-object fetch), WORKLOAD:
 - dd (default): `dd bs=1M` of the object; MB/s, CPU-s per GiB;
 - fio128 / fio4: `fio` random reads of 128 or 4 KiB for FIO_S seconds (5); MB/s or IOPS, CPU-s
   per GiB of the object;
+- whole: a read of the first 4 KiB (with a model suffix in KEY, that starts the whole-object
+  fetch), then a wait until every block is in the block cache; MB/s and CPU-s per GiB of the
+  fetch alone (modelfs variants only);
 - tree: `ls -lR` and a read of each of 2,000 small files under tree/; ms, CPU-s of the run;
 - ls: the `ls -lR` alone.
 Starts its own SeaweedFS. Run as root, with py-spy on the PATH (it names the threads).
@@ -42,6 +45,7 @@ TREE_FILES = 2000
 WORKLOAD = os.environ.get("WORKLOAD", "dd")
 FIO_S = int(os.environ.get("FIO_S", "5"))
 GIB = 1 << 30
+BLOCK = 1 << 20  # the block cache's block: one file each
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
@@ -77,6 +81,23 @@ def fio(path: Path) -> float:
     done = subprocess.run([*command, "--output-format=json"], capture_output=True, check=True)
     read = json.loads(done.stdout[done.stdout.index(b"{") :])["jobs"][0]["read"]
     return float(read["iops"] if block == "4" else read["bw_bytes"] / 1e6)
+
+
+def whole_fetch(mountpoint: Path, path: Path) -> None:
+    """Read 4 KiB at 0 of `path`, then wait until the block cache beside the mount (as
+    `mounted` lays it out) holds every block of it."""
+    blocks = -(-SIZE // BLOCK)
+    cache = mountpoint.parent / "cache"
+    deadline = time.monotonic() + 600
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.pread(fd, 4096, 0)
+        while sum(len(files) for top, _, files in os.walk(cache) if "blocks" in top) < blocks:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the whole-object fetch of {path} did not end")
+            time.sleep(0.02)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -138,6 +159,8 @@ def one_read(mountpoint: Path, server_pid: int) -> dict[str, float]:
                 with open(os.path.join(directory, name), "rb", buffering=0) as file:
                     while file.read(1 << 20):
                         pass
+    elif WORKLOAD == "whole":
+        whole_fetch(mountpoint, path)
     else:
         dd = ["dd", f"if={path}", "of=/dev/null", "bs=1M"]
         subprocess.run(dd, capture_output=True, check=True)

@@ -27,12 +27,12 @@ Invariants
 
 Index: each process keeps the blocks it knows, least recently used first (`cache.index`),
 built at startup from the tree's scan (by file mtime; the scan stats files, never opens them);
-a block another process stored joins it when first asked for (a stat, made only while the
-ledger counts block files unseen here: not per miss on the trio thread). Recency is shared
-through file mtimes: a hit sets a file's mtime, at most once per `touch_interval`. Eviction
-and its rescans: `cache.evict`. `diskcache` (SQLite) was rejected: a second source of truth to
-keep in step with the files, and a transaction per hit on the hot read path. All times come
-from the injected `clock`.
+a block another process stored joins it when first asked for, or when this one is about to
+store it too. Only then is the disk asked (a stat), and only while the ledger counts block
+files unseen here: not per miss on the trio thread, nor per write. Recency is shared through
+file mtimes: a hit sets a file's mtime, at most once per `touch_interval`. Eviction and its
+rescans: `cache.evict`. `diskcache` (SQLite) was rejected: a second source of truth to keep in
+step with the files, and a hit's transaction on the hot read path. Times: the `clock`.
 
 Locks, in the order they are taken:
 1. the root's `lock` file, flock shared, held by each process for the cache's life (the first
@@ -127,8 +127,7 @@ class DiskBlockCache:
 
     @property
     def direct_writes(self) -> bool:
-        """Whether block files are written with O_DIRECT (False once the filesystem refused it,
-        or for good where the platform has no O_DIRECT)."""
+        """Whether block files are written with O_DIRECT (not once the filesystem refused it)."""
         return self._tree.writer.direct
 
     # -- DataCache ---------------------------------------------------------------------------
@@ -216,27 +215,31 @@ class DiskBlockCache:
         except OSError as exc:
             self._note_write_error(obj, index, exc)
             return
+        published = False
         try:
             with self._ledger.held() as usage:
-                self._commit(usage, name, tmp, Entry(len(data), now, now, stamp))
+                published = self._commit(usage, name, tmp, Entry(len(data), now, now, stamp))
         except OSError as exc:
             self._note_write_error(obj, index, exc)
         finally:
-            if os.path.lexists(tmp):
+            if not published:
                 unlink_quietly(tmp)
 
-    def _commit(self, usage: Usage, name: BlockName, tmp: str, entry: Entry) -> None:
-        """Rename a written block into place, after making room (the ledger is held)."""
-        if os.path.lexists(self._tree.block_path(name)):
-            self._adopt(name)  # another process stored it meanwhile: ours is not needed
-            return
+    def _commit(self, usage: Usage, name: BlockName, tmp: str, entry: Entry) -> bool:
+        """Rename a written block into place, after making room (the ledger is held); whether
+        it did. Not if another thread or process stored it meanwhile (see "Index" above)."""
+        if self._index.get(name) is not None or self._unseen(name, usage) is not None:
+            return False
+        if name in self._index.refused and os.path.lexists(self._tree.block_path(name)):
+            return False  # a bad file this process could not remove is in the way
         if not self._evictor.make_room(usage, entry.file_size):
-            return
+            return False
         self._tree.publish(tmp, name)
         usage.bytes += entry.file_size
         usage.blocks += 1
         usage.links += 1
         self._index.stored(name, entry)
+        return True
 
     def contains(self, obj: ObjectId, index: int) -> bool:
         return self._find(block_name(obj, index)) is not None
@@ -262,8 +265,7 @@ class DiskBlockCache:
             os.close(fd)
 
     def statistics(self) -> CacheStatistics:
-        """Bytes, blocks and pins of the whole root (every process's); hits, misses and the
-        other counters of this process."""
+        """Bytes, blocks and pins of the whole root (every process's); the rest, this one's."""
         usage = self._ledger.peek()
         self._pins.refresh()
         with self._index.lock:
@@ -301,9 +303,8 @@ class DiskBlockCache:
     # -- maintenance ------------------------------------------------------------------------
 
     def evict_object(self, key: str) -> int:
-        """Drop every version of `key` this process knows (it was deleted or replaced); returns
-        blocks dropped. Not counted as `evictions`. A scan of the index (once per object, not
-        per read). A put still in flight, or a version only others know, stays until LRU."""
+        """Drop every version of `key` this process knows (deleted or replaced): blocks dropped,
+        not counted as `evictions`. A put in flight, or a version only others know, stays."""
         digest = key_digest(key)
         return self._drop_where(lambda name: name.key == digest)
 
@@ -362,10 +363,8 @@ class DiskBlockCache:
         return self._index.adopt(name, st)
 
     def _forget(self, name: BlockName, entry: Entry, *, corrupt: bool) -> bool:
-        """Count a failed read of `entry` and drop it from the index; True if it was dropped.
-
-        False if it was already evicted or replaced by a newer put, whose file must then stay.
-        """
+        """Count a failed read of `entry` and drop it from the index; True if it was dropped,
+        False if it was already evicted or replaced by a newer put, whose file must then stay."""
         with self._index.lock:
             self._misses += 1
             if corrupt:
@@ -378,10 +377,11 @@ class DiskBlockCache:
         if alone:
             self._tree.remove_stale_trees()
         self._tree.make_fanout_dirs()
+        links = self._ledger.peek().links  # counted before the scan: one linked during it is unseen
         scan = self._tree.scan(temps=alone)
         self._corrupt += scan.corrupt
         with self._ledger.held() as usage:
-            entries = self._index.rebuild(scan.blocks, usage.links)
+            entries = self._index.rebuild(scan.blocks, links)
             if alone or not self._ledger.shared:
                 usage.bytes = sum(entry.file_size for entry in entries)
                 usage.blocks = len(entries)
