@@ -1091,6 +1091,9 @@ def test_a_file_keeps_its_page_cache_while_four_times_its_size_is_available() ->
     assert pagecache.keeps_page_cache(4 << 30, 1 << 30)
     assert not pagecache.keeps_page_cache((4 << 30) - 1, 1 << 30)
     assert pagecache.keeps_page_cache(None, 1 << 40)  # unknown: the kernel decides, as for any file
+    # Two copies (a file's pages and its block files' pages) need twice that.
+    assert pagecache.keeps_page_cache(8 << 30, 1 << 30, copies=2)
+    assert not pagecache.keeps_page_cache((8 << 30) - 1, 1 << 30, copies=2)
 
 
 @pytest.mark.usefixtures("small_drop_steps")
@@ -1132,13 +1135,14 @@ async def test_drop_behind_auto_asks_the_memory_of_the_reader_at_each_step(
 async def test_blocks_go_through_the_page_cache_only_while_memory_is_plentiful_for_the_file(
     store: MemoryStore,
 ) -> None:
-    """The mount's own memory (pid 0) decides, by the page cache rule: 4x the file available,
-    and the blocks of its GETs are written to the cache through the page cache; less, and they
-    bypass it (O_DIRECT), so a model is not held twice in a small machine's RAM."""
+    """The mount's own memory (pid 0) decides, by the page cache rule for two copies (the
+    file's pages and its blocks'): 8x the file available, and the blocks of its GETs are
+    written to the cache through the page cache; less, and they bypass it (O_DIRECT), so a
+    model is not held twice in RAM where memory would hold it only once with the margin."""
     files = {name: os.urandom(BLOCK * 8) for name in ("first.dat", "second.dat")}
     for name, data in files.items():
         store.put_bytes(name, data)
-    available, asked = [4 * BLOCK * 8], []
+    available, asked = [8 * BLOCK * 8], []
 
     def memory(pid: int) -> int | None:
         asked.append(pid)

@@ -7,12 +7,15 @@ times: its own pages take one share, and the rest of the machine keeps three tim
 everything else; MemAvailable counts reclaimable page cache too, so a smaller margin would let
 one model push out the rest of a busy machine's cache. Where memory is plentiful the page cache
 is what makes a re-read (an app restart) or a random read fast: it never reaches the mount.
-Where it is short, filling it evicts everything else (see `dropbehind`). The same rule decides
-how the file's fetched blocks are written to the block cache (`BlockFetcher.page_cache_writes`,
-set by the policy): through the page cache while the file keeps its pages, so the disk takes the
-writes later and merged instead of competing with the reads of a cold fetch (a local S3 server's
-among them), and a random reader's next hit is in memory; with O_DIRECT while memory is short,
-so a large model is not cached twice in RAM (see `cache.blockfile`).
+Where it is short, filling it evicts everything else (see `dropbehind`). The same rule, for
+two copies (`BLOCK_COPIES`), decides how the file's fetched blocks are written to the block
+cache (`BlockFetcher.page_cache_writes`, set by the policy). Written through the page cache,
+they are a second copy of the file in RAM beside its own pages: the disk takes the writes later
+and merged instead of competing with the reads of a cold fetch (a local S3 server's among
+them), and a random reader's next hit is in memory. So they are, while memory holds both copies
+with the same margin; else they are written with O_DIRECT (see `cache.blockfile`), and a large
+model is not cached twice in RAM. Every fresh page costs CPU, too: on a 2-core VM a cold 4 GiB
+read cost the mount about a third more CPU per GiB with buffered writes than with O_DIRECT.
 
 How (`PageCacheAdvisor`): `posix_fadvise` on a descriptor of the file in the mount.
 - `drop`: POSIX_FADV_DONTNEED drops the clean, unmapped pages of a range. It leaves pages a
@@ -39,13 +42,15 @@ import trio
 log = logging.getLogger(__name__)
 
 KEEP_FACTOR = 4  # a file keeps its page cache while this many times its size is available
+BLOCK_COPIES = 2  # a file's own pages and its block files' pages: blocks written buffered
 FILL_STEP = 1 << 20  # bytes per WILLNEED call: the mount's readahead window
 
 
-def keeps_page_cache(available: int | None, size: int) -> bool:
-    """Whether a file of `size` bytes keeps its page cache with `available` bytes of memory
-    left to its reader (None: unknown, as for any local file the kernel decides)."""
-    return available is None or available >= KEEP_FACTOR * size
+def keeps_page_cache(available: int | None, size: int, *, copies: int = 1) -> bool:
+    """Whether `copies` copies of a file of `size` bytes keep their page cache with `available`
+    bytes of memory left to its reader (None: unknown, as for any local file the kernel
+    decides)."""
+    return available is None or available >= KEEP_FACTOR * copies * size
 
 
 class PageCacheAdvisor:

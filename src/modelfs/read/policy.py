@@ -43,7 +43,7 @@ from modelfs.read import dropbehind, pagecache
 from modelfs.read.concurrency import AdaptiveLimit
 from modelfs.read.dropbehind import DropBehind
 from modelfs.read.fetcher import BlockFetcher
-from modelfs.read.pagecache import PageCacheAdvisor
+from modelfs.read.pagecache import BLOCK_COPIES, PageCacheAdvisor
 from modelfs.read.profile import Recorder
 from modelfs.read.readahead import HandlePrefetcher, ReadaheadPolicy
 from modelfs.read.reader import ObjectReader
@@ -139,7 +139,7 @@ class ReadPolicy:
         )
         self._nursery: trio.Nursery | None = None
         self.recorder: Recorder | None = None  # the start being recorded, if any
-        fetcher.page_cache_writes = self._keeps_pages
+        fetcher.page_cache_writes = lambda info: self._keeps_pages(info, copies=BLOCK_COPIES)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the fetcher and the background fetches until cancelled."""
@@ -341,11 +341,11 @@ class ReadPolicy:
 
         return fill
 
-    def _keeps_pages(self, info: ObjectInfo, pid: int = 0) -> bool:
-        """Whether `info` keeps its page cache for process `pid` (0: the mount, writing its
-        blocks): not while memory is short (`pagecache`), nor if it always drops behind."""
-        fixed = 0 < self.options.drop_behind_min <= info.size
-        return not fixed and pagecache.keeps_page_cache(self._memory_for(pid), info.size)
+    def _keeps_pages(self, info: ObjectInfo, pid: int = 0, *, copies: int = 1) -> bool:
+        """Whether `copies` copies of `info` keep their page cache for process `pid` (0: the
+        mount, writing blocks): not while memory is short (`pagecache`), nor if fixed to drop."""
+        memory, fixed = self._memory_for(pid), 0 < self.options.drop_behind_min <= info.size
+        return not fixed and pagecache.keeps_page_cache(memory, info.size, copies=copies)
 
     def _refill(self, reader: ObjectReader) -> None:
         """A random read reached the mount: the page cache lacks that page. If the version
