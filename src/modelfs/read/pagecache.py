@@ -14,8 +14,8 @@ they are a second copy of the file in RAM beside its own pages: the disk takes t
 and merged instead of competing with the reads of a cold fetch (a local S3 server's among
 them), and a random reader's next hit is in memory. So they are, while memory holds both copies
 with the same margin; else they are written with O_DIRECT (see `cache.blockfile`), and a large
-model is not cached twice in RAM. Every fresh page costs CPU, too: on a 2-core VM a cold 4 GiB
-read cost the mount about a third more CPU per GiB with buffered writes than with O_DIRECT.
+model is not cached twice in RAM; every fresh page of a second copy costs CPU, too
+(docs/performance.md, read engine item 6).
 
 How (`PageCacheAdvisor`): `posix_fadvise` on a descriptor of the file in the mount.
 - `drop`: POSIX_FADV_DONTNEED drops the clean, unmapped pages of a range. It leaves pages a
