@@ -60,35 +60,6 @@ def test_a_block_stored_by_one_is_served_to_the_other(
     assert second.statistics().hits == 1
 
 
-def test_a_missing_block_costs_no_stat_until_another_cache_links_one(
-    pair: tuple[DiskBlockCache, DiskBlockCache], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The trio thread asks `contains` for every block a read or a burst may fetch: a stat of a
-    missing file there waits for a cold directory. While the ledger counts no block file this
-    cache has not seen, a block it does not know is not on disk, and it asks the disk nothing."""
-    first, second = pair
-    stats: list[str] = []
-    real_stat = os.stat
-
-    def counted_stat(path: str, *args: object, **kwargs: object) -> os.stat_result:
-        stats.append(str(path))
-        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr("modelfs.cache.disk.os.stat", counted_stat)
-    first.put(A, 0, payload(A, 0))
-    assert first.contains(A, 0)
-    assert not first.contains(A, 1)
-    assert not first.contains(B, 0)
-    assert stats == []  # its own block is known; the others are not there
-    second.put(B, 0, payload(B, 0))  # the ledger now counts a file `first` has not seen
-    assert first.contains(B, 0)
-    assert first.get(B, 0) == payload(B, 0)
-    assert stats  # looked for on disk, and adopted
-    stats.clear()
-    assert not first.contains(C, 0)  # every linked file seen again: no stat
-    assert stats == []
-
-
 def counted_disk_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every path the block cache stats or tests for existence from now on."""
     looked: list[str] = []
@@ -107,12 +78,34 @@ def counted_disk_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return looked
 
 
+def test_a_missing_block_costs_no_stat_until_another_cache_links_one(
+    pair: tuple[DiskBlockCache, DiskBlockCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trio thread asks `contains` for every block a read or a burst may fetch: a stat of a
+    missing file there waits for a cold directory. While the ledger counts no block file this
+    cache has not seen, a block it does not know is not on disk, and it asks the disk nothing."""
+    first, second = pair
+    stats = counted_disk_lookups(monkeypatch)
+    first.put(A, 0, payload(A, 0))
+    assert first.contains(A, 0)
+    assert not first.contains(A, 1)
+    assert not first.contains(B, 0)
+    assert stats == []  # its own block is known; the others are not there
+    second.put(B, 0, payload(B, 0))  # the ledger now counts a file `first` has not seen
+    assert first.contains(B, 0)
+    assert first.get(B, 0) == payload(B, 0)
+    assert stats  # looked for on disk, and adopted
+    stats.clear()
+    assert not first.contains(C, 0)  # every linked file seen again: no stat
+    assert stats == []
+
+
 def test_a_put_asks_the_disk_nothing_while_every_linked_file_is_known(
     pair: tuple[DiskBlockCache, DiskBlockCache], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A put looks for the block's file (did another process store it?) only while the ledger
-    counts files this cache has not seen: a failed lookup in a large directory cost a cold
-    small-file read about a sixth of its cache writers' CPU."""
+    counts files this cache has not seen: a failed lookup in a large directory is a visible
+    share of a cold small-file read's cache writing."""
     first, second = pair
     looked = counted_disk_lookups(monkeypatch)
     for index in range(3):
