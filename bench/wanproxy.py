@@ -92,7 +92,10 @@ class Link:
         self.lines: set[DelayLine] = set()  # the open lines that share it
 
     def share(self) -> int:
-        """The window of one of its lines."""
+        """The window of one of its lines: without a shared rate, each connection's own, as
+        TCP windows are (idle connections take nothing from the others)."""
+        if not self.rate:
+            return _HIGH_WATER
         return max(self.least, min(_HIGH_WATER, self.budget // max(1, len(self.lines))))
 
     def reserve(self, now: float, size: int) -> float:

@@ -173,6 +173,24 @@ def test_readahead_asks_in_large_parts_and_covers_the_file() -> None:
     assert len(asked) < 40  # far fewer requests than reads
 
 
+def test_readahead_keeps_the_window_full_in_whole_parts() -> None:
+    """Once the window is at its maximum, a sequential reader always has all but one part of
+    it asked for ahead of it (on a link with a per-connection limit, every part in flight is
+    throughput), and each request is one whole part."""
+    part, maximum, size = 8 * MiB, 64 * MiB, 400 * MiB
+    policy = ReadaheadPolicy(part, maximum, tolerance=part)
+    asked_to = 0
+    for offset in range(0, size, MiB):
+        grown = policy.window == maximum
+        decision = policy.on_read(offset, MiB, size)
+        if decision.fetch_to > decision.fetch_from:
+            if grown and decision.fetch_to < size:
+                assert decision.fetch_to - decision.fetch_from == part
+            asked_to = decision.fetch_to
+        if policy.window == maximum:
+            assert asked_to - (offset + MiB) >= min(maximum - part, size - offset - MiB)
+
+
 def test_seek_resets_window_and_abandons() -> None:
     policy = ReadaheadPolicy(8 * MiB, 64 * MiB, tolerance=8 * MiB)
     for offset in range(0, 10 * MiB, MiB):

@@ -7,8 +7,10 @@ WAN with a per-connection limit every GET adds its share until the link is full.
 serves both (as aria2's and the CRT's throughput targets do): probe.
 
 `Probe` is the rule, pure (no I/O, no time of its own), tested on its own. Each window:
-- no background GET waited for a slot: the slots are not what limits; nothing is learnt, and
-  the next window with GETs waiting starts a probe afresh;
+- no background GET waited for a slot: the slots are not what limits; nothing is learnt, the
+  number stays, and a raise still to be judged is judged at the next window with GETs waiting
+  (a sequential reader on a WAN link leaves slots idle in some windows: dropping a raise then
+  kept it from ever being judged, and the number swung between two values);
 - after a raise, throughput rose by GAIN or more: the raise paid, keep it and double again
   (up to `maximum`);
 - after a raise, it did not: go back to the last number that paid and hold it for HOLD
@@ -22,13 +24,18 @@ fetches, small-file bursts); a reader's own GETs have a limiter of their own and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import trio
 
-WINDOW = 0.5  # seconds of throughput per decision: several blocks per GET even on a WAN link
+log = logging.getLogger(__name__)
+
+WINDOW = 0.25  # least seconds of throughput per decision: a WAN link's ramp is a few of them
+WINDOW_BYTES = 8 << 20  # least bytes per decision: a rate needs several blocks (one GET's part)
+WINDOW_MAX = 2.0  # most seconds per decision, on a link too slow for WINDOW_BYTES
 GAIN = 0.15  # a raise must add this much throughput to pay for its contention
-HOLD = 10  # windows a number that could not be raised is kept before probing again
+HOLD = 20  # windows a number that could not be raised is kept before probing again
 
 
 class Probe:
@@ -42,8 +49,7 @@ class Probe:
     def window(self, rate: float, waiting: bool) -> int:
         """The number of slots after a window of `rate` bytes/s; `waiting`: a background GET
         waited for a slot during it."""
-        if not waiting:  # the slots did not limit: nothing learnt, an unjudged raise dropped
-            self.limit, self._rate = self._paid, None
+        if not waiting:  # the slots did not limit: nothing learnt, a raise still to be judged
             return self.limit
         if self._hold > 0:
             self._hold -= 1
@@ -74,14 +80,27 @@ class AdaptiveLimit:
         limiter.total_tokens = self.probe.limit
 
     async def run(self) -> None:
+        while True:
+            rate, waited = await self._window()
+            limit = self.probe.window(rate, waited)
+            if limit != self._limiter.total_tokens:
+                log.debug(
+                    "background GETs: %d -> %d (%.1f MB/s)",
+                    self._limiter.total_tokens,
+                    limit,
+                    rate / 1e6,
+                )
+            self._limiter.total_tokens = limit
+
+    async def _window(self) -> tuple[float, bool]:
+        """One window: the rate of the background GETs over it, and whether any waited for a
+        slot. It lasts WINDOW seconds, longer until WINDOW_BYTES arrived (a slow link's rate
+        from a block or two is noise), WINDOW_MAX at most."""
         before, start = self._fetched(), trio.current_time()
         waited = False
         while True:
-            deadline = start + WINDOW
-            while trio.current_time() < deadline:  # sampled: no event says a task waits
-                waited = waited or self._limiter.statistics().tasks_waiting > 0
-                await trio.sleep(WINDOW / 10)
-            now, fetched = trio.current_time(), self._fetched()
-            rate = (fetched - before) / max(now - start, 1e-9)
-            self._limiter.total_tokens = self.probe.window(rate, waited)
-            before, start, waited = fetched, now, False
+            waited = waited or self._limiter.statistics().tasks_waiting > 0  # no event says so
+            await trio.sleep(WINDOW / 10)
+            elapsed, fetched = trio.current_time() - start, self._fetched() - before
+            if elapsed >= WINDOW_MAX or (elapsed >= WINDOW and fetched >= WINDOW_BYTES):
+                return fetched / elapsed, waited

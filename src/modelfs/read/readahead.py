@@ -4,8 +4,9 @@
 - a read that starts where the previous one ended, or a little after it (the kernel's readahead
   may skip ahead or arrive out of order), is sequential; anything else is a seek;
 - on a sequential read the window doubles, from `initial` up to `maximum`, and the policy asks
-  for everything up to `position + window` to be fetched; it asks again only once the reader has
-  consumed half of what was asked for, so requests come in large parts;
+  for everything up to `position + window` to be fetched; it asks again once the reader has
+  consumed a part's worth (`initial`) of it, so requests come in whole parts and the window
+  stays full (on a link with a per-connection limit every part in flight is throughput);
 - a seek resets the window and asks to abandon the parts fetched ahead of the old position.
 
 `HandlePrefetcher` applies the policy with the `BlockFetcher`: it issues part-sized GETs (only
@@ -56,8 +57,8 @@ class ReadaheadPolicy:
         self._expected = max(self._expected, end) if sequential else end
         if not self._sequential:
             return ReadaheadDecision(0, 0, abandon)
-        half_consumed = end >= self._requested_to - self.window // 2
-        if not half_consumed:
+        part_free = end >= self._requested_to - (self.window - self.initial)
+        if not part_free:
             return ReadaheadDecision(0, 0, abandon)
         fetch_from = max(end, self._requested_to)
         fetch_to = min(end + self.window, file_size)
