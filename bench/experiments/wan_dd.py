@@ -10,12 +10,15 @@ then, for each `src/` directory, mounts it (PYTHONPATH) on an empty cache after 
 page cache and times `dd bs=1M` of the object: MB/s and the mount's CPU seconds. The mount logs
 at DEBUG, and the probe's decisions on how many background GETs run (`read/concurrency.py`)
 are printed under each run. Env BOTO_ONLY=1: only the boto3 runs, twice per repeat (does the
-link hold up over a run?). Run as root.
+link hold up over a run?). Env PULL="OPTIONS": `modelfs pull OPTIONS` of the object into an
+empty directory instead of the mount's `dd` (wall time to exit, CPU of the pull). Env DIRECT=1:
+no proxy, straight to the server on loopback. Run as root.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -97,6 +100,21 @@ def dd_once(src: str, remotes: Path, work: Path) -> None:
     log.unlink()
 
 
+def pull_once(src: str, remotes: Path, work: Path, options: list[str]) -> None:
+    dest = work / "dest"
+    subprocess.run(["rm", "-rf", str(dest)], check=True)
+    drop_page_cache()
+    command = [sys.executable, "-m", "modelfs", "--config", str(remotes), "pull", *options]
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
+    subprocess.run(
+        [*command, f"t:perf/{KEY}", str(dest)], check=True, capture_output=True,
+        env={**os.environ, "PYTHONPATH": src},
+    )  # fmt: skip
+    seconds, after = time.monotonic() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    print(f"{src} pull {' '.join(options)}: {SIZE / 1e6 / seconds:.1f} MB/s, {cpu:.2f} CPU-s")
+
+
 def main(sources: list[str]) -> None:
     with serving(KEY, SIZE) as (server, work, remotes):
         port, proxy_port = server.endpoint.rsplit(":", 1)[1], free_port()
@@ -106,7 +124,7 @@ def main(sources: list[str]) -> None:
              "--rate", "10000000"]
         )  # fmt: skip
         time.sleep(1)
-        endpoint = f"http://127.0.0.1:{proxy_port}"
+        endpoint = server.endpoint if os.environ.get("DIRECT") else f"http://127.0.0.1:{proxy_port}"
         remotes.write_text(remotes.read_text().replace(server.endpoint, endpoint))
         link = boto3_link(server, endpoint)
         try:
@@ -117,7 +135,10 @@ def main(sources: list[str]) -> None:
                     continue
                 print(f"boto3 16x8MiB: {link():.1f} MB/s", flush=True)
                 for src in sources:
-                    dd_once(src, remotes, work)
+                    if "PULL" in os.environ:
+                        pull_once(src, remotes, work, os.environ["PULL"].split())
+                    else:
+                        dd_once(src, remotes, work)
         finally:
             proxy.terminate()
             proxy.wait()
