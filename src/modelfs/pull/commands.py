@@ -15,10 +15,6 @@ from typing import TypeAlias
 from modelfs.config.options import parse_positive
 from modelfs.config.units import parse_duration, parse_size
 
-# Twice a mount's: a pull is all background GETs, and on a link with a per-connection limit
-# the parts in flight are the throughput (docs/performance.md, "Pulls").
-PULL_TRANSFERS = 32
-
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
@@ -90,13 +86,7 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SOURCE",
         help="REMOTE:BUCKET/PREFIX or a base URL, tried before the manifest's (repeatable)",
     )
-    parser.add_argument(
-        "--transfers",
-        type=parse_positive,
-        default=str(PULL_TRANSFERS),
-        metavar="N",
-        help=f"parallel ranged GETs, and small files at once (default {PULL_TRANSFERS})",
-    )
+    parser.add_argument("--transfers", type=parse_positive, default="16", metavar="N")
     parser.add_argument(
         "--stall-timeout",
         type=parse_duration,

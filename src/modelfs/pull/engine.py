@@ -65,10 +65,10 @@ class PullFile:
 
 @dataclass(frozen=True, slots=True)
 class PullOptions:
-    transfers: int  # parallel part GETs (the command line's default: `commands.PULL_TRANSFERS`)
-    files_at_once: int
+    transfers: int = 16
     part_size: int = 8 << 20
     max_memory: int = 256 << 20
+    files_at_once: int = 16
 
 
 @dataclass
