@@ -342,10 +342,10 @@ class ReadPolicy:
         return fill
 
     def _keeps_pages(self, info: ObjectInfo, pid: int = 0, *, copies: int = 1) -> bool:
-        """Whether `copies` copies of `info` keep their page cache for process `pid` (0: the
-        mount, writing blocks): not while memory is short (`pagecache`), nor if fixed to drop."""
-        memory, fixed = self._memory_for(pid), 0 < self.options.drop_behind_min <= info.size
-        return not fixed and pagecache.keeps_page_cache(memory, info.size, copies=copies)
+        """Whether `copies` copies of `info` keep their page cache for `pid` (0: the mount)."""
+        if 0 < self.options.drop_behind_min <= info.size:
+            return False  # always drops behind: no memory figure is asked
+        return pagecache.keeps_page_cache(self._memory_for(pid), info.size, copies=copies)
 
     def _refill(self, reader: ObjectReader) -> None:
         """A random read reached the mount: the page cache lacks that page. If the version
