@@ -25,6 +25,7 @@ import pytest
 
 from modelfs.host.health import Health, probe
 from modelfs.host.meminfo import MEMORY_ENV
+from modelfs.host.mountinfo import DEAD_ERRNOS
 from support import FaultProxy, SeaweedServer, method_is
 from support.marks import page_cache
 from support.mounting import MODELFS, Mounted, MountEnv, drop_page_cache, is_mounted, run_cli
@@ -375,9 +376,11 @@ def test_unmount_of_a_dead_mount(env: Env) -> None:
     mounted = env.mount()
     with mounted:
         mounted.kill()  # SIGKILL: the kernel keeps a dead mount behind
-        with pytest.raises(OSError, match="not connected") as caught:
+        with pytest.raises(OSError, match=r"not connected|connection abort") as caught:
             os.listdir(env.mountpoint)
-        assert caught.value.errno == 107  # ENOTCONN: "Transport endpoint is not connected"
+        # ENOTCONN ("Transport endpoint is not connected"), or ECONNABORTED while the kernel
+        # still aborts the connection of a daemon that just died
+        assert caught.value.errno in DEAD_ERRNOS
         line = run_cli("--config", env.config, "mount", f"test:{env.bucket}", env.mountpoint)
         assert "dead mount" in line.stderr
         assert "modelfs unmount" in line.stderr
@@ -418,7 +421,10 @@ def test_drop_behind_leaves_little_page_cache_behind_a_huge_files_reader(env: En
         assert mounted.status()["fs"]["dropped_behind"] == 64 * MiB
         other = env.mountpoint / "other.bin"  # under --drop-behind: all of it stays
         assert read_sequentially(other) == data[: 64 * MiB]
-        assert resident_pages(other) >= mostly(64 * MiB)
+        assert mounted.status()["fs"]["dropped_behind"] == 64 * MiB  # nothing of it
+        # Its pages stay, but for any the kernel let go meanwhile (one full run of the suite
+        # found a quarter of them gone, with no drop of the mount's counted).
+        assert resident_pages(other) >= 64 * MiB // mmap.PAGESIZE // 2
         # close(2) waited for the drop under way: nothing of ours keeps the mount busy.
         assert run_cli("unmount", env.mountpoint).returncode == 0
 

@@ -25,7 +25,7 @@ import pytest
 from modelfs.cli import build_parser
 from modelfs.config.remote import normalize_spec
 from modelfs.errors import ConfigError
-from modelfs.host import control
+from modelfs.host import control, mountinfo
 from modelfs.host.health import Health, MountCheck, MountStatus, ProbeResult, check_mount, probe
 from modelfs.host.mountinfo import find_mount, parse_mountinfo
 from modelfs.run.keeper import Watchdog, stop_stale_daemon
@@ -72,6 +72,32 @@ def test_parse_mountinfo_skips_garbage() -> None:
 def test_our_real_mountinfo_parses() -> None:
     entries = parse_mountinfo(Path("/proc/self/mountinfo").read_text())
     assert any(entry.mountpoint == "/" for entry in entries)
+
+
+def test_unmount_waits_for_the_daemon_but_not_for_its_reaping() -> None:
+    """`unmount` waits until the daemon has exited; an exited daemon nobody has reaped yet (a
+    zombie: an init that reaps orphans late) has exited, and a running one has not."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)  # fmt: skip
+    try:
+        state = {"pid": child.pid, "start_time": control.process_start_time(child.pid)}
+        started = time.monotonic()
+        mountinfo._wait_for_exit(state, timeout=0.3)
+        assert time.monotonic() - started >= 0.3  # still running: waited it out
+        assert control.is_alive(state)
+        assert child.stdin is not None
+        child.stdin.close()  # it exits; not reaped until wait() below: a zombie meanwhile
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        started = time.monotonic()
+        mountinfo._wait_for_exit(state, timeout=10)
+        assert time.monotonic() - started < 1
+        assert not control.is_alive(state)
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from modelfs.host.control import process_start_time
+
 from .proxy import FaultProxy
 from .seaweed import SeaweedServer
 
@@ -132,10 +134,10 @@ class Mounted:
         if self.pid is None:
             return
         deadline = time.monotonic() + timeout
+        # Its zombie counts as exited: it has closed its files (the FUSE device too), and this
+        # machine's init may take a second or two to reap an orphan.
         while time.monotonic() < deadline:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
+            if process_start_time(self.pid) is None:
                 return
             time.sleep(0.02)
         with contextlib.suppress(ProcessLookupError):

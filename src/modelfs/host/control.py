@@ -94,8 +94,9 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-def _alive(state: dict[str, Any]) -> bool:
-    """The process a state file names still runs: same pid and same start time."""
+def is_alive(state: dict[str, Any]) -> bool:
+    """The process a state file names still runs: same pid and same start time (a zombie,
+    exited but not yet reaped by its parent or init, does not run)."""
     pid, started = state.get("pid"), state.get("start_time")
     if not isinstance(pid, int) or pid <= 0:
         return False
@@ -123,7 +124,7 @@ def read_state(mountpoint: str | os.PathLike[str]) -> dict[str, Any] | None:
             state: dict[str, Any] = json.load(file)
     except (OSError, ValueError):
         return None
-    return state if _alive(state) else None
+    return state if is_alive(state) else None
 
 
 def write_state(ident: str, state: dict[str, Any]) -> None:

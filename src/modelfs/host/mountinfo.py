@@ -17,6 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from modelfs.errors import MountError
 from modelfs.host import control
@@ -147,16 +148,14 @@ def unmount(mountpoint: str, *, lazy: bool = False) -> None:
         raise MountError(f"cannot unmount {path}: {message}")
     state = control.read_state(path)
     if state is not None:
-        _wait_for_exit(int(state["pid"]))
+        _wait_for_exit(state)
     with contextlib.suppress(OSError):
         control.remove_state(control.mount_id(path))
 
 
-def _wait_for_exit(pid: int, timeout: float = _EXIT_WAIT) -> None:
+def _wait_for_exit(state: dict[str, Any], timeout: float = _EXIT_WAIT) -> None:
+    """Until the daemon `state` names has exited: its zombie counts as exited (an init that
+    reaps orphans late must not hold up `unmount`)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
+    while time.monotonic() < deadline and control.is_alive(state):
+        time.sleep(0.02)
