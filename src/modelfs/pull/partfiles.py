@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelfs.cache.protocol import CacheStatistics
+from modelfs.host.flush import start_writeback
 from modelfs.objects import ObjectId
 
 PULL_DIR = ".modelfs-pull"
@@ -139,9 +140,11 @@ class PartFiles:
         `missing` reports it before the file could be finished). Part files are always
         written through the page cache: `page_cache` changes nothing."""
         partial = self._entry(obj.key)
+        offset = index * self.block_size
         try:
-            _write_all(partial.fd, data, index * self.block_size)
+            _write_all(partial.fd, data, offset)
             os.write(partial.log_fd, _RECORD.pack(index))
+            start_writeback(partial.fd, offset, len(data))  # on disk by the checkpoint
         except OSError as exc:
             with self._lock:
                 self._write_errors += 1

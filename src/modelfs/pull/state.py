@@ -24,7 +24,6 @@ record is hashed locally against the manifest, or fetched again without one.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import json
 import os
@@ -34,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modelfs.host.flush import sync_filesystem
 from modelfs.pull.partfiles import pull_dir
 
 if TYPE_CHECKING:
@@ -162,26 +162,3 @@ class Checkpoints:
         sync_filesystem(self._dest)
         self._state.record_all(batch)
         return len(batch)
-
-
-def sync_filesystem(path: Path) -> None:
-    """syncfs(2) of the filesystem holding `path` (all of them where there is no syncfs)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if _LIBC is not None and _LIBC.syncfs(fd) == 0:
-            return
-        os.sync()
-    finally:
-        os.close(fd)
-
-
-def _libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.syncfs.argtypes = (ctypes.c_int,)
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-_LIBC = _libc()
