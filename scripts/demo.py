@@ -146,8 +146,9 @@ def main() -> int:
         write_config(config, server, mountpoint, app, cache)
         show(*modelfs, "remotes")
         print("\ndemo: pin the model tree: sizes and sha256 in cache_hub_v23/manifest.json")
+        manifest_file = base / "index-tts.manifest.yaml"
         show(*modelfs, "manifest", "create", f"compshare:{BUCKET}/cache_hub_v23", "--upload",
-             "--name", "index-tts", "--version", "23", "-o", base / "index-tts.manifest.yaml")
+             "--name", "index-tts", "--version", "23", "-o", manifest_file)  # fmt: skip
         show(*modelfs, "mount", "--daemon", "--cache-dir", cache, f"compshare:{BUCKET}", mountpoint)
         try:
             show("ls", "-lR", mountpoint)

@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "write": {"store", "host"},
     "core": {"read", "write", "store"},
     "daemon": {"core", "read", "write", "store", "cache", "host", "config", "pull"},
-    "pull": {"core", "read", "store", "cache", "config"},
+    "pull": {"core", "read", "store", "cache", "host", "config"},
     "links": {"pull", "store", "host", "config"},
     "run": {"config", "host"},
     "cli": {"daemon", "pull", "links", "run", "config"},

@@ -406,6 +406,22 @@ def mostly(size: int) -> int:
     return size // mmap.PAGESIZE * 9 // 10
 
 
+def read_until_kept(path: Path, data: bytes, start: int = 0, tries: int = 3) -> int:
+    """Read the file sequentially (checking its bytes) until the kernel holds most of bytes
+    [start, end) right after the read, at most `tries` times; the pages it held after the last.
+
+    This machine kind's proactive reclaim (DAMON `pageout` of unmapped page cache, up to
+    128 MiB per pass) sometimes takes a whole fresh file within a second of its read, with no
+    drop of ours: one suite run found none of 32,768 pages left. What the mount dropped, the
+    callers check in its own counter."""
+    for _ in range(tries):
+        assert read_sequentially(path) == data
+        kept = resident_pages(path, start)
+        if kept >= mostly(len(data) - start):
+            break
+    return kept
+
+
 @page_cache
 def test_drop_behind_leaves_little_page_cache_behind_a_huge_files_reader(env: Env) -> None:
     data = random.Random(5).randbytes(128 * MiB)
@@ -417,14 +433,14 @@ def test_drop_behind_leaves_little_page_cache_behind_a_huge_files_reader(env: En
         assert read_sequentially(path) == data
         # The last read was at 127 MiB: 32 MiB behind it, rounded down to a 32 MiB step.
         assert resident_pages(path, 0, 64 * MiB) == 0
-        assert resident_pages(path, 96 * MiB) >= mostly(32 * MiB)
         assert mounted.status()["fs"]["dropped_behind"] == 64 * MiB
+        if resident_pages(path, 96 * MiB) < mostly(32 * MiB):  # the machine's reclaim took them
+            assert read_until_kept(path, data, 96 * MiB) >= mostly(32 * MiB)
+            assert resident_pages(path, 0, 64 * MiB) == 0
+        dropped = mounted.status()["fs"]["dropped_behind"]
         other = env.mountpoint / "other.bin"  # under --drop-behind: all of it stays
-        assert read_sequentially(other) == data[: 64 * MiB]
-        assert mounted.status()["fs"]["dropped_behind"] == 64 * MiB  # nothing of it
-        # Its pages stay, but for any the kernel let go meanwhile (one full run of the suite
-        # found a quarter of them gone, with no drop of the mount's counted).
-        assert resident_pages(other) >= 64 * MiB // mmap.PAGESIZE // 2
+        assert read_until_kept(other, data[: 64 * MiB]) >= mostly(64 * MiB)
+        assert mounted.status()["fs"]["dropped_behind"] == dropped  # nothing of it
         # close(2) waited for the drop under way: nothing of ours keeps the mount busy.
         assert run_cli("unmount", env.mountpoint).returncode == 0
 
@@ -456,8 +472,7 @@ def test_without_drop_behind_a_read_file_stays_in_the_page_cache(env: Env) -> No
     with env.mount("--drop-behind", "0") as mounted:
         path = env.mountpoint / "huge.bin"
         drop_page_cache()
-        assert read_sequentially(path) == data
-        assert resident_pages(path) >= mostly(128 * MiB)
+        assert read_until_kept(path, data) >= mostly(128 * MiB)
         assert mounted.status()["fs"]["dropped_behind"] == 0
 
 
@@ -473,8 +488,7 @@ def test_drop_behind_auto_keeps_the_page_cache_with_memory_to_spare(env: Env) ->
     with env.mount() as mounted:
         path = env.mountpoint / "model.bin"
         drop_page_cache()
-        assert read_sequentially(path) == data
-        assert resident_pages(path) >= mostly(len(data))
+        assert read_until_kept(path, data) >= mostly(len(data))
         for _ in range(3):  # until the kernel holds most of the file at the re-read
             before = mounted.status()["fs"]
             missing = pages - resident_pages(path)
