@@ -15,6 +15,7 @@ import pytest
 
 from modelfs.objects import ObjectId
 from modelfs.pull.partfiles import PartFiles
+from support.pagecache import libc
 
 MiB = 1 << 20
 _KPF_DIRTY, _KPF_WRITEBACK = 1 << 4, 1 << 8
@@ -52,16 +53,7 @@ def unwritten_pages(path: Path) -> int:
     return unwritten
 
 
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
-    libc.mmap.argtypes += [ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    return libc
-
-
-_LIBC = _libc()
+_LIBC = libc()
 
 
 def wait_until_written(path: Path, limit: float = 10.0) -> int:

@@ -8,16 +8,23 @@ import os
 from pathlib import Path
 
 
+def libc() -> ctypes.CDLL:
+    """libc with mmap, munmap and mincore typed: a mapping at an address of our own, which
+    Python's `mmap` module does not give."""
+    lib = ctypes.CDLL(None, use_errno=True)
+    lib.mmap.restype = ctypes.c_void_p
+    lib.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
+    lib.mmap.argtypes += [ctypes.c_int, ctypes.c_long]
+    lib.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    lib.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    return lib
+
+
 def resident_map(path: Path) -> bytes:
     """One byte per page of the file: 1 if the page is in the page cache, else 0.
 
     mincore(2) on a private mapping of the whole file; mapping it reads nothing."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int]
-    libc.mmap.argtypes += [ctypes.c_int, ctypes.c_long]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    libc = _LIBC
     size = path.stat().st_size
     pages = -(-size // mmap.PAGESIZE)
     fd = os.open(path, os.O_RDONLY)
@@ -39,3 +46,6 @@ def resident_pages(path: Path, start: int = 0, end: int | None = None) -> int:
     page = mmap.PAGESIZE
     resident = resident_map(path)
     return sum(resident[start // page : None if end is None else -(-end // page)])
+
+
+_LIBC = libc()
