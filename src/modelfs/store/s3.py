@@ -1,4 +1,4 @@
-"""`S3Store`: the `ObjectStore` protocol over boto3, for AWS and S3-compatible servers.
+"""`S3Store`: the `ObjectStore` protocol over botocore, for AWS and S3-compatible servers.
 
 Owns which S3 request each protocol method sends, and with which conditions. The parts:
 `s3client` (session, clients, retries, the CA bundle both lanes trust), `s3errors` (the one
@@ -6,9 +6,9 @@ table from S3 error codes to domain errors, one-line messages), `s3conditions` (
 writes), `s3range` (ranged GETs resumed after a broken connection), and `lean` (with `http`,
 `sigv4`, `listxml`: the lean lane for data GETs and LISTs).
 
-One boto3 client per store, shared by all worker threads; its pool holds `max_connections`.
+One botocore client per store, shared by all worker threads; its pool holds `max_connections`.
 Requests failing with 5xx, throttling or a broken connection are retried by botocore (at most
-`max_attempts` in all); what is left becomes a domain error, the boto3 one as `__cause__`.
+`max_attempts` in all); what is left becomes a domain error, botocore's as `__cause__`.
 
 Versions: every ranged GET carries `If-Match: "<etag>"`, so a replaced object answers 412 and
 surfaces as `StaleObject`, never as bytes of another version. ETags are unquoted everywhere in
@@ -104,7 +104,7 @@ class S3Store:
         self._translator = S3Errors(config.name, bucket, self.endpoint)
         self._writes = ConditionalWrites(self._translator)
         self._lean = LeanGetter(
-            self.session.boto3.get_credentials,
+            self.session.core.get_credentials,
             self._client.meta.region_name,
             max_connections=max_connections,
             connect_timeout=connect_timeout,

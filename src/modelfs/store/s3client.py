@@ -1,6 +1,8 @@
-"""The boto3 side of `S3Store`: its session, its clients, and which CAs its HTTPS trusts.
+"""The botocore side of `S3Store`: its session, its clients, and which CAs its HTTPS trusts.
 
-One boto3 session per store. Clients made from it are thread safe, the session itself is not:
+One botocore session per store (not a boto3 one: boto3 adds only resources and transfer
+helpers, which the store does not use, and importing it costs every `modelfs` command's start
+tens of milliseconds more). Clients made from it are thread safe, the session itself is not:
 the store makes its clients in its constructor and, later, only under its probe lock.
 Client settings, and why:
 - path-style addressing whenever an endpoint is configured: S3-compatible servers rarely
@@ -25,7 +27,7 @@ untouched); the lean lane gets `lean_ca_bundle`, which names that default bundle
 
 Credentials: keys read from a config file are `ConfigFileCredentials`, which take them from
 `config.keys.KeyFile` for every request, so keys rotated in the file reach new requests of
-both lanes without a remount. Without keys, boto3's default chain finds them (environment,
+both lanes without a remount. Without keys, botocore's default chain finds them (environment,
 profile, web identity, container or instance role); the temporary ones it finds are
 refreshable, and both lanes ask them for frozen keys per request too (`get_frozen_credentials`),
 so they are renewed before they expire.
@@ -34,9 +36,8 @@ so they are renewed before they expire.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-import boto3
 import botocore.session
 from botocore.config import Config
 from botocore.credentials import (
@@ -59,19 +60,27 @@ DEFAULT_REGION = "us-east-1"  # what S3-compatible servers expect when no region
 
 
 class S3Session:
-    """The boto3 session of one store and the CA bundle its clients trust (see the docstring)."""
+    """The botocore session of one store and the CA bundle its clients trust (see the
+    docstring)."""
 
     def __init__(self, config: RemoteConfig, ca_bundle: str | None) -> None:
         self._config = config
         arguments = _session_arguments(config)
-        core = botocore.session.get_session()  # what boto3 would create; kept to read settings
+        core = botocore.session.get_session()
         self._keys: KeyFile | None = None
         if config.config_file and "aws_access_key_id" in arguments:
             self._keys = KeyFile(config)
             keys = ConfigFileCredentials(self._keys)
             core.register_component("credential_provider", CredentialResolver([_Fixed(keys)]))
-            arguments = {"region_name": arguments["region_name"]}
-        self.boto3 = boto3.session.Session(botocore_session=core, **arguments)
+        elif "aws_access_key_id" in arguments:
+            core.set_credentials(
+                arguments["aws_access_key_id"],
+                arguments["aws_secret_access_key"],
+                arguments["aws_session_token"],
+            )
+        if arguments["region_name"]:
+            core.set_config_variable("region", arguments["region_name"])
+        self.core = core
         self.ca_bundle = trusted_ca_bundle(ca_bundle or config.ca_bundle or None, core)
 
     def keys_changes(self) -> int:
@@ -98,11 +107,14 @@ class S3Session:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        client = self.boto3.client(
-            "s3",
-            endpoint_url=self._config.endpoint or None,
-            config=config,
-            verify=self.ca_bundle,
+        client = cast(
+            "S3Client",
+            self.core.create_client(
+                "s3",
+                endpoint_url=self._config.endpoint or None,
+                config=config,
+                verify=self.ca_bundle,
+            ),
         )
         for operation in ("PutObject", "UploadPart"):
             client.meta.events.register(f"before-parameter-build.s3.{operation}", _add_content_md5)
