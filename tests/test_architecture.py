@@ -4,6 +4,8 @@ small and say what they own, and the test fakes live here, not in the package.""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import modelfs
@@ -94,3 +96,22 @@ def test_test_fakes_are_not_in_the_package() -> None:
     sources = " ".join(path.read_text() for path in modules())
     assert "class MemoryStore" not in sources
     assert "class MemoryDataCache" not in sources
+
+
+def test_the_package_imports_without_boto3() -> None:
+    """boto3 is for the tests and the benchmark only: every module of the package imports
+    with it unimportable (the store uses botocore directly; see `store.s3client`)."""
+    code = """
+import importlib, pkgutil, sys
+class NoBoto3:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "boto3":
+            raise ImportError("boto3 is not a runtime dependency of modelfs")
+sys.meta_path.insert(0, NoBoto3())
+import modelfs
+for module in pkgutil.walk_packages(modelfs.__path__, "modelfs."):
+    if module.name != "modelfs.__main__":
+        importlib.import_module(module.name)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
