@@ -63,6 +63,7 @@ class Row:
     nbytes: int
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     rss_mib: float | None = None
+    tree: bool = False  # a tree of files: shown in seconds (its MB/s says little), else MB/s
     cpu_s: float | None = None  # the modelfs pull's CPU seconds (user + system, all processes)
 
     def mb_per_s(self, tool: str) -> float | None:
@@ -165,7 +166,7 @@ def measure(target: S3Target, data: Dataset, tree_prefix: str, work: Path, label
     tree = data.tree_keys_under(tree_prefix)
     tree_bytes = sum(data.size_of(key) for key in tree)
     rows = [Row(f"{label}: pull of the {data.size_of(big) >> 20} MiB object", data.size_of(big))]
-    rows.append(Row(f"{label}: pull of {len(tree)} files", tree_bytes))
+    rows.append(Row(f"{label}: pull of {len(tree)} files", tree_bytes, tree=True))
     big_source = f"{remote}:{BUCKET}/{big}"
     tree_source = f"{remote}:{BUCKET}/{tree_prefix}"
     rss: list[float] = []
@@ -208,8 +209,8 @@ def print_table(rows: list[Row], wan_link_mb_s: float | None) -> None:
     tools = ("boto3", "modelfs", "rclone", "aria2")
     print("\n| row | " + " | ".join(tools) + " |")
     print("|---|" + "---:|" * len(tools))
-    for index, row in enumerate(rows):
-        in_seconds = index % 2 == 1  # the rows go big file, tree, per profile
+    for row in rows:
+        in_seconds = row.tree
         unit = "s" if in_seconds else "MB/s"
 
         def value_of(tool: str, row: Row = row, in_seconds: bool = in_seconds) -> float | None:
@@ -245,8 +246,12 @@ def print_targets(rows: list[Row], wan_link_mb_s: float | None) -> None:
     loop_big, loop_tree = rows[0], rows[1]
     base = loop_big.mb_per_s("boto3")
     check("loopback 1 GiB >= 0.9x boto3", loop_big.mb_per_s("modelfs"), base and 0.9 * base)
-    rclone = loop_tree.mb_per_s("rclone")
-    check("2,000 files >= 2x rclone copy", loop_tree.mb_per_s("modelfs"), rclone and 2 * rclone)
+    ours, rclone = loop_tree.seconds.get("modelfs"), loop_tree.seconds.get("rclone")
+    if ours is None or rclone is None:
+        print("| 2,000 files >= 2x rclone copy | not measured | — |")
+    else:  # in seconds, as the table shows the trees: at most half of rclone's time
+        verdict = "PASS" if ours <= rclone / 2 else "FAIL"
+        print(f"| 2,000 files >= 2x rclone copy | {ours:.1f} s <= {rclone / 2:.1f} s | {verdict} |")
     if len(rows) > 2:
         wan_big = rows[2]
         link = wan_link_mb_s
@@ -254,7 +259,7 @@ def print_targets(rows: list[Row], wan_link_mb_s: float | None) -> None:
         check("WAN >= aria2c", wan_big.mb_per_s("modelfs"), wan_big.mb_per_s("aria2"))
     if loop_big.rss_mib is not None:
         print(f"| peak RSS of the pull (1 GiB, --max-memory 256M) | {loop_big.rss_mib:.0f} MiB | |")
-    for row in rows[::2]:
+    for row in rows:
         if row.cpu_s is not None:
             per_gib = row.cpu_s / (row.nbytes / (1 << 30))
             print(f"| CPU of the pull, {row.name} | {per_gib:.2f} CPU-s per GiB | |")
