@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from modelfs.pull.partfiles import PULL_DIR
+from modelfs.read.concurrency import MINIMUM
 from support import FaultProxy, ProxyRequest, SeaweedServer, make_config
 from support.mounting import MODELFS, run_cli
 
@@ -444,3 +445,33 @@ def test_run_pull_starts_the_app_on_pulled_files_without_fuse(origin: Origin) ->
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"pass 1: verified {len(TREE)} files" in done.stdout
     assert (workdir / "cache_hub").resolve() == into.resolve()
+
+
+def in_flight_peak(requests: list[ProxyRequest]) -> int:
+    """The most of `requests` the proxy handled at once."""
+    events = []
+    for request in requests:
+        events += [(request.started, 1), (request.finished or float("inf"), -1)]
+    peak = current = 0
+    for _, step in sorted(events):
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def test_parallel_gets_start_few_and_grow_while_each_adds_throughput(origin: Origin) -> None:
+    """Every GET capped at 0.5 MB/s, as a WAN link that limits each connection: the pull starts
+    with a few GETs at once and adds more while they add throughput, past 16. (Slow enough
+    that a loaded machine's CPU never decides: 16 GETs carry 8 MB/s.)"""
+    data = os.urandom(48 * MiB)
+    origin.put("v1/model.bin", data)
+    origin.proxy.throttle_next(0.5e6, times=None, match=lambda r: r.range is not None)
+    dest = origin.tmp / "dest"
+    done = origin.pull(f"a:{origin.bucket}/v1/model.bin", dest, "--part-size", "1M", "-v")
+    assert done.returncode == 0, done.stderr
+    assert (dest / "model.bin").read_bytes() == data
+    decisions = [line for line in done.stderr.splitlines() if "background GETs:" in line]
+    assert decisions, done.stderr
+    assert decisions[0].split("background GETs: ")[1].startswith(f"{MINIMUM} -> "), decisions
+    ranged = [r for r in origin.proxy.requests if r.method == "GET" and r.range is not None]
+    assert in_flight_peak(ranged) > 16, decisions

@@ -21,6 +21,9 @@ say exactly which GETs and ranges reached "the network". Faults apply to the nex
 - throttle:  forward, sending the body at `rate` bytes/s: a source below a throughput floor;
 - blackhole: accept the request and never answer (until the proxy stops).
 
+Each request records when it arrived and when the proxy was done with it (`started`,
+`finished`, monotonic), so a test can count the requests in flight at any moment.
+
 Besides the delays, the first matching fault (in injection order) is the one that applies.
 
 A skewed clock: `clock_offset` (seconds, default 0) moves the X-Amz-Date (and Date) header of
@@ -91,6 +94,8 @@ class ProxyRequest:
     status: int | None = None  # None: no answer (reset before reply, blackhole)
     fault: FaultKind | None = None
     response_bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None  # when the proxy was done with it (None: not yet)
 
 
 @dataclass
@@ -345,13 +350,21 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: tests read `requests` instead of a log."""
 
     def _proxy_request(self) -> None:
-        proxy = self.server.proxy
         request = ProxyRequest(
             method=self.command,
             path=self.path,
             range=self.headers.get("Range"),
             headers=dict(self.headers.items()),
         )
+        try:
+            self._handle(request)
+        finally:
+            request.finished = time.monotonic()
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _proxy_request
+
+    def _handle(self, request: ProxyRequest) -> None:
+        proxy = self.server.proxy
         plan = proxy._admit(request)
         if plan.delay and proxy._stopping.wait(plan.delay):
             self.close_connection = True
@@ -376,8 +389,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_error_reply(request, 502)  # what a load balancer says
             else:
                 self.close_connection = True  # the answer is half sent: nothing to salvage
-
-    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _proxy_request
 
     def _forward_once_more_if_stale(self, request: ProxyRequest, fault: Fault | None) -> None:
         """A kept-alive upstream connection may have been closed meanwhile (idle timeout, or

@@ -86,7 +86,13 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SOURCE",
         help="REMOTE:BUCKET/PREFIX or a base URL, tried before the manifest's (repeatable)",
     )
-    parser.add_argument("--transfers", type=parse_positive, default="16", metavar="N")
+    parser.add_argument(
+        "--transfers",
+        type=parse_positive,
+        default="32",
+        metavar="N",
+        help="parallel ranged GETs at most; how many of them pay is probed (default 32)",
+    )
     parser.add_argument(
         "--stall-timeout",
         type=parse_duration,

@@ -3,7 +3,9 @@
 Every file of a pull goes through the mount's read engine: one `BlockFetcher` over the pull's
 `SourceList`, whose blocks land in the destination's partial files (`PartFiles`, the pull's
 `DataCache`), fetched in parallel parts by a `WholeObjectFetch` per file, with the same part
-size, parallel GETs, retries and memory budget as a mount. For each file:
+size, parallel GETs, retries and memory budget as a mount, and the same probe of how many of
+those GETs pay (`read.concurrency`: a few on loopback, more on a WAN link that caps each
+connection, up to `transfers`). For each file:
 
 1. complete already (`PullState`)? skipped, without a request;
 2. its partial file is opened: blocks an earlier, interrupted pull wrote are not fetched again;
@@ -44,6 +46,7 @@ from modelfs.memory import MemoryBudget
 from modelfs.objects import ObjectId, ObjectInfo
 from modelfs.pull.partfiles import PartFiles, recorded_bytes
 from modelfs.pull.state import Checkpoints, PullState
+from modelfs.read.concurrency import adapt_background_gets
 from modelfs.read.fetcher import BlockFetcher
 from modelfs.read.whole import WholeObjectFetch
 from modelfs.store.sources import SourceList
@@ -65,10 +68,10 @@ class PullFile:
 
 @dataclass(frozen=True, slots=True)
 class PullOptions:
-    transfers: int = 16
-    part_size: int = 8 << 20
-    max_memory: int = 256 << 20
-    files_at_once: int = 16
+    transfers: int  # the most ranged GETs at once; how many pay is probed (`concurrency`)
+    part_size: int
+    max_memory: int
+    files_at_once: int  # small files in flight at once (one GET each)
 
 
 @dataclass
@@ -143,6 +146,7 @@ class Puller:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.fetcher.run)
+                nursery.start_soon(adapt_background_gets(self.fetcher, self.options.transfers).run)
                 nursery.start_soon(self._checkpoint_every, CHECKPOINT_INTERVAL)
                 slots = trio.Semaphore(self.options.files_at_once)
                 async with trio.open_nursery() as pulls:

@@ -20,14 +20,20 @@ It starts at `minimum`, enough for a WAN link's first second not to crawl.
 
 `AdaptiveLimit` applies it to the fetcher's prefetch `CapacityLimiter` (readahead, whole-object
 fetches, small-file bursts); a reader's own GETs have a limiter of their own and are not shaped.
+`adapt_background_gets` builds it for a `BlockFetcher`: a mount's read policy and a pull use
+the same one.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:
+    from modelfs.read.fetcher import BlockFetcher
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,7 @@ WINDOW_BYTES = 8 << 20  # least bytes per decision: a rate needs several blocks 
 WINDOW_MAX = 2.0  # most seconds per decision, on a link too slow for WINDOW_BYTES
 GAIN = 0.15  # a raise must add this much throughput to pay for its contention
 HOLD = 20  # windows a number that could not be raised is kept before probing again
+MINIMUM = 4  # background GETs a probe starts from: a WAN link must not crawl at first
 
 
 class Probe:
@@ -104,3 +111,14 @@ class AdaptiveLimit:
             elapsed, fetched = trio.current_time() - start, self._fetched() - before
             if elapsed >= WINDOW_MAX or (elapsed >= WINDOW and fetched >= WINDOW_BYTES):
                 return fetched / elapsed, waited
+
+
+def adapt_background_gets(fetcher: BlockFetcher, maximum: int) -> AdaptiveLimit:
+    """The probe over `fetcher`'s background GETs, from `MINIMUM` (or `maximum`, if fewer) up to
+    `maximum` at once; run its `run` beside the fetcher."""
+    return AdaptiveLimit(
+        fetcher.prefetch_limiter,
+        lambda: fetcher.statistics().bytes_fetched,
+        minimum=min(MINIMUM, maximum),
+        maximum=maximum,
+    )

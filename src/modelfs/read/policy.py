@@ -40,7 +40,7 @@ from cachetools import TTLCache
 
 from modelfs.objects import ObjectId, ObjectInfo
 from modelfs.read import dropbehind, pagecache
-from modelfs.read.concurrency import AdaptiveLimit
+from modelfs.read.concurrency import adapt_background_gets
 from modelfs.read.dropbehind import DropBehind
 from modelfs.read.fetcher import BlockFetcher
 from modelfs.read.pagecache import BLOCK_COPIES, PageCacheAdvisor
@@ -101,7 +101,6 @@ Siblings = Callable[[str], Awaitable[Iterable[ObjectInfo]]]
 MemoryProbe = Callable[[int], int | None]
 """Bytes of memory a process (by pid) may still fill with page cache; None: unknown."""
 
-ADAPTIVE_MINIMUM = 4  # background GETs a probe starts from: a WAN link must not crawl at first
 MEMORY_TTL = 1.0  # seconds a process's memory figure is reused (asked at most per drop step)
 REFILL_INTERVAL = 1.0  # seconds between two fills of one version started by random reads
 
@@ -146,13 +145,7 @@ class ReadPolicy:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.fetcher.run)
             if self.options.adaptive_transfers:
-                transfers = self.options.transfers
-                adaptive = AdaptiveLimit(
-                    self.fetcher.prefetch_limiter,
-                    lambda: self.fetcher.statistics().bytes_fetched,
-                    minimum=min(ADAPTIVE_MINIMUM, transfers),
-                    maximum=transfers,
-                )
+                adaptive = adapt_background_gets(self.fetcher, self.options.transfers)
                 nursery.start_soon(adaptive.run)
             self._nursery = nursery
             task_status.started()
