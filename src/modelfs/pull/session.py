@@ -11,6 +11,7 @@ import trio
 
 from modelfs import console
 from modelfs.config.units import format_size
+from modelfs.memory import tune_malloc
 from modelfs.pull.engine import (
     Puller,
     PullFile,
@@ -57,6 +58,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         max_memory=args.max_memory,
         files_at_once=args.transfers,
     )
+    tune_malloc(args.max_memory)  # as a mount: blocks reuse freed heap, two arenas at most
     puller = Puller(plan.sources, dest, options, events)
     try:
         result = trio.run(_pull_with_progress, puller, needed, skipped, events)
