@@ -257,9 +257,10 @@ def print_targets(rows: list[Row], wan_link_mb_s: float | None) -> None:
         link = wan_link_mb_s
         check("WAN >= 0.9x the link (measured)", wan_big.mb_per_s("modelfs"), link and 0.9 * link)
         check("WAN >= aria2c", wan_big.mb_per_s("modelfs"), wan_big.mb_per_s("aria2"))
-    if loop_big.rss_mib is not None:
-        print(f"| peak RSS of the pull (1 GiB, --max-memory 256M) | {loop_big.rss_mib:.0f} MiB | |")
     for row in rows:
+        if row.rss_mib is not None:
+            name = f"peak RSS of the pull, {row.name} (--max-memory 256M)"
+            print(f"| {name} | {row.rss_mib:.0f} MiB | |")
         if row.cpu_s is not None:
             per_gib = row.cpu_s / (row.nbytes / (1 << 30))
             print(f"| CPU of the pull, {row.name} | {per_gib:.2f} CPU-s per GiB | |")
