@@ -12,7 +12,9 @@ at DEBUG, and the probe's decisions on how many background GETs run (`read/concu
 are printed under each run. Env BOTO_ONLY=1: only the boto3 runs, twice per repeat (does the
 link hold up over a run?). Env PULL="OPTIONS": `modelfs pull OPTIONS` of the object into an
 empty directory instead of the mount's `dd` (wall time to exit, CPU of the pull). Env DIRECT=1:
-no proxy, straight to the server on loopback. Run as root.
+no proxy, straight to the server on loopback. A SRC may carry options of its own after a `|`
+(`"src|--transfers 32"`): added to the mount's, or to PULL's. A pull's peak RSS is printed
+too (`/usr/bin/time`). Run as root.
 """
 
 from __future__ import annotations
@@ -78,10 +80,12 @@ def boto3_link(server: SeaweedServer, endpoint: str) -> Callable[[], float]:
 
 
 def dd_once(src: str, remotes: Path, work: Path) -> None:
+    src, _, extra = src.partition("|")
     os.environ["PYTHONPATH"] = src
     drop_page_cache()
     log = work / "mount.log"
-    with mounted(remotes, work, ["--log-level", "DEBUG", "--log-file", str(log)]) as mountpoint:
+    options = ["--log-level", "DEBUG", "--log-file", str(log), *extra.split()]
+    with mounted(remotes, work, options) as mountpoint:
         found = subprocess.run(
             ["pgrep", "-f", f"modelfs.*{mountpoint}"], capture_output=True, text=True, check=True
         )
@@ -101,18 +105,25 @@ def dd_once(src: str, remotes: Path, work: Path) -> None:
 
 
 def pull_once(src: str, remotes: Path, work: Path, options: list[str]) -> None:
+    src, _, extra = src.partition("|")
+    options = [*options, *extra.split()]
     dest = work / "dest"
     subprocess.run(["rm", "-rf", str(dest)], check=True)
     drop_page_cache()
-    command = [sys.executable, "-m", "modelfs", "--config", str(remotes), "pull", *options]
+    command = ["/usr/bin/time", "-f", "peak RSS %M KiB", sys.executable, "-m", "modelfs"]
+    command += ["--config", str(remotes), "pull", *options]
     before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
-    subprocess.run(
-        [*command, f"t:perf/{KEY}", str(dest)], check=True, capture_output=True,
+    done = subprocess.run(
+        [*command, f"t:perf/{KEY}", str(dest)], check=True, capture_output=True, text=True,
         env={**os.environ, "PYTHONPATH": src},
     )  # fmt: skip
     seconds, after = time.monotonic() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    print(f"{src} pull {' '.join(options)}: {SIZE / 1e6 / seconds:.1f} MB/s, {cpu:.2f} CPU-s")
+    rss = int(done.stderr.rsplit("peak RSS ", 1)[1].split()[0]) >> 10
+    print(
+        f"{src} pull {' '.join(options)}: {SIZE / 1e6 / seconds:.1f} MB/s, {cpu:.2f} CPU-s, "
+        f"peak RSS {rss} MiB"
+    )
 
 
 def main(sources: list[str]) -> None:
