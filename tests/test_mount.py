@@ -489,18 +489,19 @@ def test_drop_behind_auto_keeps_the_page_cache_with_memory_to_spare(env: Env) ->
         path = env.mountpoint / "model.bin"
         drop_page_cache()
         assert read_until_kept(path, data) >= mostly(len(data))
-        for _ in range(3):  # until the kernel holds most of the file at the re-read
+        tries = []  # (bytes the re-read took from the mount, pages missing before it)
+        for _ in range(3):  # the machine's reclaim may strike between the count and the read
             before = mounted.status()["fs"]
             missing = pages - resident_pages(path)
-            if missing < pages // 2:
+            assert read_sequentially(path) == data  # the hot re-read
+            reached = mounted.status()["fs"]["bytes_read"] - before["bytes_read"]
+            tries.append((reached, missing))
+            if missing < pages // 2 and reached <= missing * mmap.PAGESIZE + len(data) // 10:
                 break
-            assert read_sequentially(path) == data
+        assert mounted.status()["fs"]["dropped_behind"] == 0
+        reached, missing = tries[-1]
         assert missing < pages // 2, f"the kernel kept {pages - missing} of {pages} pages"
-        assert before["dropped_behind"] == 0
-        assert read_sequentially(path) == data  # the hot re-read
-        after = mounted.status()["fs"]
-        reached = after["bytes_read"] - before["bytes_read"]
-        assert reached <= missing * mmap.PAGESIZE + len(data) // 10, (reached, missing)
+        assert reached <= missing * mmap.PAGESIZE + len(data) // 10, tries
 
 
 @page_cache
