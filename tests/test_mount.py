@@ -294,16 +294,18 @@ def test_keep_cache_serves_a_reopen_from_the_kernel(env: Env) -> None:
     pages = len(data) // mmap.PAGESIZE
     with env.mount() as mounted:
         path = env.mountpoint / "k.bin"
-        for _ in range(3):  # until the kernel holds most of the file when it is reopened
-            assert read_file(path) == data
+        assert read_file(path) == data
+        tries = []  # (reads of the reopen that reached modelfs, pages missing before it)
+        for _ in range(3):  # the machine's reclaim may strike between the count and the read
             reads = settled_reads(mounted)
             missing = pages - resident_pages(path)
-            if missing < pages // 2:
+            assert read_file(path) == data
+            tries.append((mounted.status()["fs"]["reads"] - reads, missing))
+            if missing < pages // 2 and tries[-1][0] <= missing:
                 break
+        reached, missing = tries[-1]
         assert missing < pages // 2, f"the kernel kept {pages - missing} of {pages} pages"
-        assert read_file(path) == data
-        reached = mounted.status()["fs"]["reads"] - reads
-        assert reached <= missing  # nothing the kernel held reached modelfs
+        assert reached <= missing, tries  # nothing the kernel held reached modelfs
 
 
 @page_cache
@@ -544,14 +546,18 @@ def test_a_model_file_is_filled_into_the_page_cache_with_memory_to_spare(
             assert file.read(4096) == data[:4096]  # a header, as a loader reads it
             wait_for_status(mounted, lambda fs: fs["filled_ahead"] == len(data))
             assert resident_pages(path) >= mostly(len(data))
-            reads = mounted.status()["fs"]["reads"]
             rng = random.Random(11)
-            for _ in range(200):
-                offset = rng.randrange(len(data))
-                file.seek(offset)
-                assert file.read(4096) == data[offset : offset + 4096]
-            # From the page cache, but for the few pages the kernel may have reclaimed since.
-            assert mounted.status()["fs"]["reads"] - reads < 20
+            reached = []  # per round of 200 random reads, the reads that reached the mount
+            for _ in range(3):  # a round the machine's own reclaim struck is tried again
+                reads = mounted.status()["fs"]["reads"]
+                for _ in range(200):
+                    offset = rng.randrange(len(data))  # new offsets: none read before
+                    file.seek(offset)
+                    assert file.read(4096) == data[offset : offset + 4096]
+                reached.append(mounted.status()["fs"]["reads"] - reads)
+                if reached[-1] < 20:  # the page cache served them, but for a few pages
+                    break
+            assert reached[-1] < 20, reached
     monkeypatch.setenv(MEMORY_ENV, "300M")
     shutil.rmtree(env.cache_dir)
     with env.mount() as mounted:
