@@ -6,7 +6,9 @@
 - `proxy`:     a FaultProxy in front of the server (counts requests, injects faults);
 - `make_config`: `make_config(tmp_path, endpoint, name="test", ...) -> Path` (rclone format);
 - `s3_store`:  an S3Store bound to `bucket`;
-- `tiny_disk`: a 1 MiB tmpfs mounted for the test (ENOSPC tests; needs root).
+- `tiny_disk`: a 1 MiB tmpfs mounted for the test (ENOSPC tests; needs root);
+- `proactive_reclaim_paused`: the machine's DAMON workers stopped for the test (page cache
+  tests, `support.marks.page_cache`; needs root).
 
 Every S3Store a test makes is closed when the test ends (`_close_stores`): an unclosed one
 leaves sockets for the garbage collector, whose ResourceWarning (an error here) then fails
@@ -37,6 +39,7 @@ from support import FaultProxy, SeaweedServer, remote_config, unique_bucket_name
 from support import make_config as _make_config
 from support.drills import ROW_PROPERTY, DrillRow, render_table, table_path
 from support.mounting import tmpfs
+from support.pagecache import proactive_reclaim_paused as _proactive_reclaim_paused
 
 
 @pytest.fixture(autouse=True)
@@ -127,3 +130,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # tests that press Ctrl-C need it as a terminal leaves it.
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture
+def proactive_reclaim_paused() -> Iterator[None]:
+    with _proactive_reclaim_paused():
+        yield

@@ -1,10 +1,13 @@
-"""What the kernel holds of a file in its page cache, seen with mincore(2)."""
+"""What the kernel holds of a file in its page cache, seen with mincore(2), and a pause of the
+machine's own proactive reclaim while a test counts it."""
 
 from __future__ import annotations
 
 import ctypes
 import mmap
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -49,3 +52,27 @@ def resident_pages(path: Path, start: int = 0, end: int | None = None) -> int:
 
 
 _LIBC = libc()
+
+
+DAMON_KDAMONDS = Path("/sys/kernel/mm/damon/admin/kdamonds")
+
+
+@contextmanager
+def proactive_reclaim_paused() -> Iterator[None]:
+    """Stop the machine's running DAMON workers (kdamonds) for the duration, then start them
+    again with the settings they had (the sysfs files keep them; nothing else is changed).
+
+    This machine kind runs DAMON `pageout` on unmapped page cache in physical regions idle for
+    a minute. A file read into memory that sat free for long lands in such a region and counts
+    as idle at once: a suite run found none of a freshly filled 96 MiB file left a moment after
+    its fill. Tests that count what the page cache holds pause it, as they drop the page cache
+    machine-wide; they run one at a time (`support.marks.page_cache`). No DAMON: nothing to do."""
+    states = sorted(DAMON_KDAMONDS.glob("[0-9]*/state"))
+    running = [state for state in states if state.read_text().strip() == "on"]
+    for state in running:
+        state.write_text("off\n")
+    try:
+        yield
+    finally:
+        for state in running:
+            state.write_text("on\n")
