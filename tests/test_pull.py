@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from modelfs.pull.partfiles import PULL_DIR
+from modelfs.pull.partfiles import PULL_DIR, boot_tag, read_records
 from modelfs.read.concurrency import MINIMUM
 from support import FaultProxy, ProxyRequest, SeaweedServer, make_config
 from support.mounting import MODELFS, run_cli
@@ -151,10 +151,8 @@ def test_a_killed_pull_resumes_without_fetching_a_recorded_block_again(origin: O
 
 def _recorded_blocks(partial: Path) -> set[int]:
     found: set[int] = set()
-    for log in partial.glob("*.blocks"):
-        data = log.read_bytes()
-        whole = len(data) // 8 * 8
-        found |= {int.from_bytes(data[i : i + 8], "little") for i in range(0, whole, 8)}
+    for record in partial.glob("*.blocks"):
+        found |= read_records(record.read_bytes(), boot_tag())[0]
     return found
 
 

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 from fakes.memstore import MemoryStore
 from modelfs.errors import StoreUnavailable
+from modelfs.host.boot import BOOT_ID_ENV
 from modelfs.objects import ObjectInfo
-from modelfs.write.durable import BOOT_ID_ENV, CHUNK, Digests, digests_of
+from modelfs.write.durable import CHUNK, Digests, digests_of
 from modelfs.write.engine import WriteBack
 from modelfs.write.journal import Journal
 from modelfs.write.staging import STAGING_DIR

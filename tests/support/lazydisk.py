@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelfs.write.durable import BOOT_ID_ENV
+from modelfs.host.boot import BOOT_ID_ENV
 
 from . import lazyfs, make_config
 from .mounting import Mounted, MountEnv, force_unmount, is_mounted, run_cli

@@ -125,8 +125,8 @@ class Puller:
         self.options = options
         self.events = events
         self.state = PullState(dest)
-        self.checkpoints = Checkpoints(self.state, dest)
         self.parts = PartFiles(dest, BLOCK_SIZE, on_written=events.written)
+        self.checkpoints = Checkpoints(self.state, dest, self.parts)
         self.budget = MemoryBudget(options.max_memory)
         self.fetcher = BlockFetcher(
             sources,
@@ -158,9 +158,11 @@ class Puller:
                             pulls.start_soon(self._pull_file, file, slots, result)
                 nursery.cancel_scope.cancel()
         finally:
-            self.parts.close()
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.checkpoints.sync)
+            try:  # an interrupted pull's partial files are marked durable too
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self.checkpoints.sync)
+            finally:
+                self.parts.close()
         return result
 
     async def _pull_file(self, file: PullFile, slots: trio.Semaphore, result: PullResult) -> None:

@@ -7,21 +7,30 @@ A pull fetches with the mount's engine (`read.fetcher.BlockFetcher`), whose bloc
     ├── state.jsonl                     files completed by earlier pulls (see `state`)
     └── partial/
         ├── <h>.part                    the file being filled, block i at offset i*B (sparse)
-        └── <h>.<B>.blocks              the blocks on disk: one 8-byte little-endian index
-                                        appended per block once its bytes are written
+        └── <h>.<B>.blocks              the blocks on disk: a 16-byte tag of the boot it
+                                        was written in, then one 8-byte little-endian record
+                                        per block once its bytes are written, and marks
     where <h> = sha256 of the file's path, 32 hex digits, and B is the block size.
 
 Invariants: an index is appended to `.blocks` only after its bytes were written to `.part`, so
 a pull killed at any point (even kill -9: both writes are in the kernel's page cache) finds
-every recorded block on disk and fetches only the others. A power loss can lose the tail of
-either file; a block recorded but lost reads back wrong, which the file's sha256 check at the
-end catches (the partial file is then thrown away). A torn last record is ignored. A block
-whose write failed (a full disk) is never recorded, so `missing` finds it before `finish`.
+every recorded block on disk and fetches only the others. A torn last record is ignored. A
+block whose write failed (a full disk) is never recorded, so `missing` finds it before `finish`.
+
+A power loss is another matter: the page cache is gone, and what reached the disk of the two
+files need not agree (a record may survive its block's bytes, which then read back as zeros;
+a pull without a manifest has no sha256 to catch that). So a checkpoint (`mark_durable`, every
+few seconds of a pull) fdatasyncs each partial file and its record, then appends a mark, "the
+record's first N bytes are durable", and syncs it too. A record read in the boot it was
+written in (the tag; `host.boot`) stands whole; one from an earlier boot stands up to its last
+mark, and is rewritten for this boot with just those blocks (synced before it replaces the old
+one). A power loss thus costs the blocks fetched since the last checkpoint, never wrong bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import struct
 import threading
@@ -30,11 +39,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelfs.cache.protocol import CacheStatistics
+from modelfs.host.boot import current_boot
 from modelfs.host.flush import start_writeback
 from modelfs.objects import ObjectId
 
 PULL_DIR = ".modelfs-pull"
 _RECORD = struct.Struct("<Q")
+_MARK = 1 << 63  # a record with this bit: the record file's first (value - _MARK) bytes are durable
+_TAG_SIZE = 16
+
+log = logging.getLogger(__name__)
 
 
 def pull_dir(dest: Path) -> Path:
@@ -50,13 +64,19 @@ class _Partial:
     log_fd: int
     present: set[int] = field(default_factory=set)
     error: OSError | None = None  # the last failed write (a full disk, most likely)
+    log_size: int = 0  # bytes of the record written so far (whole records)
+    settled: int = 0  # the record's size when nothing in it awaited a mark
+    closing: threading.Lock = field(default_factory=threading.Lock)  # held while fds are used
+    closed: bool = False
 
 
 class PartFiles:
     """The `DataCache` of a pull: blocks of the files being pulled, by path (`ObjectId.key`).
 
-    `put` runs on the fetcher's writer threads, everything else on the trio thread; `_lock`
-    guards the table and the present sets (never held across I/O of another file)."""
+    `put` runs on the fetcher's writer threads, `mark_durable` on a checkpoint's thread,
+    everything else on the trio thread. `_lock` guards the table, the present sets and the
+    record sizes (never held across I/O); a partial's `closing` lock keeps its descriptors
+    open while a checkpoint syncs them. Lock order: `closing`, then `_lock`."""
 
     def __init__(
         self, dest: Path, block_size: int, on_written: Callable[[int], None] = lambda n: None
@@ -70,19 +90,49 @@ class PartFiles:
         self._lock = threading.Lock()
         self._open: dict[str, _Partial] = {}
         self._writes = self._write_errors = 0
+        self._tag = boot_tag()
 
     def _names(self, path: str) -> tuple[Path, Path]:
         return partial_names(self.dir, path, self.block_size)
 
     def open(self, path: str) -> set[int]:
         """Start (or resume) the partial file of `path`; the blocks it holds already."""
-        part, log = self._names(path)
+        part, record = self._names(path)
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        log_fd = os.open(log, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        present = _read_log(log_fd)
+        present, settled = self._resume(record)
+        log_fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        size = os.fstat(log_fd).st_size
+        size -= (size - _TAG_SIZE) % _RECORD.size  # a torn last record: the next one follows it
+        os.ftruncate(log_fd, size)
         with self._lock:
-            self._open[path] = _Partial(path, part, log, fd, log_fd, present)
+            self._open[path] = _Partial(
+                path, part, record, fd, log_fd, present, log_size=size, settled=settled
+            )
         return set(present)
+
+    def _resume(self, record: Path) -> tuple[set[int], int]:
+        """The blocks `record` says are on disk, and how much of it needs no new mark; a
+        record from another boot (or none) is replaced by one of this boot with what stands."""
+        try:
+            data = record.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        present, marked = read_records(data, self._tag)
+        if data[:_TAG_SIZE] == self._tag:
+            return present, marked
+        content = self._tag + b"".join(_RECORD.pack(index) for index in sorted(present))
+        if present:  # their bytes were synced before the mark that vouched for them
+            content += _RECORD.pack(_MARK | len(content))
+        temporary = record.with_suffix(".new")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            _write_all(fd, content, 0)
+            if present:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, record)
+        return present, len(content) if present else 0
 
     def discard(self, path: str) -> None:
         """Throw the partial file away (its bytes failed the check, or it is done)."""
@@ -133,6 +183,30 @@ class PartFiles:
         for path in list(self._open):
             self._close(path)
 
+    def mark_durable(self) -> None:
+        """Make the blocks recorded so far durable, then mark each record so (blocking: run in
+        a thread). A failed sync marks nothing: the next checkpoint tries again."""
+        with self._lock:
+            partials = [p for p in self._open.values() if p.log_size > p.settled]
+        for partial in partials:
+            with partial.closing:
+                if partial.closed:
+                    continue
+                with self._lock:
+                    size = partial.log_size  # blocks recorded by now are written: synced next
+                try:
+                    os.fdatasync(partial.fd)
+                    os.fdatasync(partial.log_fd)
+                    os.write(partial.log_fd, _RECORD.pack(_MARK | size))
+                    os.fdatasync(partial.log_fd)  # the mark too: what it vouches for stands
+                except OSError as exc:
+                    log.debug("checkpoint of %s: %s", partial.path, exc)
+                    continue
+                with self._lock:
+                    partial.log_size += _RECORD.size
+                    recorded_meanwhile = partial.log_size != size + _RECORD.size
+                    partial.settled = size if recorded_meanwhile else partial.log_size
+
     # -- DataCache -------------------------------------------------------------------------
 
     def put(self, obj: ObjectId, index: int, data: bytes, *, page_cache: bool = False) -> None:
@@ -152,6 +226,7 @@ class PartFiles:
             return
         with self._lock:
             partial.present.add(index)
+            partial.log_size += _RECORD.size
             self._writes += 1
         self._on_written(len(data))
 
@@ -194,8 +269,10 @@ class PartFiles:
         with self._lock:
             partial = self._open.pop(path, None)
         if partial is not None:
-            os.close(partial.fd)
-            os.close(partial.log_fd)
+            with partial.closing:
+                partial.closed = True
+                os.close(partial.fd)
+                os.close(partial.log_fd)
         return partial
 
 
@@ -207,15 +284,11 @@ def partial_names(directory: Path, path: str, block_size: int) -> tuple[Path, Pa
 
 def recorded_bytes(dest: Path, block_size: int, path: str, size: int) -> int:
     """Bytes of `path` an earlier pull into `dest` left on disk (0 if none)."""
-    _, log = partial_names(pull_dir(dest) / "partial", path, block_size)
+    _, record = partial_names(pull_dir(dest) / "partial", path, block_size)
     try:
-        fd = os.open(log, os.O_RDONLY | os.O_CLOEXEC)
+        blocks, _ = read_records(record.read_bytes(), boot_tag())
     except OSError:
         return 0
-    try:
-        blocks = _read_log(fd)
-    finally:
-        os.close(fd)
     ends = (min((index + 1) * block_size, size) for index in blocks if index * block_size < size)
     return sum(end - (end - 1) // block_size * block_size for end in ends)
 
@@ -226,10 +299,26 @@ def _umask() -> int:
     return mask
 
 
-def _read_log(fd: int) -> set[int]:
-    size = os.fstat(fd).st_size
-    data = os.pread(fd, size - size % _RECORD.size, 0)
-    return {index for (index,) in _RECORD.iter_unpack(data)}
+def boot_tag() -> bytes:
+    """What a record file written in this boot starts with."""
+    return hashlib.sha256(current_boot().encode()).digest()[:_TAG_SIZE]
+
+
+def read_records(data: bytes, tag: bytes) -> tuple[set[int], int]:
+    """The blocks a record file's bytes say are on disk, and how many of its bytes its last
+    mark says are durable: every record of this boot's file (`tag`), else those before the
+    last mark (a torn last record is ignored either way)."""
+    end = len(data) - max(len(data) - _TAG_SIZE, 0) % _RECORD.size
+    blocks: list[tuple[int, int]] = []
+    marked = 0
+    for offset in range(_TAG_SIZE, end, _RECORD.size):
+        (value,) = _RECORD.unpack_from(data, offset)
+        if not value & _MARK:
+            blocks.append((offset + _RECORD.size, value))
+        elif value - _MARK <= offset:  # a mark vouches only for what was written before it
+            marked = max(marked, value - _MARK)
+    stands = end if data[:_TAG_SIZE] == tag and end >= _TAG_SIZE else marked
+    return {index for record_end, index in blocks if record_end <= stands}, marked
 
 
 def _move_into_place(source: Path, target: Path) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modelfs.host.flush import sync_filesystem
-from modelfs.pull.partfiles import pull_dir
+from modelfs.pull.partfiles import PartFiles, pull_dir
 
 if TYPE_CHECKING:
     from modelfs.pull.engine import PullFile
@@ -140,11 +140,13 @@ def file_sha256(path: Path) -> str:
 
 
 class Checkpoints:
-    """Files finished since the last checkpoint, recorded once the filesystem is synced."""
+    """Files finished since the last checkpoint, recorded once the filesystem is synced; and
+    the partial files' blocks, made durable and marked so (`PartFiles.mark_durable`)."""
 
-    def __init__(self, state: PullState, dest: Path) -> None:
+    def __init__(self, state: PullState, dest: Path, partials: PartFiles) -> None:
         self._state = state
         self._dest = dest
+        self._partials = partials
         self._lock = threading.Lock()
         self._pending: list[tuple[str, int, str, str | None]] = []
 
@@ -154,7 +156,8 @@ class Checkpoints:
 
     def sync(self) -> int:
         """Sync DEST's filesystem, then record what was finished before (blocking: run it in a
-        thread); how many files it recorded."""
+        thread); how many files it recorded. The partial files' blocks first."""
+        self._partials.mark_durable()
         with self._lock:
             batch, self._pending = self._pending, []
         if not batch:

@@ -6,9 +6,9 @@ after a power loss a row can name a staging file that lost what was written sinc
 fsync: shorter, zero-filled, or with part of a write. Uploaded over the object, that would
 replace a good object with a torn copy. So:
 
-- `current_boot()` is the kernel's boot id. The journal records the boot its rows were last
-  checked in: a journal from this boot (only modelfs died) is trusted as it is; one from another
-  boot (a power loss, a crash of the kernel, or any reboot) is checked row by row (`recovery`).
+- The journal records the boot (`host.boot.current_boot`) its rows were last checked in: a
+  journal from this boot (only modelfs died) is trusted as it is; one from another boot (a
+  power loss, a crash of the kernel, or any reboot) is checked row by row (`recovery`).
 - `Digests` holds xxh3-128 digests of a staging file's 1 MiB chunks from offset 0, brought up
   to date incrementally: an fsync of a growing log hashes the last chunk and what was appended,
   not the whole file. The digest of a file's first `size` bytes is the xxh3-128 of its chunk
@@ -20,44 +20,21 @@ a row's synced `(size, digest)` is committed after an fsync of the staging file 
 only if no byte below `size` changed between the reading of those bytes and that fsync's end.
 So a staging file whose first `size` bytes match `digest` after a reboot holds exactly the
 bytes that fsync made durable (an xxh3-128 collision aside: a checksum, not a MAC).
-
-`MODELFS_BOOT_ID` in the environment stands in for the kernel's boot id: the power-loss
-simulation in the tests (tests/support/lazyfs.py) cannot reboot the machine.
 """
 
 from __future__ import annotations
 
 import enum
-import os
 import sys
-import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import xxhash
 
 from modelfs.write.journal import Synced
 from modelfs.write.staging import read_at
 
-BOOT_ID_ENV = "MODELFS_BOOT_ID"
-_BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
-# Without a boot id, every process counts as a new boot: unsynced rows then go to conflict
-# copies after any restart (safe), instead of being trusted after a power loss (not).
-_PROCESS_BOOT = f"process-{uuid.uuid4()}"
-
 CHUNK = 1 << 20
 NOTHING_CHANGED = sys.maxsize
-
-
-def current_boot() -> str:
-    """The boot this process runs in: same value for every process until the next reboot."""
-    forced = os.environ.get(BOOT_ID_ENV)
-    if forced:
-        return forced
-    try:
-        return _BOOT_ID_PATH.read_text().strip() or _PROCESS_BOOT
-    except OSError:
-        return _PROCESS_BOOT
 
 
 @dataclass(eq=False)

@@ -45,11 +45,11 @@ import trio
 
 from modelfs.errors import NoSpace, NotFound, StaleObject
 from modelfs.host import private
+from modelfs.host.boot import current_boot
 from modelfs.memory import MemoryBudget
 from modelfs.objects import ObjectInfo
 from modelfs.store.protocol import ObjectStore
 from modelfs.write import staging
-from modelfs.write.durable import current_boot
 from modelfs.write.files import StagedFile, StagedFiles, StagedInfo, WriteHandle
 from modelfs.write.journal import Journal
 from modelfs.write.names import NameChanges

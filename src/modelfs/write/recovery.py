@@ -49,7 +49,7 @@ _COPY_CHUNK = 1 << 20
 
 def recover(files: StagedFiles, boot: str, wall_clock: Callable[[], float]) -> list[StagedFile]:
     """Stage every file the journal names (see the module docstring); the caller queues them
-    first. `boot` is this boot (`durable.current_boot()`)."""
+    first. `boot` is this boot (`host.boot.current_boot()`)."""
     journal = files.journal
     found: list[tuple[JournalRow, StagedFile]] = []
     for row in journal.rows():
