@@ -71,7 +71,7 @@ def test_a_pulled_block_goes_to_the_disk_as_it_lands(tmp_path: Path) -> None:
     assert unwritten_pages(plain) > 0
     parts = PartFiles(tmp_path / "dest", MiB)
     try:
-        parts.open("model.bin")
+        parts.open("model.bin", "e")
         for index in range(8):
             parts.put(ObjectId("model.bin", "e"), index, os.urandom(MiB))
         part = next((tmp_path / "dest").glob("**/*.part"))

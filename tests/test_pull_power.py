@@ -21,7 +21,7 @@ import pytest
 
 from modelfs.host.boot import BOOT_ID_ENV
 from modelfs.objects import ObjectId
-from modelfs.pull.partfiles import PULL_DIR, PartFiles, boot_tag, read_records
+from modelfs.pull.partfiles import PULL_DIR, PartFiles, boot_tag, read_records, version_tag
 from support import FaultProxy, SeaweedServer, make_config
 from support.lazydisk import LazyDisk
 from support.mounting import MODELFS, run_cli
@@ -40,38 +40,46 @@ def test_a_record_stands_whole_in_its_boot_and_up_to_its_last_mark_in_the_next(
     dest = tmp_path / "dest"
     monkeypatch.setenv(BOOT_ID_ENV, "boot-1")
     parts = PartFiles(dest, MiB)
-    parts.open("model.bin")
+    parts.open("model.bin", "etag-1")
     put_blocks(parts, "model.bin", range(4))
     parts.mark_durable()
     put_blocks(parts, "model.bin", range(4, 6))
     parts.close()
-    assert PartFiles(dest, MiB).open("model.bin") == set(range(6))  # only the process died
+    assert PartFiles(dest, MiB).open("model.bin", "etag-1") == set(range(6))  # a process died
     monkeypatch.setenv(BOOT_ID_ENV, "boot-2")
     again = PartFiles(dest, MiB)
-    assert again.open("model.bin") == set(range(4))  # blocks 4 and 5 were never synced
+    assert again.open("model.bin", "etag-1") == set(range(4))  # blocks 4, 5 were never synced
     put_blocks(again, "model.bin", range(6, 8))
     again.close()
     monkeypatch.setenv(BOOT_ID_ENV, "boot-3")  # the record was rewritten for boot 2, marked
-    assert PartFiles(dest, MiB).open("model.bin") == set(range(4))
+    last = PartFiles(dest, MiB)
+    assert last.open("model.bin", "etag-1") == set(range(4))
+    last.close()
     part = next((dest / PULL_DIR / "partial").glob("*.part"))
     with part.open("rb") as file:
         for index in range(4):
             assert file.read(MiB) == bytes([index]) * MiB
+    other = PartFiles(dest, MiB)
+    assert other.open("model.bin", "etag-2") == set()  # another version: none of these
+    other.close()
+    assert part.stat().st_size == 0
 
 
 def test_a_record_a_power_loss_filled_with_zeros_vouches_for_nothing() -> None:
     """A file system journaling metadata but not data keeps the size of unsynced appends and
     none of their bytes: zeros, which would read as records of block 0."""
-    tag = boot_tag()
+    version = version_tag("etag-1")
+    tag = boot_tag() + version
     assert read_records(tag + bytes(64), tag) == ({0}, 0)  # this boot: it was written so
-    other = b"another boot 16b"
+    other = b"another boot 16b" + version
     assert read_records(other + bytes(64), tag) == (set(), 0)
-    marked = other + (3).to_bytes(8, "little") + ((1 << 63) | 24).to_bytes(8, "little")
-    assert read_records(marked + bytes(16), tag) == ({3}, 24)
+    marked = other + (3).to_bytes(8, "little") + ((1 << 63) | 40).to_bytes(8, "little")
+    assert read_records(marked + bytes(16), tag) == ({3}, 40)
     torn = marked + (9).to_bytes(8, "little")[:5]
-    assert read_records(torn, tag) == ({3}, 24)
-    early = other + ((1 << 63) | 40).to_bytes(8, "little") + (3).to_bytes(8, "little")
+    assert read_records(torn, tag) == ({3}, 40)
+    early = other + ((1 << 63) | 56).to_bytes(8, "little") + (3).to_bytes(8, "little")
     assert read_records(early, tag) == (set(), 0)  # a mark vouches only for what precedes it
+    assert read_records(marked, boot_tag() + version_tag("etag-2")) == (set(), 0)
 
 
 @pytest.mark.mount
@@ -119,7 +127,7 @@ def wait_for_a_mark_and_more(dest: Path) -> set[int]:
     while time.monotonic() < deadline:
         for record in (dest / PULL_DIR / "partial").glob("*.blocks"):
             data = record.read_bytes()
-            vouched, marked = read_records(data, b"\xff" * 16)  # as the next boot reads it
+            vouched, marked = read_records(data, b"\xff" * 16 + data[16:32])  # as the next boot
             if marked and len(data) >= marked + 3 * 8:
                 return vouched
         time.sleep(0.1)

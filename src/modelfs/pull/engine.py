@@ -93,12 +93,22 @@ class PullEvents(Protocol):
     def file_failed(self, file: PullFile, error: str) -> None: ...
 
 
+def version_of(file: PullFile) -> str:
+    """Which version of `file` a pull wants: the manifest's sha256, else the listing's ETag
+    ("" where the source gives neither: whatever is there)."""
+    return file.sha256 or file.etag or ""
+
+
 def bytes_to_fetch(dest: Path, files: Sequence[PullFile]) -> int:
     """What `files` still need from the network (a resumed pull has some on disk; a file of
     one block or less never has: it is fetched whole)."""
     return sum(
         file.size
-        - (recorded_bytes(dest, BLOCK_SIZE, file.path, file.size) if file.size > BLOCK_SIZE else 0)
+        - (
+            recorded_bytes(dest, BLOCK_SIZE, file.path, file.size, version_of(file))
+            if file.size > BLOCK_SIZE
+            else 0
+        )
         for file in files
     )
 
@@ -274,7 +284,7 @@ class Puller:
         if not self.budget.acquire(file.size, cancelled=stop):
             raise _Stopped
         try:
-            version = ObjectId(file.path, file.sha256 or file.etag or "")
+            version = ObjectId(file.path, version_of(file))
             data = self.sources.get_range(version, 0, file.size) if file.size else b""
             if len(data) != file.size:
                 raise StaleObject(f"got {len(data)} of {file.size} bytes")
@@ -291,9 +301,9 @@ class Puller:
 
     async def _fetch(self, file: PullFile) -> str:
         """Fill the file's partial file and return the sha256 of its bytes, in order."""
-        present = self.parts.open(file.path)
+        present = self.parts.open(file.path, version_of(file))
         self.events.file_started(file, len(present) * BLOCK_SIZE)
-        info = ObjectInfo(file.path, file.size, file.sha256 or file.etag or "", 0.0)
+        info = ObjectInfo(file.path, file.size, version_of(file), 0.0)
         count = self.fetcher.block_count(info)
         whole = WholeObjectFetch(
             self.fetcher, info, part_size=self.options.part_size, parallel=self.options.transfers

@@ -7,15 +7,19 @@ A pull fetches with the mount's engine (`read.fetcher.BlockFetcher`), whose bloc
     ├── state.jsonl                     files completed by earlier pulls (see `state`)
     └── partial/
         ├── <h>.part                    the file being filled, block i at offset i*B (sparse)
-        └── <h>.<B>.blocks              the blocks on disk: a 16-byte tag of the boot it
-                                        was written in, then one 8-byte little-endian record
-                                        per block once its bytes are written, and marks
+        └── <h>.<B>.blocks              the blocks on disk: a header (16-byte tags of the
+                                        boot it was written in and of the version pulled),
+                                        then one 8-byte little-endian record per block once
+                                        its bytes are written, and marks
     where <h> = sha256 of the file's path, 32 hex digits, and B is the block size.
 
 Invariants: an index is appended to `.blocks` only after its bytes were written to `.part`, so
 a pull killed at any point (even kill -9: both writes are in the kernel's page cache) finds
 every recorded block on disk and fetches only the others. A torn last record is ignored. A
 block whose write failed (a full disk) is never recorded, so `missing` finds it before `finish`.
+The blocks are of the version the header names (the manifest's sha256, else the listing's
+ETag): a resumed pull of another version (the object was replaced meanwhile) starts afresh,
+never mixing the bytes of two versions.
 
 A power loss is another matter: the page cache is gone, and what reached the disk of the two
 files need not agree (a record may survive its block's bytes, which then read back as zeros;
@@ -47,6 +51,7 @@ PULL_DIR = ".modelfs-pull"
 _RECORD = struct.Struct("<Q")
 _MARK = 1 << 63  # a record with this bit: the record file's first (value - _MARK) bytes are durable
 _TAG_SIZE = 16
+_HEADER_SIZE = 2 * _TAG_SIZE  # the boot's tag, then the version's
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +95,21 @@ class PartFiles:
         self._lock = threading.Lock()
         self._open: dict[str, _Partial] = {}
         self._writes = self._write_errors = 0
-        self._tag = boot_tag()
+        self._boot = boot_tag()
 
     def _names(self, path: str) -> tuple[Path, Path]:
         return partial_names(self.dir, path, self.block_size)
 
-    def open(self, path: str) -> set[int]:
-        """Start (or resume) the partial file of `path`; the blocks it holds already."""
+    def open(self, path: str, version: str) -> set[int]:
+        """Start (or resume) the partial file of `version` of `path`; the blocks it holds."""
         part, record = self._names(path)
         fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        present, settled = self._resume(record)
+        present, settled = self._resume(record, self._boot + version_tag(version))
+        if not present:
+            os.ftruncate(fd, 0)  # another version's bytes, or none: they take no space
         log_fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         size = os.fstat(log_fd).st_size
-        size -= (size - _TAG_SIZE) % _RECORD.size  # a torn last record: the next one follows it
+        size -= (size - _HEADER_SIZE) % _RECORD.size  # a torn last record: the next follows it
         os.ftruncate(log_fd, size)
         with self._lock:
             self._open[path] = _Partial(
@@ -110,17 +117,18 @@ class PartFiles:
             )
         return set(present)
 
-    def _resume(self, record: Path) -> tuple[set[int], int]:
+    def _resume(self, record: Path, header: bytes) -> tuple[set[int], int]:
         """The blocks `record` says are on disk, and how much of it needs no new mark; a
-        record from another boot (or none) is replaced by one of this boot with what stands."""
+        record with another header (another boot or version, or none) is replaced by one with
+        `header` and what stands."""
         try:
             data = record.read_bytes()
         except FileNotFoundError:
             data = b""
-        present, marked = read_records(data, self._tag)
-        if data[:_TAG_SIZE] == self._tag:
+        present, marked = read_records(data, header)
+        if data[:_HEADER_SIZE] == header:
             return present, marked
-        content = self._tag + b"".join(_RECORD.pack(index) for index in sorted(present))
+        content = header + b"".join(_RECORD.pack(index) for index in sorted(present))
         if present:  # their bytes were synced before the mark that vouched for them
             content += _RECORD.pack(_MARK | len(content))
         temporary = record.with_suffix(".new")
@@ -282,11 +290,11 @@ def partial_names(directory: Path, path: str, block_size: int) -> tuple[Path, Pa
     return directory / f"{name}.part", directory / f"{name}.{block_size}.blocks"
 
 
-def recorded_bytes(dest: Path, block_size: int, path: str, size: int) -> int:
-    """Bytes of `path` an earlier pull into `dest` left on disk (0 if none)."""
+def recorded_bytes(dest: Path, block_size: int, path: str, size: int, version: str) -> int:
+    """Bytes of `version` of `path` an earlier pull into `dest` left on disk (0 if none)."""
     _, record = partial_names(pull_dir(dest) / "partial", path, block_size)
     try:
-        blocks, _ = read_records(record.read_bytes(), boot_tag())
+        blocks, _ = read_records(record.read_bytes(), boot_tag() + version_tag(version))
     except OSError:
         return 0
     ends = (min((index + 1) * block_size, size) for index in blocks if index * block_size < size)
@@ -304,20 +312,28 @@ def boot_tag() -> bytes:
     return hashlib.sha256(current_boot().encode()).digest()[:_TAG_SIZE]
 
 
-def read_records(data: bytes, tag: bytes) -> tuple[set[int], int]:
+def version_tag(version: str) -> bytes:
+    """What a record file of `version` (a sha256 or an ETag) has after the boot's tag."""
+    return hashlib.sha256(version.encode("utf-8", "surrogateescape")).digest()[:_TAG_SIZE]
+
+
+def read_records(data: bytes, header: bytes) -> tuple[set[int], int]:
     """The blocks a record file's bytes say are on disk, and how many of its bytes its last
-    mark says are durable: every record of this boot's file (`tag`), else those before the
-    last mark (a torn last record is ignored either way)."""
-    end = len(data) - max(len(data) - _TAG_SIZE, 0) % _RECORD.size
+    mark says are durable, for the boot and version `header` names (`boot_tag() +
+    version_tag(v)`): none of another version; of this version, every record if written in
+    this boot, else those before the last mark (a torn last record is ignored either way)."""
+    if data[_TAG_SIZE:_HEADER_SIZE] != header[_TAG_SIZE:]:
+        return set(), 0
+    end = len(data) - (len(data) - _HEADER_SIZE) % _RECORD.size
     blocks: list[tuple[int, int]] = []
     marked = 0
-    for offset in range(_TAG_SIZE, end, _RECORD.size):
+    for offset in range(_HEADER_SIZE, end, _RECORD.size):
         (value,) = _RECORD.unpack_from(data, offset)
         if not value & _MARK:
             blocks.append((offset + _RECORD.size, value))
         elif value - _MARK <= offset:  # a mark vouches only for what was written before it
             marked = max(marked, value - _MARK)
-    stands = end if data[:_TAG_SIZE] == tag and end >= _TAG_SIZE else marked
+    stands = end if data[:_TAG_SIZE] == header[:_TAG_SIZE] else marked
     return {index for record_end, index in blocks if record_end <= stands}, marked
 
 
