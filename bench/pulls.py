@@ -12,7 +12,7 @@ first, wall time from start to every byte on disk (MB/s = 10^6 bytes/s):
 | column | how |
 |---|---|
 | boto3 | `download_file` (s3transfer: 16 threads, 8 MiB parts); the tree: 16 threads of it |
-| modelfs | `modelfs pull REMOTE:BUCKET/PREFIX DEST` (default options: 16 transfers, 8 MiB parts) |
+| modelfs | `modelfs pull REMOTE:BUCKET/PREFIX DEST` (default: up to 32 GETs, probed, 8 MiB parts) |
 | rclone | `rclone copy` (`--transfers 16`; rclone's own multi-thread streams for big files) |
 | aria2 | `aria2c -x16 -s16` of a presigned URL; the tree: an input file of presigned URLs, `-j16` |
 
