@@ -8,7 +8,8 @@ those GETs pay (`read.concurrency`: a few on loopback, more on a WAN link that c
 connection, up to `transfers`). For each file:
 
 1. complete already (`PullState`)? skipped, without a request;
-2. its partial file is opened: blocks an earlier, interrupted pull wrote are not fetched again;
+2. its partial file is opened: blocks an earlier, interrupted pull wrote of the same version
+   are not fetched again (after a power loss, those its last checkpoint synced: `partfiles`);
 3. the missing blocks are fetched (falling back from source to source, see `SourceList`),
    while the file's sha256 is computed in order as the blocks arrive, from memory (blocks a
    resumed pull already had are read back from the partial file: local, not the network);
