@@ -121,20 +121,9 @@ def test_a_complete_file_is_skipped_without_a_request(origin: Origin) -> None:
 def test_a_killed_pull_resumes_without_fetching_a_recorded_block_again(origin: Origin) -> None:
     data = os.urandom(48 * MiB)
     origin.put("big/model.bin", data)
-    origin.proxy.delay_next(0.15, times=None)  # slow enough to kill half way
     dest = origin.tmp / "dest"
-    command = [*MODELFS, "--config", str(origin.config), "pull", f"a:{origin.bucket}/big"]
-    command += [str(dest), "--transfers", "2", "--part-size", "2M"]
-    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    partial = dest / PULL_DIR / "partial"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _recorded(partial) < 12:
-        time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    recorded = _recorded_blocks(partial)
+    recorded = _kill_half_way(origin, dest, blocks=12)
     assert 12 <= len(recorded) < 48
-    origin.proxy.clear_faults()
     origin.proxy.clear_requests()
     second = origin.pull(f"a:{origin.bucket}/big", dest)
     assert second.returncode == 0, second.stderr
@@ -154,24 +143,30 @@ def test_a_pull_resumed_after_its_object_was_replaced_starts_afresh(origin: Orig
     blocks a killed pull recorded are of the ETag it listed, and count for that one only."""
     old, new = os.urandom(24 * MiB), os.urandom(24 * MiB)
     origin.put("big/model.bin", old)
-    origin.proxy.delay_next(0.15, times=None)  # slow enough to kill half way
     dest = origin.tmp / "dest"
+    assert len(_kill_half_way(origin, dest, blocks=8)) >= 8
+    origin.put("big/model.bin", new)
+    second = origin.pull(f"a:{origin.bucket}/big", dest)
+    assert second.returncode == 0, second.stderr
+    assert (dest / "model.bin").read_bytes() == new
+    assert f"bytes by source: a:{origin.bucket}/big 24.0M" in second.stderr  # all of it again
+
+
+def _kill_half_way(origin: Origin, dest: Path, blocks: int) -> set[int]:
+    """Pull big/ into `dest` slowly, kill -9 it once `blocks` blocks are recorded, and clear
+    the proxy's faults; the blocks recorded."""
+    origin.proxy.delay_next(0.15, times=None)  # slow enough to kill half way
     command = [*MODELFS, "--config", str(origin.config), "pull", f"a:{origin.bucket}/big"]
     command += [str(dest), "--transfers", "2", "--part-size", "2M"]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = dest / PULL_DIR / "partial"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _recorded(partial) < 8:
+    while time.monotonic() < deadline and _recorded(partial) < blocks:
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    assert _recorded(partial) >= 8
-    origin.put("big/model.bin", new)
     origin.proxy.clear_faults()
-    second = origin.pull(f"a:{origin.bucket}/big", dest)
-    assert second.returncode == 0, second.stderr
-    assert (dest / "model.bin").read_bytes() == new
-    assert f"bytes by source: a:{origin.bucket}/big 24.0M" in second.stderr  # all of it again
+    return _recorded_blocks(partial)
 
 
 def _recorded_blocks(partial: Path) -> set[int]:
