@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from modelfs.pull.partfiles import PULL_DIR, read_records
+from modelfs.pull.engine import BLOCK_SIZE
+from modelfs.pull.partfiles import PULL_DIR, partial_names, read_records
 from modelfs.read.concurrency import MINIMUM
 from support import FaultProxy, ProxyRequest, SeaweedServer, make_config
 from support.mounting import MODELFS, run_cli
@@ -315,6 +316,19 @@ def test_too_little_space_fails_before_any_get(origin: Origin, tiny_disk: Path) 
     assert "not enough space" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert [r for r in origin.gets() if r[1] is not None] == []
+
+
+def test_a_partial_file_that_cannot_be_written_is_one_line_naming_the_file(
+    origin: Origin,
+) -> None:
+    origin.put("v1/model.bin", os.urandom(4 * MiB))
+    dest = origin.tmp / "dest"
+    part, _ = partial_names(dest / PULL_DIR / "partial", "model.bin", BLOCK_SIZE)
+    part.mkdir(parents=True)  # where the partial file goes, a directory: EISDIR (even as root)
+    done = origin.pull(f"a:{origin.bucket}/v1", dest)
+    assert done.returncode == 1, done.stderr
+    assert f"model.bin: could not be written to {dest}: Is a directory" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_a_wrong_sha256_in_the_manifest_is_exit_1_naming_the_file(origin: Origin) -> None:

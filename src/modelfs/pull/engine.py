@@ -197,15 +197,20 @@ class Puller:
             self.sources.forget_use(file.path)
             try:
                 digest = await self._fetch(file)
+                if file.sha256 is None or digest == file.sha256:
+                    await trio.to_thread.run_sync(self._finish, file, digest)
+                    return None
             except ModelfsError as exc:
                 return f"{file.path}: {exc}"
-            if file.sha256 is None or digest == file.sha256:
-                await trio.to_thread.run_sync(self._finish, file, digest)
-                return None
+            except OSError as exc:
+                return self._unwritable(file, exc)
             self.parts.discard(file.path)
             error = self._reject(file, digest)
             if error is not None:
                 return error
+
+    def _unwritable(self, file: PullFile, error: OSError) -> str:
+        return f"{file.path}: could not be written to {self.dest}: {error.strerror or error}"
 
     def _reject(self, file: PullFile, digest: str) -> str | None:
         """`file`'s bytes hashed to `digest`, not its sha256: the sources that delivered them
@@ -271,7 +276,7 @@ class Puller:
             except ModelfsError as exc:
                 return f"{file.path}: {exc}"
             except OSError as exc:
-                return f"{file.path}: could not be written to {self.dest}: {exc.strerror}"
+                return self._unwritable(file, exc)
             if file.sha256 is None or digest == file.sha256:
                 return None
             error = self._reject(file, digest)
