@@ -8,7 +8,6 @@ import ctypes
 import mmap
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -58,15 +57,15 @@ _LIBC = libc()
 DAMON_KDAMONDS = Path("/sys/kernel/mm/damon/admin/kdamonds")
 
 
-@contextmanager
+@contextlib.contextmanager
 def proactive_reclaim_paused() -> Iterator[None]:
     """Stop the machine's running DAMON workers (kdamonds) for the duration, then start them
     again with the settings they had (the sysfs files keep them; nothing else is changed).
 
-    This machine kind runs DAMON `pageout` on unmapped page cache in physical regions idle for
-    a minute. A file read into memory that sat free for long lands in such a region and counts
-    as idle at once: a suite run found none of a freshly filled 96 MiB file left a moment after
-    its fill. Tests that count what the page cache holds pause it, as they drop the page cache
+    This machine kind runs DAMON `pageout` on unmapped page cache in physical regions it finds
+    idle. A file read into memory that sat free for long lands in such a region and counts as
+    idle at once: a suite run found none of a freshly filled model file left a moment after its
+    fill. Tests that count what the page cache holds pause it, as they drop the page cache
     machine-wide; they run one at a time (`support.marks.page_cache`). No DAMON: nothing to do."""
     paused = [state for state in sorted(DAMON_KDAMONDS.glob("[0-9]*/state")) if _turn_off(state)]
     try:
