@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from modelfs.pull.partfiles import PULL_DIR
 from support import SECRET_KEY, FaultProxy, SeaweedServer, make_config
 from support.linkserver import TOKEN, Bucket, LinkServer, MiB, follow, free_port, status_of
 from support.mounting import MODELFS
+from support.pullrecords import recorded_blocks
 
 
 @pytest.fixture
@@ -218,13 +218,6 @@ def test_the_manifest_from_the_service_points_back_at_it(store: Bucket, served: 
 # -- pulls through links ----------------------------------------------------------------------
 
 
-def _recorded_blocks(dest: Path) -> int:
-    partial = dest / PULL_DIR / "partial"
-    if not partial.is_dir():
-        return 0
-    return sum(log.stat().st_size // 8 for log in partial.glob("*.blocks"))
-
-
 def test_a_pull_through_the_service_resumes_after_every_earlier_link_expired(
     store: Bucket,
 ) -> None:
@@ -245,11 +238,11 @@ def test_a_pull_through_the_service_resumes_after_every_earlier_link_expired(
         store.proxy.delay_next(0.1, times=None)  # slow enough to kill half way
         first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and _recorded_blocks(dest) < 8:
+        while time.monotonic() < deadline and len(recorded_blocks(dest)) < 8:
             time.sleep(0.05)
         first.send_signal(signal.SIGKILL)
         first.wait()
-        assert 8 <= _recorded_blocks(dest) < 32
+        assert 8 <= len(recorded_blocks(dest)) < 32
         store.proxy.clear_faults()
         time.sleep(3)  # every link the first pull was given has expired
         store.proxy.clear_requests()

@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 
 from modelfs.pull.engine import BLOCK_SIZE
-from modelfs.pull.partfiles import PULL_DIR, partial_names, read_records
+from modelfs.pull.partfiles import PULL_DIR, partial_names
 from modelfs.read.concurrency import MINIMUM
 from support import FaultProxy, ProxyRequest, SeaweedServer, make_config
 from support.mounting import MODELFS, run_cli
+from support.pullrecords import recorded_blocks
 
 MiB = 1 << 20
 
@@ -160,26 +161,13 @@ def _kill_half_way(origin: Origin, dest: Path, blocks: int) -> set[int]:
     command = [*MODELFS, "--config", str(origin.config), "pull", f"a:{origin.bucket}/big"]
     command += [str(dest), "--transfers", "2", "--part-size", "2M"]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    partial = dest / PULL_DIR / "partial"
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _recorded(partial) < blocks:
+    while time.monotonic() < deadline and len(recorded_blocks(dest)) < blocks:
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait()
     origin.proxy.clear_faults()
-    return _recorded_blocks(partial)
-
-
-def _recorded_blocks(partial: Path) -> set[int]:
-    found: set[int] = set()
-    for record in partial.glob("*.blocks"):
-        data = record.read_bytes()
-        found |= read_records(data, data[:32])[0]  # as this boot reads its own record
-    return found
-
-
-def _recorded(partial: Path) -> int:
-    return len(_recorded_blocks(partial)) if partial.is_dir() else 0
+    return recorded_blocks(dest)
 
 
 def test_wrong_bytes_from_one_source_are_caught_and_the_next_source_used(origin: Origin) -> None:
