@@ -21,7 +21,15 @@ import pytest
 
 from modelfs.host.boot import BOOT_ID_ENV
 from modelfs.objects import ObjectId
-from modelfs.pull.partfiles import PULL_DIR, PartFiles, boot_tag, read_records, version_tag
+from modelfs.pull.partfiles import (
+    HEADER_SIZE,
+    PULL_DIR,
+    TAG_SIZE,
+    PartFiles,
+    boot_tag,
+    read_records,
+    version_tag,
+)
 from support import FaultProxy, SeaweedServer, make_config
 from support.lazydisk import LazyDisk
 from support.mounting import MODELFS, run_cli
@@ -127,7 +135,8 @@ def wait_for_a_mark_and_more(dest: Path) -> set[int]:
     while time.monotonic() < deadline:
         for record in (dest / PULL_DIR / "partial").glob("*.blocks"):
             data = record.read_bytes()
-            vouched, marked = read_records(data, b"\xff" * 16 + data[16:32])  # as the next boot
+            next_boot = b"\xff" * TAG_SIZE + data[TAG_SIZE:HEADER_SIZE]  # as the next boot reads it
+            vouched, marked = read_records(data, next_boot)
             if marked and len(data) >= marked + 3 * 8:
                 return vouched
         time.sleep(0.1)

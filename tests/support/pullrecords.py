@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from modelfs.pull.partfiles import PULL_DIR, read_records
+from modelfs.pull.partfiles import HEADER_SIZE, PULL_DIR, read_records
 
 
 def recorded_blocks(dest: Path) -> set[int]:
@@ -16,5 +16,6 @@ def recorded_blocks(dest: Path) -> set[int]:
     for record in (dest / PULL_DIR / "partial").glob("*.blocks"):
         with contextlib.suppress(FileNotFoundError):
             data = record.read_bytes()
-            found |= read_records(data, data[:32])[0]  # its own header: this boot, its version
+            own = data[:HEADER_SIZE]  # its own header: this boot, its version
+            found |= read_records(data, own)[0]
     return found

@@ -50,8 +50,8 @@ from modelfs.objects import ObjectId
 PULL_DIR = ".modelfs-pull"
 _RECORD = struct.Struct("<Q")
 _MARK = 1 << 63  # a record with this bit: the record file's first (value - _MARK) bytes are durable
-_TAG_SIZE = 16
-_HEADER_SIZE = 2 * _TAG_SIZE  # the boot's tag, then the version's
+TAG_SIZE = 16
+HEADER_SIZE = 2 * TAG_SIZE  # the boot's tag, then the version's
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class PartFiles:
             os.ftruncate(fd, 0)  # another version's bytes, or none: they take no space
         log_fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         size = os.fstat(log_fd).st_size
-        size -= (size - _HEADER_SIZE) % _RECORD.size  # a torn last record: the next follows it
+        size -= (size - HEADER_SIZE) % _RECORD.size  # a torn last record: the next follows it
         os.ftruncate(log_fd, size)
         with self._lock:
             self._open[path] = _Partial(
@@ -126,7 +126,7 @@ class PartFiles:
         except FileNotFoundError:
             data = b""
         present, marked = read_records(data, header)
-        if data[:_HEADER_SIZE] == header:
+        if data[:HEADER_SIZE] == header:
             return present, marked
         content = header + b"".join(_RECORD.pack(index) for index in sorted(present))
         if present:  # their bytes were synced before the mark that vouched for them
@@ -309,12 +309,12 @@ def _umask() -> int:
 
 def boot_tag() -> bytes:
     """What a record file written in this boot starts with."""
-    return hashlib.sha256(current_boot().encode()).digest()[:_TAG_SIZE]
+    return hashlib.sha256(current_boot().encode()).digest()[:TAG_SIZE]
 
 
 def version_tag(version: str) -> bytes:
     """What a record file of `version` (a sha256 or an ETag) has after the boot's tag."""
-    return hashlib.sha256(version.encode("utf-8", "surrogateescape")).digest()[:_TAG_SIZE]
+    return hashlib.sha256(version.encode("utf-8", "surrogateescape")).digest()[:TAG_SIZE]
 
 
 def read_records(data: bytes, header: bytes) -> tuple[set[int], int]:
@@ -322,18 +322,18 @@ def read_records(data: bytes, header: bytes) -> tuple[set[int], int]:
     mark says are durable, for the boot and version `header` names (`boot_tag() +
     version_tag(v)`): none of another version; of this version, every record if written in
     this boot, else those before the last mark (a torn last record is ignored either way)."""
-    if data[_TAG_SIZE:_HEADER_SIZE] != header[_TAG_SIZE:]:
+    if data[TAG_SIZE:HEADER_SIZE] != header[TAG_SIZE:]:
         return set(), 0
-    end = len(data) - (len(data) - _HEADER_SIZE) % _RECORD.size
+    end = len(data) - (len(data) - HEADER_SIZE) % _RECORD.size
     blocks: list[tuple[int, int]] = []
     marked = 0
-    for offset in range(_HEADER_SIZE, end, _RECORD.size):
+    for offset in range(HEADER_SIZE, end, _RECORD.size):
         (value,) = _RECORD.unpack_from(data, offset)
         if not value & _MARK:
             blocks.append((offset + _RECORD.size, value))
         elif value - _MARK <= offset:  # a mark vouches only for what was written before it
             marked = max(marked, value - _MARK)
-    stands = end if data[:_TAG_SIZE] == header[:_TAG_SIZE] else marked
+    stands = end if data[:TAG_SIZE] == header[:TAG_SIZE] else marked
     return {index for record_end, index in blocks if record_end <= stands}, marked
 
 
